@@ -1,0 +1,72 @@
+"""DPP vectorized tier: batched tensor ops, log-domain weights (SPEC "Numerics").
+
+Windows are gathered with ``unfold`` (so every k/s/pad works, overlapping or
+not), padded positions are masked out of the window, and the weights are
+computed as
+
+    ℓ_q = (λ/2)·log(d_q² + ε²),  M = max(max_q ℓ_q, log α),
+    w_q ∝ exp(ℓ_q − M) + exp(log α − M),
+
+which neither overflows for large deviations nor underflows to 0/0 on flat
+windows at large λ.  M is detached: the output is invariant to it, so the
+gradient is exact without differentiating the max.  fp16/bf16 inputs are
+computed in float32 and cast back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from poolbench.dpp import register_dpp_tier
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs accumulate in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def dpp_guide(x, kernel_size, stride, padding, guide):
+    """Ĩ on the pooled grid: the window's box filter (Lite) or the learned 3×3 filter (Full)."""
+    if guide is None:
+        return F.avg_pool2d(x, kernel_size, stride, padding, count_include_pad=False)
+    weight, bias = guide
+    return F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), stride=stride, padding=1, groups=x.shape[1])
+
+
+def dpp_vectorized(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant):
+    dtype = compute_dtype(x.dtype)
+    xc = x.to(dtype)
+    batch, channels, height, width = x.shape
+    centre = dpp_guide(xc, kernel_size, stride, padding, guide)
+    out_h, out_w = centre.shape[-2:]
+    taps = kernel_size * kernel_size
+    windows = F.unfold(xc, kernel_size, padding=padding, stride=stride).view(batch, channels, taps, out_h * out_w)
+    inside = F.unfold(xc.new_ones(1, 1, height, width), kernel_size, padding=padding, stride=stride)
+    inside = inside.view(1, 1, taps, out_h * out_w) > 0
+
+    deviation = windows - centre.reshape(batch, channels, 1, out_h * out_w)
+    if asym:
+        deviation = deviation.clamp(min=0)
+    log_charbonnier = torch.log(deviation * deviation + eps2)
+    if scale_invariant:
+        mean = (log_charbonnier.exp() * inside).sum(2, keepdim=True) / inside.sum(2, keepdim=True)
+        log_charbonnier = log_charbonnier - mean.log()
+    ell = (0.5 * lam.to(dtype)).view(1, channels, 1, 1) * log_charbonnier
+    ell = ell.masked_fill(~inside, float("-inf"))
+
+    alpha = alpha.to(dtype).view(1, channels, 1, 1)
+    positive = alpha > 0
+    log_alpha = torch.where(positive, torch.log(torch.where(positive, alpha, torch.ones_like(alpha))), float("-inf"))
+    shift = torch.maximum(ell.amax(dim=2, keepdim=True), log_alpha).detach()
+    # α = 0 exactly contributes nothing (and no NaN gradient through log 0).
+    alpha_term = torch.where(positive, torch.exp(log_alpha - shift), torch.zeros_like(shift))
+    weights = (torch.exp(ell - shift) + alpha_term) * inside
+    out = (weights * windows).sum(2) / weights.sum(2)
+    return out.view(batch, channels, out_h, out_w).to(x.dtype)
+
+
+register_dpp_tier(
+    "vectorized",
+    dpp_vectorized,
+    description="unfold + log-domain weights in plain PyTorch",
+)

@@ -1,0 +1,45 @@
+"""The base class every pooler module derives from.
+
+It owns the window geometry and validates input once, in ``forward``, so that
+each tier's ``pool`` only does the maths (torchvision's ops do the same: the
+Python front end checks, the kernels trust).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .validation import check_geometry, check_input, pooled_size
+
+__all__ = ["Pool2d"]
+
+
+class Pool2d(nn.Module):
+    """A 2-D pooling layer over ``channels`` feature maps with a square window.
+
+    Subclasses implement :meth:`pool` for an already validated ``(N, C, H, W)``
+    input and return ``(N, C, H_out, W_out)`` with
+    ``H_out = (H + 2·padding − kernel_size) // stride + 1``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 2, stride: int = 2, padding: int = 0):
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        self.channels = channels
+        self.kernel_size, self.stride, self.padding = check_geometry(kernel_size, stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.channels, self.kernel_size, self.stride, self.padding)
+        return self.pool(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the output for an ``height × width`` input."""
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return pooled_size(height, k, s, p), pooled_size(width, k, s, p)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

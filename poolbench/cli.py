@@ -1,0 +1,43 @@
+"""``poolbench`` command line: a thin shell over the library API.
+
+Each subcommand lives in its own module under :mod:`poolbench.commands` and
+exposes ``add_parser(subparsers)``, which registers its arguments and sets
+``func(args) -> exit code``.  ``poolbench --help`` is the CLI's documentation.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import __version__, commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poolbench",
+        description="Benchmark harness for pooling layers built around Detail-Preserving Pooling (DPP).",
+    )
+    parser.add_argument("--version", action="version", version=f"poolbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{module_info.name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError) as exc:
+        print(f"poolbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

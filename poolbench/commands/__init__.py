@@ -1,0 +1,1 @@
+"""One module per ``poolbench`` subcommand; each defines ``add_parser(subparsers)``."""
