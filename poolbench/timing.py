@@ -1,0 +1,117 @@
+"""Latency and memory measurement, the way the well-kept tools do it.
+
+* GPU latency: CUDA events around each call, warm-up first, the L2 cache
+  flushed before every timed call (as ``triton.testing.do_bench``), no
+  ``synchronize`` inside the timed region; median and quantiles reported.
+* CPU latency: ``torch.utils.benchmark.Timer.blocked_autorange`` (it picks the
+  number of runs per measurement and reports the median).
+* Memory: on CUDA the extra ``max_memory_allocated`` over the call; on every
+  device the bytes autograd saves for backward (``saved_tensors_hooks``),
+  which is what a pooler adds to training memory and is exact on CPU too.
+
+Every measured callable is a zero-argument closure: set-up stays outside.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.utils.benchmark as torch_benchmark
+
+__all__ = ["Latency", "measure_latency", "peak_memory_bytes", "saved_tensor_bytes", "synchronize"]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency of one call in milliseconds: median and the 20%/80% quantiles over ``runs``."""
+
+    median_ms: float
+    q20_ms: float
+    q80_ms: float
+    runs: int
+    method: str
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(fn: Callable[[], object], device: torch.device | str = "cpu", *, warmup: int = 3,
+                    min_run_time: float = 0.2, max_runs: int = 200) -> Latency:
+    """Time ``fn()``: CUDA events on GPU, ``torch.utils.benchmark`` on CPU."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        return _cuda_latency(fn, device, min_run_time, max_runs)
+    measurement = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+                                        ).blocked_autorange(min_run_time=min_run_time)
+    times = sorted(t * 1e3 for t in measurement.times)
+    return Latency(measurement.median * 1e3, _quantile(times, 0.2), _quantile(times, 0.8),
+                   len(times) * measurement.number_per_run, "torch.utils.benchmark.blocked_autorange")
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[max(0, min(98, round(q * 100) - 1))]
+
+
+def _cuda_latency(fn, device, min_run_time, max_runs) -> Latency:
+    # Flushing a buffer larger than L2 before each call measures cold-cache
+    # behaviour, as triton.testing.do_bench does.
+    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device)
+    torch.cuda.synchronize(device)
+    probe_start, probe_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    probe_start.record()
+    for _ in range(5):
+        fn()
+    probe_end.record()
+    torch.cuda.synchronize(device)
+    estimate_ms = max(probe_start.elapsed_time(probe_end) / 5, 1e-3)
+    runs = int(max(10, min(max_runs, min_run_time * 1e3 / estimate_ms)))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    for start, end in zip(starts, ends):
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize(device)
+    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return Latency(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), runs, "cuda events (L2 flushed)")
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int | None:
+    """Extra peak CUDA memory allocated while ``fn()`` runs; ``None`` off CUDA (no allocator stats)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def saved_tensor_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of tensors autograd saves for backward while ``fn()`` runs (storages counted once).
+
+    This is the activation memory a layer adds to a training step, and it is
+    exact on any device.
+    """
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(seen.values())
