@@ -1,0 +1,23 @@
+"""SoftPool (Stergiou, Poppe & Kalliatakis, ICCV 2021): y = Σ e^x·x / Σ e^x over the window.
+
+The authors' PyTorch fallback (alexandrosstergiou/SoftPool, pytorch/SoftPool/
+idea.py) computes ``avg_pool(x·e^x) / avg_pool(e^x)`` without any shift, so it
+overflows to inf/NaN once x exceeds ~88 in float32.  Here the weights are a
+softmax over each window, which subtracts the window maximum first: |x| = 1e4
+stays finite and, as the input scale grows, the output tends to the window
+max.  Padded positions get weight 0 (SPEC).  Half precision runs in float32.
+"""
+from __future__ import annotations
+
+from impls._window import compute_dtype, softmax_pool, unfold_windows
+from poolbench.base import Pool2d
+from poolbench.registry import register
+
+
+@register("softpool", "vectorized", params="0", family="baseline")
+class SoftPool(Pool2d):
+    """Σ softmax(x)·x over each window, max-subtracted (no overflow)."""
+
+    def pool(self, x):
+        windows = unfold_windows(x.to(compute_dtype(x.dtype)), self.kernel_size, self.stride, self.padding)
+        return windows.fold(softmax_pool(windows, windows.values)).to(x.dtype)
