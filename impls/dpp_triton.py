@@ -1,0 +1,149 @@
+"""DPP triton tier: fused Triton forward and backward kernels behind a ``torch.library`` custom op.
+
+Two ops in the ``poolbench_triton`` namespace carry the whole tier:
+
+* ``dpp_forward(x, alpha, lam, weight?, bias?, kernel_size, stride, padding, asym, eps2, scale_invariant) -> y``
+* ``dpp_backward(grad, x, alpha, lam, weight?, bias?, ...) -> (grad_x, grad_alpha, grad_lam, grad_weight, grad_bias)``
+
+Both have fake (meta) kernels and the forward has its autograd formula
+registered, so the tier works under ``torch.compile`` (the ops stay opaque
+calls in the graph) and passes ``torch.library.opcheck``.  ``weight``/``bias``
+are the Full-DPP guide (F, b); for Lite-DPP they are None and the backward
+returns empty tensors in their place.  Nothing but the inputs is saved for
+backward: the backward kernels recompute the weights.
+
+The kernels (``impls/dpp_triton_kernels.py``) are imported lazily, on first
+use, for two reasons: the registry imports every plugin and must not pay for
+(or fail on) Triton on machines without it, and Triton fixes at *kernel
+definition* whether it compiles for the GPU or interprets on the CPU
+(``TRITON_INTERPRET=1``).  On CPU the tier is therefore unavailable for normal
+use; with ``TRITON_INTERPRET=1`` set before the first use it runs on CPU
+tensors in the interpreter (slow; that is how the tests check it without a GPU).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from poolbench.dpp import register_dpp_tier
+
+__all__ = ["dpp_backward", "dpp_forward", "dpp_triton", "interpreting", "triton_unavailable_reason"]
+
+NAMESPACE = "poolbench_triton"
+_KERNELS_MODULE = "impls.dpp_triton_kernels"
+
+
+def interpreting() -> bool:
+    """Whether the kernels run (or, once imported, will run) in Triton's CPU interpreter."""
+    module = sys.modules.get(_KERNELS_MODULE)
+    if module is not None:
+        return module.INTERPRET
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_unavailable_reason(device: str) -> str | None:
+    """Why the triton tier cannot run on ``device`` (``None`` if it can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (it ships with CUDA builds of torch; pip install triton)"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available (torch.cuda.is_available() is False)"
+        return None
+    if device == "cpu":
+        if interpreting():
+            return None
+        return ("the triton tier compiles for CUDA GPUs; on CPU it runs only in Triton's interpreter "
+                "(set TRITON_INTERPRET=1 before first use; slow, meant for testing)")
+    return f"the triton tier does not support device {device!r}"
+
+
+def _kernels(x: Tensor):
+    """The kernel module, after checking that it can run on ``x``'s device."""
+    try:
+        from impls import dpp_triton_kernels as kernels
+    except ImportError as exc:
+        raise RuntimeError(f"the triton DPP tier needs triton: {exc}") from exc
+    if x.device.type == "cpu" and not kernels.INTERPRET:
+        raise ValueError(
+            "the triton DPP tier got CPU tensors but its kernels were compiled for CUDA; move the input to a "
+            "CUDA device, or set TRITON_INTERPRET=1 before the tier is first used to run it in Triton's interpreter"
+        )
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the triton DPP tier does not support device {x.device.type!r}")
+    return kernels
+
+
+def _pooled(size, kernel_size: int, stride: int, padding: int):
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+@torch.library.custom_op(f"{NAMESPACE}::dpp_forward", mutates_args=())
+def dpp_forward(x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
+                scale_invariant: bool) -> Tensor:
+    """DPP of x (N, C, H, W) → (N, C, OH, OW) in x's dtype; α, λ (C,); weight (C, 1, 3, 3), bias (C,) or None."""
+    return _kernels(x).forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                               scale_invariant)
+
+
+@dpp_forward.register_fake
+def _dpp_forward_fake(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    n, c, h, w = x.shape
+    return x.new_empty((n, c, _pooled(h, kernel_size, stride, padding), _pooled(w, kernel_size, stride, padding)))
+
+
+@torch.library.custom_op(f"{NAMESPACE}::dpp_backward", mutates_args=())
+def dpp_backward(grad: Tensor, x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor],
+                 bias: Optional[Tensor], kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
+                 scale_invariant: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. (x, α, λ, weight, bias), recomputing the weights; weight/bias grads are empty for Lite."""
+    return _kernels(x).backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                scale_invariant)
+
+
+@dpp_backward.register_fake
+def _dpp_backward_fake(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                       scale_invariant):
+    empty = x.new_empty((0,))
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        alpha.new_empty(alpha.shape),
+        lam.new_empty(lam.shape),
+        empty if weight is None else weight.new_empty(weight.shape),
+        empty if bias is None else bias.new_empty(bias.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, alpha, lam, weight, bias, *options = inputs
+    ctx.save_for_backward(x, alpha, lam, weight, bias)
+    ctx.options = options
+
+
+def _backward(ctx, grad):
+    x, alpha, lam, weight, bias = ctx.saved_tensors
+    gx, g_alpha, g_lam, g_weight, g_bias = dpp_backward(grad, x, alpha, lam, weight, bias, *ctx.options)
+    return (gx, g_alpha, g_lam, None if weight is None else g_weight, None if bias is None else g_bias,
+            *([None] * len(ctx.options)))
+
+
+dpp_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def dpp_triton(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant):
+    weight, bias = guide if guide is not None else (None, None)
+    return dpp_forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, bool(asym), float(eps2),
+                       bool(scale_invariant))
+
+
+register_dpp_tier(
+    "triton",
+    dpp_triton,
+    available=triton_unavailable_reason,
+    description="fused Triton forward/backward kernels (torch.library custom op)",
+)
