@@ -92,6 +92,8 @@ class PoolerSpec:
         device_type = torch.device(device).type
         if device_type not in self.devices:
             return f"{self.name}[{self.tier}] does not support device {device_type!r} (supports {', '.join(self.devices)})"
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return "CUDA is not available on this machine (torch.cuda.is_available() is False)"
         return self.available(device_type)
 
 

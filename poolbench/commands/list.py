@@ -1,10 +1,10 @@
 """``poolbench list``: every pooler with its tiers, parameter formula and devices."""
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 from .. import registry
+from ..console import console, print_table
 
 
 def add_parser(subparsers) -> None:
@@ -26,8 +26,8 @@ def run(args) -> int:
         devices = sorted({d for spec in by_tier for d in spec.devices})
         table.add_row(name, first.family, ", ".join(tier_labels), first.params, ", ".join(devices),
                       "yes" if first.stochastic else "")
-    Console().print(table)
+    print_table(table)
     errors = registry.load_plugins()
     for plugin, error in errors.items():
-        Console(stderr=True).print(f"[yellow]plugin {plugin} failed to load: {error}")
+        console(stderr=True).print(f"[yellow]plugin {plugin} failed to load: {error}")
     return 0

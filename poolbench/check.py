@@ -1,0 +1,263 @@
+"""Equivalence checks: every tier equals the reference, outputs and gradients.
+
+For every pooler registered with more than one tier, each non-reference tier
+available on the device is run beside the ``reference`` tier (float64, on the
+CPU) on random inputs over :data:`CASES` (odd sizes, padding, k=3/s=2/pad=1,
+batch 1); the forward output and the gradients w.r.t. the input and every
+parameter must agree within :mod:`poolbench.tolerances`.  Both modules share
+the same randomised parameters and, for stochastic poolers, the same seed.
+
+Every differentiable pooler (each tier that runs in float64) also passes
+``torch.autograd.gradcheck`` w.r.t. input and parameters.
+
+A case a pooler cannot take (Full-DPP on a size its guide cannot match) is
+recorded as ``n/a`` with the reason; an exception in a tier is a failure with
+its message; the check goes on either way.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from . import registry
+from .stochastic import Seeded
+from .tolerances import tolerance
+
+__all__ = ["CASES", "Case", "CheckPlan", "CheckResult", "check_equivalence", "check_gradients", "run_checks", "summarise"]
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: tuple[int, int, int, int]
+    kernel_size: int
+    stride: int
+    padding: int
+
+    def __str__(self) -> str:
+        n, c, h, w = self.shape
+        return f"{n}x{c}x{h}x{w} k{self.kernel_size}s{self.stride}p{self.padding}"
+
+
+#: Shapes and windows every tier is compared on.
+CASES = (
+    Case((2, 3, 8, 8), 2, 2, 0),
+    Case((1, 4, 9, 7), 3, 2, 1),
+    Case((2, 3, 7, 9), 2, 2, 0),
+    Case((1, 2, 6, 10), 3, 2, 1),
+    Case((2, 2, 5, 6), 3, 1, 1),
+)
+
+#: Small case for gradcheck (finite differences cost one forward per input element).
+GRADCHECK_CASES = (Case((1, 2, 4, 6), 2, 2, 0), Case((1, 2, 5, 5), 3, 2, 1))
+
+
+@dataclass
+class CheckResult:
+    """One (pooler, tier, case) comparison; errors are max |tier − reference| / (atol + rtol·|reference|)."""
+
+    pooler: str
+    tier: str
+    check: str  # "equivalence" or "gradcheck"
+    case: str
+    status: str  # "pass", "fail", "n/a", "skip"
+    output_error: float = float("nan")
+    grad_error: float = float("nan")
+    max_abs_output_error: float = float("nan")
+    max_abs_grad_error: float = float("nan")
+    detail: str = ""
+    dtype: str = ""
+    device: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _randomise(module: nn.Module, generator: torch.Generator) -> None:
+    """Move parameters off their initial values so every gradient path is exercised."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            parameter.add_((0.3 * noise).to(parameter.dtype))
+
+
+def _forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, Seeded):
+        module.reseed()
+    return module(x)
+
+
+def _scaled_error(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> tuple[float, float]:
+    """(max error in units of the tolerance, max absolute error); ≤ 1 means within tolerance."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
+    both_nan = actual.isnan() & expected.isnan()
+    diff = (actual - expected).abs().masked_fill(both_nan, 0)
+    if diff.isnan().any():
+        return float("inf"), float("inf")
+    if diff.numel() == 0:
+        return 0.0, 0.0
+    scaled = diff / (atol + rtol * expected.abs().masked_fill(both_nan, 0))
+    return scaled.max().item(), diff.max().item()
+
+
+def _build(name: str, tier: str, case: Case, options: dict) -> nn.Module:
+    return registry.create(name, case.shape[1], case.kernel_size, case.stride, case.padding, tier=tier, **options)
+
+
+def _options_for(spec: registry.PoolerSpec) -> dict:
+    return {"seed": 0} if spec.stochastic else {}
+
+
+def check_equivalence(name: str, tier: str, case: Case, device="cpu", dtype=torch.float32, seed: int = 0) -> CheckResult:
+    """Compare ``name[tier]`` on ``device``/``dtype`` with ``name[reference]`` in float64."""
+    spec = registry.get_spec(name, tier)
+    result = CheckResult(name, tier, "equivalence", str(case), "pass", dtype=str(dtype).replace("torch.", ""),
+                         device=str(device))
+    try:
+        reference = _build(name, "reference", case, _options_for(spec)).double()
+    except ValueError as exc:
+        result.status, result.detail = "n/a", str(exc)
+        return result
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        _randomise(reference, generator)
+        candidate = _build(name, tier, case, _options_for(spec))
+        candidate.load_state_dict(reference.state_dict())
+        candidate = candidate.to(device=device, dtype=dtype)
+        x64 = torch.randn(case.shape, generator=generator, dtype=torch.float64)
+        x_ref = x64.clone().requires_grad_()
+        x_new = x64.to(device=device, dtype=dtype).requires_grad_()
+        try:
+            expected = _forward(reference, x_ref)
+        except ValueError as exc:  # the case does not apply to this pooler (e.g. Full-DPP geometry)
+            result.status, result.detail = "n/a", str(exc)
+            return result
+        actual = _forward(candidate, x_new)
+        out_rtol, out_atol = tolerance(dtype, "output")
+        result.output_error, result.max_abs_output_error = _scaled_error(actual, expected, out_rtol, out_atol)
+        if spec.differentiable:
+            grad_out = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+            expected.backward(grad_out)
+            actual.backward(grad_out.to(device=device, dtype=dtype))
+            pairs = [("input", x_new.grad, x_ref.grad)]
+            new_params = dict(candidate.named_parameters())
+            pairs += [(pname, new_params[pname].grad, p.grad) for pname, p in reference.named_parameters()]
+            grad_rtol, grad_atol = tolerance(dtype, "grad")
+            worst, worst_abs, worst_name = 0.0, 0.0, ""
+            for pname, got, want in pairs:
+                if want is None and got is None:
+                    continue
+                if got is None or want is None:
+                    raise AssertionError(f"gradient of {pname} is missing in {'tier' if got is None else 'reference'}")
+                # Per-tensor scale: a parameter gradient sums over N·H·W, so compare relative to its size.
+                scale = want.abs().max().item()
+                error, abs_error = _scaled_error(got, want, grad_rtol, grad_atol * max(1.0, scale))
+                if not error <= worst:
+                    worst, worst_abs, worst_name = error, abs_error, pname
+            result.grad_error, result.max_abs_grad_error = worst, worst_abs
+            if worst > 1:
+                result.detail = f"worst gradient: {worst_name}"
+        if not (result.output_error <= 1 and (not spec.differentiable or result.grad_error <= 1)):
+            result.status = "fail"
+            result.detail = result.detail or "output outside tolerance"
+    except Exception as exc:  # a broken tier is a failed cell, not a crashed check
+        result.status, result.detail = "fail", f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def check_gradients(name: str, tier: str, case: Case, device="cpu") -> CheckResult:
+    """``torch.autograd.gradcheck`` in float64 w.r.t. the input and every parameter."""
+    spec = registry.get_spec(name, tier)
+    result = CheckResult(name, tier, "gradcheck", str(case), "pass", dtype="float64", device=str(device))
+    try:
+        module = _build(name, tier, case, _options_for(spec)).to(device=device, dtype=torch.float64)
+        _randomise(module, torch.Generator().manual_seed(1))
+        if spec.stochastic:
+            module.eval()  # sampling is a discrete choice; gradcheck the deterministic eval path
+        names = [pname for pname, _ in module.named_parameters()]
+        params = tuple(p.detach().clone().requires_grad_() for _, p in module.named_parameters())
+        x = torch.randn(case.shape, dtype=torch.float64, device=device, generator=None).requires_grad_()
+
+        def function(x, *values):
+            if isinstance(module, Seeded):
+                module.reseed()
+            return torch.func.functional_call(module, dict(zip(names, values)), (x,))
+
+        try:
+            function(x, *params)
+        except ValueError as exc:
+            result.status, result.detail = "n/a", str(exc)
+            return result
+        torch.autograd.gradcheck(function, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
+    except Exception as exc:
+        result.status, result.detail = "fail", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return result
+
+
+@dataclass
+class CheckPlan:
+    poolers: list[str] | None = None
+    tiers: list[str] | None = None
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    cases: tuple[Case, ...] = CASES
+    gradcheck: bool = True
+    skipped: list[CheckResult] = field(default_factory=list)
+
+
+def run_checks(plan: CheckPlan, progress=None) -> list[CheckResult]:
+    """Run equivalence for every multi-tier pooler and gradcheck for every differentiable one."""
+    jobs = []
+    for name in plan.poolers or registry.names():
+        tiers = registry.tiers(name)
+        for tier in tiers:
+            if plan.tiers and tier not in plan.tiers:
+                continue
+            spec = registry.get_spec(name, tier)
+            reason = spec.unavailable_reason(plan.device)
+            if reason is not None:
+                jobs.append(("skip", name, tier, None, reason))
+                continue
+            if tier != "reference" and "reference" in tiers:
+                jobs += [("equivalence", name, tier, case, None) for case in plan.cases]
+            if plan.gradcheck and spec.differentiable:
+                jobs += [("gradcheck", name, tier, case, None) for case in GRADCHECK_CASES]
+    results = []
+    for kind, name, tier, case, reason in jobs:
+        if progress is not None:
+            progress(f"{kind} {name}[{tier}] {case or ''}", len(jobs))
+        if kind == "skip":
+            results.append(CheckResult(name, tier, "all", "", "skip", detail=reason, device=plan.device))
+        elif kind == "equivalence":
+            results.append(check_equivalence(name, tier, case, plan.device, plan.dtype))
+        else:
+            results.append(check_gradients(name, tier, case, plan.device))
+    return results
+
+
+def summarise(results: list[CheckResult]) -> list[dict]:
+    """One row per (pooler, tier): worst errors over the cases and the overall status."""
+    rows: dict[tuple[str, str], dict] = {}
+    for r in results:
+        row = rows.setdefault((r.pooler, r.tier), {
+            "pooler": r.pooler, "tier": r.tier, "cases": 0, "worst output error": 0.0, "worst grad error": 0.0,
+            "max abs output error": 0.0, "max abs grad error": 0.0, "gradcheck": "", "status": "pass", "detail": ""})
+        if r.status == "skip":
+            row.update(status="skip", detail=r.detail)
+            continue
+        if r.check == "gradcheck":
+            row["gradcheck"] = "fail" if "fail" in (row["gradcheck"], r.status) else (r.status if row["gradcheck"] in ("", "n/a") else row["gradcheck"])
+        elif r.status != "n/a":
+            row["cases"] += 1
+            for key, value in (("worst output error", r.output_error), ("worst grad error", r.grad_error),
+                               ("max abs output error", r.max_abs_output_error), ("max abs grad error", r.max_abs_grad_error)):
+                if not math.isnan(value):
+                    row[key] = max(row[key], value)
+        if r.status == "fail":
+            row["status"] = "fail"
+            row["detail"] = row["detail"] or f"{r.check} {r.case}: {r.detail}"
+    return list(rows.values())

@@ -1,0 +1,57 @@
+"""The CLI is a thin layer: list shows the registry, check reports and exits non-zero on a mismatch."""
+import json
+
+import pytest
+import torch
+
+from poolbench import registry
+from poolbench.base import Pool2d
+from poolbench.cli import main
+
+
+def test_list_shows_every_pooler_and_its_tiers(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in registry.names():
+        assert name in out
+    assert "12·C" in out and "2·C" in out
+
+
+def test_check_passes_for_vectorized_dpp_and_emits_json(capsys):
+    code = main(["check", "--poolers", "dpp_lite_sym", "dpp_full_asym", "--tiers", "reference", "vectorized", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rows = {(row["pooler"], row["tier"]): row for row in report["summary"]}
+    assert rows[("dpp_full_asym", "vectorized")]["status"] == "pass"
+    assert rows[("dpp_full_asym", "vectorized")]["cases"] >= 3
+    assert rows[("dpp_lite_sym", "vectorized")]["gradcheck"] == "pass"
+
+
+class OffByOne(Pool2d):
+    """A deliberately wrong tier: the check must catch it."""
+
+    def pool(self, x):
+        return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding) + 1e-3
+
+
+class Average(Pool2d):
+    def pool(self, x):
+        return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=False)
+
+
+def test_check_fails_on_a_tier_that_differs_from_reference(monkeypatch, capsys):
+    monkeypatch.setattr(registry, "_REGISTRY", {k: dict(v) for k, v in registry._REGISTRY.items()})
+    registry.register("avg_for_check", "reference")(lambda c, k, s, p: Average(c, k, s, p))
+    registry.register("avg_for_check", "vectorized")(lambda c, k, s, p: OffByOne(c, k, s, p))
+    code = main(["check", "--poolers", "avg_for_check", "--no-gradcheck", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    row = next(r for r in report["summary"] if r["tier"] == "vectorized")
+    assert row["status"] == "fail" and "output outside tolerance" in row["detail"]
+
+
+def test_cuda_without_cuda_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["check", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
