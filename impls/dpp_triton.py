@@ -109,13 +109,12 @@ def dpp_backward(grad: Tensor, x: Tensor, alpha: Tensor, lam: Tensor, weight: Op
 @dpp_backward.register_fake
 def _dpp_backward_fake(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
                        scale_invariant):
-    empty = x.new_empty((0,))
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
         alpha.new_empty(alpha.shape),
         lam.new_empty(lam.shape),
-        empty if weight is None else weight.new_empty(weight.shape),
-        empty if bias is None else bias.new_empty(bias.shape),
+        x.new_empty((0,)) if weight is None else weight.new_empty(weight.shape),
+        x.new_empty((0,)) if bias is None else bias.new_empty(bias.shape),
     )
 
 

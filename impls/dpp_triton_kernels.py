@@ -210,9 +210,11 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_
         gy = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC)
         gyd = gy / D
         dev = tl.where(valid, r - yg[:, None], 0.0)  # I_q − y
-        # ∂L/∂α = ĝ·e^(−M)·Σ(I−y); guard 0·inf when α = 0 and e^(−M) overflows on a flat window.
+        # ∂L/∂α = ĝ·e^(−M)·Σ(I−y), formed as ±exp(log|ĝ·Σ(I−y)| − M): e^(−M) alone overflows at
+        # α = 0 on flat windows (M ≈ (λ/2)·log ε²) although the product is 0 or finite.
         t_alpha = gyd * tl.sum(dev, axis=1)
-        acc_alpha += tl.where(t_alpha == 0.0, 0.0, t_alpha * tl.exp(-M))
+        magnitude = tl.exp(tl.where(t_alpha == 0.0, 0.0, tl.log(tl.where(t_alpha == 0.0, 1.0, tl.abs(t_alpha))) - M))
+        acc_alpha += tl.where(t_alpha == 0.0, 0.0, tl.where(t_alpha < 0, -magnitude, magnitude))
         log_c = tl.log(c) - log_m[:, None]
         acc_lam += gyd * 0.5 * tl.sum(dev * e * log_c, axis=1)
         beta = gyd[:, None] * dev * e * half

@@ -1,0 +1,391 @@
+"""The triton DPP tier: the kernels against the float64 reference, on CPU through Triton's interpreter.
+
+Triton fixes at kernel definition whether it compiles for a GPU or interprets
+on the CPU (``TRITON_INTERPRET=1``), so the kernels cannot be interpreted in a
+process that already compiled them.  Hence two modes of this one file:
+
+* in the normal run, :func:`test_kernels_in_triton_interpreter` re-runs this
+  file in a subprocess with ``TRITON_INTERPRET=1`` (every kernel test then runs
+  on small CPU tensors and must pass there);
+* every kernel test uses the ``device`` fixture and skips with the tier's reason
+  where it cannot run, so in that subprocess (CPU, interpreted) and on a GPU
+  (``pytest --device cuda tests/test_dpp_triton.py``) the same tests run.
+
+GPU-only checks (VGG-sized layers, torch.compile, float64 on the GPU) are
+marked ``gpu``: ``pytest --device cuda -m gpu tests/test_dpp_triton.py``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import poolbench
+from poolbench import functional as PF
+from poolbench.dpp import DPP_VARIANTS, dpid_filter
+from poolbench.tolerances import assert_close
+
+try:  # the shared tier contract (smoke, reference, gradcheck, module == functional, ...)
+    from dpp_tester import DPPTierTester
+except ImportError:  # pragma: no cover - only while the shared tester is absent
+    DPPTierTester = None
+
+from impls import dpp_triton
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+VARIANTS = tuple(v for v in DPP_VARIANTS if not v.stochastic)
+
+
+@pytest.fixture
+def tier_device(device):
+    """The test device, or a skip with the tier's own reason where the triton tier cannot run on it."""
+    reason = poolbench.get_spec("dpp_lite_sym", "triton").unavailable_reason(device)
+    if reason is not None:
+        pytest.skip(reason)
+    return device
+
+
+def dpp_inputs(shape, full, dtype=torch.float64, seed=0, alpha=None, lam=None):
+    """Random input and per-channel parameters (float64, CPU) for the reference."""
+    generator = torch.Generator().manual_seed(seed)
+    channels = shape[1]
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    alpha = torch.rand(channels, generator=generator, dtype=torch.float64) * 1.9 + 0.1 if alpha is None else alpha
+    lam = torch.rand(channels, generator=generator, dtype=torch.float64) * 3 if lam is None else lam
+    guide = None
+    if full:
+        guide = (dpid_filter(channels, torch.float64) + 0.2 * torch.randn(channels, 1, 3, 3, generator=generator,
+                                                                          dtype=torch.float64),
+                 0.1 * torch.randn(channels, generator=generator, dtype=torch.float64))
+    return x, alpha, lam, guide
+
+
+def run_dpp(tier, x, alpha, lam, geometry, asym, guide, device="cpu", dtype=None, scale_invariant=False, seed=1):
+    """Forward and backward of ``PF.dpp`` on ``tier``; returns (y, grads of x, α, λ[, F, b]) on the CPU."""
+    dtype = dtype or x.dtype
+    leaves = [x.to(device=device, dtype=dtype), alpha.to(device), lam.to(device)]
+    if guide is not None:
+        leaves += [t.to(device) for t in guide]
+    leaves = [t.detach().requires_grad_() for t in leaves]
+    k, s, p = geometry
+    y = PF.dpp(leaves[0], leaves[1], leaves[2], k, s, p, asym=asym,
+               guide=tuple(leaves[3:]) if guide is not None else None, scale_invariant=scale_invariant, tier=tier)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    y.backward(grad_out.to(device=y.device, dtype=y.dtype))
+    return [y.detach().cpu()] + [t.grad.cpu() for t in leaves]
+
+
+def assert_matches_reference(got, want, dtype, what=""):
+    names = ["output", "grad x", "grad alpha", "grad lam", "grad F", "grad b"]
+    for name, g, w in zip(names, got, want):
+        kind = "output" if name == "output" else "grad"
+        # Per-channel parameter gradients sum over N·H·W windows: compare relative to their size.
+        scale = max(1.0, w.abs().max().item()) if name not in ("output", "grad x") else 1.0
+        if scale > 1.0:
+            g, w = g / scale, w / scale
+        assert_close(g.double(), w.double(), dtype=dtype, kind=kind, msg=f"{what}: {name}")
+
+
+# Geometries the kernels treat differently: non-overlapping exact tiling (fused backward), k3s2p1
+# (overlap: gather backward), stride 1 (S3DPP), k == s with ragged edges, k < s (uncovered pixels).
+GEOMETRIES = [
+    ((2, 3, 6, 8), (2, 2, 0)),
+    ((1, 2, 7, 5), (3, 2, 1)),
+    ((2, 2, 5, 7), (2, 1, 0)),
+    ((1, 2, 8, 6), (3, 1, 1)),
+    ((1, 2, 7, 8), (3, 3, 0)),
+    ((1, 2, 8, 7), (2, 3, 1)),
+    ((1, 1, 19, 17), (2, 2, 0)),  # planes of > 64 outputs: several blocks and backward chunks per plane
+]
+
+
+def full_guide_fits(shape, geometry):
+    try:
+        poolbench.dpp.check_full_guide(shape[2], shape[3], *geometry)
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- any process, no kernels run
+
+
+def test_registered_for_every_dpp_variant():
+    for variant in DPP_VARIANTS:
+        assert "triton" in poolbench.tiers(variant.name)
+        assert poolbench.get_spec(variant.name, "triton").family == "dpp"
+
+
+@pytest.mark.skipif(INTERPRETED, reason="in the interpreter the tier is available on CPU")
+def test_cpu_is_unavailable_with_a_reason():
+    reason = poolbench.get_spec("dpp_full_asym", "triton").unavailable_reason("cpu")
+    if HAS_TRITON:
+        assert "TRITON_INTERPRET=1" in reason and "CUDA" in reason
+    else:
+        assert "triton is not installed" in reason
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without CUDA")
+def test_cuda_is_unavailable_without_a_gpu():
+    reason = poolbench.get_spec("dpp_lite_sym", "triton").unavailable_reason("cuda")
+    assert reason is not None and ("CUDA is not available" in reason or "triton" in reason)
+
+
+@pytest.mark.skipif(INTERPRETED or not HAS_TRITON, reason="needs triton, outside the interpreter")
+def test_cpu_tensors_without_interpreter_raise_a_clear_error():
+    """Guards against Triton's own obscure failure when handed CPU tensors by a compiled kernel."""
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        PF.dpp(x, 1.0, 1.0, tier="triton")
+
+
+def test_fake_kernels_give_shapes_without_running_triton():
+    """The meta/fake kernels are what torch.compile traces; they must match the real output shapes."""
+    x = torch.empty(2, 3, 7, 9, device="meta")
+    alpha = lam = torch.empty(3, device="meta")
+    weight, bias = torch.empty(3, 1, 3, 3, device="meta"), torch.empty(3, device="meta")
+    y = torch.ops.poolbench_triton.dpp_forward(x, alpha, lam, weight, bias, 3, 2, 1, False, 1e-3, False)
+    assert y.shape == (2, 3, 4, 5)
+    grads = torch.ops.poolbench_triton.dpp_backward(y, x, alpha, lam, None, None, 3, 2, 1, True, 1e-3, False)
+    assert [tuple(g.shape) for g in grads] == [(2, 3, 7, 9), (3,), (3,), (0,), (0,)]
+
+
+@pytest.mark.skipif(INTERPRETED or not HAS_TRITON, reason="starts the interpreter run; needs triton")
+def test_kernels_in_triton_interpreter():
+    """Every kernel test below, rerun on CPU tensors under TRITON_INTERPRET=1 (no GPU needed)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "pytest", str(Path(__file__).relative_to(ROOT)), "-q", "-x",
+               "-p", "no:cacheprovider", "--device", "cpu", "-m", "not slow and not gpu"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    tail = (done.stdout + done.stderr)[-6000:]
+    assert done.returncode == 0, f"interpreter run failed ({' '.join(command)}):\n{tail}"
+    assert " passed" in done.stdout and "failed" not in done.stdout, tail
+
+
+# --------------------------------------------------------------------------- kernels (interpreter or GPU)
+
+
+@pytest.mark.parametrize("asym,full", list(itertools.product((False, True), (False, True))),
+                         ids=[v.name for v in VARIANTS])
+@pytest.mark.parametrize("scale_invariant", (False, True), ids=("plain", "scale_invariant"))
+def test_values_and_gradients_match_reference_float64(tier_device, asym, full, scale_invariant):
+    ran = 0
+    for shape, geometry in GEOMETRIES:
+        if full and not full_guide_fits(shape, geometry):
+            continue
+        x, alpha, lam, guide = dpp_inputs(shape, full)
+        want = run_dpp("reference", x, alpha, lam, geometry, asym, guide, scale_invariant=scale_invariant)
+        got = run_dpp("triton", x, alpha, lam, geometry, asym, guide, tier_device, scale_invariant=scale_invariant)
+        assert_matches_reference(got, want, torch.float64, f"{shape} k,s,p={geometry}")
+        ran += 1
+    assert ran >= 2
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("asym,full", list(itertools.product((False, True), (False, True))),
+                         ids=[v.name for v in VARIANTS])
+def test_low_precision_matches_reference(tier_device, dtype, asym, full):
+    """fp32/fp16/bf16 inputs accumulate in float32: compared with the reference at the rounded input."""
+    for shape, geometry in (((2, 3, 6, 8), (2, 2, 0)), ((1, 2, 7, 5), (3, 2, 1))):
+        x, alpha, lam, guide = dpp_inputs(shape, full, seed=3)
+        x = x.to(dtype).double()
+        want = run_dpp("reference", x, alpha, lam, geometry, asym, guide)
+        got = run_dpp("triton", x, alpha.float(), lam.float(), geometry, asym,
+                      guide and tuple(t.float() for t in guide), tier_device, dtype)
+        assert got[0].dtype == dtype and got[1].dtype == dtype
+        assert_matches_reference(got, want, dtype, f"{dtype} {shape} k,s,p={geometry}")
+
+
+@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
+def test_spec_range_is_finite_in_float32(tier_device, name):
+    """λ up to 200 and |I| up to 1e4 (and ReLU-flat windows) give finite outputs and gradients."""
+    full, asym = "full" in name, "asym" in name
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 1e4
+    x[:, :, :4] = x[:, :, :4].relu()  # whole windows of zeros
+    x = x.float().double()  # the float32 input, so only the arithmetic differs
+    alpha = torch.tensor([1e-3, 1.0, 0.0], dtype=torch.float64)
+    lam = torch.tensor([200.0, 50.0, 200.0], dtype=torch.float64)
+    guide = (dpid_filter(3, torch.float64), torch.zeros(3, dtype=torch.float64)) if full else None
+    got = run_dpp("triton", x, alpha, lam, (2, 2, 0), asym, guide, tier_device, torch.float32)
+    for tensor in got[:2] + got[3:]:  # output and every gradient but α's (α = 0 is the boundary)
+        assert torch.isfinite(tensor).all()
+    assert torch.isfinite(got[2][:2]).all()
+    # The log-domain float64 vectorized tier handles this range exactly (the plain reference overflows).
+    # Errors are relative to the input's scale: a window spanning 0..1e4 whose output is near 0
+    # still carries float32 rounding of its 1e4-sized terms.
+    want = run_dpp("vectorized", x, alpha, lam, (2, 2, 0), asym, guide)
+    scale = x.abs().max()
+    assert_close(got[0].double() / scale, want[0] / scale, dtype=torch.float32)
+
+
+def test_alpha_zero_contributes_nothing(tier_device):
+    """α = 0 exactly: w = ρ only, and no NaN from log 0 in the output or any gradient."""
+    x, _, lam, guide = dpp_inputs((2, 3, 6, 8), True, seed=7)
+    alpha = torch.zeros(3, dtype=torch.float64)
+    for asym, g in ((False, None), (True, guide)):
+        want = run_dpp("reference", x, alpha, lam, (2, 2, 0), asym, g)
+        got = run_dpp("triton", x, alpha, lam, (2, 2, 0), asym, g, tier_device)
+        assert not any(t.isnan().any() for t in got)
+        assert_matches_reference(got, want, torch.float64, f"alpha=0 asym={asym}")
+
+
+@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
+def test_lambda_zero_is_average_pooling(tier_device, name):
+    x, alpha, _, guide = dpp_inputs((2, 3, 7, 5), "full" in name)
+    y = PF.dpp(x.to(tier_device), alpha.to(tier_device), 0.0, 3, 2, 1, asym="asym" in name,
+               guide=guide and tuple(t.to(tier_device) for t in guide), tier="triton")
+    assert_close(y.cpu(), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
+
+
+def test_large_lambda_limits_are_max_and_extremum_pooling(tier_device):
+    """λ → ∞, α → 0: Lite-Asym → max pooling, Lite-Sym → the value farthest from the window mean."""
+    pattern = torch.tensor([[0.0, 1.0], [2.0, 4.0]], dtype=torch.float64)  # mean 1.75: farthest is 4 (the max)
+    x = pattern.repeat(1, 2, 3, 3) + torch.arange(2, dtype=torch.float64).view(1, 2, 1, 1) * 10
+    x[:, 1] = -x[:, 1]  # channel 1: farthest is the minimum
+    y_asym = PF.dpp(x.to(tier_device), 1e-12, 200.0, asym=True, tier="triton").cpu()
+    assert_close(y_asym, F.max_pool2d(x, 2, 2))
+    y_sym = PF.dpp(x.to(tier_device), 1e-12, 200.0, asym=False, tier="triton").cpu()
+    assert_close(y_sym[:, 0], F.max_pool2d(x, 2, 2)[:, 0])
+    assert_close(y_sym[:, 1], -F.max_pool2d(-x, 2, 2)[:, 1])
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
+def test_nan_input_poisons_only_its_window(tier_device):
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    x[0, 0, 0, 0] = float("nan")
+    y = PF.dpp(x.to(tier_device), 1.0, 2.0, tier="triton").cpu()
+    assert y[0, 0, 0, 0].isnan() and not y.flatten()[1:].isnan().any()
+
+
+@pytest.mark.parametrize("full", (False, True), ids=("lite", "full"))
+def test_gradcheck_float64(tier_device, full):
+    """Analytic backward kernels vs finite differences (fast mode: a few random projections)."""
+    x, alpha, lam, guide = dpp_inputs((1, 2, 6, 6), full, seed=11)
+    leaves = [x, alpha, lam] + (list(guide) if full else [])
+    leaves = [t.to(tier_device).requires_grad_() for t in leaves]
+    for geometry, asym, scale_invariant in (((2, 2, 0), True, False), ((3, 2, 1), False, True)):
+        def function(x, alpha, lam, *guide):
+            return PF.dpp(x, alpha, lam, *geometry, asym=asym, guide=guide or None,
+                          scale_invariant=scale_invariant, tier="triton")
+
+        assert torch.autograd.gradcheck(function, tuple(leaves), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("full", (False, True), ids=("lite", "full"))
+def test_opcheck(tier_device, full):
+    """Schema, fake tensor, autograd registration and AOT dispatch of the custom op."""
+    x, alpha, lam, guide = dpp_inputs((1, 2, 6, 6), full, seed=13)
+    weight, bias = guide if full else (None, None)
+    args = [t if t is None else t.float().to(tier_device).requires_grad_() for t in (x, alpha, lam, weight, bias)]
+    torch.library.opcheck(torch.ops.poolbench_triton.dpp_forward.default, (*args, 3, 2, 1, True, 1e-3, False))
+    grad = torch.randn(1, 2, 3, 3, device=tier_device)
+    torch.library.opcheck(torch.ops.poolbench_triton.dpp_backward.default,
+                          (grad, *[t if t is None else t.detach() for t in args], 3, 2, 1, True, 1e-3, False))
+
+
+def test_backward_is_deterministic_and_saves_only_inputs(tier_device):
+    """No atomics: two backward passes agree bitwise; autograd keeps x and the parameters, nothing unfolded."""
+    x, alpha, lam, guide = dpp_inputs((2, 3, 7, 5), True, seed=17)
+    first = run_dpp("triton", x, alpha, lam, (3, 2, 1), False, guide, tier_device, torch.float32)
+    second = run_dpp("triton", x, alpha, lam, (3, 2, 1), False, guide, tier_device, torch.float32)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    saved = []
+    xs = x.float().to(tier_device).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        PF.dpp(xs, alpha.float().to(tier_device).requires_grad_(), lam.float().to(tier_device).requires_grad_(),
+               3, 2, 1, guide=tuple(t.float().to(tier_device).requires_grad_() for t in guide), tier="triton")
+    assert sum(t.numel() for t in saved) <= xs.numel() + 3 * 12  # x, α, λ, F, b
+
+
+def test_module_s3dpp_and_non_contiguous_input(tier_device):
+    module = poolbench.create("s3dpp_lite_sym", 3, tier="triton", device=tier_device, seed=0).eval()
+    reference = poolbench.create("s3dpp_lite_sym", 3, tier="reference", seed=0).eval().double()
+    x = torch.randn(2, 6, 6, 3, dtype=torch.float64).permute(0, 3, 1, 2)  # channels-last view
+    assert_close(module.double()(x.to(tier_device)).cpu(), reference(x))
+
+
+if DPPTierTester is not None:
+
+    class TestTritonTierContract(DPPTierTester):
+        """The shared DPP tier contract (smoke, reference, gradcheck, module == functional, half precision)."""
+
+        tier = "triton"
+
+        if INTERPRETED:
+            # Full finite differences of every input element cost ~2 min in the interpreter; the
+            # default run keeps the fast-mode gradcheck above, this one runs with -m slow.
+            @pytest.mark.slow
+            @pytest.mark.parametrize("name", [v.name for v in VARIANTS])
+            def test_gradcheck_float64(self, name, device):
+                super().test_gradcheck_float64(name, device)
+
+
+# --------------------------------------------------------------------------- GPU only
+
+
+def _gpu_dpp_pair(name, shape, dtype, device, geometry=(2, 2, 0)):
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=generator) * 2).to(device=device, dtype=dtype)
+    modules = [poolbench.create(name, shape[1], *geometry, tier=tier, device=device, alpha=0.5, lam=2.0)
+               for tier in ("triton", "vectorized")]
+    with torch.no_grad():
+        for parameter in modules[0].parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator).to(device))
+    modules[1].load_state_dict(modules[0].state_dict())
+    return x, modules
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
+def test_gpu_vgg_layer_matches_vectorized(tier_device, name, dtype):
+    """A VGG-16 pooling layer at batch 4 (autotuned kernels, many blocks per plane) vs the vectorized tier."""
+    x, (fast, slow) = _gpu_dpp_pair(name, (4, 64, 224, 224), dtype, tier_device)
+    outputs = []
+    for module in (fast, slow):
+        xs = x.detach().requires_grad_()
+        y = module(xs)
+        y.backward(torch.ones_like(y))
+        outputs.append([y.float(), xs.grad.float()] + [p.grad.float() for p in module.parameters()])
+    for got, want in zip(*outputs):
+        scale = max(1.0, want.abs().max().item())
+        assert_close(got / scale, want / scale, dtype=dtype, kind="grad")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
+def test_gpu_torch_compile_composes(tier_device, name):
+    """The custom op inside a compiled graph (fullgraph: no graph break) equals eager, values and grads."""
+    geometry = (3, 2, 1)
+    x, (module, _) = _gpu_dpp_pair(name, (2, 16, 32, 32), torch.float32, tier_device, geometry)
+
+    def step(x):
+        return (module(torch.relu(x)) * 2).sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    grads = []
+    for fn in (step, compiled):
+        xs = x.detach().requires_grad_()
+        module.zero_grad()
+        fn(xs).backward()
+        grads.append([xs.grad.clone()] + [p.grad.clone() for p in module.parameters()])
+    for got, want in zip(*grads):
+        assert_close(got, want, kind="grad")
+
+
+@pytest.mark.gpu
+def test_gpu_float64_matches_reference(tier_device):
+    x, alpha, lam, guide = dpp_inputs((2, 3, 7, 5), True, seed=19)
+    want = run_dpp("reference", x, alpha, lam, (3, 2, 1), True, guide)
+    got = run_dpp("triton", x, alpha, lam, (3, 2, 1), True, guide, tier_device)
+    assert_matches_reference(got, want, torch.float64)
