@@ -314,6 +314,11 @@ def test_module_s3dpp_and_non_contiguous_input(tier_device):
     assert_close(module.double()(x.to(tier_device)).cpu(), reference(x))
 
 
+def test_torch_compile_composes(tier_device):
+    """The custom op inside a compiled graph (fullgraph: no graph break) equals eager, values and grads."""
+    _check_compiled_equals_eager("dpp_full_sym", tier_device)
+
+
 if DPPTierTester is not None:
 
     class TestTritonTierContract(DPPTierTester):
@@ -365,9 +370,12 @@ def test_gpu_vgg_layer_matches_vectorized(tier_device, name, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", [v.name for v in VARIANTS])
 def test_gpu_torch_compile_composes(tier_device, name):
-    """The custom op inside a compiled graph (fullgraph: no graph break) equals eager, values and grads."""
+    _check_compiled_equals_eager(name, tier_device, (2, 16, 32, 32))
+
+
+def _check_compiled_equals_eager(name, device, shape=(2, 3, 8, 8)):
     geometry = (3, 2, 1)
-    x, (module, _) = _gpu_dpp_pair(name, (2, 16, 32, 32), torch.float32, tier_device, geometry)
+    x, (module, _) = _gpu_dpp_pair(name, shape, torch.float32, device, geometry)
 
     def step(x):
         return (module(torch.relu(x)) * 2).sum()
