@@ -41,8 +41,9 @@ Backward recomputes the weights from x (nothing but the inputs is saved):
 
 Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = e^(ℓ_q − M)):
 
-    ∂L/∂α  = ĝ · e^(−M) · Σ_q (I_q − y)
+    ∂L/∂α  = ĝ · e^(−M) · Σ_q (I_q − y),   Σ_q (I_q − y) = (Σe·Σ(I−Ĩ) − n·Σe·(I−Ĩ))/D
     ∂L/∂λ  = ĝ · Σ_q (I_q − y)·e_q·(log c_q − log m)/2
+           = ĝ/2 · (Σ_q (I_q − y)·e_q·log(c_q/c_max) − a·(log c_max − log m)·Σ_q (I_q − y))
     β_q    = ĝ · (I_q − y)·e_q·λ/2                        (= ∂L/∂log c_q)
     γ_q    = 2·d_q·(β_q / c_q − [SI] Σ_j β_j / Σ_j c_j)    (= ∂L/∂d_q)
     ∂L/∂I_q (direct) = ĝ·w_q + γ_q,    ∂L/∂Ĩ = −Σ_q γ_q
@@ -109,17 +110,17 @@ def _pool_window(xp, w_ptr, b_ptr, ch, alpha, half, eps2, oh, ow, pmask, H, W,
                  ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr):
     """Everything the forward and backward need about a block of windows, in registers.
 
-    Returns (v, valid, n, g, r, d, c, e, a, D, y − g, M, cmax, csum, log m, ℓ_max − M): taps
-    [BLOCK, KP] and per-window [BLOCK] values; r = I − Ĩ before the Asym clamp; invalid taps have
-    v = r = e = 0.  The output is formed as Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly
+    Returns (v, valid, n, g, r, d, c, lr, e, a, D, y − g, M, cmax, csum, log m, ℓ_max − M): taps
+    [BLOCK, KP] and per-window [BLOCK] values; r = I − Ĩ before the Asym clamp, lr = log(c/c_max);
+    invalid taps have v = r = lr = e = 0.  The output is formed as Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly
     y = I (no rounding residue for the α-gradient at α = 0 to amplify) and large |I| with small
     spread keeps its precision.
     """
     t = tl.arange(0, KP)
-    r = oh[:, None] * S - PAD + (t // K)[None, :]
+    row = oh[:, None] * S - PAD + (t // K)[None, :]
     col = ow[:, None] * S - PAD + (t % K)[None, :]
-    valid = pmask[:, None] & (t < K * K)[None, :] & (r >= 0) & (r < H) & (col >= 0) & (col < W)
-    v = tl.load(xp + r * W + col, mask=valid, other=0.0).to(ACC)
+    valid = pmask[:, None] & (t < K * K)[None, :] & (row >= 0) & (row < H) & (col >= 0) & (col < W)
+    v = tl.load(xp + row * W + col, mask=valid, other=0.0).to(ACC)
     n = tl.maximum(tl.sum(valid.to(ACC), axis=1), 1.0)
     if FULL:
         xg = _guide_taps(xp, oh, ow, pmask, H, W, S, ACC)
@@ -144,11 +145,12 @@ def _pool_window(xp, w_ptr, b_ptr, ch, alpha, half, eps2, oh, ow, pmask, H, W,
     M = tl.maximum(ell_max, log_alpha)
     shift = ell_max - M  # ≤ 0
     a = tl.exp(log_alpha - M)  # exactly 0 when α = 0
-    e = tl.where(valid, tl.exp(half * tl.log(c / cmax[:, None]) + shift[:, None]), 0.0)
+    lr = tl.where(valid, tl.log(c / cmax[:, None]), 0.0)
+    e = tl.where(valid, tl.exp(half * lr + shift[:, None]), 0.0)
     D = tl.sum(e, axis=1) + a * n
     D = tl.where(pmask, D, 1.0)
     yg = (tl.sum(e * r, axis=1) + a * tl.sum(r, axis=1)) / D
-    return v, valid, n, g, r, d, c, e, a, D, yg, M, cmax, csum, log_m, shift
+    return v, valid, n, g, r, d, c, lr, e, a, D, yg, M, cmax, csum, log_m, shift
 
 
 # --------------------------------------------------------------------------- forward
@@ -170,7 +172,7 @@ def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_ptr, y_ptr,
     half = tl.load(lam_ptr + ch) * 0.5
     eps2 = tl.load(eps_ptr)
     xp = x_ptr + plane * H * W
-    _, _, _, g, _, _, _, _, _, _, yg, _, _, _, _, _ = _pool_window(
+    _, _, _, g, _, _, _, _, _, _, _, yg, _, _, _, _, _ = _pool_window(
         xp, w_ptr, b_ptr, ch, alpha, half, eps2, oh, ow, pmask, H, W, K, S, PAD, KP, ASYM, FULL, SI, ACC)
     tl.store(y_ptr + plane * P + offs, (g + yg).to(y_ptr.dtype.element_ty), mask=pmask)
 
@@ -205,18 +207,24 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_
         offs = block_start + tl.arange(0, BLOCK)
         pmask = offs < stop
         oh, ow = offs // OW, offs % OW
-        v, valid, n, g, r, d, c, e, a, D, yg, M, cmax, csum, log_m, shift = _pool_window(
+        v, valid, n, g, r, d, c, lr, e, a, D, yg, M, cmax, csum, log_m, shift = _pool_window(
             xp, w_ptr, b_ptr, ch, alpha, half, eps2, oh, ow, pmask, H, W, K, S, PAD, KP, ASYM, FULL, SI, ACC)
         gy = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC)
         gyd = gy / D
         dev = tl.where(valid, r - yg[:, None], 0.0)  # I_q − y
+        # Σ_q (I_q − y) = (Σe·Σr − n·Σe·r)/D: the α-terms cancel analytically, so windows whose ρ
+        # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
+        # e^(−M) (up to 1/α) would amplify.
+        sum_dev = (tl.sum(e, axis=1) * tl.sum(r, axis=1) - n * tl.sum(e * r, axis=1)) / D
         # ∂L/∂α = ĝ·e^(−M)·Σ(I−y), formed as ±exp(log|ĝ·Σ(I−y)| − M): e^(−M) alone overflows at
         # α = 0 on flat windows (M ≈ (λ/2)·log ε²) although the product is 0 or finite.
-        t_alpha = gyd * tl.sum(dev, axis=1)
+        t_alpha = gyd * sum_dev
         magnitude = tl.exp(tl.where(t_alpha == 0.0, 0.0, tl.log(tl.where(t_alpha == 0.0, 1.0, tl.abs(t_alpha))) - M))
         acc_alpha += tl.where(t_alpha == 0.0, 0.0, tl.where(t_alpha < 0, -magnitude, magnitude))
-        log_c = tl.log(c) - log_m[:, None]
-        acc_lam += gyd * 0.5 * tl.sum(dev * e * log_c, axis=1)
+        # ∂L/∂λ = ĝ/2·Σ(I−y)·e·L with L = log c − log m; since Σ(I−y)·w = 0, subtracting L_max gives
+        # Σ(I−y)·e·log(c/c_max) − a·L_max·Σ(I−y): both terms vanish on flat windows, exactly.
+        log_cmax = tl.log(cmax) - log_m
+        acc_lam += gyd * 0.5 * (tl.sum(dev * e * lr, axis=1) - a * log_cmax * sum_dev)
         beta = gyd[:, None] * dev * e * half
         two_d = tl.where(valid, 2.0 * d, 0.0)
         if SI:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import poolbench
 from poolbench import functional as PF
 from poolbench.dpp import DPP_VARIANTS, dpid_filter
-from poolbench.tolerances import assert_close
+from poolbench.tolerances import assert_close, tolerance
 
 try:  # the shared tier contract (smoke, reference, gradcheck, module == functional, ...)
     from dpp_tester import DPPTierTester
@@ -220,11 +220,22 @@ def test_spec_range_is_finite_in_float32(tier_device, name):
         assert torch.isfinite(tensor).all()
     assert torch.isfinite(got[2][:2]).all()
     # The log-domain float64 vectorized tier handles this range exactly (the plain reference overflows).
-    # Errors are relative to the input's scale: a window spanning 0..1e4 whose output is near 0
-    # still carries float32 rounding of its 1e4-sized terms.
+    # The float64 log-domain vectorized tier is exact here (the plain reference overflows).  Errors
+    # are relative to each tensor's scale: a window spanning 0..1e4 whose output is near 0 still
+    # carries float32 rounding of its 1e4-sized terms.
+    # The guide filter's gradient sums gg·I over windows with |I| ~ 1e4 that largely cancel, so its
+    # float32 error is bounded by the plain-PyTorch float32 computation's, not by the table.
     want = run_dpp("vectorized", x, alpha, lam, (2, 2, 0), asym, guide)
-    scale = x.abs().max()
-    assert_close(got[0].double() / scale, want[0] / scale, dtype=torch.float32)
+    plain = run_dpp("vectorized", x, alpha, lam, (2, 2, 0), asym, guide, tier_device, torch.float32)
+    for tensors in (got, want, plain):
+        tensors[2] = tensors[2][:2]
+    for index, (g, w, p) in enumerate(zip(got, want, plain)):
+        scale = max(1.0, w.abs().max().item())
+        if index == 4:
+            assert (g.double() - w).abs().max() <= max(2 * (p.double() - w).abs().max(), tolerance(torch.float32, "grad")[1] * scale)
+            continue
+        assert_close(g.double() / scale, w / scale, dtype=torch.float32, kind="grad" if index else "output",
+                     msg=f"tensor {index}")
 
 
 def test_alpha_zero_contributes_nothing(tier_device):
