@@ -1,0 +1,389 @@
+// Detail-Preserving Pooling: the per-window maths, shared by the CPU and CUDA kernels.
+//
+// Everything here is inline and __host__ __device__, so the exact formulas the
+// GPU runs are also what the CPU kernel runs (and is tested against the float64
+// reference on every machine).  Kernels differ only in how they walk memory.
+//
+// One output position p has a window of n valid taps v[0..n) (padding is not
+// part of a window) and a centre c̃ (SPEC eq. 4-10):
+//
+//   Lite-DPP  c̃ = mean of the window              (avg_pool2d, count_include_pad=False)
+//   Full-DPP  c̃ = Σ F·x over the 3×3 stencil + b  (conv2d, stride s, padding 1, groups=C)
+//
+//   d_i  = v_i − c̃              (Asym: max(0, v_i − c̃))
+//   c_i  = d_i² + ε²             (scale-invariant option: c_i / mean_i c_i)
+//   ℓ_i  = (λ/2)·log2 c_i        (log domain, base 2: exp2/log2 are the cheap hardware ops)
+//   M    = max(max_i ℓ_i, log2 α)
+//   e_i  = 2^(ℓ_i − M),  a = 2^(log2 α − M)   (0 when α = 0)
+//   y    = Σ (e_i + a)·v_i / Σ (e_i + a)
+//
+// which is w_i = α + c_i^(λ/2) scaled by 2^-M, so neither large deviations
+// (overflow) nor flat windows at large λ (0/0) break it.
+//
+// Backward (per window, upstream gradient g), with S = Σ(e_i + a) and
+// h_i = (v_i − y)·e_i (the gradient w.r.t. ln w_i, scaled):
+//
+//   ∂y/∂v_i (direct)  = (e_i + a)/S
+//   ∂y/∂λ             = (ln 2 / 2) · Σ h_i·log2 c_i / S
+//   ∂y/∂α             = Σ (v_i − y) · (a/α) / S                  (0 at α = 0, as the vectorized tier)
+//   ∂y/∂c_i           = (λ/2)/S · (h_i / c_i − [scale-invariant] Σ h / Σ c)
+//   ∂y/∂d_i           = ∂y/∂c_i · 2 d_i,   ∂y/∂c̃ = −Σ ∂y/∂d_i
+//
+// and the caller spreads ∂y/∂c̃ to the centre's inputs (1/n per tap for Lite;
+// F to the stencil and to ∂F, ∂b for Full).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DPP_HD __host__ __device__ __forceinline__
+#elif defined(_MSC_VER)
+#define DPP_HD __forceinline
+#else
+#define DPP_HD inline __attribute__((always_inline))
+#endif
+
+// Fully unroll the per-tap loops (the trip count is a constant at every SIMD call site),
+// so the CPU kernel's `omp simd` loop over output columns has a straight-line body.
+#if defined(__CUDACC__) || defined(__clang__)
+#define DPP_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define DPP_UNROLL _Pragma("GCC unroll 16")
+#else
+#define DPP_UNROLL
+#endif
+
+namespace poolbench_dpp {
+
+// ---------------------------------------------------------------------------
+// exp2 / log2.  On the GPU the hardware-backed exp2f/log2f (≤ 2 ulp); on the
+// host a branch-free Cephes-style polynomial (≈ 1 ulp) that compilers
+// vectorise inside `omp simd` loops (libm calls would stop vectorisation).
+// float64 uses libm everywhere (gradcheck only; speed does not matter).
+// ---------------------------------------------------------------------------
+
+DPP_HD float bits_to_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+DPP_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+
+// log2(x) for x ≥ 0 (x = 0 → −inf, inf → inf, NaN/negative → NaN), subnormals included.
+DPP_HD float poly_log2(float x) {
+  // Integer/boolean arithmetic instead of conditionals keeps the body branch-free (vectorisable).
+  const bool subnormal = x < 1.17549435e-38f;
+  const float xs = subnormal ? x * 8388608.0f : x;  // 2^23
+  const uint32_t bits = float_to_bits(xs);
+  float m = bits_to_float((bits & 0x007fffffu) | 0x3f800000u);  // mantissa in [1, 2)
+  const bool upper = m > 1.41421356f;                             // fold to [√½, √2)
+  m = upper ? 0.5f * m : m;
+  const int exponent = static_cast<int>((bits >> 23) & 0xffu) - 127 - 23 * static_cast<int>(subnormal) +
+                       static_cast<int>(upper);
+  const float f = m - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  p = p * f * z - 0.5f * z;
+  float result = static_cast<float>(exponent) + (f + p) * 1.44269504088896341f;
+  result = (x == 0.0f) ? -std::numeric_limits<float>::infinity() : result;
+  result = (x == std::numeric_limits<float>::infinity()) ? x : result;
+  result = !(x >= 0.0f) ? std::numeric_limits<float>::quiet_NaN() : result;  // NaN or negative
+  return result;
+}
+
+// 2^x for x ≤ 127 (x < −126 flushes to 0; −inf → 0; NaN → NaN).  The kernels
+// only call it with x ≤ 0 (everything is shifted by the window's maximum).
+DPP_HD float poly_exp2(float x) {
+  const bool tiny = x < -126.0f;
+  float xc = tiny ? -126.0f : x;
+  xc = xc > 127.0f ? 127.0f : xc;
+  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+  const float rounded = xc + shifter;
+  const int n = static_cast<int>(float_to_bits(rounded)) - 0x4B400000;
+  const float r = xc - (rounded - shifter);  // in [−½, ½]
+  const float y = r * 0.693147180559945309f;
+  const float z = y * y;
+  float p = 1.9875691500e-4f;
+  p = p * y + 1.3981999507e-3f;
+  p = p * y + 8.3334519073e-3f;
+  p = p * y + 4.1665795894e-2f;
+  p = p * y + 1.6666665459e-1f;
+  p = p * y + 5.0000001201e-1f;
+  p = p * z + y + 1.0f;
+  float result = p * bits_to_float(static_cast<uint32_t>(n + 127) << 23);
+  result = tiny ? 0.0f : result;
+  result = (x != x) ? x : result;
+  return result;
+}
+
+DPP_HD float dpp_log2(float x) {
+#if defined(__CUDA_ARCH__)
+  return log2f(x);
+#else
+  return poly_log2(x);
+#endif
+}
+
+DPP_HD float dpp_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2f(x);
+#else
+  return poly_exp2(x);
+#endif
+}
+
+DPP_HD double dpp_log2(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::log2(x);
+#else
+  return std::log2(x);
+#endif
+}
+
+DPP_HD double dpp_exp2(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp2(x);
+#else
+  return std::exp2(x);
+#endif
+}
+
+template <typename T>
+DPP_HD T dpp_max(T a, T b) {
+  return a > b ? a : b;
+}
+
+template <typename T>
+DPP_HD T dpp_min(T a, T b) {
+  return a < b ? a : b;
+}
+
+// ---------------------------------------------------------------------------
+// Geometry
+// ---------------------------------------------------------------------------
+
+struct Geometry {
+  int64_t height, width, out_height, out_width;
+  int kernel_size, stride, padding;
+  bool full;  // Full-DPP (3×3 learned guide) vs Lite-DPP (box guide)
+};
+
+// Valid window rows (or columns) [lo, hi) of output index `o` along an axis of `size`.
+DPP_HD void window_span(int64_t o, int kernel_size, int stride, int padding, int64_t size, int64_t& lo, int64_t& hi) {
+  const int64_t start = o * stride - padding;
+  lo = dpp_max<int64_t>(start, 0);
+  hi = dpp_min<int64_t>(start + kernel_size, size);
+}
+
+// Output indices [lo, hi] (inclusive, clipped) whose window or Full guide stencil touches input index `i`.
+DPP_HD void touching_outputs(int64_t i, int kernel_size, int stride, int padding, bool full, int64_t out_size,
+                             int64_t& lo, int64_t& hi) {
+  // window: o·s − pad ≤ i < o·s − pad + k
+  int64_t first = i + padding - kernel_size + 1;
+  lo = first <= 0 ? 0 : (first + stride - 1) / stride;
+  hi = (i + padding) / stride;
+  if (full) {  // stencil: o·s − 1 ≤ i ≤ o·s + 1
+    const int64_t slo = i - 1 <= 0 ? 0 : (i - 1 + stride - 1) / stride;
+    const int64_t shi = (i + 1) / stride;
+    lo = dpp_min(lo, slo);
+    hi = dpp_max(hi, shi);
+  }
+  lo = dpp_max<int64_t>(lo, 0);
+  hi = dpp_min<int64_t>(hi, out_size - 1);
+}
+
+// Gather the valid taps of output (oh, ow) from one (H, W) plane, row-major; returns n.
+template <typename scalar_t, typename T>
+DPP_HD int gather_window(const scalar_t* plane, const Geometry& g, int64_t oh, int64_t ow, T* v) {
+  int64_t h0, h1, w0, w1;
+  window_span(oh, g.kernel_size, g.stride, g.padding, g.height, h0, h1);
+  window_span(ow, g.kernel_size, g.stride, g.padding, g.width, w0, w1);
+  int n = 0;
+  for (int64_t h = h0; h < h1; ++h)
+    for (int64_t w = w0; w < w1; ++w) v[n++] = static_cast<T>(plane[h * g.width + w]);
+  return n;
+}
+
+// Gather Full-DPP's 3×3 stencil around (oh·s, ow·s); zeros outside the image (conv padding 1).
+template <typename scalar_t, typename T>
+DPP_HD void gather_stencil(const scalar_t* plane, const Geometry& g, int64_t oh, int64_t ow, T* v9) {
+DPP_UNROLL
+  for (int dy = 0; dy < 3; ++dy) {
+DPP_UNROLL
+    for (int dx = 0; dx < 3; ++dx) {
+      const int64_t h = oh * g.stride - 1 + dy, w = ow * g.stride - 1 + dx;
+      const bool inside = h >= 0 && h < g.height && w >= 0 && w < g.width;
+      v9[dy * 3 + dx] = inside ? static_cast<T>(plane[h * g.width + w]) : T(0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The guide (centre)
+// ---------------------------------------------------------------------------
+
+template <typename T>
+DPP_HD T lite_centre(const T* v, int n) {
+  T sum = 0;
+DPP_UNROLL
+  for (int i = 0; i < n; ++i) sum += v[i];
+  return sum / static_cast<T>(n);
+}
+
+template <typename T>
+DPP_HD T full_centre(const T* v9, const T* f9, T bias) {
+  T sum = bias;
+DPP_UNROLL
+  for (int i = 0; i < 9; ++i) sum += f9[i] * v9[i];
+  return sum;
+}
+
+// ---------------------------------------------------------------------------
+// Weights, weighted sum, and their backward
+// ---------------------------------------------------------------------------
+
+// Flags are 0/1 values of T, not bools: arithmetic instead of selects on loop-invariant
+// booleans is what lets compilers vectorise the CPU kernel's loop over windows.
+template <typename T>
+struct Params {
+  T inv_alpha;        // 1/α (0 when α = 0: no α gradient, like the vectorized tier)
+  T log2_alpha;       // log2 α (−inf when α = 0)
+  T half_lam;         // λ / 2
+  T eps2;             // ε²
+  T asym;             // 1: ρ_Asym, 0: ρ_Sym
+  T scale_invariant;  // 1: divide c by its window mean (authors' code option)
+};
+
+template <typename T>
+DPP_HD Params<T> make_params(T alpha, T log2_alpha, T lam, T eps2, bool asym, bool scale_invariant) {
+  Params<T> p;
+  p.inv_alpha = alpha > T(0) ? T(1) / alpha : T(0);
+  p.log2_alpha = log2_alpha;
+  p.half_lam = lam * T(0.5);
+  p.eps2 = eps2;
+  p.asym = asym ? T(1) : T(0);
+  p.scale_invariant = scale_invariant ? T(1) : T(0);
+  return p;
+}
+
+template <typename T>
+struct WindowStats {
+  T shift;      // M
+  T alpha_w;    // a = 2^(log2 α − M)
+  T sum_w;      // S = Σ (e_i + a)
+  T out;        // y
+  T sum_c;      // Σ c_i before scale normalisation (scale-invariant backward)
+};
+
+// d = v − c̃, or max(0, v − c̃) for Asym (d − min(d, 0) is exact).
+template <typename T>
+DPP_HD T deviation(T v, T centre, T asym) {
+  const T d = v - centre;
+  return d - asym * dpp_min(d, T(0));
+}
+
+// Forward of one window.  Fills lc[i] = log2 c_i (scale-normalised) and
+// e[i] = 2^(ℓ_i − M) for the backward; both may be discarded by a forward-only caller.
+template <typename T>
+DPP_HD WindowStats<T> window_forward(const T* v, int n, T centre, const Params<T>& p, T* lc, T* e) {
+  T sum_c = 0;
+DPP_UNROLL
+  for (int i = 0; i < n; ++i) {
+    const T d = deviation(v[i], centre, p.asym);
+    const T c = d * d + p.eps2;
+    lc[i] = dpp_log2(c);
+    sum_c += c;
+  }
+  // Branch-free on purpose: the CPU kernel vectorises this across windows.
+  const T log2_mean = p.scale_invariant * dpp_log2(sum_c / static_cast<T>(n));  // Σc ≥ n·ε² > 0
+  T shift = p.log2_alpha;
+DPP_UNROLL
+  for (int i = 0; i < n; ++i) {
+    lc[i] -= log2_mean;
+    shift = dpp_max(shift, p.half_lam * lc[i]);
+  }
+  const T alpha_w = dpp_exp2(p.log2_alpha - shift);  // log2 α = −inf (α = 0) gives 0
+  T sum_e = 0, sum_ev = 0, sum_v = 0;
+DPP_UNROLL
+  for (int i = 0; i < n; ++i) {
+    e[i] = dpp_exp2(p.half_lam * lc[i] - shift);
+    sum_e += e[i];
+    sum_ev += e[i] * v[i];
+    sum_v += v[i];
+  }
+  WindowStats<T> s;
+  s.shift = shift;
+  s.alpha_w = alpha_w;
+  s.sum_w = sum_e + static_cast<T>(n) * alpha_w;
+  s.out = (sum_ev + alpha_w * sum_v) / s.sum_w;
+  s.sum_c = sum_c;
+  return s;
+}
+
+template <typename T>
+struct WindowGrads {
+  T centre;  // ∂L/∂c̃
+  T alpha;   // ∂L/∂α
+  T lam;     // ∂L/∂λ
+};
+
+// Backward of one window for upstream gradient g: gv[i] = ∂L/∂v_i through the
+// weights and the weighted sum (not through the centre — the caller adds
+// centre.grad's share, which depends on the guide).
+template <typename T>
+DPP_HD WindowGrads<T> window_backward(T g, const T* v, int n, T centre, const Params<T>& p, const WindowStats<T>& s,
+                                      const T* lc, const T* e, T* gv) {
+  const T gs = g / s.sum_w;
+  T sum_h = 0, sum_hlc = 0, sum_dv = 0;
+DPP_UNROLL
+  for (int i = 0; i < n; ++i) {
+    const T dv = v[i] - s.out;
+    const T h = dv * e[i];
+    sum_h += h;
+    sum_hlc += h * lc[i];
+    sum_dv += dv;
+  }
+  const T correction = p.scale_invariant * (sum_h / s.sum_c);
+  T g_centre = 0;
+DPP_UNROLL
+  for (int i = 0; i < n; ++i) {
+    const T d = deviation(v[i], centre, p.asym);
+    const T c = d * d + p.eps2;
+    const T h = (v[i] - s.out) * e[i];
+    const T g_d = gs * p.half_lam * (h / c - correction) * T(2) * d;
+    gv[i] = gs * (e[i] + s.alpha_w) + g_d;
+    g_centre -= g_d;
+  }
+  WindowGrads<T> r;
+  r.centre = g_centre;
+  r.lam = gs * T(0.34657359027997264) * sum_hlc;  // ln 2 / 2
+  // ∂w/∂α = 1, i.e. 2^-M = a/α in the scaled domain; α = 0 gets 0 like the vectorized tier.
+  r.alpha = gs * sum_dv * (s.alpha_w * p.inv_alpha);
+  return r;
+}
+
+}  // namespace poolbench_dpp
