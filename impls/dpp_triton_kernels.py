@@ -69,11 +69,11 @@ N_STATS = 8  # centre Ĩ, y − Ĩ, c_max, ℓ_max − M, α-term, ∂L/∂y / D
 TARGET_PROGRAMS = 1024
 
 
-def _configs(blocks, warps):
-    """Autotune candidates on GPU; one small config in the interpreter (no benchmarking there)."""
+def _configs(candidates):
+    """Autotune candidates (BLOCK, num_warps) on GPU; one small config in the interpreter (no benchmarking)."""
     if INTERPRET:
-        return [triton.Config({"BLOCK": 64}, num_warps=1)]
-    return [triton.Config({"BLOCK": block}, num_warps=nw) for block in blocks for nw in warps]
+        return [triton.Config({"BLOCK": MIN_BLOCK}, num_warps=1)]
+    return [triton.Config({"BLOCK": block}, num_warps=warps) for block, warps in candidates]
 
 
 def _prune(width_arg):
@@ -87,8 +87,11 @@ def _prune(width_arg):
     return prune
 
 
-_WINDOW_CONFIGS = _configs((64, 128, 256, 512, 1024), (2, 4, 8))
-_PIXEL_CONFIGS = _configs((128, 256, 512, 1024), (2, 4, 8))
+#: Smallest BLOCK of any config: bounds the grid's second dimension (CUDA allows 65535 there).
+MIN_BLOCK = 64
+_WINDOW_CONFIGS = _configs(((64, 2), (128, 2), (128, 4), (256, 4), (512, 4), (512, 8), (1024, 8)))
+_PIXEL_CONFIGS = _configs(((128, 2), (256, 4), (512, 4), (1024, 4), (1024, 8)))
+MAX_GRID_Y = 65535
 
 
 # --------------------------------------------------------------------------- shared inline maths
@@ -245,9 +248,9 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_
             if not FULL:
                 gx += g_spread[:, None]
             t = tl.arange(0, KP)
-            r = oh[:, None] * S - PAD + (t // K)[None, :]
+            row = oh[:, None] * S - PAD + (t // K)[None, :]
             col = ow[:, None] * S - PAD + (t % K)[None, :]
-            tl.store(gx_ptr + plane * H * W + r * W + col, gx.to(gx_ptr.dtype.element_ty), mask=valid)
+            tl.store(gx_ptr + plane * H * W + row * W + col, gx.to(gx_ptr.dtype.element_ty), mask=valid)
             if FULL:
                 tl.store(gg_ptr + plane * P + offs, g_guide, mask=pmask)
         if WRITE_STATS:
@@ -358,6 +361,10 @@ def _params(x, alpha, lam, weight, bias, eps2):
 def _geometry(x, kernel_size, stride, padding):
     n, c, h, w = x.shape
     oh, ow = _pooled(h, kernel_size, stride, padding), _pooled(w, kernel_size, stride, padding)
+    if triton.cdiv(max(h * w, oh * ow), MIN_BLOCK) > MAX_GRID_Y:
+        # One grid row per (n, c) plane, blocks of a plane along the grid's y axis.
+        raise ValueError(f"the triton DPP tier handles planes of at most {MAX_GRID_Y * MIN_BLOCK} pixels, "
+                         f"got {h}x{w} -> {oh}x{ow}; use the vectorized or cuda tier")
     return n, c, h, w, oh, ow
 
 

@@ -325,6 +325,13 @@ def test_module_s3dpp_and_non_contiguous_input(tier_device):
     assert_close(module.double()(x.to(tier_device)).cpu(), reference(x))
 
 
+def test_oversized_plane_raises_a_clear_error(tier_device):
+    """One grid row per plane puts a plane's blocks on CUDA's 65535-long grid axis; beyond it, say so."""
+    x = torch.zeros(1, 1, 2050, 2050, device=tier_device)
+    with pytest.raises(ValueError, match="planes of at most"):
+        PF.dpp(x, 1.0, 1.0, tier="triton")
+
+
 def test_torch_compile_composes(tier_device):
     """The custom op inside a compiled graph (fullgraph: no graph break) equals eager, values and grads."""
     _check_compiled_equals_eager("dpp_full_sym", tier_device)
