@@ -1,0 +1,93 @@
+"""``poolbench compare``: the benchmark regression gate (a thin shell over :mod:`poolbench.gate`).
+
+Runs the pytest-benchmark suite in ``tests/benchmarks`` (every pooler × tier
+at VGG-16's pooling shapes, forward and forward+backward), compares each
+time ratio to ``avg_pool2d`` with the stored baseline in
+``benchmarks/baselines``, writes a markdown summary to ``reports/`` and exits
+1 when a ratio regressed by more than ``--threshold`` or a tier stopped
+matching its reference.  ``--save-baseline`` stores the run as the new
+baseline instead.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import gate
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.10 or 10%, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the threshold must be > 0, got {text!r}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def add_parser(subparsers) -> None:
+    defaults = gate.BenchConfig()
+    parser = subparsers.add_parser(
+        "compare",
+        help="benchmark regression gate: every pooler's time ratio to avg_pool2d against the stored baseline",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--threshold", type=_fraction, default=gate.DEFAULT_THRESHOLD,
+                        help="fail when a time ratio grows by more than this fraction (0.10 or 10%%)")
+    parser.add_argument("--save-baseline", action="store_true",
+                        help="store this run as the baseline (with --poolers/--tiers: refresh only those)")
+    parser.add_argument("--poolers", nargs="+", type=_names, default=None, metavar="NAME",
+                        help="benchmark only these poolers (default: every registered one)")
+    parser.add_argument("--tiers", nargs="+", type=_names, default=None, metavar="TIER",
+                        help="benchmark only these tiers (default: every tier but reference)")
+    parser.add_argument("--report", type=Path, default=gate.DEFAULT_REPORT, help="markdown summary to write")
+    parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"), help="device to benchmark on")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=("float32", "float16", "bfloat16"),
+                        help="input dtype")
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="batch of the VGG-16 pooling shapes")
+    parser.add_argument("--resolution", type=int, default=defaults.resolution,
+                        help="VGG-16 input resolution (112 gives a quicker, overhead-heavier run)")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads while timing")
+    parser.add_argument("--budget", type=float, default=defaults.budget_s, help="seconds of timing per case")
+    parser.add_argument("--baseline-dir", type=Path, default=gate.DEFAULT_BASELINE_DIR,
+                        help="pytest-benchmark storage holding the baselines")
+    parser.add_argument("--baseline-name", default=None,
+                        help="baseline file name (default: derived from device, dtype, batch, resolution, threads)")
+    parser.add_argument("--case-threshold", type=_fraction, default=None,
+                        help="fail when a single layer's ratio grows by more than this (default: 3 × --threshold)")
+    parser.add_argument("--no-confirm", dest="confirm", action="store_false",
+                        help="do not re-measure suspected regressions before failing")
+    parser.add_argument("--compare-fail", action="append", default=[], metavar="EXPR",
+                        help="also pass --benchmark-compare-fail=EXPR to pytest-benchmark (absolute times, "
+                             "only when the baseline was recorded on this machine id), e.g. min:50%%")
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                        help="import MODULE in the benchmark process first (a pooler outside the tree)")
+    parser.add_argument("--quiet", action="store_true", help="do not echo pytest's output")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    config = gate.BenchConfig(device=args.device, dtype=args.dtype, batch=args.batch, resolution=args.resolution,
+                              threads=args.threads, budget_s=args.budget)
+    flatten = (lambda groups: [name for group in groups for name in group] if groups else None)
+    options = gate.GateOptions(
+        config=config, threshold=args.threshold, case_threshold=args.case_threshold,
+        poolers=flatten(args.poolers), tiers=flatten(args.tiers),
+        save_baseline=args.save_baseline, baseline_dir=args.baseline_dir, baseline_name=args.baseline_name,
+        report=args.report, confirm=args.confirm, compare_fail=args.compare_fail, plugins=args.plugins,
+        echo=not args.quiet,
+    )
+    result = gate.run_gate(options)
+    print()
+    for message in result.messages:
+        print(message)
+    if result.report_path is not None:
+        print(f"report: {result.report_path}")
+    print(f"benchmark gate: {'PASS' if result.passed else 'FAIL'} ({result.duration_s:.0f} s)")
+    return 0 if result.passed else 1

@@ -1,0 +1,97 @@
+"""Options and fixtures of the pytest-benchmark regression suite (run by ``poolbench compare``).
+
+Run it directly with::
+
+    pytest -m bench tests/benchmarks --benchmark-enable [--bench-poolers dpp_lite_sym] [--bench-resolution 112]
+
+The ``--bench-*`` options set :class:`poolbench.gate.BenchConfig`; ``--device``
+and ``--dtype`` come from ``tests/conftest.py``.  ``--bench-outcomes PATH``
+appends one JSON line per test outcome, which is how the gate learns about
+equivalence failures and skips.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from poolbench.gate import BenchConfig
+
+_DEFAULTS = BenchConfig()
+_OPTIONS = {
+    "batch": ("--bench-batch", int, "batch of the VGG-16 pooling shapes"),
+    "resolution": ("--bench-resolution", int, "input resolution of VGG-16 (224 gives 224², 112², ... 14²)"),
+    "threads": ("--bench-threads", int, "torch CPU threads while timing"),
+    "budget_s": ("--bench-budget", float, "seconds of timing per case (pooler + avg_pool2d)"),
+    "min_rounds": ("--bench-min-rounds", int, "fewest timed rounds per case"),
+    "max_rounds": ("--bench-max-rounds", int, "most timed rounds per case"),
+    "crop": ("--bench-crop", int, "spatial size at which slow reference tiers are checked"),
+    "seed": ("--bench-seed", int, "seed of inputs and parameter perturbations"),
+    "clock": ("--bench-clock", str, "auto|cpu|wall: cpu = process CPU time (CPU device, 1 thread)"),
+}
+_outcomes_path: str | None = None
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("poolbench-bench", "poolbench benchmark suite (tests/benchmarks)")
+    for field, (flag, kind, help_text) in _OPTIONS.items():
+        default = getattr(_DEFAULTS, field)
+        group.addoption(flag, type=kind, default=default, help=f"{help_text} (default {default})")
+    group.addoption("--bench-poolers", default=None, help="comma-separated poolers to benchmark (default: all)")
+    group.addoption("--bench-tiers", default=None, help="comma-separated tiers to benchmark (default: all but reference)")
+    group.addoption("--bench-outcomes", default=None, help="append one JSON line per test outcome to this file")
+
+
+def bench_config_from(config) -> BenchConfig:
+    """The :class:`BenchConfig` the command line asks for."""
+    values = {field: config.getoption(flag, getattr(_DEFAULTS, field)) for field, (flag, _, _) in _OPTIONS.items()}
+    return BenchConfig(device=config.getoption("--device", "cpu"), dtype=config.getoption("--dtype", "float32"), **values)
+
+
+def bench_selection(config) -> tuple[str | None, str | None]:
+    return config.getoption("--bench-poolers", None), config.getoption("--bench-tiers", None)
+
+
+@pytest.fixture(scope="session")
+def bench_config(request, device) -> BenchConfig:
+    config = bench_config_from(request.config)
+    if device.type == "cpu":
+        previous = torch.get_num_threads()
+        torch.set_num_threads(config.threads)
+        yield config
+        torch.set_num_threads(previous)
+    else:
+        yield config
+
+
+def pytest_configure(config):
+    global _outcomes_path
+    _outcomes_path = config.getoption("--bench-outcomes", None)
+
+
+def pytest_runtest_logreport(report):
+    if not _outcomes_path:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed) or (report.when == "teardown" and report.failed):
+        outcome = report.outcome if report.when == "call" or report.skipped else "error"
+        with open(_outcomes_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"nodeid": report.nodeid, "outcome": outcome, "message": _message(report)}) + "\n")
+
+
+def pytest_collectreport(report):
+    if _outcomes_path and report.failed:  # e.g. an unknown --bench-poolers name
+        with open(_outcomes_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"nodeid": report.nodeid or "collection", "outcome": "error",
+                                     "message": _message(report)}) + "\n")
+
+
+def _message(report) -> str:
+    if report.passed:
+        return ""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(longrepr)
+    return " ".join(text.removeprefix("Failed: ").split())[:1000]

@@ -1,0 +1,57 @@
+"""pytest-benchmark suite: every registered pooler × tier at VGG-16's pooling shapes.
+
+Registry-driven: a new pooler or tier is benchmarked as soon as it is
+registered.  Each case first proves the tier equals its reference
+(:func:`poolbench.gate.check_equivalence`), then times it interleaved with
+``avg_pool2d`` and stores the ratio in ``extra_info``.  Excluded from the
+default test run (marker ``bench``); ``poolbench compare`` runs it against the
+stored baseline in ``benchmarks/baselines``.
+"""
+from __future__ import annotations
+
+import pytest
+from conftest import bench_config_from, bench_selection  # tests/benchmarks/conftest.py
+
+from poolbench import gate, registry
+
+pytestmark = pytest.mark.bench
+
+
+def pytest_generate_tests(metafunc):
+    if "case" not in metafunc.fixturenames:
+        return
+    config = bench_config_from(metafunc.config)
+    if metafunc.function.__name__ == "test_pooler":
+        cases = gate.bench_cases(config, *bench_selection(metafunc.config))
+    else:
+        cases = gate.comparator_cases(config)
+    metafunc.parametrize("case", [
+        pytest.param(case, id=case.id, marks=[pytest.mark.skip(reason=case.skip_reason)] if case.skip_reason else [])
+        for case in cases
+    ])
+
+
+def test_plugins_load():
+    """A plugin that fails to import would silently drop its poolers from the gate."""
+    errors = registry.load_plugins()
+    assert not errors, "plugins failed to load: " + "; ".join(f"{name}: {error}" for name, error in errors.items())
+
+
+@pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")  # a case that fails equivalence is not timed
+def test_pooler(case, bench_config, benchmark):
+    benchmark.group = case.group
+    equivalence = gate.check_equivalence(case.pooler, case.tier, case.shape, bench_config)
+    benchmark.extra_info.update(gate.extra_info(case, bench_config, equivalence, {}))
+    if not equivalence.ok:
+        pytest.fail(f"EQUIVALENCE {equivalence.message}", pytrace=False)
+    pooler, reference = gate.case_closures(case, bench_config)
+    benchmark.extra_info.update(gate.time_case(benchmark, pooler, reference, bench_config))
+
+
+def test_avg_pool2d(case, bench_config, benchmark):
+    """The comparator's own absolute times (what ``--benchmark-compare-fail`` can watch on one machine)."""
+    benchmark.group = case.group
+    pooler, reference = gate.case_closures(case, bench_config)
+    timing = gate.time_case(benchmark, pooler, reference, bench_config)
+    timing.pop("ratio", None), timing.pop("paired_ratio", None)
+    benchmark.extra_info.update(gate.extra_info(case, bench_config, None, timing))
