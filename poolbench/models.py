@@ -48,6 +48,8 @@ __all__ = [
     "param_overhead_analytic",
     "pool_sites",
     "pooler_modules",
+    "replace_poolers",
+    "swap",
 ]
 
 #: Network name -> torchvision constructor name.
@@ -145,13 +147,20 @@ def _tag(module: nn.Module, site: PoolSite) -> nn.Module:
     return module
 
 
+def swap(model: nn.Module, model_name: str, make: Callable[[PoolSite], nn.Module]) -> list[PoolSite]:
+    """Place ``make(site)`` at every :class:`PoolSite` of an unmodified ``model_name`` network, in place.
+
+    Returns the sites in forward order.  The network must be torchvision's
+    ``model_name`` as built (a second swap would find no max pools to replace).
+    """
+    _check_model(model_name)
+    return _swap_vgg(model, make) if model_name.startswith("vgg") else _swap_resnet(model, make)
+
+
 def build_with(model_name: str, make: Callable[[PoolSite], nn.Module]) -> nn.Module:
     """The network with ``make(site)`` placed at every :class:`PoolSite` (random weights)."""
     model = build_baseline(model_name)
-    if model_name.startswith("vgg"):
-        _swap_vgg(model, make)
-    else:
-        _swap_resnet(model, make)
+    swap(model, model_name, make)
     return model
 
 
@@ -183,6 +192,15 @@ def build(
 
         model = build_with(model_name, make)
     return model.to(device) if device is not None else model
+
+
+def replace_poolers(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> None:
+    """Swap every pooler already placed in ``model`` for ``make(site)``, in place (cheaper than a rebuild)."""
+    for name, old in pooler_modules(model).items():
+        parent_name, _, attribute = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        site = getattr(old, SITE_ATTRIBUTE)
+        setattr(parent, attribute, _tag(make(site), site))
 
 
 def pool_sites(model_name: str) -> list[PoolSite]:

@@ -1,0 +1,78 @@
+"""``poolbench run``: measure networks and pooling layers, append results, write the report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from ..metrics import Settings
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(item for part in value for item in part.split(",") if item)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="measure every pooler in VGG-16 / ResNet-50 / ResNet-101 and write a markdown report",
+        description="Measure the model × pooler × tier × metric grid (latency, memory, MACs, parameters), per "
+                    "network and per pooling layer, append each cell to <out>/<name>.jsonl/.csv as it finishes, "
+                    "and render <out>/<name>.md.  Failing cells are recorded with their error; the run goes on.",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure (default: cpu)")
+    parser.add_argument("--models", nargs="+", metavar="MODEL", help="vgg16, resnet50, resnet101 (default: all)")
+    parser.add_argument("--poolers", nargs="+", metavar="POOLER", help="registered pooler names (default: all; "
+                        "--quick: max avg dpp_lite_sym dpp_full_sym softpool lip)")
+    parser.add_argument("--tiers", nargs="+", metavar="TIER",
+                        help="tiers to measure, or 'fastest' for the fastest available per pooler "
+                             "(default: every registered tier but reference; --quick: fastest)")
+    parser.add_argument("--metrics", nargs="+", metavar="METRIC", help="metric names (default: all)")
+    parser.add_argument("--batch", type=int, help="batch size (default: 8 on cpu, 32 on cuda; --quick: 2)")
+    parser.add_argument("--resolution", type=int, help="input height = width (default: 224; --quick: 64)")
+    parser.add_argument("--no-layers", action="store_true", help="measure whole networks only")
+    parser.add_argument("--quick", action="store_true",
+                        help="small batch and resolution, a subset of poolers, fastest tiers: a few minutes on 2 "
+                             "CPU cores, still a full report")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default: reports/)")
+    parser.add_argument("--name", help="file name stem (default: quick_<device> or run_<device>)")
+    parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already measured")
+    parser.add_argument("--min-run-time", type=float, help="seconds of timed runs per latency measurement")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..runner import RunConfig, run as run_grid
+
+    options = {
+        "device": args.device,
+        "models": _names(args.models) if args.models else None,
+        "poolers": _names(args.poolers) if args.poolers else None,
+        "tiers": _names(args.tiers) if args.tiers else None,
+        "metrics": _names(args.metrics) if args.metrics else None,
+        "batch": args.batch,
+        "resolution": args.resolution,
+        "layers": False if args.no_layers else None,
+        "out": args.out,
+        "name": args.name,
+        "resume": args.resume or None,
+    }
+    if args.min_run_time is not None:
+        options["settings"] = Settings(min_run_time=args.min_run_time)
+    if args.quick:
+        config = RunConfig.quick_preset(**options)
+    else:
+        if options["batch"] is None:
+            options["batch"] = 32 if args.device == "cuda" else 8
+        config = RunConfig(**{k: v for k, v in options.items() if v is not None})
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    result = run_grid(config, progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    console.print(f"{result.rows} rows ({result.errors} errors, {result.skipped} skipped) in {elapsed:.0f} s")
+    console.print(f"results: {result.results} and {result.csv}")
+    if result.report is not None:
+        console.print(f"report: {result.report}")
+    return 0

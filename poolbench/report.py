@@ -1,0 +1,427 @@
+"""Markdown report of a results file: per-network and per-layer tables, plots, paper vs measured.
+
+Speed and memory are shown as ratios against the baseline measured in the
+same run — torchvision's unmodified network (``max[torchvision]``) and
+``nn.MaxPool2d`` per layer — never as bare times from another run.
+matplotlib is optional: without it the report has no plots and says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD
+from .results import load_results
+
+__all__ = ["PAPER", "build_report", "paper_vs_measured", "write_report"]
+
+#: The slides' figures (Saeedan et al., CVPR 2018) the report checks.
+PAPER = {
+    "full_dpp_overhead_pct": {"resnet50": 0.172, "resnet101": 0.098},
+    "params_per_feature_map": {"dpp_lite": 2, "dpp_full": 12},
+    "vgg16_max_time_overhead_pct": 20.0,
+}
+
+DPP_POOLERS = ("dpp_lite_sym", "dpp_lite_asym", "dpp_full_sym", "dpp_full_asym", "s3dpp_lite_sym")
+MODEL_TITLES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "resnet101": "ResNet-101"}
+
+
+# ----------------------------------------------------------------------------------------------
+# tidy helpers
+# ----------------------------------------------------------------------------------------------
+
+def _label(pooler: str, tier: str) -> str:
+    return f"{pooler}[{tier}]"
+
+
+def _values(frame: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """ok rows of ``scope`` pivoted to one row per (model, pooler, tier, layer) and one column per quantity."""
+    ok = frame[(frame["status"] == "ok") & (frame["scope"] == scope)]
+    if ok.empty:
+        return pd.DataFrame()
+    return ok.pivot_table(index=["model", "pooler", "tier", "layer", "shape"], columns="quantity", values="value",
+                          aggfunc="last").reset_index()
+
+
+def _ratio(table: pd.DataFrame, column: str, keys: list[str]) -> pd.Series:
+    """``column`` divided by the baseline row's ``column`` with the same ``keys``."""
+    if column not in table:
+        return pd.Series(float("nan"), index=table.index)
+    base = table[(table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)]
+    base = base.set_index(keys)[column]
+    denominators = table.set_index(keys).index.map(lambda key: base.get(key, float("nan")))
+    return table[column] / pd.Series(list(denominators), index=table.index)
+
+
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _fmt_int(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{int(round(value)):,}"
+
+
+def _scaled(value, scale: float, digits: int = 2) -> str:
+    return _fmt(value / scale if value is not None else None, digits)
+
+
+def _order(table: pd.DataFrame) -> pd.DataFrame:
+    is_base = (table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)
+    return table.assign(_base=~is_base).sort_values(["_base", "pooler", "tier"]).drop(columns="_base")
+
+
+def _markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "_no measurements_\n"
+    return pd.DataFrame(rows).to_markdown(index=False) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+# ----------------------------------------------------------------------------------------------
+
+def _header(frame: pd.DataFrame, name: str) -> str:
+    env = frame.iloc[-1]
+    get = lambda key: env[key] if key in env and not pd.isna(env[key]) else "?"  # noqa: E731
+    statuses = frame.groupby("status").size().to_dict()
+    lines = [
+        f"# poolbench report: {name}",
+        "",
+        f"- device: **{get('device')}** ({get('device_name')}), {get('threads')} threads, dtype {get('dtype')}",
+        f"- batch {get('batch')}, input {get('resolution')}², torch {get('torch')}, poolbench {get('poolbench')}, "
+        f"commit `{get('commit')}`, {get('timestamp')}",
+        f"- load average at start: {get('load_avg')} (CPU timings are only as good as the machine is quiet); "
+        f"measuring took {frame['seconds'].sum() if 'seconds' in frame else float('nan'):.0f} s",
+        f"- rows: {statuses.get('ok', 0)} ok, {statuses.get('skipped', 0)} skipped, {statuses.get('error', 0)} errors "
+        "(see *Cells that did not run*)",
+        "",
+        "Ratios are against the baseline measured in the same run: **max[torchvision]** is torchvision's unmodified "
+        "network (max pooling, strided convolutions) and, per layer, `nn.MaxPool2d` with the layer's window. "
+        "Latency: median (CUDA events with L2 flush on GPU, `torch.utils.benchmark` on CPU); *forward* is "
+        "inference (eval, no autograd), *train* is forward+backward in train mode (no optimizer step). "
+        f"Memory: *activation* = {CPU_MEMORY_METHOD}. MACs are multiply-accumulates per image (batch 1) at the run's "
+        "input size, fvcore's convention; pooling layers are priced by poolbench's handles (see `poolbench.flops`).",
+        "",
+        "Placement (SPEC): VGG-16's five max pools are replaced; in ResNets the stem max pool becomes the pooler "
+        "(k3 s2 p1) and each stride-2 block of layer2–4 pools its input (k2 s2, main path and shortcut separately) "
+        "before stride-1 convolutions — 3648 pooled channels, as the paper's ResNet v1 placement. In ResNets the "
+        "*max[vectorized]* row is this placement with max pooling; it needs ~5% fewer MACs than torchvision's "
+        "network because the first 1×1 convolution of each such block then runs at the pooled resolution.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _network_section(frame: pd.DataFrame, model: str) -> str:
+    table = _values(frame[frame["model"] == model], "network")
+    if table.empty:
+        return f"## {MODEL_TITLES.get(model, model)}\n\n_no network measurements_\n"
+    keys = ["model"]
+    table = table.assign(
+        fwd_ratio=_ratio(table, "latency_forward", keys),
+        train_ratio=_ratio(table, "latency_train", keys),
+        act_ratio=_ratio(table, "activation_memory", keys),
+        mem_ratio=_ratio(table, "memory_train", keys),
+    )
+    rows = []
+    for _, r in _order(table).iterrows():
+        rows.append({
+            "pooler[tier]": _label(r["pooler"], r["tier"]),
+            "forward ×": _fmt(r["fwd_ratio"]),
+            "train ×": _fmt(r["train_ratio"]),
+            "activation MiB": _scaled(r.get("activation_memory"), 2**20, 1),
+            "activation ×": _fmt(r["act_ratio"]),
+            "peak train MiB": _scaled(r.get("memory_train"), 2**20, 1),
+            "peak ×": _fmt(r["mem_ratio"]),
+            "GMACs fvcore": _scaled(r.get("macs_fvcore"), 1e9, 3),
+            "GMACs FlopCounterMode": _scaled(r.get("macs_flop_counter"), 1e9, 3),
+            "pooling MMACs": _scaled(r.get("pooling_macs_fvcore", r.get("pooling_macs_flop_counter")), 1e6, 2),
+            "params": _fmt_int(r.get("params")),
+            "overhead": _fmt_int(r.get("params_overhead")),
+            "overhead %": _fmt(r.get("params_overhead_pct"), 3),
+        })
+    title = MODEL_TITLES.get(model, model)
+    baseline = table[(table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)]
+    note = ""
+    if not baseline.empty:
+        b = baseline.iloc[0]
+        note = (f"Baseline: forward {_fmt(b.get('latency_forward'), 3)} ms, train {_fmt(b.get('latency_train'), 3)} ms "
+                f"(absolute times for orientation only).\n\n")
+    return f"## {title}\n\n{note}" + _markdown(rows)
+
+
+def _layer_section(frame: pd.DataFrame, model: str) -> str:
+    table = _values(frame[frame["model"] == model], "layer")
+    if table.empty:
+        return ""
+    keys = ["model", "layer"]
+    table = table.assign(
+        fwd_ratio=_ratio(table, "latency_forward", keys),
+        train_ratio=_ratio(table, "latency_train", keys),
+        act_ratio=_ratio(table, "activation_memory", keys),
+        mem_ratio=_ratio(table, "memory_train", keys),
+    )
+    # network order (as measured), not alphabetical
+    raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
+    layer_order = {layer: i for i, layer in enumerate(dict.fromkeys(raw["layer"]))}
+    table = _order(table).assign(_layer=lambda t: t["layer"].map(layer_order)).sort_values("_layer", kind="stable")
+    rows = []
+    for _, r in table.iterrows():
+        fv, fc = r.get("macs_fvcore"), r.get("macs_flop_counter")
+        rows.append({
+            "layer": r["layer"],
+            "input": r["shape"],
+            "pooler[tier]": _label(r["pooler"], r["tier"]),
+            "forward ×": _fmt(r["fwd_ratio"]),
+            "train ×": _fmt(r["train_ratio"]),
+            "activation ×": _fmt(r["act_ratio"]),
+            "peak train ×": _fmt(r["mem_ratio"]),
+            "MMACs analytic": _scaled(r.get("macs_analytic"), 1e6, 3),
+            "MMACs fvcore": _scaled(fv, 1e6, 3),
+            "MMACs FlopCounterMode": _scaled(fc, 1e6, 3),
+            "params": _fmt_int(r.get("params")),
+        })
+    return f"### {MODEL_TITLES.get(model, model)}: per layer\n\n" + _markdown(rows)
+
+
+def _flop_check_section(frame: pd.DataFrame) -> str:
+    layers = _values(frame, "layer")
+    if layers.empty or "macs_flop_counter" not in layers:
+        return ""
+    rows = []
+    for (pooler, tier), group in layers.groupby(["pooler", "tier"], sort=True):
+        fc = group["macs_flop_counter"].sum()
+        fv = group["macs_fvcore"].sum() if "macs_fvcore" in group else float("nan")
+        analytic = group["macs_analytic"].sum() if "macs_analytic" in group else float("nan")
+        rows.append({
+            "pooler[tier]": _label(pooler, tier),
+            "layers": len(group),
+            "MMACs FlopCounterMode": _scaled(fc, 1e6, 3),
+            "MMACs fvcore": _scaled(fv, 1e6, 3),
+            "FlopCounterMode / fvcore": _fmt(fc / fv if fv else float("nan"), 3),
+            "counted / analytic": _fmt(fc / analytic if analytic else float("nan"), 2),
+            "non-zero": "yes" if fc > 0 and (math.isnan(fv) or fv > 0) else "**no**",
+        })
+    return ("## FLOP cross-check (pooling layers, all networks)\n\n"
+            "Both counters use poolbench's handles; *counted / analytic* > 1 is the masking and bookkeeping "
+            "arithmetic of plain-PyTorch tiers beyond the pooler's definition; fused kernels (custom ops) are "
+            "priced by the formula (= 1).\n\n" + _markdown(rows))
+
+
+def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
+    """Rows comparing the slides' figures with this run's measurements."""
+    from . import models
+
+    rows: list[dict] = []
+    net = _values(frame, "network")
+
+    def lookup(model: str, pooler: str, quantity: str):
+        if net.empty or quantity not in net:
+            return []
+        sel = net[(net["model"] == model) & (net["pooler"] == pooler)]
+        return [(r["tier"], r[quantity]) for _, r in sel.iterrows() if not pd.isna(r[quantity])]
+
+    for model, paper in PAPER["full_dpp_overhead_pct"].items():
+        measured = lookup(model, "dpp_full_sym", "params_overhead_pct") or lookup(model, "dpp_full_asym",
+                                                                                   "params_overhead_pct")
+        overhead = lookup(model, "dpp_full_sym", "params_overhead") or lookup(model, "dpp_full_asym",
+                                                                              "params_overhead")
+        rows.append({
+            "figure": f"Full-DPP parameter overhead, {MODEL_TITLES[model]}",
+            "paper": f"{paper:.3f}%",
+            "measured": (f"{measured[0][1]:.3f}% (+{int(overhead[0][1]):,} params)" if measured else "not measured"),
+            "agrees": ("yes" if measured and round(measured[0][1], 3) in (paper, round(paper - 0.001, 3))
+                       else ("close" if measured and abs(measured[0][1] - paper) < 0.005 else "–")),
+        })
+    for family, paper in PAPER["params_per_feature_map"].items():
+        found = None
+        for model in ("resnet50", "resnet101", "vgg16"):
+            for pooler in (f"{family}_sym", f"{family}_asym"):
+                overhead = lookup(model, pooler, "params_overhead")
+                if overhead:
+                    channels = sum(site.channels for site in models.pool_sites(model))
+                    found = (model, overhead[0][1] / channels, channels)
+                    break
+            if found:
+                break
+        label = "Lite-DPP" if family == "dpp_lite" else "Full-DPP"
+        rows.append({
+            "figure": f"{label} parameters per feature map",
+            "paper": f"{paper}" + (" (2 + 10)" if family == "dpp_full" else ""),
+            "measured": (f"{found[1]:g} ({MODEL_TITLES[found[0]]}, {found[2]} pooled channels)" if found
+                         else "not measured"),
+            "agrees": ("yes" if found and abs(found[1] - paper) < 1e-9 else "–"),
+        })
+    for pooler in DPP_POOLERS:
+        for tier, ratio_train, ratio_fwd in _vgg_time_ratios(net, pooler):
+            overhead = 100 * (ratio_train - 1)
+            rows.append({
+                "figure": f"VGG-16 time overhead, {_label(pooler, tier)} (train step)",
+                "paper": f"≤ {PAPER['vgg16_max_time_overhead_pct']:.0f}%",
+                "measured": f"{overhead:+.0f}% (forward {100 * (ratio_fwd - 1):+.0f}%)",
+                "agrees": "yes" if overhead <= PAPER["vgg16_max_time_overhead_pct"] else "no",
+            })
+    return rows
+
+
+def _vgg_time_ratios(net: pd.DataFrame, pooler: str) -> list[tuple[str, float, float]]:
+    if net.empty or "latency_train" not in net:
+        return []
+    vgg = net[net["model"] == "vgg16"]
+    base = vgg[(vgg["pooler"] == BASELINE_POOLER) & (vgg["tier"] == BASELINE_TIER)]
+    if base.empty:
+        return []
+    base_train, base_fwd = base.iloc[0]["latency_train"], base.iloc[0].get("latency_forward", float("nan"))
+    out = []
+    for _, r in vgg[vgg["pooler"] == pooler].iterrows():
+        if not pd.isna(r["latency_train"]):
+            out.append((r["tier"], r["latency_train"] / base_train, r.get("latency_forward", float("nan")) / base_fwd))
+    return out
+
+
+def _paper_section(frame: pd.DataFrame) -> str:
+    env = frame.iloc[-1]
+    note = (f"Time overheads are this run's train-step (forward+backward) latency ratio vs max pooling on VGG-16, "
+            f"{env.get('device', '?')} ({env.get('device_name', '?')}), batch {env.get('batch', '?')}, "
+            f"{env.get('resolution', '?')}²; the paper timed its own GPU implementation.\n\n")
+    return "## Paper vs measured\n\n" + note + _markdown(paper_vs_measured(frame))
+
+
+def _failures_section(frame: pd.DataFrame) -> str:
+    bad = frame[frame["status"] != "ok"]
+    if bad.empty:
+        return "## Cells that did not run\n\nnone\n"
+    grouped = (bad.assign(reason=bad["error"].str.slice(0, 160))
+               .groupby(["status", "pooler", "tier", "reason"], sort=True)
+               .agg(cells=("metric", "size"), models=("model", lambda m: ", ".join(sorted(set(m)))))
+               .reset_index())
+    rows = [{"status": r["status"], "pooler[tier]": _label(r["pooler"], r["tier"]), "cells": r["cells"],
+             "models": r["models"], "reason": r["reason"].replace("|", "\\|").replace("\n", " ")}
+            for _, r in grouped.iterrows()]
+    return "## Cells that did not run\n\n" + _markdown(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+# ----------------------------------------------------------------------------------------------
+
+def _plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Path], str | None]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "matplotlib is not installed: no plots (pip install matplotlib)"
+    written: list[Path] = []
+    net = _values(frame, "network")
+    if not net.empty and "latency_train" in net:
+        net = net.assign(train_ratio=_ratio(net, "latency_train", ["model"]),
+                         fwd_ratio=_ratio(net, "latency_forward", ["model"]))
+        models_present = [m for m in MODEL_TITLES if m in set(net["model"])] + \
+            sorted(set(net["model"]) - set(MODEL_TITLES))
+        labels = [_label(p, t) for p, t in dict.fromkeys(zip(_order(net)["pooler"], _order(net)["tier"]))]
+        fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(labels) + 4), 4.5), sharey=False)
+        width = 0.8 / max(len(models_present), 1)
+        for ax, column, title in ((axes[0], "fwd_ratio", "forward (inference)"), (axes[1], "train_ratio",
+                                                                                    "train step")):
+            for i, model in enumerate(models_present):
+                sel = net[net["model"] == model].assign(label=lambda t: [_label(p, q) for p, q in zip(t["pooler"],
+                                                                                                       t["tier"])])
+                values = [sel.loc[sel["label"] == lab, column].mean() if (sel["label"] == lab).any() else float("nan")
+                          for lab in labels]
+                ax.bar([x + i * width for x in range(len(labels))], values, width,
+                       label=MODEL_TITLES.get(model, model))
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_xticks([x + width * (len(models_present) - 1) / 2 for x in range(len(labels))])
+            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+            ax.set_ylabel("latency / max pooling network")
+            ax.set_title(title)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{name}_latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    layers = _values(frame, "layer")
+    if not layers.empty and "latency_train" in layers:
+        layers = layers.assign(train_ratio=_ratio(layers, "latency_train", ["model", "layer"]))
+        models_present = [m for m in MODEL_TITLES if m in set(layers["model"])]
+        if models_present:
+            fig, axes = plt.subplots(1, len(models_present), figsize=(5 * len(models_present), 4.2), squeeze=False)
+            for ax, model in zip(axes[0], models_present):
+                sel = layers[layers["model"] == model]
+                raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
+                order = [layer for layer in dict.fromkeys(raw["layer"]) if layer in set(sel["layer"])]
+                for (pooler, tier), group in _order(sel).groupby(["pooler", "tier"], sort=False):
+                    if pooler == BASELINE_POOLER and tier == BASELINE_TIER:
+                        continue
+                    group = group.set_index("layer").reindex(order)
+                    ax.plot(range(len(order)), group["train_ratio"], marker="o", label=_label(pooler, tier))
+                ax.axhline(1.0, color="black", linewidth=0.8)
+                ax.set_yscale("log")
+                ax.set_xticks(range(len(order)))
+                ax.set_xticklabels(order, rotation=45, ha="right", fontsize=7)
+                ax.set_title(f"{MODEL_TITLES[model]}: per layer, train step")
+                ax.set_ylabel("latency / nn.MaxPool2d")
+            axes[0][-1].legend(fontsize=7, loc="best")
+            fig.tight_layout()
+            path = out_dir / f"{name}_layers.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written, None
+
+
+# ----------------------------------------------------------------------------------------------
+# assembling
+# ----------------------------------------------------------------------------------------------
+
+def build_report(frame: pd.DataFrame, name: str, plots: list[Path] = (), plot_note: str | None = None) -> str:
+    """The markdown text of the report for the rows in ``frame``."""
+    models_present = [m for m in MODEL_TITLES if m in set(frame["model"])] + \
+        sorted(set(frame["model"]) - set(MODEL_TITLES))
+    parts = [_header(frame, name), _paper_section(frame)]
+    parts.append("# Networks\n")
+    for model in models_present:
+        parts.append(_network_section(frame, model))
+    if plots:
+        parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+    elif plot_note:
+        parts.append(f"## Plots\n\n{plot_note}\n")
+    layer_parts = [_layer_section(frame, model) for model in models_present]
+    if any(layer_parts):
+        parts.append("# Per layer\n\nEach pooling layer alone at the input shape it has in the network "
+                     "(recorded with forward hooks); ratios against `nn.MaxPool2d` with the same window. "
+                     "In ResNets a block's main path and shortcut pool the same tensor shape and are measured once.\n")
+        parts.extend(p for p in layer_parts if p)
+    parts.append(_flop_check_section(frame))
+    parts.append(_failures_section(frame))
+    return "\n".join(p for p in parts if p)
+
+
+def write_report(results: str | Path, out_dir: str | Path | None = None, name: str | None = None) -> Path:
+    """Render ``<out_dir>/<name>.md`` (+ PNG plots) from a results file; returns the markdown path."""
+    results = Path(results)
+    frame = load_results(results)
+    out_dir = Path(out_dir) if out_dir is not None else results.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = name or results.stem
+    plots, plot_note = _plots(frame, out_dir, name)
+    path = out_dir / f"{name}.md"
+    path.write_text(build_report(frame, name, plots, plot_note), encoding="utf-8")
+    return path
+
+
+def _detail(value: str) -> dict:
+    try:
+        return json.loads(value) if value else {}
+    except json.JSONDecodeError:
+        return {}

@@ -1,0 +1,276 @@
+"""The measurement grid: model × pooler × tier × (network, each pooling layer) × metric.
+
+Whatever the registry holds is measured: every pooler, every tier (or the
+fastest per device), plus the baseline — torchvision's unmodified network and
+``nn.MaxPool2d`` per layer.  A tier that cannot run on the device is recorded
+as ``skipped`` with the registry's reason; a cell that fails is recorded with
+its error; either way the run goes on.  Each finished cell is appended to the
+results files at once (see :mod:`poolbench.results`), so ``resume=True`` skips
+what an interrupted run already measured.
+"""
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from . import metrics as metrics_module
+from . import models, registry
+from .metrics import BASELINE_POOLER, BASELINE_TIER, Row, Settings, Subject
+from .results import ResultsWriter, environment, measured_cells
+
+__all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", "run"]
+
+#: The ``--quick`` subset: the baselines, Lite/Full-DPP and two learned-weight poolers.
+QUICK_POOLERS = ("max", "avg", "dpp_lite_sym", "dpp_full_sym", "softpool", "lip")
+
+#: ``--quick`` presets: small enough for 2 CPU cores in a few minutes, still every network and layer.
+QUICK = {"batch": 2, "resolution": 64, "poolers": QUICK_POOLERS, "tiers": ("fastest",),
+         "settings": Settings(warmup=1, min_run_time=0.05)}
+
+#: Tiers left out unless asked for by name: the float64 reference loops over windows in Python.
+SLOW_TIERS = {"reference": "the float64 reference tier loops over windows in Python, far too slow for networks "
+                           "(ask for it with --tiers reference; `poolbench check` compares against it)"}
+
+FASTEST = "fastest"
+
+
+@dataclass
+class RunConfig:
+    """What to measure and where; ``None`` means "everything registered"."""
+
+    device: str = "cpu"
+    models: tuple[str, ...] = tuple(models.MODELS)
+    poolers: tuple[str, ...] | None = None
+    tiers: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] | None = None
+    batch: int = 8
+    resolution: int = 224
+    layers: bool = True
+    out: Path = Path("reports")
+    name: str | None = None
+    resume: bool = False
+    quick: bool = False
+    settings: Settings = field(default_factory=Settings)
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        self.device = str(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was given but CUDA is not available on this machine "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        for name in self.models:
+            if name not in models.MODELS:
+                raise ValueError(f"unknown model {name!r}; expected some of {', '.join(models.MODELS)}")
+        if self.metrics is not None:
+            for name in self.metrics:
+                if name not in metrics_module.METRICS:
+                    raise ValueError(f"unknown metric {name!r}; known: {', '.join(metrics_module.METRICS)}")
+        if self.tiers is not None:
+            for tier in self.tiers:
+                if tier != FASTEST and tier not in registry.TIERS:
+                    raise ValueError(f"unknown tier {tier!r}; expected {FASTEST!r} or some of {', '.join(registry.TIERS)}")
+        for label, value in (("batch", self.batch), ("resolution", self.resolution)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{label} must be a positive int, got {value!r}")
+        self.out = Path(self.out)
+
+    @property
+    def run_name(self) -> str:
+        device_type = torch.device(self.device).type
+        return self.name or (f"quick_{device_type}" if self.quick else f"run_{device_type}")
+
+    @property
+    def stem(self) -> Path:
+        return self.out / self.run_name
+
+    @classmethod
+    def quick_preset(cls, **overrides) -> "RunConfig":
+        """The ``--quick`` configuration; any non-``None`` override wins."""
+        values = {**QUICK, "quick": True}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class Group:
+    """Cells sharing one built module: (model, pooler, tier) on the network or on one layer."""
+
+    model: str
+    pooler: str
+    tier: str
+    scope: str
+    layer: str = ""
+    sites: list = field(default_factory=list)
+    shape: tuple[int, ...] | None = None
+    metrics: list[str] = field(default_factory=list)
+    skip_reason: str | None = None  # the whole (model, pooler, tier) cannot run here
+
+    def subject(self, config: RunConfig, baselines: dict | None = None) -> Subject:
+        return Subject(self.model, self.pooler, self.tier, self.scope, device=config.device, batch=config.batch,
+                       resolution=config.resolution, sites=self.sites, shape=self.shape, layer=self.layer,
+                       settings=config.settings, dtype=config.dtype, baselines=baselines)
+
+
+@dataclass
+class RunResult:
+    results: Path
+    csv: Path
+    report: Path | None
+    rows: int
+    errors: int
+    skipped: int
+
+
+# ----------------------------------------------------------------------------------------------
+# planning
+# ----------------------------------------------------------------------------------------------
+
+def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | None]]:
+    """(tier, reason-it-cannot-run or None) for ``pooler`` under the config's tier selection."""
+    device = torch.device(config.device)
+    registered = registry.tiers(pooler)
+    wanted = list(config.tiers) if config.tiers is not None else None
+    chosen: list[tuple[str, str | None]] = []
+    if wanted is None or FASTEST in wanted:
+        if wanted is None:
+            for tier in registered:
+                reason = SLOW_TIERS.get(tier) or registry.get_spec(pooler, tier).unavailable_reason(device)
+                chosen.append((tier, reason))
+        else:
+            try:
+                chosen.append((registry.get_spec(pooler, None, device).tier, None))
+            except ValueError as exc:
+                chosen.append((registered[0] if registered else "none", str(exc)))
+    for tier in wanted or []:
+        if tier == FASTEST or tier not in registered or any(tier == t for t, _ in chosen):
+            continue
+        chosen.append((tier, registry.get_spec(pooler, tier).unavailable_reason(device)))
+    if not chosen:
+        chosen.append(("none", f"{pooler} has none of the tiers {', '.join(wanted or [])} "
+                               f"(it has: {', '.join(registered)})"))
+    return chosen
+
+
+def _layer_groups(model: str, config: RunConfig) -> list[tuple[str, list, tuple[int, ...]]]:
+    """(label, sites, input shape) per distinct pooling layer; a block's main path and shortcut share one."""
+    merged: dict[tuple, list] = {}
+    for site, shape in models.layer_input_shapes(model, config.batch, config.resolution):
+        merged.setdefault((shape, site.geometry, site.channels, site.name.split(".conv1")[0].split(".downsample")[0]),
+                          []).append(site)
+    groups = []
+    for (shape, _, _, prefix), sites in merged.items():
+        label = sites[0].name if len(sites) == 1 else f"{prefix} ({'+'.join(s.role for s in sites)})"
+        groups.append((label, sites, shape))
+    return groups
+
+
+def _metric_list(config: RunConfig, scope: str) -> list[str]:
+    names = metrics_module.metric_names(scope)
+    return [n for n in names if config.metrics is None or n in config.metrics]
+
+
+def plan(config: RunConfig) -> list[Group]:
+    """Every cell group of the run, baseline first in each network, in measuring order."""
+    registry.load_plugins()
+    known = set(registry.names())
+    poolers = list(config.poolers) if config.poolers is not None else registry.names()
+    groups: list[Group] = []
+    network_metrics, layer_metrics = _metric_list(config, "network"), _metric_list(config, "layer")
+    for model in config.models:
+        try:
+            layer_groups = _layer_groups(model, config) if config.layers else []
+            layer_error = None
+        except Exception as exc:  # e.g. a resolution too small for the network
+            layer_groups, layer_error = [], f"{type(exc).__name__}: {exc}"
+        candidates = [(BASELINE_POOLER, BASELINE_TIER, None)]
+        for pooler in poolers:
+            if pooler not in known:
+                candidates.append((pooler, "none", f"pooler {pooler!r} is not registered "
+                                                   f"(registered: {', '.join(sorted(known))})"))
+                continue
+            candidates.extend((pooler, tier, reason) for tier, reason in _selected_tiers(pooler, config))
+        for pooler, tier, reason in candidates:
+            if reason is not None:
+                groups.append(Group(model, pooler, tier, "network", metrics=["all"], skip_reason=reason))
+                continue
+            groups.append(Group(model, pooler, tier, "network", metrics=network_metrics))
+            if layer_error is not None:
+                groups.append(Group(model, pooler, tier, "layer", layer="all", metrics=["all"],
+                                    skip_reason=layer_error))
+            for label, sites, shape in layer_groups:
+                groups.append(Group(model, pooler, tier, "layer", label, sites, shape, layer_metrics))
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------------------------
+
+def _cells(groups: list[Group]) -> Iterator[tuple[Group, str]]:
+    for group in groups:
+        for name in group.metrics:
+            yield group, name
+
+
+def run(config: RunConfig, *, progress: bool = True, report: bool = True) -> RunResult:
+    """Measure the grid, append every cell to ``<out>/<name>.jsonl/.csv``, then write the report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    groups = plan(config)
+    done = measured_cells(config.stem) if config.resume else set()
+    env = environment(config.device, config.dtype, config.batch, config.resolution)
+    writer = ResultsWriter(config.stem, env, resume=config.resume)
+    counts = {"rows": 0, "error": 0, "skipped": 0}
+
+    def write(rows: list[Row]) -> None:
+        writer.write(rows)
+        counts["rows"] += len(rows)
+        for row in rows:
+            if row.status in counts:
+                counts[row.status] += 1
+
+    todo = [(g, m) for g, m in _cells(groups)
+            if metrics_module.cell_key(g.model, g.pooler, g.tier, g.scope, g.layer, m) not in done]
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("measuring", total=len(todo))
+        current: Group | None = None
+        subject: Subject | None = None
+        baselines: dict = {}  # one initialised CPU network per model, deep-copied for each pooler
+        for group, name in todo:
+            if group is not current:
+                if subject is not None:
+                    subject.release()
+                    if subject.model_name != group.model:
+                        baselines.clear()
+                    _free(config.device)
+                current, subject = group, group.subject(config, baselines)
+            label = f"{group.model} {group.pooler}[{group.tier}] {group.layer or 'network'} {name}"
+            bar.update(task, description=label)
+            if group.skip_reason is not None:
+                write(metrics_module.skipped_rows(subject, [name], group.skip_reason))
+            else:
+                write(metrics_module.measure(subject, name))
+            bar.advance(task)
+        if subject is not None:
+            subject.release()
+    report_path = None
+    if report:
+        from .report import write_report
+
+        report_path = write_report(writer.jsonl, config.out)
+    return RunResult(writer.jsonl, writer.csv, report_path, counts["rows"], counts["error"], counts["skipped"])
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
