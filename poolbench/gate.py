@@ -775,6 +775,8 @@ def save_baseline(data: dict, directory: str | Path, name: str, *, previous: dic
     folder = Path(directory) / _machine_id()
     folder.mkdir(parents=True, exist_ok=True)
     data = json.loads(json.dumps(data))
+    for bench in data.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)  # raw rounds: as --benchmark-save stores them, without
     if previous is not None and keep is not None:
         measured = {b.get("fullname") for b in data["benchmarks"]}
         carried = [b for b in previous.get("benchmarks", []) if b.get("fullname") not in measured and keep(b)]

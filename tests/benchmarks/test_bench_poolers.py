@@ -17,18 +17,28 @@ from poolbench import gate, registry
 pytestmark = pytest.mark.bench
 
 
+_CASES: dict[str, gate.BenchCase] = {}
+
+
 def pytest_generate_tests(metafunc):
-    if "case" not in metafunc.fixturenames:
+    if "case_id" not in metafunc.fixturenames:
         return
     config = bench_config_from(metafunc.config)
     if metafunc.function.__name__ == "test_pooler":
         cases = gate.bench_cases(config, *bench_selection(metafunc.config))
     else:
         cases = gate.comparator_cases(config)
-    metafunc.parametrize("case", [
-        pytest.param(case, id=case.id, marks=[pytest.mark.skip(reason=case.skip_reason)] if case.skip_reason else [])
+    _CASES.update((case.id, case) for case in cases)
+    # Parametrized by id (a string), so pytest-benchmark's JSON "params" stays readable.
+    metafunc.parametrize("case_id", [
+        pytest.param(case.id, id=case.id, marks=[pytest.mark.skip(reason=case.skip_reason)] if case.skip_reason else [])
         for case in cases
     ])
+
+
+@pytest.fixture
+def case(case_id) -> gate.BenchCase:
+    return _CASES[case_id]
 
 
 def test_plugins_load():
