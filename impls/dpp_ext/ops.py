@@ -259,11 +259,14 @@ def _register_python_kernels() -> None:
 # ---------------------------------------------------------------------------
 
 _LOADERS = {"cpu": load_cpu, "cuda": load_cuda}
+#: Set once a library is loaded; a plain flag so torch.compile traces straight past the loader.
+_LOADED = {"cpu": False, "cuda": False}
 
 
-@torch.compiler.disable
+@torch.compiler.disable  # building is not traceable (and happens at most once per process)
 def _ensure_loaded(device_type: str) -> None:
     _LOADERS[device_type]()
+    _LOADED[device_type] = True
 
 
 def dpp(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant, *, device_type: str):
@@ -279,7 +282,8 @@ def dpp(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_in
             f"the cuda DPP tier supports kernel_size <= {CUDA_MAX_KERNEL_SIZE} (window kept in registers), "
             f"got {kernel_size}; use the vectorized tier"
         )
-    _ensure_loaded(device_type)
+    if not _LOADED[device_type]:
+        _ensure_loaded(device_type)
     weight, bias = guide if guide is not None else (None, None)
     return torch.ops.poolbench_dpp.dpp_forward(
         x, alpha, lam, weight, bias, int(kernel_size), int(stride), int(padding), bool(asym), float(eps2),

@@ -1,0 +1,444 @@
+"""The fused C++/CUDA DPP extension (``impls/dpp_ext``): the cpp and cuda tiers and the op family.
+
+What runs where:
+
+* the CPU library is built once per session (``cpu_ext`` fixture; cached on
+  disk across sessions) and the ``cpp`` tier runs the shared DPPTierTester
+  contract plus the op-level checks below (every variant and geometry against
+  the float64 reference incl. α, λ, F, b gradients, gradcheck, opcheck, fp16/bf16,
+  torch.compile, FlopCounterMode, determinism, saved memory, SPEC numerics);
+* the CUDA kernels' device code is exercised on every machine through
+  ``tests/dpp_ext_cuda_emulation.cpp`` (the .cu compiled as C++ with an
+  emulated grid) against the same reference;
+* ``test_cuda_source_compiles_with_nvcc`` builds the real CUDA library with nvcc
+  (slow: about a minute on 2 cores); the ``cuda`` tier's own tests are marked
+  ``gpu`` and run with ``pytest --device cuda -m "gpu or not slow" tests/test_dpp_ext.py``.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import poolbench
+from poolbench import functional as PF
+from poolbench.check import CASES
+from poolbench.timing import saved_tensor_bytes
+from poolbench.tolerances import assert_close
+from poolbench.validation import pooled_size
+
+from dpp_tester import DPPTierTester, random_dpp_parameters
+from impls.dpp_ext import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("dpp_lite_sym", "dpp_lite_asym", "dpp_full_sym", "dpp_full_asym")
+
+# (shape, kernel_size, stride, padding): the VGG window, the ResNet stem window, odd sizes,
+# batch 1, overlapping windows (stride 1, as S3DPP), padding with k = 2, and the generic path (k = 4, 5).
+GEOMETRIES = (
+    ((2, 3, 8, 8), 2, 2, 0),
+    ((1, 4, 9, 7), 3, 2, 1),
+    ((2, 3, 7, 9), 2, 2, 0),
+    ((1, 2, 9, 9), 3, 1, 1),
+    ((2, 3, 7, 9), 2, 1, 0),
+    ((2, 3, 6, 10), 2, 2, 1),
+    ((1, 2, 10, 10), 4, 3, 2),
+    ((1, 2, 11, 11), 5, 2, 2),
+)
+
+
+def fits_full(shape, k, s, p) -> bool:
+    h, w = shape[-2:]
+    return (pooled_size(h, k, s, p), pooled_size(w, k, s, p)) == (pooled_size(h, 3, s, 1), pooled_size(w, 3, s, 1))
+
+
+def variant_cases():
+    for (shape, k, s, p), name in itertools.product(GEOMETRIES, VARIANTS):
+        if "full" in name and not fits_full(shape, k, s, p):
+            continue
+        yield pytest.param(name, shape, k, s, p, id=f"{name}-{'x'.join(map(str, shape))}-k{k}s{s}p{p}")
+
+
+@pytest.fixture(scope="session")
+def cpu_ext():
+    """Build (or load from the on-disk cache) the CPU library once per session."""
+    reason = ops.cpu_unavailable_reason("cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    ops.load_cpu()
+    return torch.ops.poolbench_dpp
+
+
+@pytest.fixture(scope="session")
+def cuda_emulation():
+    """The CUDA kernels compiled as C++ with an emulated grid (see tests/dpp_ext_cuda_emulation.cpp)."""
+    reason = ops.cpu_unavailable_reason("cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load(
+        name="poolbench_dpp_cuda_emulation",
+        sources=[str(ROOT / "tests" / "dpp_ext_cuda_emulation.cpp")],
+        extra_include_paths=[str(ops.CSRC)],
+        extra_cflags=["-O1"],
+        build_directory=str(ops.build_directory("cuda_emulation")),
+        verbose=False,
+    )
+
+
+def dpp_args(name, shape, dtype=torch.float64, seed=0, scale=2.0):
+    """Input and parameters for a variant: x (dtype), α, λ, guide (float64 leaves)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=generator, dtype=torch.float64) * scale).to(dtype)
+    alpha, lam, guide = random_dpp_parameters(shape[1], "full" in name, seed=seed)
+    return x, alpha, lam, guide
+
+
+def forward_backward(fn, x, alpha, lam, guide, grad_seed=1):
+    """y and the gradients of Σ g·y w.r.t. (x, α, λ[, F, b]) for a random g."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, alpha, lam, *(guide or ()))]
+    y = fn(*leaves[:3], tuple(leaves[3:]) if guide is not None else None)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    grads = torch.autograd.grad(y, leaves, g.to(y.dtype))
+    return y, grads
+
+
+def compare_with_reference(tier, name, shape, k, s, p, dtype, scale_invariant=False, device="cpu"):
+    x, alpha, lam, guide = dpp_args(name, shape, dtype)
+    asym = "asym" in name
+
+    def run(tier_name, x_in):
+        def fn(x_, a_, l_, guide_):
+            return PF.dpp(x_, a_, l_, k, s, p, asym=asym, guide=guide_, scale_invariant=scale_invariant,
+                          tier=tier_name)
+        dev = device if tier_name != "reference" else "cpu"
+        moved = [t.to(dev) for t in (alpha, lam, *(guide or ()))]
+        return forward_backward(fn, x_in.to(dev), moved[0], moved[1], tuple(moved[2:]) if guide else None)
+
+    y, grads = run(tier, x)
+    y_ref, grads_ref = run("reference", x.double())  # the reference sees the same rounded input
+    assert y.dtype == x.dtype
+    assert_close(y.cpu(), y_ref, dtype=dtype, msg=f"{tier} {name} output")
+    labels = ("x", "alpha", "lam", "F", "b")
+    for label, grad, expected in zip(labels, grads, grads_ref):
+        assert_close(grad.cpu(), expected, dtype=dtype, kind="grad", msg=f"{tier} {name} grad of {label}")
+
+
+# ---------------------------------------------------------------------------
+# The cpp tier: shared tier contract + op-level checks
+# ---------------------------------------------------------------------------
+
+class TestCppTier(DPPTierTester):
+    """Smoke, cardinality, reference values/gradients, gradcheck, module == functional, non-contiguous, fp16/bf16."""
+
+    tier = "cpp"
+
+    @pytest.fixture(autouse=True)
+    def _built(self, cpu_ext):
+        return cpu_ext
+
+
+@pytest.mark.parametrize("name, shape, k, s, p", list(variant_cases()))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cpp_matches_reference(cpu_ext, name, shape, k, s, p, dtype):
+    """Values and gradients w.r.t. x, α, λ, F, b for every variant and window geometry (SIMD and generic paths)."""
+    compare_with_reference("cpp", name, shape, k, s, p, dtype)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("geometry", [((2, 3, 8, 8), 2, 2, 0), ((1, 2, 9, 9), 3, 2, 1)], ids=["k2s2", "k3s2p1"])
+def test_cpp_scale_invariant_matches_reference(cpu_ext, name, geometry):
+    """The authors' scale-invariant weights (c / mean c over the window) are supported, with gradients."""
+    compare_with_reference("cpp", name, *geometry, torch.float32, scale_invariant=True)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["dpp_lite_sym", "dpp_full_asym"])
+def test_cpp_half_precision_matches_reference(cpu_ext, name, half):
+    """fp16/bf16 in and out, float32 inside: within the tolerance table, gradients included."""
+    compare_with_reference("cpp", name, (2, 3, 8, 10), 2, 2, 0, half)
+    compare_with_reference("cpp", name, (1, 2, 9, 9), 3, 2, 1, half)
+
+
+def test_cpp_non_contiguous_input(cpu_ext):
+    """Channels-last and strided inputs give the same values and gradients as contiguous ones."""
+    x, alpha, lam, guide = dpp_args("dpp_full_sym", (2, 3, 8, 8), torch.float32)
+
+    def fn(x_, a_, l_, guide_):
+        return PF.dpp(x_, a_, l_, 2, 2, 0, guide=guide_, tier="cpp")
+
+    expected = forward_backward(fn, x, alpha, lam, guide)
+    wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1])
+    wide[..., ::2] = x
+    for strided in (x.to(memory_format=torch.channels_last), wide[..., ::2]):
+        assert not strided.is_contiguous()
+        got = forward_backward(fn, strided, alpha, lam, guide)
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+        for a, b in zip(got[1], expected[1]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("scale_invariant", [False, True], ids=["plain", "scale_invariant"])
+def test_cpp_gradcheck_float64(cpu_ext, name, scale_invariant):
+    """torch.autograd.gradcheck through the registered autograd (backward op) w.r.t. every input."""
+    for shape, k, s, p in (((1, 2, 4, 6), 2, 2, 0), ((1, 2, 5, 5), 3, 2, 1), ((1, 1, 5, 5), 4, 3, 2)):
+        if "full" in name and not fits_full(shape, k, s, p):
+            continue
+        x, alpha, lam, guide = dpp_args(name, shape, scale=1.0)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, alpha + 0.2, lam + 0.5, *(guide or ()))]
+
+        def fn(x_, a_, l_, *g_):
+            return ops.dpp(x_, a_, l_, k, s, p, "asym" in name, tuple(g_) if g_ else None, 1e-3, scale_invariant,
+                           device_type="cpu")
+
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def opcheck_args(full: bool, requires_grad: bool, dtype=torch.float64, device="cpu"):
+    x, alpha, lam, guide = dpp_args("dpp_full_sym" if full else "dpp_lite_sym", (2, 3, 6, 8), dtype)
+    weight, bias = guide if full else (None, None)
+    tensors = [t.to(device) if t is not None else None for t in (x, alpha, lam, weight, bias)]
+    if requires_grad:
+        tensors = [t.requires_grad_() if t is not None else None for t in tensors]
+    return tuple(tensors) + (2, 2, 0, False, 1e-3, False)
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["lite", "full"])
+def test_cpp_opcheck(cpu_ext, full):
+    """Schema, fake (meta) kernels, autograd registration and AOT dispatch of both ops (torch.library.opcheck)."""
+    torch.library.opcheck(cpu_ext.dpp_forward.default, opcheck_args(full, requires_grad=True))
+    args = opcheck_args(full, requires_grad=False)
+    grad = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    torch.library.opcheck(cpu_ext.dpp_backward.default, (grad,) + args)
+
+
+def test_cpp_torch_compile_matches_eager(cpu_ext):
+    """A module on the cpp tier under torch.compile(fullgraph=True): same output and gradients as eager."""
+    torch._dynamo.reset()
+    module = poolbench.create("dpp_full_asym", 3, 2, 2, 0, tier="cpp", lam=2.0)
+    x = torch.randn(2, 3, 8, 8)
+
+    def step(fn):
+        xi = x.clone().requires_grad_()
+        y = fn(xi)
+        grads = torch.autograd.grad(y.square().sum(), [xi, *module.parameters()])
+        return y, grads
+
+    eager = step(module)
+    compiled = step(torch.compile(module, fullgraph=True))
+    assert_close(compiled[0], eager[0])
+    for a, b in zip(compiled[1], eager[1]):
+        assert_close(a, b, kind="grad")
+
+
+def test_cpp_flop_counter_mode(cpu_ext):
+    """The op runs (forward and backward) under FlopCounterMode without error."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = poolbench.create("dpp_lite_sym", 3, 2, 2, 0, tier="cpp")
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        module(x).sum().backward()
+    assert counter.get_total_flops() >= 0
+    assert x.grad is not None
+
+
+def test_cpp_saves_only_the_input(cpu_ext):
+    """Training memory: autograd keeps x and the per-channel parameters, no unfolded window tensors."""
+    module = poolbench.create("dpp_full_sym", 16, 2, 2, 0, tier="cpp")
+    x = torch.randn(2, 16, 32, 32, requires_grad=True)
+    saved = saved_tensor_bytes(lambda: module(x))
+    per_channel = sum(p.numel() for p in module.parameters()) * 4 * 4  # α, λ (exp outputs), F, b: a few (C,) tensors
+    assert saved <= x.numel() * x.element_size() + per_channel, saved
+
+
+def test_cpp_backward_is_deterministic_across_thread_counts(cpu_ext):
+    """Per-channel gradients are reduced in a fixed order: bitwise equal runs, whatever the thread count."""
+    x, alpha, lam, guide = dpp_args("dpp_full_sym", (4, 3, 16, 16), torch.float32)
+
+    def fn(x_, a_, l_, guide_):
+        return PF.dpp(x_, a_, l_, 3, 2, 1, guide=guide_, tier="cpp")
+
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for count in (1, max(2, threads), 1):
+            torch.set_num_threads(count)
+            runs.append(forward_backward(fn, x, alpha, lam, guide)[1])
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
+def test_cpp_numerics_at_spec_extremes(cpu_ext):
+    """SPEC numerics: λ up to 200 and |x| up to 1e4 stay finite in float32; α = 0 gives no NaN; λ = 0 is avg pooling."""
+    x = torch.randn(2, 3, 8, 8) * 1e4
+    x[:, :, :4] = 0.0  # flat windows (after a ReLU) at large λ: the 0/0 case
+    for alpha, lam in ((1.0, 200.0), (0.0, 200.0), (0.0, 1.0), (1e-3, 50.0)):
+        xs = x.clone().requires_grad_()
+        a = torch.full((3,), alpha, requires_grad=True)
+        l = torch.full((3,), lam, requires_grad=True)
+        y = PF.dpp(xs, a, l, tier="cpp")
+        grads = torch.autograd.grad(y.sum(), [xs, a, l])
+        assert torch.isfinite(y).all(), (alpha, lam)
+        assert all(torch.isfinite(g).all() for g in grads), (alpha, lam)
+        if alpha == 0.0:
+            assert torch.equal(grads[1], torch.zeros(3)), "α = 0 has a zero α gradient, like the vectorized tier"
+    x = torch.randn(2, 3, 9, 9)
+    assert_close(PF.dpp(x, 1.0, 0.0, 3, 2, 1, tier="cpp"), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
+
+
+def test_cpp_rejects_other_devices():
+    """The cpp tier names the device it runs on instead of failing inside the dispatcher."""
+    x = torch.randn(1, 2, 4, 4, device="meta")
+    with pytest.raises(ValueError, match="cpp DPP tier runs on cpu"):
+        ops.dpp(x, torch.ones(2), torch.ones(2), 2, 2, 0, False, None, 1e-3, False, device_type="cpu")
+
+
+def test_import_builds_nothing_and_availability_is_cheap(tmp_path):
+    """Importing the tiers and asking `available` compiles nothing (the build happens at the first call)."""
+    code = (
+        "import impls.dpp_cpp, impls.dpp_cuda\n"
+        "from impls.dpp_ext import ops\n"
+        "print(repr(ops.cpu_unavailable_reason('cpu')), repr(ops.cuda_unavailable_reason('cuda')))\n"
+    )
+    env = dict(os.environ, POOLBENCH_CACHE_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not any(tmp_path.rglob("*.so")) and not any(tmp_path.rglob("*.o"))
+    if not torch.cuda.is_available():
+        assert "CUDA" in result.stdout  # a reason, not an exception
+
+
+# ---------------------------------------------------------------------------
+# The CUDA kernels' device code, emulated on the CPU
+# ---------------------------------------------------------------------------
+
+EMULATED_GEOMETRIES = GEOMETRIES[:2] + GEOMETRIES[3:4] + GEOMETRIES[5:7]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_cuda_kernels_emulated_match_reference(cuda_emulation, name, dtype):
+    """Forward, the window/stencil/gather backward kernels and the partial-sum reduction vs the reference."""
+    for shape, k, s, p in EMULATED_GEOMETRIES:
+        if "full" in name and not fits_full(shape, k, s, p):
+            continue
+        for scale_invariant in (False, True):
+            x, alpha, lam, guide = dpp_args(name, shape, dtype)
+            weight, bias = guide if guide is not None else (None, None)
+            asym = "asym" in name
+            y = cuda_emulation.dpp_forward(x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, scale_invariant)
+            g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+            grads = cuda_emulation.dpp_backward(g, x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, scale_invariant)
+
+            def fn(x_, a_, l_, guide_):
+                return PF.dpp(x_, a_, l_, k, s, p, asym=asym, guide=guide_, scale_invariant=scale_invariant,
+                              tier="reference")
+
+            leaves = [t.detach().clone().requires_grad_() for t in (x.double(), alpha, lam, *(guide or ()))]
+            y_ref = fn(*leaves[:3], tuple(leaves[3:]) if guide else None)
+            grads_ref = torch.autograd.grad(y_ref, leaves, g.double())
+            label = f"{name} {shape} k{k}s{s}p{p} scale_invariant={scale_invariant}"
+            assert_close(y, y_ref, dtype=dtype, msg=label)
+            grads = grads if guide is not None else grads[:3]
+            for which, got, expected in zip(("x", "alpha", "lam", "F", "b"), grads, grads_ref):
+                assert_close(got, expected, dtype=dtype, kind="grad", msg=f"{label}: grad of {which}")
+
+
+# ---------------------------------------------------------------------------
+# The real CUDA library: compiled here with nvcc, run where a GPU is lent
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def cuda_ext():
+    """nvcc build of the CUDA library (once per session; cached on disk). Skips with the reason where impossible."""
+    reason = ops.cuda_unavailable_reason("cuda", need_device=False)
+    if reason is not None:
+        pytest.skip(reason)
+    ops.load_cuda()
+    return torch.ops.poolbench_dpp
+
+
+@pytest.mark.slow
+def test_cuda_source_compiles_with_nvcc(cuda_ext):
+    """The .cu builds with nvcc and registers CUDA kernels for both ops (no GPU needed)."""
+    for op in ("dpp_forward", "dpp_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"poolbench_dpp::{op}", "CUDA")
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"poolbench_dpp::{op}", "CPU")
+
+
+@pytest.mark.gpu
+class TestCudaTier(DPPTierTester):
+    """The shared tier contract on the GPU (``pytest --device cuda -m gpu``)."""
+
+    tier = "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, shape, k, s, p", list(variant_cases()))
+def test_cuda_matches_reference(name, shape, k, s, p):
+    compare_with_reference("cuda", name, shape, k, s, p, torch.float32, device="cuda")
+    compare_with_reference("cuda", name, shape, k, s, p, torch.float64, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_cuda_half_precision_and_scale_invariant(name, half):
+    compare_with_reference("cuda", name, (2, 3, 8, 10), 2, 2, 0, half, device="cuda")
+    compare_with_reference("cuda", name, (1, 2, 9, 9), 3, 2, 1, torch.float32, scale_invariant=True, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("full", [False, True], ids=["lite", "full"])
+def test_cuda_opcheck_and_determinism(full):
+    ops.load_cuda()
+    ops_ns = torch.ops.poolbench_dpp
+    torch.library.opcheck(ops_ns.dpp_forward.default, opcheck_args(full, True, device="cuda"))
+    args = opcheck_args(full, False, device="cuda")
+    grad = torch.randn(2, 3, 3, 4, dtype=torch.float64, device="cuda")
+    torch.library.opcheck(ops_ns.dpp_backward.default, (grad,) + args)
+    # VGG-sized layer: per-channel gradients are reduced without atomics, so runs are bitwise equal
+    x = torch.randn(8, 64, 56, 56, device="cuda")
+    alpha, lam, guide = random_dpp_parameters(64, full, dtype=torch.float32, device="cuda")
+    weight, bias = guide if full else (None, None)
+    g = torch.randn(8, 64, 28, 28, device="cuda")
+    first = ops_ns.dpp_backward(g, x, alpha, lam, weight, bias, 2, 2, 0, False, 1e-3, False)
+    second = ops_ns.dpp_backward(g, x, alpha, lam, weight, bias, 2, 2, 0, False, 1e-3, False)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_cuda_agrees_with_cpp_at_vgg_shape(cpu_ext):
+    """Same op, same maths on both devices: the GPU and CPU kernels agree on a VGG-16 layer (float32)."""
+    module = poolbench.create("dpp_lite_sym", 128, 2, 2, 0, tier="cpp", lam=3.0)
+    gpu_module = poolbench.create("dpp_lite_sym", 128, 2, 2, 0, tier="cuda", device="cuda", lam=3.0)
+    x = torch.randn(2, 128, 112, 112)
+    assert_close(gpu_module(x.cuda()).cpu(), module(x))
+
+
+@pytest.mark.gpu
+def test_cuda_torch_compile_matches_eager():
+    torch._dynamo.reset()
+    module = poolbench.create("dpp_full_sym", 8, 3, 2, 1, tier="cuda", device="cuda")
+    x = torch.randn(2, 8, 16, 16, device="cuda")
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye = module(xe)
+    yc = torch.compile(module, fullgraph=True)(xc)
+    assert_close(yc, ye)
+    ye.square().sum().backward()
+    yc.square().sum().backward()
+    assert_close(xc.grad, xe.grad, kind="grad")
