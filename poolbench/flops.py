@@ -537,11 +537,28 @@ def _flop_counter_mapping() -> dict[Any, tuple[str, Callable]]:
         add(op, "standard", _fc_batch_norm)
     for op in ("mv", "dot", "vdot"):
         add(op, "standard", _fc_vector_product)
-    for qualified in torch._C._dispatch_get_all_op_names():
-        namespace, _, rest = qualified.partition("::")
-        if _is_opaque(qualified) and rest:
-            add(rest.split(".")[0], "opaque", _fc_opaque, getattr(torch.ops, namespace))
     return mapping
+
+
+def _is_opaque_packet(op) -> bool:
+    # str(OpOverloadPacket) is "namespace.name", str(OpOverload) "namespace.name.overload"
+    return isinstance(op, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)) and str(op).startswith(OPAQUE_NAMESPACES)
+
+
+class _Formulas(dict):
+    """FlopCounterMode's formula table, plus opaque custom ops recognised by namespace when they first run.
+
+    (A tier's library may register its ops lazily, during the very forward
+    being counted, so they cannot be listed beforehand.)
+    """
+
+    def __contains__(self, op) -> bool:
+        return dict.__contains__(self, op) or _is_opaque_packet(op)
+
+    def __missing__(self, op):
+        if _is_opaque_packet(op):
+            return _fc_opaque
+        raise KeyError(op)
 
 
 def flop_counter_count(model: nn.Module, inputs: torch.Tensor) -> FlopCount:
@@ -552,6 +569,7 @@ def flop_counter_count(model: nn.Module, inputs: torch.Tensor) -> FlopCount:
     scopes = pooling_scopes(model)
     shapes, hooks = _record_input_shapes(scopes)
     mode = FlopCounterMode(display=False, custom_mapping={packet: formula for packet, (_, formula) in mapping.items()})
+    mode.flop_registry = _Formulas(mode.flop_registry)
     try:
         with torch.no_grad(), _eager_compiled(), mode:
             model(inputs)
@@ -564,9 +582,12 @@ def flop_counter_count(model: nn.Module, inputs: torch.Tensor) -> FlopCount:
     def categorised(ops: dict) -> Counter:
         out: Counter = Counter()
         for packet, value in ops.items():
-            category = mapping[packet][0] if packet in mapping else "standard"
-            # torch's own formulas count a multiply-add as 2 FLOPs
-            out[f"{category}:{packet}"] += value if packet in mapping else value // 2
+            if packet in mapping:
+                out[f"{mapping[packet][0]}:{packet}"] += value
+            elif _is_opaque_packet(packet):
+                out[f"opaque:{packet}"] += value
+            else:  # torch's own formulas count a multiply-add as 2 FLOPs
+                out[f"standard:{packet}"] += value // 2
         return out
 
     per_scope = {name: categorised(counts.get(f"{prefix}.{name}", {})) for name in scopes}

@@ -80,7 +80,10 @@ def _order(table: pd.DataFrame) -> pd.DataFrame:
 def _markdown(rows: list[dict]) -> str:
     if not rows:
         return "_no measurements_\n"
-    return pd.DataFrame(rows).to_markdown(index=False) + "\n"
+    table = pd.DataFrame(rows)
+    # columns no cell of this run has (e.g. CUDA peak memory in a CPU run) only add noise
+    empty = [c for c in table.columns if (table[c].astype(str) == "–").all()]
+    return table.drop(columns=empty).to_markdown(index=False) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,12 +301,14 @@ def _failures_section(frame: pd.DataFrame) -> str:
     bad = frame[frame["status"] != "ok"]
     if bad.empty:
         return "## Cells that did not run\n\nnone\n"
-    grouped = (bad.assign(reason=bad["error"].str.slice(0, 160))
-               .groupby(["status", "pooler", "tier", "reason"], sort=True)
-               .agg(cells=("metric", "size"), models=("model", lambda m: ", ".join(sorted(set(m)))))
+    bad = bad.assign(reason=bad["error"].str.slice(0, 200), label=[_label(p, t) for p, t in zip(bad["pooler"],
+                                                                                                  bad["tier"])])
+    grouped = (bad.groupby(["status", "reason"], sort=True)
+               .agg(cells=("metric", "size"), models=("model", lambda m: ", ".join(sorted(set(m)))),
+                    poolers=("label", lambda p: ", ".join(sorted(set(p)))))
                .reset_index())
-    rows = [{"status": r["status"], "pooler[tier]": _label(r["pooler"], r["tier"]), "cells": r["cells"],
-             "models": r["models"], "reason": r["reason"].replace("|", "\\|").replace("\n", " ")}
+    rows = [{"status": r["status"], "cells": r["cells"], "reason": r["reason"].replace("|", "\\|").replace("\n", " "),
+             "pooler[tier]": r["poolers"], "models": r["models"]}
             for _, r in grouped.iterrows()]
     return "## Cells that did not run\n\n" + _markdown(rows)
 

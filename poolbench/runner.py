@@ -28,8 +28,8 @@ __all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", 
 QUICK_POOLERS = ("max", "avg", "dpp_lite_sym", "dpp_full_sym", "softpool", "lip")
 
 #: ``--quick`` presets: small enough for 2 CPU cores in a few minutes, still every network and layer.
-QUICK = {"batch": 2, "resolution": 64, "poolers": QUICK_POOLERS, "tiers": ("fastest",),
-         "settings": Settings(warmup=1, min_run_time=0.05)}
+QUICK = {"batch": 1, "resolution": 64, "poolers": QUICK_POOLERS, "tiers": ("fastest",),
+         "settings": Settings(warmup=1, min_run_time=0.05, rounds=3)}
 
 #: Tiers left out unless asked for by name: the float64 reference loops over windows in Python.
 SLOW_TIERS = {"reference": "the float64 reference tier loops over windows in Python, far too slow for networks "

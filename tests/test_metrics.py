@@ -38,6 +38,23 @@ def test_pooling_handles_are_non_zero_and_agree_for_every_pooler(geometry):
         assert 0.5 <= counts["flop_counter"] / counts["analytic"] <= 3.0, (name, counts)
 
 
+@needs_fvcore
+def test_every_fast_tier_is_priced_consistently():
+    """Every (pooler, tier) that runs here: the C++/CUDA/Triton custom ops are priced by the formula."""
+    x = torch.rand(1, 8, 8, 8)
+    for spec in registry.specs():
+        # reference: a float64 loop (checked elsewhere); compiled: counted on its eager tier
+        if spec.tier in ("reference", "compiled") or spec.unavailable_reason("cpu"):
+            continue
+        options = {"seed": 0} if spec.stochastic else {}
+        counts = flops.count_layer(registry.create(spec.name, 8, 2, 2, 0, tier=spec.tier, **options), x)
+        label = f"{spec.name}[{spec.tier}]"
+        assert counts["fvcore"] > 0 and counts["flop_counter"] > 0, (label, counts)
+        assert counts["flop_counter"] == pytest.approx(counts["fvcore"], rel=COUNTER_AGREEMENT), (label, counts)
+        if spec.tier in ("cpp", "cuda", "triton"):
+            assert counts["flop_counter"] == counts["analytic"], (label, counts)
+
+
 def test_max_and_avg_pool_counts_are_exact():
     x = torch.rand(2, 4, 8, 8)
     for name in ("max", "avg"):

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
                         help="tiers to measure, or 'fastest' for the fastest available per pooler "
                              "(default: every registered tier but reference; --quick: fastest)")
     parser.add_argument("--metrics", nargs="+", metavar="METRIC", help="metric names (default: all)")
-    parser.add_argument("--batch", type=int, help="batch size (default: 8 on cpu, 32 on cuda; --quick: 2)")
+    parser.add_argument("--batch", type=int, help="batch size (default: 8 on cpu, 32 on cuda; --quick: 1)")
     parser.add_argument("--resolution", type=int, help="input height = width (default: 224; --quick: 64)")
     parser.add_argument("--no-layers", action="store_true", help="measure whole networks only")
     parser.add_argument("--quick", action="store_true",
@@ -38,13 +38,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default: reports/)")
     parser.add_argument("--name", help="file name stem (default: quick_<device> or run_<device>)")
     parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already measured")
-    parser.add_argument("--min-run-time", type=float, help="seconds of timed runs per latency measurement")
+    parser.add_argument("--min-run-time", type=float, help="seconds of timed runs per latency measurement "
+                        "(default: 0.2; --quick: 0.05)")
+    parser.add_argument("--rounds", type=int, help="latency rounds per cell, best median kept (robust to other "
+                        "processes on a shared CPU; default: 3 on cpu, 1 on cuda)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..runner import RunConfig, run as run_grid
+    from ..runner import QUICK, RunConfig, run as run_grid
 
     options = {
         "device": args.device,
@@ -59,8 +62,13 @@ def run(args) -> int:
         "name": args.name,
         "resume": args.resume or None,
     }
-    if args.min_run_time is not None:
-        options["settings"] = Settings(min_run_time=args.min_run_time)
+    if args.quick:
+        base = QUICK["settings"]
+    else:
+        base = Settings(rounds=3 if args.device == "cpu" else 1)
+    options["settings"] = Settings(warmup=base.warmup,
+                                   min_run_time=args.min_run_time if args.min_run_time is not None else base.min_run_time,
+                                   rounds=args.rounds if args.rounds is not None else base.rounds)
     if args.quick:
         config = RunConfig.quick_preset(**options)
     else:
