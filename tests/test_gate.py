@@ -279,7 +279,7 @@ PLUGIN = textwrap.dedent('''
 
 
 def test_gate_end_to_end(tmp_path):
-    """Save a baseline, pass unchanged, fail on a slowdown and on a broken tier (4 suite runs, ~30 s)."""
+    """Save a baseline, pass unchanged, fail on a slowdown and on a broken tier (5 suite runs, ~35 s)."""
     (tmp_path / "gate_probe_plugin.py").write_text(PLUGIN)
     config = gate.BenchConfig(resolution=32, budget_s=0.01, min_rounds=3, max_rounds=30)
 
@@ -305,7 +305,7 @@ def test_gate_end_to_end(tmp_path):
 
     bad = run("bad", threshold=1.0)
     assert not bad.passed
-    assert len(bad.runs) == 2  # the suspects were measured again before failing
+    assert len(bad.runs) == 3  # the suspects were measured twice more before failing
     assert any(m.startswith("REGRESSION gate_probe[vectorized] forward: time ratio to avg_pool2d up")
                for m in bad.messages), bad.messages
     assert any("EQUIVALENCE gate_twin[vectorized]" in m and "does not match gate_twin[reference@float64]" in m

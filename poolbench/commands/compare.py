@@ -61,8 +61,8 @@ def add_parser(subparsers) -> None:
                         help="baseline file name (default: derived from device, dtype, batch, resolution, threads)")
     parser.add_argument("--case-threshold", type=_fraction, default=None,
                         help="fail when a single layer's ratio grows by more than this (default: 3 × --threshold)")
-    parser.add_argument("--no-confirm", dest="confirm", action="store_false",
-                        help="do not re-measure suspected regressions before failing")
+    parser.add_argument("--confirm", type=int, default=2, metavar="N",
+                        help="re-measure suspected regressions in up to N fresh processes before failing (0: never)")
     parser.add_argument("--compare-fail", action="append", default=[], metavar="EXPR",
                         help="also pass --benchmark-compare-fail=EXPR to pytest-benchmark (absolute times, "
                              "only when the baseline was recorded on this machine id), e.g. min:50%%")
