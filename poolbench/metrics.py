@@ -372,15 +372,23 @@ def activation_bytes(fn: Callable[[], object], module: nn.Module) -> int:
     """
     parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
     seen: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # keeps every saved storage (and so its address) alive until the count is done
 
     def pack(tensor: torch.Tensor):
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in parameters:
             seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        alive.append(tensor)
+        # Not the tensor itself: an op that saves its own output (ReLU) would then hold a reference cycle
+        # through C++ that Python's gc cannot break, leaking the graph and every weight it saved.
+        # This graph is never backpropagated, so nothing needs unpacking.
+        return None
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda packed: packed):
+            fn()
+    finally:
+        alive.clear()
     return sum(seen.values())
 
 

@@ -10,6 +10,7 @@ what an interrupted run already measured.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,10 @@ __all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", 
 QUICK_POOLERS = ("max", "avg", "dpp_lite_sym", "dpp_full_sym", "softpool", "lip")
 
 #: ``--quick`` presets: small enough for 2 CPU cores in a few minutes, still every network and layer.
+#: One CPU thread: on a shared machine two processes' OpenMP thread pools stall each other at every barrier and
+#: 2-thread timings swing 10× between rounds; one thread per process is merely time-sliced.
 QUICK = {"batch": 1, "resolution": 64, "poolers": QUICK_POOLERS, "tiers": ("fastest",),
-         "settings": Settings(warmup=1, min_run_time=0.05, rounds=3)}
+         "settings": Settings(warmup=1, min_run_time=0.05, rounds=3), "threads": 1}
 
 #: Tiers left out unless asked for by name: the float64 reference loops over windows in Python.
 SLOW_TIERS = {"reference": "the float64 reference tier loops over windows in Python, far too slow for networks "
@@ -56,6 +59,7 @@ class RunConfig:
     quick: bool = False
     settings: Settings = field(default_factory=Settings)
     dtype: torch.dtype = torch.float32
+    threads: int | None = None  # CPU threads for the run (None: torch's default)
 
     def __post_init__(self):
         self.device = str(self.device)
@@ -76,6 +80,9 @@ class RunConfig:
             for tier in self.tiers:
                 if tier != FASTEST and tier not in registry.TIERS:
                     raise ValueError(f"unknown tier {tier!r}; expected {FASTEST!r} or some of {', '.join(registry.TIERS)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads <= 0):
+            raise ValueError(f"threads must be a positive int, got {self.threads!r}")
         for label, value in (("batch", self.batch), ("resolution", self.resolution)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{label} must be a positive int, got {value!r}")
@@ -221,6 +228,17 @@ def _cells(groups: list[Group]) -> Iterator[tuple[Group, str]]:
 
 def run(config: RunConfig, *, progress: bool = True, report: bool = True) -> RunResult:
     """Measure the grid, append every cell to ``<out>/<name>.jsonl/.csv``, then write the report."""
+
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, progress, report)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     groups = plan(config)
@@ -274,3 +292,12 @@ def _free(device: str) -> None:
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them; a run builds dozens of 100-500 MB networks)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

@@ -214,3 +214,19 @@ def test_network_params_metric_reports_overhead_vs_max_pool():
 def test_quantity_is_a_plain_record():
     q = Quantity("x", 1.0, "ms", {"q20_ms": 0.9})
     assert q.name == "x" and q.detail["q20_ms"] == 0.9
+
+
+def test_activation_bytes_counts_activations_not_weights_and_leaks_nothing():
+    """Guards against the pack hook returning the tensor: ReLU saves its output, a C++ reference cycle."""
+    import gc
+    import weakref
+
+    module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    x = torch.randn(4, 64)
+    counted = metrics.activation_bytes(lambda: module(x), module)
+    # saved: x (first linear), the ReLU output (for the second linear and for ReLU itself); weights left out
+    assert counted == 2 * 4 * 64 * 4
+    weight = weakref.ref(module[0].weight)
+    del module
+    gc.collect()
+    assert weight() is None

@@ -42,6 +42,8 @@ def add_parser(subparsers) -> None:
                         "(default: 0.2; --quick: 0.05)")
     parser.add_argument("--rounds", type=int, help="latency rounds per cell, best median kept (robust to other "
                         "processes on a shared CPU; default: 3 on cpu, 1 on cuda)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; --quick: 1, because on a shared "
+                        "machine multi-threaded timings swing 10x)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -61,6 +63,7 @@ def run(args) -> int:
         "out": args.out,
         "name": args.name,
         "resume": args.resume or None,
+        "threads": args.threads,
     }
     if args.quick:
         base = QUICK["settings"]
