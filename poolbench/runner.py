@@ -151,10 +151,7 @@ def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | Non
                 reason = SLOW_TIERS.get(tier) or registry.get_spec(pooler, tier).unavailable_reason(device)
                 chosen.append((tier, reason))
         else:
-            try:
-                chosen.append((registry.get_spec(pooler, None, device).tier, None))
-            except ValueError as exc:
-                chosen.append((registered[0] if registered else "none", str(exc)))
+            chosen.extend(_fastest_working_tier(pooler, device))
     for tier in wanted or []:
         if tier == FASTEST or tier not in registered or any(tier == t for t, _ in chosen):
             continue
@@ -163,6 +160,36 @@ def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | Non
         chosen.append(("none", f"{pooler} has none of the tiers {', '.join(wanted or [])} "
                                f"(it has: {', '.join(registered)})"))
     return chosen
+
+
+def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, str | None]]:
+    """The fastest tier that actually runs a tiny input here, after the tiers that failed (with why).
+
+    The registry's ``available`` hooks are cheap checks (a compiler exists);
+    a C++/CUDA tier may still fail to build on first use.  Trying a 4×4 input
+    first means a failed build falls back to the next tier instead of turning
+    every cell of the pooler into an error.
+    """
+    registered = registry.tiers(pooler)
+    preference = [t for t in registry.TIER_PREFERENCE.get(device.type, registry.TIERS) if t in registered]
+    candidates = preference + [t for t in registered if t not in preference and t not in SLOW_TIERS]
+    failed: list[tuple[str, str | None]] = []
+    for tier in candidates:
+        spec = registry.get_spec(pooler, tier)
+        reason = spec.unavailable_reason(device)
+        if reason is None:
+            try:
+                options = {"seed": 0} if spec.stochastic else {}
+                module = registry.create(pooler, 2, 2, 2, 0, tier=tier, device=device, **options)
+                with torch.no_grad():
+                    module(torch.rand(1, 2, 4, 4, device=device))
+            except Exception as exc:  # a build or kernel failure: record it, try the next tier
+                reason = f"tried as the fastest tier and failed: {type(exc).__name__}: {exc}"[:1000]
+        if reason is None:
+            return failed + [(tier, None)]
+        if tier in preference:
+            failed.append((tier, reason))
+    return failed or [(registered[0] if registered else "none", f"no tier of {pooler} runs on {device.type}")]
 
 
 def _layer_groups(model: str, config: RunConfig) -> list[tuple[str, list, tuple[int, ...]]]:

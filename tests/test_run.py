@@ -87,6 +87,33 @@ def test_plan_covers_every_registered_pooler_and_skips_the_reference_tier():
     assert layers == {"features.4", "features.9", "features.16", "features.23", "features.30"}
 
 
+@pytest.fixture
+def flaky_pooler():
+    """A pooler whose preferred CPU tier fails on first use (like a C++ build that breaks) and whose next one works."""
+    from poolbench.base import Pool2d
+
+    class Broken(Pool2d):
+        def pool(self, x):
+            raise RuntimeError("building the cpu extension failed: no such header")
+
+    class Works(Pool2d):
+        def pool(self, x):
+            return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    registry.register("flaky_test_pooler", "cpp")(Broken)
+    registry.register("flaky_test_pooler", "vectorized")(Works)
+    yield "flaky_test_pooler"
+    registry._REGISTRY.pop("flaky_test_pooler", None)
+
+
+def test_fastest_tier_falls_back_when_the_preferred_one_fails(flaky_pooler):
+    config = runner.RunConfig(models=("vgg16",), poolers=(flaky_pooler,), tiers=("fastest",), resolution=32,
+                              batch=1, layers=False)
+    groups = [g for g in runner.plan(config) if g.pooler == flaky_pooler]
+    assert [(g.tier, g.skip_reason is None) for g in groups] == [("cpp", False), ("vectorized", True)]
+    assert "no such header" in groups[0].skip_reason
+
+
 def test_unknown_pooler_is_recorded_not_fatal():
     groups = runner.plan(runner.RunConfig(models=("vgg16",), poolers=("no_such_pooler",), resolution=32, batch=1))
     assert [g.skip_reason for g in groups if g.pooler == "no_such_pooler"][0].startswith("pooler 'no_such_pooler'")
