@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -482,6 +481,3 @@ def macs(subject: Subject) -> list[Quantity]:
         rows.append(Quantity("macs_fvcore", None, "MAC", {"fvcore_installed": False}))
     return rows
 
-
-def finite(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))

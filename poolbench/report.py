@@ -7,7 +7,6 @@ matplotlib is optional: without it the report has no plots and says so.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -424,9 +423,3 @@ def write_report(results: str | Path, out_dir: str | Path | None = None, name: s
     path.write_text(build_report(frame, name, plots, plot_note), encoding="utf-8")
     return path
 
-
-def _detail(value: str) -> dict:
-    try:
-        return json.loads(value) if value else {}
-    except json.JSONDecodeError:
-        return {}

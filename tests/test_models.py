@@ -121,6 +121,15 @@ def test_parameter_overhead_equals_registry_count_for_every_pooler(name):
         assert measured == models.param_overhead_analytic(name, pooler, tier), pooler
 
 
+@pytest.fixture
+def one_thread():
+    """Shapes do not depend on threads; on a shared 2-core machine two processes' OpenMP pools stall each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def networks():
     """One randomly initialised network per model with max pooling at every site; tests swap poolers in place."""
@@ -129,7 +138,7 @@ def networks():
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
-def test_forward_shapes_for_every_pooler(name, networks):
+def test_forward_shapes_for_every_pooler(name, networks, one_thread):
     resolution = 32
     expected = {site.name: (shape[0], shape[1], pooled_size(shape[2], *site.geometry),
                             pooled_size(shape[3], *site.geometry))

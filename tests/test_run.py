@@ -23,7 +23,7 @@ def failing_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     config = runner.RunConfig(device="cpu", models=("resnet50",), poolers=("dpp_lite_sym", "dpp_full_sym"),
                               tiers=("vectorized",), metrics=("params", "latency_forward"), batch=1,
-                              resolution=40, out=out, name="failing", settings=FAST)
+                              resolution=40, out=out, name="failing", settings=FAST, threads=1)
     return config, runner.run(config, progress=False)
 
 
