@@ -71,6 +71,7 @@ __all__ = [
     "baseline_name",
     "find_baseline",
     "load_benchmarks",
+    "merge_runs",
     "pass_closure",
     "render_markdown",
     "run_gate",
@@ -790,6 +791,29 @@ def save_baseline(data: dict, directory: str | Path, name: str, *, previous: dic
     return path
 
 
+def merge_runs(documents: Sequence[dict]) -> dict:
+    """One pytest-benchmark document whose ratios are the per-case medians over several runs.
+
+    A baseline is compared with every future run, so its own noise counts
+    each time; the median of a few runs (``--save-baseline --repeat 3``)
+    takes most of it out.  Absolute stats are the first run's; each
+    benchmark's ``extra_info["ratio_runs"]`` keeps the individual ratios.
+    """
+    if not documents:
+        raise ValueError("merge_runs needs at least one pytest-benchmark document")
+    merged = json.loads(json.dumps(documents[0]))
+    others = [{b.get("fullname"): b for b in doc.get("benchmarks", [])} for doc in documents[1:]]
+    for bench in merged.get("benchmarks", []):
+        info = bench.get("extra_info") or {}
+        if info.get("ratio") is None:
+            continue
+        ratios = [info["ratio"]] + [o[bench["fullname"]]["extra_info"]["ratio"] for o in others
+                                    if bench.get("fullname") in o and o[bench["fullname"]]["extra_info"].get("ratio")]
+        info["ratio_runs"] = ratios
+        info["ratio"] = statistics.median(ratios)
+    return merged
+
+
 # --------------------------------------------------------------------------- comparison
 
 
@@ -974,6 +998,7 @@ class GateOptions:
     baseline_name: str | None = None
     report: Path | None = DEFAULT_REPORT
     confirm: int = 2
+    repeat: int = 1
     compare_fail: Sequence[str] = ()
     plugins: Sequence[str] = ()
     env: dict | None = None
@@ -1050,6 +1075,11 @@ def run_gate(options: GateOptions) -> GateResult:
     run = run_suite(config, storage=baseline_dir, compare_with=compare_with,
                     compare_fail=options.compare_fail if compare_with else (), **suite)
     runs = [run]
+    if options.save_baseline:  # --repeat: the baseline is the per-case median over that many runs
+        runs += [run_suite(config, **suite) for _ in range(max(1, options.repeat) - 1)]
+        run = replace(run, data=merge_runs([r.data for r in runs]),
+                      outcomes=[o for r in runs for o in r.outcomes],
+                      returncode=max(runs, key=lambda r: r.returncode != 0).returncode)
     failed = False
     for failure in run.failures:
         messages.append(f"FAILED {failure.case_id}: {failure.message}")
@@ -1121,7 +1151,7 @@ def run_gate(options: GateOptions) -> GateResult:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(markdown)
         # The run's own pytest-benchmark JSON beside the report (a CI artifact; `pytest-benchmark compare` reads it).
-        report_path.with_suffix(".json").write_text(json.dumps(runs[0].data, indent=1) + "\n")
+        report_path.with_suffix(".json").write_text(json.dumps(run.data, indent=1) + "\n")
     return GateResult(passed, messages, comparison, runs, baseline_path, saved_path, report_path, markdown, duration)
 
 

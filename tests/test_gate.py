@@ -153,6 +153,15 @@ def test_save_and_find_baseline(tmp_path):
     assert {key[0] for key in gate.load_benchmarks(third)} == {"dpp_lite_sym", "max"}
 
 
+def test_baseline_from_several_runs_takes_the_median_ratio():
+    runs = [bench_json(scaled(ratios_for(), factor)) for factor in (1.0, 1.3, 0.9)]
+    merged = gate.load_benchmarks(gate.merge_runs(runs))
+    layer1 = merged[("dpp_lite_sym", "vectorized", 1, "forward")]
+    assert layer1.ratio == pytest.approx(5.0)  # median of 5.0, 6.5, 4.5
+    info = gate.merge_runs(runs)["benchmarks"][0]["extra_info"]
+    assert info["ratio_runs"] == pytest.approx([5.0, 6.5, 4.5])
+
+
 # --------------------------------------------------------------------------- cases and equivalence
 
 

@@ -35,34 +35,39 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare",
         help="benchmark regression gate: every pooler's time ratio to avg_pool2d against the stored baseline",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
     )
     parser.add_argument("--threshold", type=_fraction, default=gate.DEFAULT_THRESHOLD,
-                        help="fail when a time ratio grows by more than this fraction (0.10 or 10%%)")
+                        help="fail when a pooler's time ratio (per tier and pass, geometric mean over the five "
+                             "layers) grows by more than this fraction: 0.10 or 10%% (default 0.10)")
     parser.add_argument("--save-baseline", action="store_true",
                         help="store this run as the baseline (with --poolers/--tiers: refresh only those)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="with --save-baseline: run the suite N times and store each case's median ratio")
     parser.add_argument("--poolers", nargs="+", type=_names, default=None, metavar="NAME",
                         help="benchmark only these poolers (default: every registered one)")
     parser.add_argument("--tiers", nargs="+", type=_names, default=None, metavar="TIER",
                         help="benchmark only these tiers (default: every tier but reference)")
-    parser.add_argument("--report", type=Path, default=gate.DEFAULT_REPORT, help="markdown summary to write")
-    parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"), help="device to benchmark on")
+    parser.add_argument("--report", type=Path, default=gate.DEFAULT_REPORT, help="markdown summary to write; the run's JSON goes beside it (default reports/bench_compare.md)")
+    parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"), help="device to benchmark on (default cpu)")
     parser.add_argument("--dtype", default=defaults.dtype, choices=("float32", "float16", "bfloat16"),
-                        help="input dtype")
-    parser.add_argument("--batch", type=int, default=defaults.batch, help="batch of the VGG-16 pooling shapes")
+                        help="input dtype (default float32)")
+    parser.add_argument("--batch", type=int, default=defaults.batch, help=f"batch of the VGG-16 pooling shapes (default {defaults.batch})")
     parser.add_argument("--resolution", type=int, default=defaults.resolution,
-                        help="VGG-16 input resolution (112 gives a quicker, overhead-heavier run)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads while timing")
-    parser.add_argument("--budget", type=float, default=defaults.budget_s, help="seconds of timing per case")
+                        help=f"VGG-16 input resolution (default {defaults.resolution}; 112 is quicker but "
+                             "overhead-bound)")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help=f"CPU threads while timing (default {defaults.threads}: "
+                        "then CPU time is measured, which ignores other processes)")
+    parser.add_argument("--budget", type=float, default=defaults.budget_s, help=f"seconds of timing per case (default {defaults.budget_s})")
     parser.add_argument("--baseline-dir", type=Path, default=gate.DEFAULT_BASELINE_DIR,
-                        help="pytest-benchmark storage holding the baselines")
+                        help="pytest-benchmark storage holding the baselines (default benchmarks/baselines)")
     parser.add_argument("--baseline-name", default=None,
-                        help="baseline file name (default: derived from device, dtype, batch, resolution, threads)")
+                        help="baseline file name (default: the device plus the options that differ from the defaults, "
+                             "e.g. cpu or cpu-r112)")
     parser.add_argument("--case-threshold", type=_fraction, default=None,
-                        help="fail when a single layer's ratio grows by more than this (default: 3 × --threshold)")
+                        help="fail when a single layer's ratio grows by more than this (default 3 × --threshold)")
     parser.add_argument("--confirm", type=int, default=2, metavar="N",
-                        help="re-measure suspected regressions in up to N fresh processes before failing (0: never)")
+                        help="re-measure suspected regressions in up to N fresh processes before failing (default 2; 0: never)")
     parser.add_argument("--compare-fail", action="append", default=[], metavar="EXPR",
                         help="also pass --benchmark-compare-fail=EXPR to pytest-benchmark (absolute times, "
                              "only when the baseline was recorded on this machine id), e.g. min:50%%")
@@ -80,7 +85,7 @@ def run(args) -> int:
         config=config, threshold=args.threshold, case_threshold=args.case_threshold,
         poolers=flatten(args.poolers), tiers=flatten(args.tiers),
         save_baseline=args.save_baseline, baseline_dir=args.baseline_dir, baseline_name=args.baseline_name,
-        report=args.report, confirm=args.confirm, compare_fail=args.compare_fail, plugins=args.plugins,
+        report=args.report, confirm=args.confirm, repeat=args.repeat, compare_fail=args.compare_fail, plugins=args.plugins,
         echo=not args.quiet,
     )
     result = gate.run_gate(options)
