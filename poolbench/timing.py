@@ -103,15 +103,27 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     """Bytes of tensors autograd saves for backward while ``fn()`` runs (storages counted once).
 
     This is the activation memory a layer adds to a training step, and it is
-    exact on any device.
+    exact on any device.  The graph built inside is for measurement only: the
+    saved tensors are released on return (a pack hook that returned the tensor
+    itself would tie ops that save their own output, e.g. ReLU, into a
+    reference cycle through C++ that the garbage collector cannot free, leaking
+    every call's graph), so it cannot be back-propagated.
     """
-    seen: dict[int, int] = {}
+    stash: list[torch.Tensor] = []
+    sizes: dict[int, int] = {}
 
-    def pack(tensor: torch.Tensor):
+    def pack(tensor: torch.Tensor) -> int:
         storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        sizes[storage.data_ptr()] = storage.nbytes()
+        stash.append(tensor)
+        return len(stash) - 1
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(seen.values())
+    def unpack(index: int) -> torch.Tensor:
+        raise RuntimeError("saved_tensor_bytes measures only; its graph cannot be back-propagated")
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            fn()
+    finally:
+        stash.clear()
+    return sum(sizes.values())
