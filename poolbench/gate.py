@@ -730,7 +730,9 @@ def run_suite(config: BenchConfig, *, poolers=None, tiers=None, select: Sequence
                 sys.stdout.flush()
         returncode = process.wait()
         duration = time.perf_counter() - start
-        data = json.loads(json_path.read_text()) if json_path.exists() else {"benchmarks": []}
+        # pytest-benchmark opens the JSON file while parsing options: a usage error leaves it empty.
+        text = json_path.read_text() if json_path.exists() else ""
+        data = json.loads(text) if text.strip() else {"benchmarks": []}
         outcomes = []
         if outcomes_path.exists():
             for line in outcomes_path.read_text().splitlines():
@@ -1085,9 +1087,13 @@ def run_gate(options: GateOptions) -> GateResult:
         messages.append(f"FAILED {failure.case_id}: {failure.message}")
         failed = True
     if run.returncode not in (0, 5) and not failed:
-        tail = [line.strip() for line in run.output.splitlines()
-                if "regress" in line.lower() or "error" in line.lower() or "failed" in line.lower()]
-        messages.append(f"FAILED pytest exited with status {run.returncode}" + (": " + " | ".join(tail[-5:]) if tail else ""))
+        lines = [line.strip() for line in run.output.splitlines()]
+        absolute = [line for line in lines if "has failed" in line and "RegressionCheck" in line]
+        if absolute:  # pytest-benchmark's --benchmark-compare-fail
+            messages += [f"FAILED --benchmark-compare-fail (absolute time vs the baseline): {line}" for line in absolute]
+        else:
+            tail = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+            messages.append(f"FAILED pytest exited with status {run.returncode}" + (": " + " | ".join(tail[-5:]) if tail else ""))
         failed = True
     current = run.benchmarks
     if not any(result.ratio is not None for result in current.values()) and not failed:

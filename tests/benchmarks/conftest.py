@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 
+from poolbench import gate
 from poolbench.gate import BenchConfig
 
 _DEFAULTS = BenchConfig()
@@ -63,6 +64,31 @@ def bench_config(request, device) -> BenchConfig:
         torch.set_num_threads(previous)
     else:
         yield config
+
+
+_CASES: dict[str, gate.BenchCase] = {}
+
+
+def pytest_generate_tests(metafunc):
+    """``test_pooler``: every registered pooler × tier × layer × pass; ``test_avg_pool2d``: the comparator."""
+    if "case_id" not in metafunc.fixturenames:
+        return
+    config = bench_config_from(metafunc.config)
+    if metafunc.function.__name__ == "test_pooler":
+        cases = gate.bench_cases(config, *bench_selection(metafunc.config))
+    else:
+        cases = gate.comparator_cases(config)
+    _CASES.update((case.id, case) for case in cases)
+    # Parametrized by id (a string), so pytest-benchmark's JSON "params" stays readable.
+    metafunc.parametrize("case_id", [
+        pytest.param(case.id, id=case.id, marks=[pytest.mark.skip(reason=case.skip_reason)] if case.skip_reason else [])
+        for case in cases
+    ])
+
+
+@pytest.fixture
+def case(case_id) -> gate.BenchCase:
+    return _CASES[case_id]
 
 
 def pytest_configure(config):

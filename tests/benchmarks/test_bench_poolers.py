@@ -5,40 +5,16 @@ registered.  Each case first proves the tier equals its reference
 (:func:`poolbench.gate.check_equivalence`), then times it interleaved with
 ``avg_pool2d`` and stores the ratio in ``extra_info``.  Excluded from the
 default test run (marker ``bench``); ``poolbench compare`` runs it against the
-stored baseline in ``benchmarks/baselines``.
+stored baseline in ``benchmarks/baselines``.  The cases (fixture ``case``)
+are generated in ``conftest.py`` from the ``--bench-*`` options.
 """
 from __future__ import annotations
 
 import pytest
-from conftest import bench_config_from, bench_selection  # tests/benchmarks/conftest.py
 
 from poolbench import gate, registry
 
 pytestmark = pytest.mark.bench
-
-
-_CASES: dict[str, gate.BenchCase] = {}
-
-
-def pytest_generate_tests(metafunc):
-    if "case_id" not in metafunc.fixturenames:
-        return
-    config = bench_config_from(metafunc.config)
-    if metafunc.function.__name__ == "test_pooler":
-        cases = gate.bench_cases(config, *bench_selection(metafunc.config))
-    else:
-        cases = gate.comparator_cases(config)
-    _CASES.update((case.id, case) for case in cases)
-    # Parametrized by id (a string), so pytest-benchmark's JSON "params" stays readable.
-    metafunc.parametrize("case_id", [
-        pytest.param(case.id, id=case.id, marks=[pytest.mark.skip(reason=case.skip_reason)] if case.skip_reason else [])
-        for case in cases
-    ])
-
-
-@pytest.fixture
-def case(case_id) -> gate.BenchCase:
-    return _CASES[case_id]
 
 
 def test_plugins_load():
