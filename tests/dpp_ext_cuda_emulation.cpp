@@ -2,7 +2,7 @@
 //
 // The .cu file is compiled as plain C++: CUDA qualifiers become nothing, each
 // launch runs its grid block by block with one std::thread per CUDA thread
-// (a std::barrier per block stands in for __syncthreads, `static` for
+// (a barrier per block stands in for __syncthreads, `static` for
 // __shared__), on CPU tensors.  The host code, the kernels and dpp_math.h are
 // the real ones; only the device's exp2/log2 (CPU polynomials here) and the
 // hardware differ.  tests/test_dpp_ext.py builds this with
@@ -10,7 +10,9 @@
 // GPU code is checked on machines without a GPU.
 #include <torch/extension.h>
 
-#include <barrier>
+#include <condition_variable>
+#include <cstddef>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -21,7 +23,30 @@ struct dim3 {
 };
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
-inline std::barrier<>* block_barrier = nullptr;
+
+// A reusable barrier (C++17 on purpose: std::barrier is C++20, and older torch builds extensions as C++17).
+class Barrier {
+ public:
+  explicit Barrier(std::size_t count) : count_(count) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const std::size_t generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return generation != generation_; });
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::size_t count_, arrived_ = 0, generation_ = 0;
+};
+
+inline Barrier* block_barrier = nullptr;
 inline void syncthreads() { block_barrier->arrive_and_wait(); }
 
 template <typename Kernel>
@@ -34,7 +59,7 @@ struct Launch {
     blockDim = block;
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> barrier(static_cast<std::ptrdiff_t>(block.x));
+        Barrier barrier(block.x);
         block_barrier = &barrier;
         std::vector<std::thread> threads;
         threads.reserve(block.x);

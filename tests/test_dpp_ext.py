@@ -322,6 +322,57 @@ def test_import_builds_nothing_and_availability_is_cheap(tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# poolbench layerbench (the benchmark itself is a command, not a timed test: these only check it works)
+# ---------------------------------------------------------------------------
+
+def test_layerbench_runs_and_reports_ratios(cpu_ext, monkeypatch):
+    """Every requested tier gets a row with ratios to both baselines; a failing cell keeps its error and the run goes on."""
+    from poolbench import layerbench
+
+    real_create = layerbench.registry.create
+
+    def create(name, *args, tier=None, **kwargs):
+        if tier == "vectorized":
+            raise RuntimeError("simulated failure")
+        return real_create(name, *args, tier=tier, **kwargs)
+
+    monkeypatch.setattr(layerbench.registry, "create", create)
+    rows, meta = layerbench.run_layerbench("cpu", batch=1, resolution=32, tiers=["cpp", "vectorized", "cuda"],
+                                           layers=[4, 5], min_run_time=0.01, repeats=2, statistic="min")
+    by_name = {(row.layer, row.pooler): row for row in rows}
+    assert set(by_name) == {(layer, pooler) for layer in (4, 5) for pooler in
+                            ("avg_pool2d", "max_pool2d", "dpp_lite_sym[cpp]", "dpp_lite_sym[vectorized]")}
+    assert "cuda" in meta["skipped_tiers"]  # unavailable tiers are listed with their reason, not run
+    for layer in (4, 5):
+        avg, cpp = by_name[(layer, "avg_pool2d")], by_name[(layer, "dpp_lite_sym[cpp]")]
+        assert avg.fwd_vs_avg == 1.0 and avg.saved_vs_avg == 1.0
+        assert cpp.error == "" and cpp.fwd_vs_avg > 0 and cpp.fwdbwd_vs_max > 0 and cpp.fwd_bandwidth > 0
+        # the fused op saves only its input (what avg_pool2d saves) plus the per-channel α, λ
+        assert cpp.saved_bytes <= avg.saved_bytes + 2 * cpp.shape[1] * 4
+        assert "simulated failure" in by_name[(layer, "dpp_lite_sym[vectorized]")].error
+    report = layerbench.to_markdown(rows, meta)
+    assert "| dpp_lite_sym[cpp]" in report and "fwd / avg" in report and "simulated failure" in report
+
+
+def test_layerbench_peak_bandwidth_lookup():
+    from poolbench.layerbench import peak_bandwidth, peak_bandwidth_for
+
+    assert peak_bandwidth_for("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert peak_bandwidth_for("NVIDIA H100 PCIe") == 2.0e12
+    assert peak_bandwidth_for("NVIDIA H200") == 4.8e12
+    assert peak_bandwidth_for("NVIDIA GH200 480GB") == 4.0e12
+    assert peak_bandwidth_for("Some Future GPU") is None
+    assert peak_bandwidth("cpu") is None
+
+
+def test_layerbench_cli_rejects_bad_arguments():
+    from poolbench.cli import main
+
+    assert main(["layerbench", "--device", "cpu", "--batch", "0"]) == 2
+    assert main(["layerbench", "--device", "cpu", "--variants", "not_a_variant"]) == 2
+
+
+# ---------------------------------------------------------------------------
 # The CUDA kernels' device code, emulated on the CPU
 # ---------------------------------------------------------------------------
 

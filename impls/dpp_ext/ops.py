@@ -77,13 +77,16 @@ def _cpu_fingerprint() -> str:
 def build_directory(kind: str) -> Path:
     """Where the ``kind`` ("cpu" or "cuda") library is built and cached.
 
-    Keyed by torch/CUDA/Python versions (and the CPU for the -march=native CPU
-    build) so a shared home directory never loads a library built elsewhere.
+    Keyed by torch/CUDA/Python versions, the CPU (the CPU library is built with
+    -march=native) and the source tree, so a shared home directory never loads a
+    library built elsewhere or from other sources.
     """
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
     if kind == "cuda":
         tag += f"-cuda{torch.version.cuda}"
     tag += f"-cpu{_cpu_fingerprint()}"
+    # and by source tree, so two checkouts sharing a home directory do not rebuild each other's library
+    tag += f"-src{hashlib.sha1(str(CSRC).encode()).hexdigest()[:8]}"
     path = _cache_root() / "torch_extensions" / f"dpp_{kind}-{tag.replace('+', '_')}"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -109,8 +112,9 @@ def _cpu_flags() -> list[str]:
     return flags
 
 
+@functools.cache
 def _cuda_home() -> str | None:
-    """A CUDA toolkit directory that holds nvcc and libcudart (CUDA_HOME if set and valid)."""
+    """A CUDA toolkit directory that holds nvcc and libcudart (CUDA_HOME if set and valid); looked up once."""
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:

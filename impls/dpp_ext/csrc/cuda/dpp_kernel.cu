@@ -92,21 +92,44 @@ ChannelArgs<T> channel_args(const ChannelParams& cp, double eps2, bool asym, boo
   return a;
 }
 
-// Split a flat output index into (plane, oh, ow); 32-bit arithmetic when everything fits.
-__device__ __forceinline__ void split_output(int64_t idx, const Geometry& g, bool small, int64_t& plane, int64_t& oh,
-                                             int64_t& ow) {
+// Split a flat output index into (plane, channel, oh, ow); 32-bit arithmetic when everything fits
+// (64-bit division costs GPUs tens of instructions per thread).
+__device__ __forceinline__ void split_output(int64_t idx, const Geometry& g, int64_t channels, bool small,
+                                             int64_t& plane, int64_t& c, int64_t& oh, int64_t& ow) {
   if (small) {
     const uint32_t i = static_cast<uint32_t>(idx), w = static_cast<uint32_t>(g.out_width),
                    h = static_cast<uint32_t>(g.out_height);
-    const uint32_t q = i / w;
+    const uint32_t q = i / w, p = q / h;
     ow = i - q * w;
-    oh = q % h;
-    plane = q / h;
+    oh = q - p * h;
+    plane = p;
+    c = p % static_cast<uint32_t>(channels);
   } else {
     ow = idx % g.out_width;
     const int64_t q = idx / g.out_width;
     oh = q % g.out_height;
     plane = q / g.out_height;
+    c = plane % channels;
+  }
+}
+
+// Split a flat input index into (plane, channel, h, w), 32-bit when it fits.
+__device__ __forceinline__ void split_input(int64_t idx, const Geometry& g, int64_t channels, bool small,
+                                            int64_t& plane, int64_t& c, int64_t& h, int64_t& w) {
+  if (small) {
+    const uint32_t i = static_cast<uint32_t>(idx), wd = static_cast<uint32_t>(g.width),
+                   ht = static_cast<uint32_t>(g.height);
+    const uint32_t q = i / wd, p = q / ht;
+    w = i - q * wd;
+    h = q - p * ht;
+    plane = p;
+    c = p % static_cast<uint32_t>(channels);
+  } else {
+    w = idx % g.width;
+    const int64_t q = idx / g.width;
+    h = q % g.height;
+    plane = q / g.height;
+    c = plane % channels;
   }
 }
 
@@ -184,9 +207,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kTaps = K > 0 ? kFixedTaps : kGenericTaps;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, oh, ow;
-    split_output(idx, g, small, plane, oh, ow);
-    const int64_t c = plane % channels;
+    int64_t plane, c, oh, ow;
+    split_output(idx, g, channels, small, plane, c, oh, ow);
     const Params<T> p = args.params(c);
     T f9[9], bias;
     args.guide(c, f9, bias);
@@ -231,7 +253,7 @@ template <int K, bool FULL, bool WRITE_TAPS, typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     dpp_backward_window_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                scalar_t* __restrict__ grad_x, T* __restrict__ centre_grad, T* __restrict__ partial,
-                               Geometry g, ChannelArgs<T> args, int64_t channels, int64_t batch) {
+                               Geometry g, ChannelArgs<T> args, int64_t channels, int64_t batch, bool small) {
   constexpr int SLOTS = FULL ? 12 : 2;
   constexpr int kFixedTaps = K > 0 ? K * K : 1;
   constexpr int kTaps = K > 0 ? kFixedTaps : kGenericTaps;
@@ -247,8 +269,16 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < total;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = r / per_plane, i = r - n * per_plane;
-    const int64_t oh = i / g.out_width, ow = i - oh * g.out_width;
+    int64_t n, i, oh, ow;
+    if (small) {  // 32-bit index arithmetic when the sizes fit
+      const uint32_t r32 = static_cast<uint32_t>(r), pp = static_cast<uint32_t>(per_plane),
+                     w32 = static_cast<uint32_t>(g.out_width);
+      const uint32_t n32 = r32 / pp, i32 = r32 - n32 * pp, oh32 = i32 / w32;
+      n = n32, i = i32, oh = oh32, ow = i32 - oh32 * w32;
+    } else {
+      n = r / per_plane, i = r - n * per_plane;
+      oh = i / g.out_width, ow = i - oh * g.out_width;
+    }
     const int64_t plane = n * channels + c;
     const scalar_t* src = x + plane * g.height * g.width;
     const T gy = static_cast<T>(grad[plane * per_plane + i]);
@@ -267,10 +297,12 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t span = w1 - w0;
         const int count = fixed ? kFixedTaps : w.n;
 #pragma unroll
-        for (int t = 0; t < (sizeof(w.v) / sizeof(T)); ++t) {
+        for (int t = 0; t < static_cast<int>(sizeof(w.v) / sizeof(T)); ++t) {
           if (t < count) {
-            const int64_t hh = h0 + t / span, ww = w0 + t % span;
-            dst[hh * g.width + ww] = static_cast<scalar_t>(w.gv[t]);
+            // interior windows: compile-time row/column of each tap; others: divide by the clipped width
+            const int64_t row = fixed && K > 0 ? t / (K > 0 ? K : 1) : t / span;
+            const int64_t col = fixed && K > 0 ? t % (K > 0 ? K : 1) : t % span;
+            dst[(h0 + row) * g.width + w0 + col] = static_cast<scalar_t>(w.gv[t]);
           }
         }
         if constexpr (FULL) centre_grad[plane * per_plane + i] = gr.centre;
@@ -320,11 +352,11 @@ __global__ void dpp_reduce_partials_kernel(const T* __restrict__ partial, double
 template <typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     dpp_backward_stencil_kernel(const T* __restrict__ centre_grad, scalar_t* __restrict__ grad_x, Geometry g,
-                                ChannelArgs<T> args, int64_t channels, int64_t total) {
+                                ChannelArgs<T> args, int64_t channels, int64_t total, bool small) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t w = idx % g.width, q = idx / g.width, h = q % g.height, plane = q / g.height;
-    const int64_t c = plane % channels;
+    int64_t plane, c, h, w;
+    split_input(idx, g, channels, small, plane, c, h, w);
     const T* cg = centre_grad + plane * g.out_height * g.out_width;
     // guides centred at (o·s): |h − oh·s| ≤ 1
     const int64_t oh_lo = h - 1 <= 0 ? 0 : (h - 1 + g.stride - 1) / g.stride;
@@ -368,13 +400,13 @@ template <int K, bool FULL, typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     dpp_backward_gather_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                scalar_t* __restrict__ grad_x, Geometry g, ChannelArgs<T> args, int64_t channels,
-                               int64_t total) {
+                               int64_t total, bool small) {
   constexpr int kFixedTaps = K > 0 ? K * K : 1;
   constexpr int kTaps = K > 0 ? kFixedTaps : kGenericTaps;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t w = idx % g.width, q = idx / g.width, h = q % g.height, plane = q / g.height;
-    const int64_t c = plane % channels;
+    int64_t plane, c, h, w;
+    split_input(idx, g, channels, small, plane, c, h, w);
     const Params<T> p = args.params(c);
     T f9[9], bias;
     args.guide(c, f9, bias);
@@ -495,6 +527,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
     return {grad_x, ga, gl, gw, gb};
   }
   TORCH_CHECK(channels <= 65535, "dpp_backward (CUDA kernel): at most 65535 channels, got ", channels);
+  const bool small = x.numel() < std::numeric_limits<int32_t>::max();  // 32-bit index arithmetic suffices
   const int64_t reduce_blocks = std::min<int64_t>(blocks_for(per_channel), kMaxReduceBlocks);
   auto stream = DPP_STREAM();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_backward_cuda", [&] {
@@ -514,25 +547,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
           auto window_kernel = dpp_backward_window_kernel<K, FULL, true, scalar_t, T>;
           DPP_LAUNCH(window_kernel, grid, kThreads, stream)(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                                             grad_x.data_ptr<scalar_t>(), cg, partial.data_ptr<T>(), g,
-                                                            args, channels, batch);
+                                                            args, channels, batch, small);
           DPP_LAUNCH_CHECK();
           if (FULL) {
             auto stencil_kernel = dpp_backward_stencil_kernel<scalar_t, T>;
             DPP_LAUNCH(stencil_kernel, blocks_for(x.numel()), kThreads, stream)(cg, grad_x.data_ptr<scalar_t>(), g,
-                                                                                args, channels, x.numel());
+                                                                                args, channels, x.numel(), small);
             DPP_LAUNCH_CHECK();
           }
         } else {
           auto window_kernel = dpp_backward_window_kernel<K, FULL, false, scalar_t, T>;
           DPP_LAUNCH(window_kernel, grid, kThreads, stream)(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                                             nullptr, nullptr, partial.data_ptr<T>(), g, args, channels,
-                                                            batch);
+                                                            batch, small);
           DPP_LAUNCH_CHECK();
           auto gather_kernel = dpp_backward_gather_kernel<K, FULL, scalar_t, T>;
           DPP_LAUNCH(gather_kernel, blocks_for(x.numel()), kThreads, stream)(grad.const_data_ptr<scalar_t>(),
                                                                              x.const_data_ptr<scalar_t>(),
                                                                              grad_x.data_ptr<scalar_t>(), g, args,
-                                                                             channels, x.numel());
+                                                                             channels, x.numel(), small);
           DPP_LAUNCH_CHECK();
         }
       });

@@ -1,0 +1,62 @@
+"""``poolbench layerbench``: every DPP tier vs avg_pool2d and max_pool2d at VGG-16's pooling layers."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from ..layerbench import run_layerbench, to_markdown
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "layerbench",
+        help="per-layer speed (ratios to avg/max pooling), bandwidth and memory of every DPP tier",
+        description="Times forward and forward+backward of every registered DPP tier available on the device at "
+        "VGG-16's five pooling shapes, divided by avg_pool2d and max_pool2d measured in the same run; reports "
+        "achieved bandwidth (and the fraction of the GPU's peak) and training-memory ratios to avg_pool2d. "
+        "Prints a markdown table.",
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--batch", type=int, default=2, help="batch size of the layer inputs (default 2)")
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    parser.add_argument("--tiers", nargs="+", help="only these DPP tiers (default: every available one but reference)")
+    parser.add_argument("--variants", nargs="+", default=["dpp_lite_sym"],
+                        help="DPP variants (default dpp_lite_sym; e.g. dpp_full_asym)")
+    parser.add_argument("--layers", nargs="+", type=int, help="VGG-16 pooling layers 1-5 (default all)")
+    parser.add_argument("--resolution", type=int, default=224, help="input image size (default 224)")
+    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds of timing per measurement")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds per layer; the median is kept (default 3)")
+    parser.add_argument("--statistic", default="median", choices=("median", "min"),
+                        help="combine rounds by median (default) or min (least-disturbed round, for shared machines)")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default torch's setting")
+    parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available (torch.cuda.is_available() is False)")
+
+    def progress(message: str) -> None:
+        print(f"[layerbench] {message}", file=sys.stderr, flush=True)
+
+    rows, meta = run_layerbench(
+        device=args.device, batch=args.batch, dtype=DTYPES[args.dtype], tiers=args.tiers, variants=args.variants,
+        resolution=args.resolution, layers=args.layers, min_run_time=args.min_run_time, repeats=args.repeats,
+        statistic=args.statistic, threads=args.threads,
+        progress=progress,
+    )
+    command = "poolbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    report = to_markdown(rows, meta, command=command)
+    print(report)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+        print(f"[layerbench] wrote {args.out}", file=sys.stderr)
+    return 0
