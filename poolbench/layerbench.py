@@ -197,6 +197,7 @@ def run_layerbench(
     statistic: str = "median",
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    on_layer: Callable[[list[LayerRow], dict], None] | None = None,
 ) -> tuple[list[LayerRow], dict]:
     """Measure every available DPP tier at VGG-16's pooling shapes; returns (rows, run metadata).
 
@@ -218,6 +219,9 @@ def run_layerbench(
             rounds of the per-round ratio to the baseline timed in that round.
         threads: CPU threads for the run (``torch.set_num_threads``); default
             torch's current setting.
+        progress: called with a line of text before each measurement.
+        on_layer: called with (rows so far, metadata) after each layer, so a
+            caller can keep a partial report if the run is cut short.
     """
     device = torch.device(device)
     if batch < 1:
@@ -234,13 +238,13 @@ def run_layerbench(
         torch.set_num_threads(threads)
     try:
         return _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic,
-                    combine, progress)
+                    combine, progress, on_layer)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic, combine,
-         progress):
+         progress, on_layer):
     variants = tuple(variants)
     for variant in variants:
         if variant not in DPP_NAMES or variant.startswith("s3"):
@@ -265,6 +269,26 @@ def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time
     say = progress or (lambda message: None)
     rows: list[LayerRow] = []
     started = time.time()
+
+    def meta() -> dict:
+        return {
+            "device": _device_name(device),
+            "device_type": device.type,
+            "peak_bandwidth": peak,
+            "batch": batch,
+            "resolution": resolution,
+            "dtype": str(dtype).replace("torch.", ""),
+            "variants": list(variants),
+            "tiers": available,
+            "skipped_tiers": skipped,
+            "threads": torch.get_num_threads(),
+            "repeats": repeats,
+            "statistic": statistic,
+            "min_run_time": min_run_time,
+            "torch": torch.__version__,
+            "seconds": round(time.time() - started, 1),
+        }
+
     for layer in chosen_layers:
         shape = shapes[layer - 1]
         fwd_bytes, fwdbwd_bytes = _traffic_bytes(shape, dtype)
@@ -334,24 +358,9 @@ def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time
             row.saved_vs_avg = row.saved_bytes / avg.saved_bytes if avg.saved_bytes else math.nan
             row.peak_memory_vs_avg = (row.peak_memory_bytes / avg.peak_memory_bytes
                                       if avg.peak_memory_bytes and not math.isnan(avg.peak_memory_bytes) else math.nan)
-    meta = {
-        "device": _device_name(device),
-        "device_type": device.type,
-        "peak_bandwidth": peak,
-        "batch": batch,
-        "resolution": resolution,
-        "dtype": str(dtype).replace("torch.", ""),
-        "variants": list(variants),
-        "tiers": available,
-        "skipped_tiers": skipped,
-        "threads": torch.get_num_threads(),
-        "repeats": repeats,
-        "statistic": statistic,
-        "min_run_time": min_run_time,
-        "torch": torch.__version__,
-        "seconds": round(time.time() - started, 1),
-    }
-    return rows, meta
+        if on_layer is not None:
+            on_layer(list(rows), meta())
+    return rows, meta()
 
 
 def _device_name(device: torch.device) -> str:

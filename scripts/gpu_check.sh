@@ -9,7 +9,8 @@
 # layerbench_cuda.md (fp32, batch 32) and gpu_check.md (a summary naming the card).
 # Needs no network and no fvcore; every step runs even if an earlier one failed, each
 # under a time limit, and the exit status is non-zero if any step failed.
-# Optional: LAYERBENCH_BF16=1 adds a bfloat16 benchmark (layerbench_cuda_bf16.md).
+# Optional: LAYERBENCH_BF16=1 adds a bfloat16 benchmark (layerbench_cuda_bf16.md);
+# LAYERBENCH_TIERS="cuda triton" limits the benchmarked tiers.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -81,8 +82,11 @@ step "poolbench check --device cuda --tiers cuda" 300 "$OUT/check.log" \
     "$PY" -m poolbench check --device cuda --tiers cuda
 
 # 5. per-layer benchmark at VGG-16's shapes, every available DPP tier vs avg/max pooling
+# LAYERBENCH_TIERS="cuda triton" limits the tiers (default: every available one but reference);
+# the report is rewritten after each layer, so a time-out keeps the finished layers.
 step "poolbench layerbench --device cuda --batch 32" 480 "$OUT/layerbench.log" \
-    "$PY" -m poolbench layerbench --device cuda --batch 32 --out "$OUT/layerbench_cuda.md"
+    "$PY" -m poolbench layerbench --device cuda --batch 32 ${LAYERBENCH_TIERS:+--tiers $LAYERBENCH_TIERS} \
+    --out "$OUT/layerbench_cuda.md"
 if [ ! -s "$OUT/layerbench_cuda.md" ]; then  # the CLI failed to start: call the library directly
     step "layerbench (library fallback)" 480 "$OUT/layerbench_fallback.log" "$PY" -c "
 import torch
@@ -94,7 +98,8 @@ Path('$OUT/layerbench_cuda.md').write_text(to_markdown(rows, meta, 'poolbench.la
 fi
 if [ "${LAYERBENCH_BF16:-0}" != "0" ]; then
     step "poolbench layerbench --dtype bfloat16" 480 "$OUT/layerbench_bf16.log" \
-        "$PY" -m poolbench layerbench --device cuda --batch 32 --dtype bfloat16 --out "$OUT/layerbench_cuda_bf16.md"
+        "$PY" -m poolbench layerbench --device cuda --batch 32 --dtype bfloat16 \
+        ${LAYERBENCH_TIERS:+--tiers $LAYERBENCH_TIERS} --out "$OUT/layerbench_cuda_bf16.md"
 fi
 
 # 6. summary report

@@ -46,13 +46,20 @@ def run(args) -> int:
     def progress(message: str) -> None:
         print(f"[layerbench] {message}", file=sys.stderr, flush=True)
 
+    command = _command_line(args)
+
+    def save_partial(rows, meta) -> None:  # a run cut short (time limit) still leaves its finished layers
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(to_markdown(rows, meta, command=command) + "\n(partial: run in progress)\n",
+                                encoding="utf-8")
+
     rows, meta = run_layerbench(
         device=args.device, batch=args.batch, dtype=DTYPES[args.dtype], tiers=args.tiers, variants=args.variants,
         resolution=args.resolution, layers=args.layers, min_run_time=args.min_run_time, repeats=args.repeats,
         statistic=args.statistic, threads=args.threads,
-        progress=progress,
+        progress=progress, on_layer=save_partial,
     )
-    command = "poolbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     report = to_markdown(rows, meta, command=command)
     print(report)
     if args.out is not None:
@@ -60,3 +67,21 @@ def run(args) -> int:
         args.out.write_text(report, encoding="utf-8")
         print(f"[layerbench] wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _command_line(args) -> str:
+    """The equivalent command line, for the report (rebuilt from the parsed arguments)."""
+    parts = ["poolbench", "layerbench", "--device", args.device, "--batch", str(args.batch), "--dtype", args.dtype]
+    for flag, value in (("--tiers", args.tiers), ("--variants", args.variants), ("--layers", args.layers)):
+        if value:
+            parts += [flag, *map(str, value)]
+    if args.resolution != 224:
+        parts += ["--resolution", str(args.resolution)]
+    parts += ["--repeats", str(args.repeats), "--min-run-time", str(args.min_run_time)]
+    if args.statistic != "median":
+        parts += ["--statistic", args.statistic]
+    if args.threads is not None:
+        parts += ["--threads", str(args.threads)]
+    if args.out is not None:
+        parts += ["--out", str(args.out)]
+    return " ".join(shlex.quote(part) for part in parts)
