@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,7 +41,9 @@ import torch
 from torch import nn
 
 try:  # fvcore is optional (the GPU machine lacks it)
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's focal loss uses torch.jit.script, deprecated in torch ≥ 2.10
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 except ImportError:  # pragma: no cover - depends on the environment
     FlopCountAnalysis = None
 

@@ -13,12 +13,12 @@ Every measured callable is a zero-argument closure: set-up stays outside.
 """
 from __future__ import annotations
 
+import logging
 import statistics
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.utils.benchmark as torch_benchmark
 
 __all__ = ["Latency", "measure_latency", "peak_memory_bytes", "saved_tensor_bytes", "synchronize"]
 
@@ -47,11 +47,28 @@ def measure_latency(fn: Callable[[], object], device: torch.device | str = "cpu"
         fn()
     if device.type == "cuda":
         return _cuda_latency(fn, device, min_run_time, max_runs)
-    measurement = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+    measurement = _torch_benchmark().Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
                                         ).blocked_autorange(min_run_time=min_run_time)
     times = sorted(t * 1e3 for t in measurement.times)
     return Latency(measurement.median * 1e3, _quantile(times, 0.2), _quantile(times, 0.8),
                    len(times) * measurement.number_per_run, "torch.utils.benchmark.blocked_autorange")
+
+
+def _torch_benchmark():
+    """``torch.utils.benchmark``, imported on first use.
+
+    Importing it pulls in ``torch.utils.cpp_extension``, which logs a warning
+    about guessing CUDA_HOME on machines with nvcc but no GPU; that guess is
+    irrelevant to timing, so the warning is muted for this import only.
+    """
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_log.level
+    extension_log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.benchmark as torch_benchmark
+    finally:
+        extension_log.setLevel(level)
+    return torch_benchmark
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "tolerance"]
+__all__ = ["DTYPES", "TOLERANCES", "assert_close", "tolerance"]
+
+#: The dtypes poolbench measures and checks, by the name the CLI and pytest options take.
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 #: dtype -> {"output": (rtol, atol), "grad": (rtol, atol)}
 TOLERANCES: dict[torch.dtype, dict[str, tuple[float, float]]] = {

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from poolbench.tolerances import DTYPES
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def pytest_addoption(parser):

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..console import console, print_table
 from ..check import CheckPlan, run_checks, summarise
+from ..tolerances import DTYPES
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def add_parser(subparsers) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ..layerbench import run_layerbench, to_markdown
+from ..tolerances import DTYPES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def add_parser(subparsers) -> None:
