@@ -1,0 +1,80 @@
+"""The benchmark regression gate: every pooler × tier, timed as a ratio to ``avg_pool2d``.
+
+Why ratios: absolute times move with the machine, its load and its thread
+count; the time of a pooler divided by the time of ATen's ``avg_pool2d`` on
+the same input, measured in the same session, survives a noisy or different
+machine far better.  The gate stores these ratios (pytest-benchmark JSON,
+``extra_info["ratio"]``) as a baseline in the repository and fails when a
+ratio grows by more than a threshold (default 10%).
+
+How a ratio is measured (``time_case``): one ``benchmark.pedantic`` round is a
+single pooler call, and before each round the ``setup`` hook times one
+``avg_pool2d`` call on the same input and pass; the ratio is the median of the
+pooler rounds over the median of the interleaved comparator calls.  A burst of
+load from another process slows both sides alike, so it cancels.
+
+Equivalence: before a tier is timed, its output (and, when differentiable,
+the gradients of input and parameters) must match the pooler's reference
+within :mod:`poolbench.tolerances`; a mismatch fails the test and the gate.
+
+The pieces, one job per module:
+
+* :mod:`.config` – :class:`BenchConfig` and the shared constants (comparator, passes, VGG-16 geometry);
+* :mod:`.cases` – :func:`bench_cases`, the registry-driven case list (pooler × tier × VGG-16
+  layer × pass); new poolers and tiers join automatically;
+* :mod:`.build` – inputs, modules and :func:`pass_closure` / :func:`case_closures`;
+* :mod:`.measure` – :func:`time_case`, the interleaved ratio measurement;
+* :mod:`.equivalence` – :func:`check_equivalence` against the float64 reference;
+* :mod:`.results` – :func:`load_benchmarks`, :func:`extra_info`, a suite run's outcomes;
+* :mod:`.suite` – :func:`run_suite` runs ``tests/benchmarks`` in a subprocess, collects its JSON;
+* :mod:`.baselines` – saving, finding, merging and naming baselines;
+* :mod:`.comparison` – :func:`compare`, baseline ratios against current ratios;
+* :mod:`.report` – :func:`render_markdown`, the markdown summary;
+* :mod:`.runner` – :func:`run_gate`, the whole gate (run, confirm suspects, compare, report),
+  behind ``poolbench compare``.
+
+The names are re-exported here, so ``from poolbench import gate; gate.run_gate(...)`` is the API.
+"""
+from __future__ import annotations
+
+from .baselines import (DEFAULT_BASELINE_DIR, baseline_name, config_mismatch, find_baseline, merge_runs,
+                        save_baseline)
+from .build import build_module, case_closures, comparator, make_input, pass_closure
+from .cases import BenchCase, bench_cases, comparator_cases, group_name
+from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, Row, compare, group_regression_message,
+                         regression_message)
+from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
+from .equivalence import (_EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, assert_close_normwise,
+                          check_equivalence, reference_tier)
+from .measure import time_case
+from .report import render_markdown
+from .results import CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
+from .runner import DEFAULT_REPORT, GateOptions, GateResult, run_gate
+from .suite import SUITE_DIR, SUITE_ENV, SUITE_FILE, project_root, run_suite, suite_arguments
+
+__all__ = [
+    "COMPARATOR",
+    "PASSES",
+    "BenchCase",
+    "BenchConfig",
+    "CaseResult",
+    "Comparison",
+    "Equivalence",
+    "GroupRow",
+    "GateOptions",
+    "GateResult",
+    "SuiteRun",
+    "bench_cases",
+    "check_equivalence",
+    "compare",
+    "baseline_name",
+    "find_baseline",
+    "load_benchmarks",
+    "merge_runs",
+    "pass_closure",
+    "render_markdown",
+    "run_gate",
+    "run_suite",
+    "save_baseline",
+    "time_case",
+]

@@ -1,0 +1,97 @@
+"""Inputs, modules and zero-argument pass closures for a case (set-up kept outside the timed region)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import registry
+from ..timing import synchronize
+from .cases import BenchCase
+from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
+
+
+def make_input(shape: Sequence[int], config: BenchConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """A reproducible standard-normal input: the same for every tier of a layer."""
+    generator = torch.Generator().manual_seed(config.seed + 1000 * shape[1] + shape[2])
+    x = torch.randn(tuple(shape), generator=generator)
+    return x.to(device=device or config.device, dtype=config.torch_dtype)
+
+
+def build_module(pooler: str, tier: str, channels: int, config: BenchConfig,
+                 device: torch.device | str | None = None) -> torch.nn.Module:
+    """``pooler[tier]`` with reproducibly perturbed parameters.
+
+    The perturbation moves learned parameters off their initial values (DPP's
+    α = λ = 1, LIP's zero conv, ...), so the equivalence check exercises the
+    per-channel maths rather than a special case; seeding makes every tier of
+    a pooler get the same parameters.
+    """
+    torch.manual_seed(config.seed)
+    module = registry.create(pooler, channels, KERNEL_SIZE, STRIDE, PADDING, tier=tier)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dtype.is_floating_point:
+                noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+                parameter.add_(0.1 * noise.to(parameter.device))
+    device = torch.device(device or config.device)
+    return module.to(device=device, dtype=config.torch_dtype)
+
+
+def _trainable(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def pass_closure(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pass_: str,
+                 params: Sequence[torch.Tensor] = (), module: torch.nn.Module | None = None) -> Callable[[], None]:
+    """A zero-argument closure running one ``pass_`` of ``fn`` on ``x`` and waiting for the device.
+
+    ``forward`` runs under ``torch.no_grad`` with ``module`` in eval mode;
+    ``forward_backward`` puts ``module`` in train mode and computes the
+    gradients of ``x`` and ``params`` with ``torch.autograd.grad`` (no
+    ``.grad`` accumulation, which would add work the pooler does not own).
+    """
+    if pass_ not in PASSES:
+        raise ValueError(f"pass must be one of {', '.join(PASSES)}, got {pass_!r}")
+    device = x.device
+    if pass_ == "forward":
+        if module is not None:
+            module.eval()
+
+        def forward() -> None:
+            with torch.no_grad():
+                fn(x)
+            synchronize(device)
+
+        return forward
+    if module is not None:
+        module.train()
+    xg = x.detach().requires_grad_(True)
+    inputs = [xg, *params]
+    with torch.no_grad():
+        out_shape = fn(x).shape
+    generator = torch.Generator().manual_seed(7)
+    grad_out = torch.randn(out_shape, generator=generator).to(device=device, dtype=x.dtype)
+
+    def forward_backward() -> None:
+        torch.autograd.grad(fn(xg), inputs, grad_out)
+        synchronize(device)
+
+    return forward_backward
+
+
+def comparator(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, KERNEL_SIZE, STRIDE, PADDING, count_include_pad=False)
+
+
+def case_closures(case: BenchCase, config: BenchConfig, module: torch.nn.Module | None = None,
+                  x: torch.Tensor | None = None) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(pooler closure, ``avg_pool2d`` closure) for ``case`` on the same input and pass."""
+    x = make_input(case.shape, config) if x is None else x
+    reference = pass_closure(comparator, x, case.pass_)
+    if case.pooler == COMPARATOR:
+        return reference, reference
+    module = build_module(case.pooler, case.tier, case.shape[1], config) if module is None else module
+    return pass_closure(module, x, case.pass_, _trainable(module), module), reference

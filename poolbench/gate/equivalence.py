@@ -1,0 +1,176 @@
+"""Proving a tier matches its pooler's float64 reference before it is timed.
+
+A tier's output (and, when differentiable, the gradients of input and
+parameters) must match the reference within :mod:`poolbench.tolerances`; a
+mismatch fails the test and the gate, so a fast but wrong tier never passes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .. import registry
+from ..tolerances import assert_close, tolerance
+from ..validation import pooled_size
+from .build import build_module, make_input
+from .cases import _fmt_shape
+from .config import KERNEL_SIZE, PADDING, STRIDE, BenchConfig
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Outcome of comparing one tier with its pooler's reference (stored in ``extra_info``)."""
+
+    ok: bool
+    reference: str
+    compared: str
+    max_abs_error: float | None = None
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "reference": self.reference, "compared": self.compared,
+                "max_abs_error": self.max_abs_error, "message": self.message}
+
+
+def reference_tier(pooler: str) -> str | None:
+    """The tier a pooler's fast tiers are checked against, run in float64 on the CPU.
+
+    The ``reference`` tier when registered; otherwise the first tier (in
+    :data:`registry.TIERS` order) that runs on the CPU — for a pooler with a
+    single tier that is the tier itself, in float64, which at least proves the
+    float32 result is as accurate as the tolerance table demands.
+    """
+    candidates = registry.tiers(pooler)
+    if "reference" in candidates:
+        return "reference"
+    for tier in candidates:
+        if registry.get_spec(pooler, tier).unavailable_reason("cpu") is None:
+            return tier
+    return None
+
+
+_REFERENCE_CACHE: dict[tuple, tuple] = {}
+_EQUIVALENCE_CACHE: dict[tuple, Equivalence] = {}
+
+
+def check_equivalence(pooler: str, tier: str, shape: Sequence[int], config: BenchConfig) -> Equivalence:
+    """Does ``pooler[tier]`` on ``config.device`` match the float64 reference at ``shape``?
+
+    The tier always runs on the full benchmark input (the same shapes it is
+    timed at, so a compiled tier compiles nothing extra).  The slow
+    ``reference`` tier runs on the top-left ``crop``×``crop`` corner; the
+    outputs away from the crop's far edges (a margin of 2 outputs, enough for
+    the 3×3 guides and blurs at stride 2) must then agree with the tier's,
+    and so must the gradients of the input and parameters for a gradient
+    that is zero outside that region.  If that fast check fails, the reference
+    is rerun on the full input before a mismatch is declared, so a pooler
+    whose outputs are not local (LIP's instance norm) is never failed wrongly.
+    Results are cached per (pooler, tier, shape).
+    """
+    key = (pooler, tier, tuple(shape), config)
+    if key not in _EQUIVALENCE_CACHE:
+        _EQUIVALENCE_CACHE[key] = _check_equivalence(pooler, tier, tuple(shape), config)
+    return _EQUIVALENCE_CACHE[key]
+
+
+def _check_equivalence(pooler: str, tier: str, shape: tuple, config: BenchConfig) -> Equivalence:
+    ref_tier = reference_tier(pooler)
+    if ref_tier is None:
+        return Equivalence(False, "none", "nothing",
+                           message=f"{pooler} has no tier that runs on the CPU in float64 to check {tier} against")
+    label = f"{ref_tier}@float64"
+    differentiable = registry.get_spec(pooler, tier).differentiable
+    height = shape[2]
+    crop = min(height, config.crop) if ref_tier == "reference" else height
+    try:
+        problem, error = _compare_region(pooler, tier, ref_tier, shape, crop, differentiable, config)
+        if problem is not None and crop < height:
+            # The fast corner check failed: settle it against the reference on the full input.
+            crop = height
+            problem, error = _compare_region(pooler, tier, ref_tier, shape, crop, differentiable, config)
+    except Exception as exc:  # a tier that crashes is not equivalent; say how it crashed
+        return Equivalence(False, label, "crashed",
+                           message=f"{pooler}[{tier}] at {_fmt_shape(shape)} crashed: {type(exc).__name__}: {exc}")
+    what = ("output+grads" if differentiable else "output") + (
+        f" on the {crop}x{crop} corner" if crop < height else " on the full input")
+    if problem is None:
+        return Equivalence(True, label, what, error)
+    return Equivalence(False, label, what, error,
+                       f"{pooler}[{tier}] at {_fmt_shape(shape)} does not match {pooler}[{label}] "
+                       f"({what}, {config.dtype} tolerances): {problem}")
+
+
+def _compare_region(pooler, tier, ref_tier, shape, crop, differentiable, config) -> tuple[str | None, float | None]:
+    """(None, max |output error|) when tier and reference agree on the region ``crop`` gives, else (why not, ...)."""
+    dtype = config.torch_dtype
+    module = build_module(pooler, tier, shape[1], config).eval()
+    x = make_input(shape, config).requires_grad_(differentiable)
+    out = module(x)
+    expected = (shape[0], shape[1], pooled_size(shape[2], KERNEL_SIZE, STRIDE, PADDING),
+                pooled_size(shape[3], KERNEL_SIZE, STRIDE, PADDING))
+    if tuple(out.shape) != expected:
+        return f"output shape {tuple(out.shape)}, expected {expected}", None
+    ref_out, ref_x_grad, ref_param_grads, grad_out, rows, cols = _reference(
+        pooler, ref_tier, module, shape, crop, differentiable, config)
+    region = (..., slice(0, rows), slice(0, cols))
+    actual = out[region].detach().cpu()
+    error = float((actual.double() - ref_out).abs().max())
+    try:
+        assert_close(actual, ref_out, dtype, "output", msg="output")
+        if differentiable:
+            params = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+            grads = torch.autograd.grad(out[region], [x, *(p for _, p in params)], grad_out.to(out.device, out.dtype),
+                                        allow_unused=True)
+            assert_close(grads[0][..., :crop, :crop].cpu(), ref_x_grad, dtype, "grad", msg="gradient of the input")
+            for (name, _), grad in zip(params, grads[1:]):
+                if name in ref_param_grads and grad is not None:
+                    assert_close_normwise(grad.cpu(), ref_param_grads[name], dtype, msg=f"gradient of parameter {name}")
+    except AssertionError as exc:
+        return " ".join(str(exc).split())[:600], error
+    return None, error
+
+
+def assert_close_normwise(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, msg: str = "") -> None:
+    """‖actual − expected‖₂ ≤ rtol·‖expected‖₂ + atol·√numel, with the table's "grad" bounds for ``dtype``.
+
+    Why not element-wise: a parameter's gradient is a sum over every batch
+    element and position (3.2 M terms for one per-layer weight at VGG's first
+    layer), so a single entry that cancels to near zero carries a float32
+    rounding error far above the element-wise bound while the gradient as a
+    whole is accurate.  A wrong formula still moves the norm by O(1).
+    """
+    rtol, atol = tolerance(dtype, "grad")
+    error = float((actual.double() - expected.double()).norm())
+    bound = rtol * float(expected.double().norm()) + atol * math.sqrt(max(expected.numel(), 1))
+    if not error <= bound:
+        raise AssertionError(f"{msg}: norm of the difference {error:.3g} exceeds {bound:.3g} "
+                             f"(rtol {rtol:g} of the reference norm {float(expected.double().norm()):.3g}, atol {atol:g} per element)")
+
+
+def _reference(pooler, ref_tier, module, shape, crop, differentiable, config):
+    key = (pooler, ref_tier, tuple(shape), crop, differentiable, config)
+    if key in _REFERENCE_CACHE:
+        return _REFERENCE_CACHE[key]
+    reference = build_module(pooler, ref_tier, shape[1], config, device="cpu").double().eval()
+    try:  # same parameters as the tier, whatever their initialisation
+        reference.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()})
+    except (RuntimeError, KeyError):
+        pass  # different layouts: both were built from the same seed, so identical modules agree anyway
+    x = make_input(shape, config, device="cpu")[..., :crop, :crop].double().requires_grad_(differentiable)
+    out = reference(x)
+    margin = 2 if crop < shape[2] else 0
+    rows, cols = out.shape[-2] - margin, out.shape[-1] - margin
+    region = (..., slice(0, rows), slice(0, cols))
+    grad_out = torch.randn(out[region].shape, generator=torch.Generator().manual_seed(config.seed + 2), dtype=torch.float64)
+    x_grad, param_grads = None, {}
+    if differentiable:
+        params = [(name, p) for name, p in reference.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out[region], [x, *(p for _, p in params)], grad_out, allow_unused=True)
+        x_grad = grads[0]
+        param_grads = {name: g for (name, _), g in zip(params, grads[1:]) if g is not None}
+    result = (out[region].detach(), x_grad, param_grads, grad_out, rows, cols)
+    _REFERENCE_CACHE[key] = result
+    return result

@@ -1,0 +1,69 @@
+"""Timing one case as a ratio to ``avg_pool2d``, interleaved within pytest-benchmark rounds.
+
+One ``benchmark.pedantic`` round is a single pooler call, and before each
+round the ``setup`` hook times one ``avg_pool2d`` call on the same input and
+pass; the ratio is the median of the pooler rounds over the median of the
+interleaved comparator calls.  A burst of load from another process slows both
+sides alike, so it cancels.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Callable
+
+from .config import BenchConfig
+
+
+class _ComparatorSampler:
+    """``pedantic`` setup hook: times one comparator call before each pooler round."""
+
+    def __init__(self, fn: Callable[[], None], timer: Callable[[], float]):
+        self.fn, self.timer, self.times = fn, timer, []
+
+    def __call__(self) -> None:
+        start = self.timer()
+        self.fn()
+        self.times.append(self.timer() - start)
+
+
+def _time_once(fn: Callable[[], None], timer: Callable[[], float] = time.perf_counter) -> float:
+    start = timer()
+    fn()
+    return timer() - start
+
+
+def time_case(benchmark, fn: Callable[[], None], reference: Callable[[], None], config: BenchConfig,
+              warmup: int = 1) -> dict:
+    """Time ``fn`` with pytest-benchmark, interleaved with ``reference``; return the ratio info.
+
+    The number of rounds fills ``config.budget_s`` (bounded by min/max
+    rounds).  Returns ``{"ratio", "comparator_median_s", "rounds",
+    "paired_ratio"}`` (``paired_ratio``: median of per-round ratios, kept for
+    judging noise), or ``{}`` when pytest-benchmark is disabled.
+    """
+    for _ in range(warmup):  # first calls pay one-off costs (torch.compile, allocator growth)
+        fn()
+        reference()
+    probe = _time_once(fn, config.timer) + _time_once(reference, config.timer)
+    rounds = int(min(config.max_rounds, max(config.min_rounds, math.ceil(config.budget_s / max(probe, 1e-7)))))
+    # Both sides are read with the config's clock; pytest-benchmark keeps its clock in a private
+    # attribute, set here so a direct `pytest -m bench` run without --benchmark-timer agrees.
+    if hasattr(benchmark, "_timer"):
+        benchmark._timer = config.timer
+    sampler = _ComparatorSampler(reference, config.timer)
+    benchmark.pedantic(fn, setup=sampler, rounds=rounds, warmup_rounds=0, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    if not stats:  # --benchmark-disable: the call above ran fn once, as a smoke test
+        return {}
+    pooler_times = list(stats.stats.data)
+    comparator_times = sampler.times[-len(pooler_times):]
+    comparator_median = statistics.median(comparator_times)
+    return {
+        "ratio": statistics.median(pooler_times) / comparator_median,
+        "paired_ratio": statistics.median(p / c for p, c in zip(pooler_times, comparator_times)),
+        "min_ratio": min(pooler_times) / min(comparator_times),
+        "comparator_median_s": comparator_median,
+        "rounds": rounds,
+    }

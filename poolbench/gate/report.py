@@ -1,0 +1,95 @@
+"""The markdown summary of a gate run: verdict, failures, what got faster or slower and by how much."""
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .comparison import Comparison
+from .config import COMPARATOR, BenchConfig
+from .results import SuiteRun
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.1%}"
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}×"
+
+
+def _rel(path: Path | None, root: Path | None) -> str:
+    if path is None:
+        return "–"
+    try:
+        return str(path.relative_to(root)) if root else str(path)
+    except ValueError:
+        return str(path)
+
+
+def render_markdown(comparison: Comparison | None, *, passed: bool, messages: Sequence[str] = (),
+                    runs: Sequence[SuiteRun] = (), config: BenchConfig | None = None,
+                    baseline_path: Path | None = None, saved_path: Path | None = None, root: Path | None = None,
+                    duration_s: float | None = None) -> str:
+    """The markdown summary: verdict, failures, what got faster/slower and by how much."""
+    lines = [f"# Benchmark gate: {'PASS' if passed else 'FAIL'}", ""]
+    lines.append(f"- {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}")
+    if comparison is not None:
+        lines.append(f"- fails when a pooler's time ratio to `{COMPARATOR}` (geometric mean over the layers, per tier "
+                     f"and pass) grows by more than {comparison.threshold:.0%}, or one layer's by more than "
+                     f"{comparison.case_threshold:.0%}")
+    if config is not None:
+        lines.append(f"- measured on {config.device}, {config.dtype}, VGG-16 pooling shapes at batch {config.batch} "
+                     f"and {config.resolution}², {config.threads} thread(s), {config.clock} clock, "
+                     f"~{config.budget_s:g} s per case")
+    lines.append(f"- baseline: `{_rel(baseline_path, root)}`" + (f"; saved: `{_rel(saved_path, root)}`" if saved_path else ""))
+    if runs:
+        lines.append(f"- suite runs: {', '.join(f'{r.duration_s:.0f} s' for r in runs)}"
+                     + (f"; gate total {duration_s:.0f} s" if duration_s is not None else ""))
+        reasons: dict[str, int] = {}
+        for outcome in runs[0].skipped:
+            reasons[outcome.message] = reasons.get(outcome.message, 0) + 1
+        if reasons:
+            lines.append("- skipped: " + "; ".join(f"{n} × {reason}" for reason, n in sorted(reasons.items())))
+    lines.append("")
+    if messages:
+        lines += ["## Messages", "", *(f"- {m}" for m in messages), ""]
+    if comparison is None:
+        return "\n".join(lines)
+    counts = {status: len(comparison.by_status(status))
+              for status in ("regressed", "slower", "faster", "unchanged", "new", "missing")}
+    lines += ["## Summary", "", "Cases: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ".", ""]
+    if comparison.groups:
+        changes = [g.change for g in comparison.groups]
+        lines += [f"Pooler ratio changes (per tier and pass): median {_pct(statistics.median(changes))}, "
+                  f"range {_pct(min(changes))} to {_pct(max(changes))}.", "",
+                  "| pooler | tier | pass | layers | change (geo. mean) | worst layer | status |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in sorted(comparison.groups, key=lambda g: -g.change):
+            worst = g.worst
+            lines.append(f"| {g.pooler} | {g.tier} | {g.pass_} | {len(g.rows)} | {_pct(g.change)} | "
+                         f"layer{worst.key[2]} {_pct(worst.change)} | {g.status} |")
+        lines.append("")
+    sections = (("regressed", f"Regressed layers (ratio up by more than {comparison.case_threshold:.0%})"),
+                ("slower", f"Slower layers (ratio up by {comparison.threshold:.0%}–{comparison.case_threshold:.0%}, "
+                           "not failing on their own)"),
+                ("faster", f"Faster layers (ratio down by more than {comparison.threshold:.0%})"))
+    for status, title in sections:
+        rows = sorted(comparison.by_status(status), key=lambda r: -abs(r.change or 0))
+        if rows:
+            lines += [f"## {title}", "", "| case | baseline ratio | current ratio | change |", "|---|---|---|---|"]
+            lines += [f"| {r.label} | {_ratio(r.baseline_ratio)} | {_ratio(r.current_ratio)} | {_pct(r.change)} |"
+                      for r in rows]
+            lines.append("")
+    for status, title in (("new", "New (no baseline yet)"), ("missing", "In the baseline but not measured")):
+        rows = comparison.by_status(status)
+        if rows:
+            lines += [f"## {title}", "", *(f"- {r.label}: {r.note}" for r in rows), ""]
+    lines += ["## All cases", "", "| case | baseline ratio | current ratio | change | status |", "|---|---|---|---|---|"]
+    lines += [f"| {r.label} | {_ratio(r.baseline_ratio)} | {_ratio(r.current_ratio)} | {_pct(r.change)} | {r.status} |"
+              for r in comparison.rows]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Running the pytest-benchmark suite (``tests/benchmarks``) in a fresh interpreter."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .cases import _split
+from .config import BenchConfig
+from .results import Outcome, SuiteRun
+
+SUITE_DIR = Path("tests") / "benchmarks"
+#: Environment of the benchmark process (unless already set).  glibc's malloc is told to keep
+#: what is freed (no trimming, 1 GiB of top padding, a fixed mmap threshold), so that the
+#: large tensors of the first layers are reused instead of page-faulted in on every call.
+#: Without it, page faults were half of a pooler's CPU time at 1x64x224x224 and how many
+#: there were depended on what the process had allocated before: a pooler's ratio moved by
+#: up to 90% between two unchanged runs.
+SUITE_ENV = {
+    "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30),
+    "MALLOC_TOP_PAD_": str(2**30),
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+}
+SUITE_FILE = SUITE_DIR / "test_bench_poolers.py"
+
+
+def project_root(root: str | Path | None = None) -> Path:
+    """The source tree holding ``tests/benchmarks`` (the suite is not installed with the package)."""
+    candidates = [Path(root)] if root is not None else [Path.cwd(), Path(__file__).resolve().parents[2]]
+    for candidate in candidates:
+        if (candidate / SUITE_FILE).is_file():
+            return candidate.resolve()
+    raise ValueError(
+        f"cannot find the benchmark suite {SUITE_FILE} under {', '.join(map(str, candidates))}; "
+        "run from a poolbench source checkout (the suite is not part of the installed package)"
+    )
+
+
+def suite_arguments(config: BenchConfig, poolers=None, tiers=None) -> list[str]:
+    """The suite's own pytest options for ``config`` (see tests/benchmarks/conftest.py)."""
+    args = ["--device", config.device, "--dtype", config.dtype,
+            f"--bench-batch={config.batch}", f"--bench-resolution={config.resolution}",
+            f"--bench-threads={config.threads}", f"--bench-budget={config.budget_s}",
+            f"--bench-min-rounds={config.min_rounds}", f"--bench-max-rounds={config.max_rounds}",
+            f"--bench-crop={config.crop}", f"--bench-seed={config.seed}", f"--bench-clock={config.clock}",
+            f"--benchmark-timer={config.timer_name}"]
+    if _split(poolers):
+        args.append(f"--bench-poolers={','.join(_split(poolers))}")
+    if _split(tiers):
+        args.append(f"--bench-tiers={','.join(_split(tiers))}")
+    return args
+
+
+def run_suite(config: BenchConfig, *, poolers=None, tiers=None, select: Sequence[str] | None = None,
+              root: str | Path | None = None, plugins: Sequence[str] = (), env: dict | None = None,
+              storage: Path | None = None, compare_with: str | None = None, compare_fail: Sequence[str] = (),
+              extra_args: Sequence[str] = (), echo: bool = True) -> SuiteRun:
+    """Run ``tests/benchmarks`` in a fresh interpreter and collect its JSON and outcomes.
+
+    ``select`` restricts the run to those test node ids (the confirmation
+    rerun); ``plugins`` are modules imported first (``pytest -p``: a pooler
+    living outside the tree, a test double); ``compare_with`` and
+    ``compare_fail`` are handed to pytest-benchmark's ``--benchmark-compare``
+    and ``--benchmark-compare-fail`` (absolute times, same machine only).
+    """
+    root = project_root(root)
+    with tempfile.TemporaryDirectory(prefix="poolbench-gate-") as tmp:
+        json_path, outcomes_path = Path(tmp) / "bench.json", Path(tmp) / "outcomes.jsonl"
+        command = [sys.executable, "-m", "pytest", *(select or [str(SUITE_DIR)]), "-m", "bench",
+                   "--benchmark-enable", f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
+                   "--benchmark-sort=name", f"--bench-outcomes={outcomes_path}", "-p", "no:cacheprovider",
+                   "-q", "-rfEs", *suite_arguments(config, poolers, tiers)]
+        for plugin in plugins:
+            command += ["-p", plugin]
+        if compare_with and storage is not None:
+            command += [f"--benchmark-storage={storage}", f"--benchmark-compare={compare_with}"]
+            command += [f"--benchmark-compare-fail={expr}" for expr in compare_fail]
+        command += list(extra_args)
+        process_env = {**SUITE_ENV, **os.environ, **(env or {})}
+        # The suite imports poolbench and impls from this tree even when poolbench is not installed.
+        process_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), process_env.get("PYTHONPATH", "")) if p)
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=root, env=process_env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        returncode = process.wait()
+        duration = time.perf_counter() - start
+        # pytest-benchmark opens the JSON file while parsing options: a usage error leaves it empty.
+        text = json_path.read_text() if json_path.exists() else ""
+        data = json.loads(text) if text.strip() else {"benchmarks": []}
+        outcomes = []
+        if outcomes_path.exists():
+            for line in outcomes_path.read_text().splitlines():
+                record = json.loads(line)
+                outcomes.append(Outcome(record["nodeid"], record["outcome"], record.get("message", "")))
+    return SuiteRun(returncode, data, outcomes, duration, "".join(lines), command)
