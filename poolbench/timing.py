@@ -13,12 +13,13 @@ Every measured callable is a zero-argument closure: set-up stays outside.
 """
 from __future__ import annotations
 
-import logging
 import statistics
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .toolchain import cpp_extension
 
 __all__ = ["Latency", "measure_latency", "peak_memory_bytes", "saved_tensor_bytes", "synchronize"]
 
@@ -55,19 +56,14 @@ def measure_latency(fn: Callable[[], object], device: torch.device | str = "cpu"
 
 
 def _torch_benchmark():
-    """``torch.utils.benchmark``, imported on first use.
+    """``torch.utils.benchmark``, imported on first use, after the toolchain is located.
 
-    Importing it pulls in ``torch.utils.cpp_extension``, which logs a warning
-    about guessing CUDA_HOME on machines with nvcc but no GPU; that guess is
-    irrelevant to timing, so the warning is muted for this import only.
+    It imports ``torch.utils.cpp_extension``, whose CUDA_HOME guess must not be
+    the first one made (see :mod:`poolbench.toolchain`).
     """
-    extension_log = logging.getLogger("torch.utils.cpp_extension")
-    level = extension_log.level
-    extension_log.setLevel(logging.ERROR)
-    try:
-        import torch.utils.benchmark as torch_benchmark
-    finally:
-        extension_log.setLevel(level)
+    cpp_extension()
+    import torch.utils.benchmark as torch_benchmark
+
     return torch_benchmark
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from poolbench.toolchain import cpp_extension, cuda_home
+
 __all__ = [
     "CUDA_MAX_KERNEL_SIZE",
     "build_directory",
@@ -98,9 +100,7 @@ def _cxx() -> str | None:
 
 @functools.cache
 def _ninja_reason() -> str | None:
-    from torch.utils.cpp_extension import is_ninja_available
-
-    return None if is_ninja_available() else "ninja is not installed (pip install ninja)"
+    return None if cpp_extension().is_ninja_available() else "ninja is not installed (pip install ninja)"
 
 
 def _cpu_flags() -> list[str]:
@@ -110,25 +110,6 @@ def _cpu_flags() -> list[str]:
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         flags.append("-march=native")
     return flags
-
-
-@functools.cache
-def _cuda_home() -> str | None:
-    """A CUDA toolkit directory that holds nvcc and libcudart (CUDA_HOME if set and valid); looked up once."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
-    candidates += ["/usr/local/cuda"] + sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))
-    for candidate in candidates:
-        if not candidate:
-            continue
-        root = Path(candidate)
-        has_nvcc = (root / "bin" / "nvcc").exists()
-        has_runtime = any((root / lib / "libcudart.so").exists() for lib in ("lib64", "lib"))
-        if has_nvcc and has_runtime and (root / "include" / "cuda_runtime.h").exists():
-            return str(root)
-    return None
 
 
 def _cuda_arch_flags() -> list[str]:
@@ -143,10 +124,8 @@ def _cuda_arch_flags() -> list[str]:
 
 
 def _load(name: str, sources, kind: str, **kwargs) -> None:
-    from torch.utils import cpp_extension
-
     try:
-        cpp_extension.load(
+        cpp_extension().load(
             name=name,
             sources=[str(s) for s in sources],
             extra_include_paths=[str(CSRC)],
@@ -177,13 +156,11 @@ def load_cuda() -> None:
     if reason is not None:
         raise RuntimeError(reason)
     load_cpu()
-    from torch.utils import cpp_extension
-
-    cuda_home = _cuda_home()
+    home = cuda_home()
     # torch resolves CUDA_HOME once, at import, from nvcc's location; /usr/local/bin/nvcc
     # wrappers make that /usr/local.  Point it (and nvcc's subprocess) at the real toolkit.
-    os.environ["CUDA_HOME"] = cuda_home
-    cpp_extension.CUDA_HOME = cuda_home
+    os.environ["CUDA_HOME"] = home
+    cpp_extension().CUDA_HOME = home
     _load(
         "poolbench_dpp_cuda",
         CUDA_SOURCES,
@@ -210,7 +187,7 @@ def cuda_unavailable_reason(device: str = "cuda", *, need_device: bool = True) -
         return "no CUDA device is available"
     if "cuda" in _BUILD_ERRORS:
         return _BUILD_ERRORS["cuda"]
-    if _cuda_home() is None:
+    if cuda_home() is None:
         return "no CUDA toolkit (nvcc + libcudart) found; set CUDA_HOME to build the cuda DPP kernel"
     return cpu_unavailable_reason("cpu")
 
