@@ -89,6 +89,14 @@ def _markdown(rows: list[dict]) -> str:
 # sections
 # ----------------------------------------------------------------------------------------------
 
+def _number(value, digits: int = 2) -> str:
+    """A float rounded for prose (0.47, not 0.47000000000000003); anything else as is."""
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _header(frame: pd.DataFrame, name: str) -> str:
     env = frame.iloc[-1]
     get = lambda key: env[key] if key in env and not pd.isna(env[key]) else "?"  # noqa: E731
@@ -99,7 +107,7 @@ def _header(frame: pd.DataFrame, name: str) -> str:
         f"- device: **{get('device')}** ({get('device_name')}), {get('threads')} threads, dtype {get('dtype')}",
         f"- batch {get('batch')}, input {get('resolution')}², torch {get('torch')}, poolbench {get('poolbench')}, "
         f"commit `{get('commit')}`, {get('timestamp')}",
-        f"- load average at start: {get('load_avg')} (CPU timings are only as good as the machine is quiet); "
+        f"- load average at start: {_number(get('load_avg'))} (CPU timings are only as good as the machine is quiet); "
         f"measuring took {frame['seconds'].sum() if 'seconds' in frame else float('nan'):.0f} s",
         f"- rows: {statuses.get('ok', 0)} ok, {statuses.get('skipped', 0)} skipped, {statuses.get('error', 0)} errors "
         "(see *Cells that did not run*)",
