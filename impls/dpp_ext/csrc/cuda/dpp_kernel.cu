@@ -92,43 +92,24 @@ ChannelArgs<T> channel_args(const ChannelParams& cp, double eps2, bool asym, boo
   return a;
 }
 
-// Split a flat output index into (plane, channel, oh, ow); 32-bit arithmetic when everything fits
-// (64-bit division costs GPUs tens of instructions per thread).
-__device__ __forceinline__ void split_output(int64_t idx, const Geometry& g, int64_t channels, bool small,
-                                             int64_t& plane, int64_t& c, int64_t& oh, int64_t& ow) {
+// Split a flat index over planes of height × width into (plane, channel, row, col); 32-bit
+// arithmetic when everything fits (64-bit division costs GPUs tens of instructions per thread).
+// Used for output windows (out_height × out_width) and input pixels (height × width).
+__device__ __forceinline__ void split_index(int64_t idx, int64_t height, int64_t width, int64_t channels, bool small,
+                                            int64_t& plane, int64_t& c, int64_t& row, int64_t& col) {
   if (small) {
-    const uint32_t i = static_cast<uint32_t>(idx), w = static_cast<uint32_t>(g.out_width),
-                   h = static_cast<uint32_t>(g.out_height);
+    const uint32_t i = static_cast<uint32_t>(idx), w = static_cast<uint32_t>(width),
+                   h = static_cast<uint32_t>(height);
     const uint32_t q = i / w, p = q / h;
-    ow = i - q * w;
-    oh = q - p * h;
+    col = i - q * w;
+    row = q - p * h;
     plane = p;
     c = p % static_cast<uint32_t>(channels);
   } else {
-    ow = idx % g.out_width;
-    const int64_t q = idx / g.out_width;
-    oh = q % g.out_height;
-    plane = q / g.out_height;
-    c = plane % channels;
-  }
-}
-
-// Split a flat input index into (plane, channel, h, w), 32-bit when it fits.
-__device__ __forceinline__ void split_input(int64_t idx, const Geometry& g, int64_t channels, bool small,
-                                            int64_t& plane, int64_t& c, int64_t& h, int64_t& w) {
-  if (small) {
-    const uint32_t i = static_cast<uint32_t>(idx), wd = static_cast<uint32_t>(g.width),
-                   ht = static_cast<uint32_t>(g.height);
-    const uint32_t q = i / wd, p = q / ht;
-    w = i - q * wd;
-    h = q - p * ht;
-    plane = p;
-    c = p % static_cast<uint32_t>(channels);
-  } else {
-    w = idx % g.width;
-    const int64_t q = idx / g.width;
-    h = q % g.height;
-    plane = q / g.height;
+    col = idx % width;
+    const int64_t q = idx / width;
+    row = q % height;
+    plane = q / height;
     c = plane % channels;
   }
 }
@@ -208,7 +189,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t plane, c, oh, ow;
-    split_output(idx, g, channels, small, plane, c, oh, ow);
+    split_index(idx, g.out_height, g.out_width, channels, small, plane, c, oh, ow);
     const Params<T> p = args.params(c);
     T f9[9], bias;
     args.guide(c, f9, bias);
@@ -356,7 +337,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t plane, c, h, w;
-    split_input(idx, g, channels, small, plane, c, h, w);
+    split_index(idx, g.height, g.width, channels, small, plane, c, h, w);
     const T* cg = centre_grad + plane * g.out_height * g.out_width;
     // guides centred at (o·s): |h − oh·s| ≤ 1
     const int64_t oh_lo = h - 1 <= 0 ? 0 : (h - 1 + g.stride - 1) / g.stride;
@@ -406,7 +387,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t plane, c, h, w;
-    split_input(idx, g, channels, small, plane, c, h, w);
+    split_index(idx, g.height, g.width, channels, small, plane, c, h, w);
     const Params<T> p = args.params(c);
     T f9[9], bias;
     args.guide(c, f9, bias);
