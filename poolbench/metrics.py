@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import flops, models, registry
-from .timing import measure_latency, peak_memory_bytes
+from .timing import measure_latency, peak_memory_bytes, saved_tensor_bytes
 
 __all__ = [
     "BASELINE_POOLER",
@@ -364,31 +364,11 @@ def latency_train(subject: Subject) -> list[Quantity]:
 def activation_bytes(fn: Callable[[], object], module: nn.Module) -> int:
     """Bytes of non-parameter tensors autograd saves for backward while ``fn()`` runs (storages counted once).
 
-    Like :func:`poolbench.timing.saved_tensor_bytes`, but the weights a layer
-    saves to compute its input gradient are left out: they exist anyway, and
-    in VGG-16 they would hide the activations (the classifier alone saves
-    400 MB of weights).
+    The weights a layer saves to compute its input gradient are left out: they
+    exist anyway, and in VGG-16 they would hide the activations (the classifier
+    alone saves 400 MB of weights).
     """
-    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    seen: dict[int, int] = {}
-    alive: list[torch.Tensor] = []  # keeps every saved storage (and so its address) alive until the count is done
-
-    def pack(tensor: torch.Tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            seen[storage.data_ptr()] = storage.nbytes()
-        alive.append(tensor)
-        # Not the tensor itself: an op that saves its own output (ReLU) would then hold a reference cycle
-        # through C++ that Python's gc cannot break, leaking the graph and every weight it saved.
-        # This graph is never backpropagated, so nothing needs unpacking.
-        return None
-
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda packed: packed):
-            fn()
-    finally:
-        alive.clear()
-    return sum(seen.values())
+    return saved_tensor_bytes(fn, exclude=module.parameters())
 
 
 @metric("activation_memory", description="bytes of activations autograd saves for backward")

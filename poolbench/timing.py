@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -112,7 +112,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> i
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def saved_tensor_bytes(fn: Callable[[], object]) -> int:
+def saved_tensor_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
     """Bytes of tensors autograd saves for backward while ``fn()`` runs (storages counted once).
 
     This is the activation memory a layer adds to a training step, and it is
@@ -121,13 +121,18 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     itself would tie ops that save their own output, e.g. ReLU, into a
     reference cycle through C++ that the garbage collector cannot free, leaking
     every call's graph), so it cannot be back-propagated.
+
+    Tensors sharing storage with ``exclude`` (e.g. a network's weights, which
+    exist anyway) are not counted.
     """
-    stash: list[torch.Tensor] = []
+    excluded = {tensor.untyped_storage().data_ptr() for tensor in exclude}
+    stash: list[torch.Tensor] = []  # keeps every saved storage (and so its address) alive until counted
     sizes: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> int:
         storage = tensor.untyped_storage()
-        sizes[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in excluded:
+            sizes[storage.data_ptr()] = storage.nbytes()
         stash.append(tensor)
         return len(stash) - 1
 
