@@ -17,7 +17,7 @@ its message; the check goes on either way.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -180,7 +180,7 @@ def check_gradients(name: str, tier: str, case: Case, device="cpu") -> CheckResu
             module.eval()  # sampling is a discrete choice; gradcheck the deterministic eval path
         names = [pname for pname, _ in module.named_parameters()]
         params = tuple(p.detach().clone().requires_grad_() for _, p in module.named_parameters())
-        x = torch.randn(case.shape, dtype=torch.float64, device=device, generator=None).requires_grad_()
+        x = torch.randn(case.shape, dtype=torch.float64, device=device).requires_grad_()
 
         def function(x, *values):
             if isinstance(module, Seeded):
@@ -206,7 +206,6 @@ class CheckPlan:
     dtype: torch.dtype = torch.float32
     cases: tuple[Case, ...] = CASES
     gradcheck: bool = True
-    skipped: list[CheckResult] = field(default_factory=list)
 
 
 def run_checks(plan: CheckPlan, progress=None) -> list[CheckResult]:
@@ -239,6 +238,10 @@ def run_checks(plan: CheckPlan, progress=None) -> list[CheckResult]:
     return results
 
 
+#: A (pooler, tier)'s gradcheck verdict is the worst over its cases; "" means none ran.
+_GRADCHECK_PRECEDENCE = ("", "n/a", "pass", "fail")
+
+
 def summarise(results: list[CheckResult]) -> list[dict]:
     """One row per (pooler, tier): worst errors over the cases and the overall status."""
     rows: dict[tuple[str, str], dict] = {}
@@ -250,7 +253,7 @@ def summarise(results: list[CheckResult]) -> list[dict]:
             row.update(status="skip", detail=r.detail)
             continue
         if r.check == "gradcheck":
-            row["gradcheck"] = "fail" if "fail" in (row["gradcheck"], r.status) else (r.status if row["gradcheck"] in ("", "n/a") else row["gradcheck"])
+            row["gradcheck"] = max(row["gradcheck"], r.status, key=_GRADCHECK_PRECEDENCE.index)
         elif r.status != "n/a":
             row["cases"] += 1
             for key, value in (("worst output error", r.output_error), ("worst grad error", r.grad_error),
