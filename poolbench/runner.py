@@ -21,7 +21,7 @@ import torch
 from . import metrics as metrics_module
 from . import models, registry
 from .metrics import BASELINE_POOLER, BASELINE_TIER, Row, Settings, Subject
-from .results import ResultsWriter, environment, measured_cells
+from .results import ResultsWriter, check_run_name, environment, measured_cells
 
 __all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", "run"]
 
@@ -86,6 +86,15 @@ class RunConfig:
         for label, value in (("batch", self.batch), ("resolution", self.resolution)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{label} must be a positive int, got {value!r}")
+        if self.poolers is not None:
+            unknown = [name for name in self.poolers if name not in registry.names()]
+            if unknown:
+                broken = "".join(f"; plugin {label} failed to import ({error})"
+                                 for label, error in registry.load_plugins().items())
+                raise ValueError(f"unknown pooler(s) {', '.join(map(repr, unknown))}; known: "
+                                 f"{', '.join(registry.names())}{broken}")
+        if self.name is not None:
+            check_run_name(self.name)
         self.out = Path(self.out)
 
     @property
@@ -133,6 +142,7 @@ class RunResult:
     rows: int
     errors: int
     skipped: int
+    moved_aside: list[Path] = field(default_factory=list)  # an earlier run's files, kept under new names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,12 +276,24 @@ def run(config: RunConfig, *, progress: bool = True, report: bool = True) -> Run
 
 
 def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
+    groups = plan(config)
+    env = environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
+    # the writer locks the file and cuts a torn tail before the measured cells are read
+    with ResultsWriter(config.stem, env, resume=config.resume) as writer:
+        done = measured_cells(config.stem) if config.resume else set()
+        counts = _measure(groups, done, config, writer, progress)
+    report_path = None
+    if report:
+        from .report import write_report
+
+        report_path = write_report(writer.jsonl, config.out)
+    return RunResult(writer.jsonl, writer.csv, report_path, counts["rows"], counts["error"], counts["skipped"],
+                     writer.moved_aside)
+
+
+def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsWriter, progress: bool) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    groups = plan(config)
-    done = measured_cells(config.stem) if config.resume else set()
-    env = environment(config.device, config.dtype, config.batch, config.resolution)
-    writer = ResultsWriter(config.stem, env, resume=config.resume)
     counts = {"rows": 0, "error": 0, "skipped": 0}
 
     def write(rows: list[Row]) -> None:
@@ -307,12 +329,7 @@ def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
             bar.advance(task)
         if subject is not None:
             subject.release()
-    report_path = None
-    if report:
-        from .report import write_report
-
-        report_path = write_report(writer.jsonl, config.out)
-    return RunResult(writer.jsonl, writer.csv, report_path, counts["rows"], counts["error"], counts["skipped"])
+    return counts
 
 
 def _free(device: str) -> None:
