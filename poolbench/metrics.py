@@ -322,7 +322,7 @@ def measure(subject: Subject, name: str) -> list[Row]:
     start = time.perf_counter()
     try:
         quantities = spec.function(subject)
-    except Exception as exc:  # a failing cell records its error; the run goes on
+    except (Exception, SystemExit) as exc:  # a failing cell (even a plugin calling sys.exit) records its error
         if subject.device.type == "cuda":
             torch.cuda.empty_cache()
         rows = [subject.row(name, name, None, "", "error", f"{type(exc).__name__}: {exc}".strip()[:2000])]

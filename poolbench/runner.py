@@ -127,6 +127,7 @@ class Group:
     shape: tuple[int, ...] | None = None
     metrics: list[str] = field(default_factory=list)
     skip_reason: str | None = None  # the whole (model, pooler, tier) cannot run here
+    skip_status: str = "skipped"  # "error" when the tier is available but failed when tried
 
     def subject(self, config: RunConfig, baselines: dict | None = None) -> Subject:
         return Subject(self.model, self.pooler, self.tier, self.scope, device=config.device, batch=config.batch,
@@ -172,6 +173,10 @@ def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | Non
     return chosen
 
 
+class TierFailure(str):
+    """Why an available tier failed when tried: recorded as an error (it should have run), not a skip."""
+
+
 def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, str | None]]:
     """The fastest tier that actually runs a tiny input here, after the tiers that failed (with why).
 
@@ -193,8 +198,8 @@ def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, 
                 module = registry.create(pooler, 2, 2, 2, 0, tier=tier, device=device, **options)
                 with torch.no_grad():
                     module(torch.rand(1, 2, 4, 4, device=device))
-            except Exception as exc:  # a build or kernel failure: record it, try the next tier
-                reason = f"tried as the fastest tier and failed: {type(exc).__name__}: {exc}"[:1000]
+            except (Exception, SystemExit) as exc:  # a build or kernel failure: record it, try the next tier
+                reason = TierFailure(f"tried as the fastest tier and failed: {type(exc).__name__}: {exc}"[:1000])
         if reason is None:
             return failed + [(tier, None)]
         if tier in preference:
@@ -242,7 +247,9 @@ def plan(config: RunConfig) -> list[Group]:
             candidates.extend((pooler, tier, reason) for tier, reason in _selected_tiers(pooler, config))
         for pooler, tier, reason in candidates:
             if reason is not None:
-                groups.append(Group(model, pooler, tier, "network", metrics=["all"], skip_reason=reason))
+                status = "error" if isinstance(reason, TierFailure) else "skipped"
+                groups.append(Group(model, pooler, tier, "network", metrics=["all"], skip_reason=reason,
+                                    skip_status=status))
                 continue
             groups.append(Group(model, pooler, tier, "network", metrics=network_metrics))
             if layer_error is not None:
@@ -323,7 +330,7 @@ def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsW
             label = f"{group.model} {group.pooler}[{group.tier}] {group.layer or 'network'} {name}"
             bar.update(task, description=label)
             if group.skip_reason is not None:
-                write(metrics_module.skipped_rows(subject, [name], group.skip_reason))
+                write(metrics_module.skipped_rows(subject, [name], group.skip_reason, group.skip_status))
             else:
                 write(metrics_module.measure(subject, name))
             bar.advance(task)

@@ -256,3 +256,69 @@ def test_sigkill_torn_line_and_resume_give_every_cell_exactly_once(tmp_path):
     assert set(measured.index) == planned and (measured == 1).all()
     assert not frame.duplicated(list(results.CELL_COLUMNS) + ["quantity"]).any()
     assert (out / f"{name}.md").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# checks and gates that checked nothing fail; clear errors at create
+# ---------------------------------------------------------------------------------------------
+def _baseline_dir(tmp_path, text: str) -> Path:
+    from poolbench.gate.baselines import _machine_id
+
+    folder = tmp_path / "baselines" / _machine_id()
+    folder.mkdir(parents=True)
+    (folder / "0001_cpu.json").write_text(text)
+    return tmp_path / "baselines"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "not pytest-benchmark JSON"),
+    ('{"benchmarks": "x"}', "not pytest-benchmark JSON"),
+    ('{"benchmarks": [{"foo": 1}]}', "holds no poolbench benchmark cases"),
+    ('{"benchmarks": [', "is not valid JSON"),
+    ("", "is empty"),
+    ('{"benchmarks": [{"extra_info": {"pooler": "max"}}]}', "is malformed"),
+])
+def test_compare_fails_on_an_empty_foreign_or_broken_baseline(tmp_path, capsys, text, message):
+    """Guards against `poolbench compare` passing ("10 new") when its baseline was emptied or replaced."""
+    directory = _baseline_dir(tmp_path, text)
+    assert cli.main(["compare", "--baseline-dir", str(directory), "--poolers", "max", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and message in out and "0001_cpu.json" in out and "benchmark gate: FAIL" in out
+
+
+def test_check_with_unknown_tier_is_a_usage_error(capsys):
+    """Guards against `poolbench check --tiers nonexistent` exiting 0 with an empty table."""
+    assert cli.main(["check", "--poolers", "max", "--tiers", "nonexistent"]) == 2
+    assert "unknown tier(s) 'nonexistent'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda tier runs on this machine")
+def test_check_that_only_skipped_fails(capsys):
+    assert cli.main(["check", "--poolers", "dpp_lite_sym", "--tiers", "cuda", "--no-gradcheck"]) == 1
+    assert "nothing was checked" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_create_a_gpu_tier_without_cuda_fails_at_create():
+    """Guards against create(tier='cuda') returning a module that fails only at its first forward."""
+    with pytest.raises(ValueError, match=r"dpp_lite_sym\[cuda\] cannot run on cuda: CUDA is not available"):
+        poolbench.create("dpp_lite_sym", 4, tier="cuda")
+
+
+def test_a_plugin_calling_sys_exit_is_recorded_as_an_error():
+    from poolbench import metrics
+
+    class Exits(poolbench.Pool2d):
+        def pool(self, x):
+            raise SystemExit(3)
+
+    subject = type("S", (), {"device": torch.device("cpu"), "scope": "layer",
+                             "row": lambda self, *a: Row("m", "p", "t", "layer", "l", "", *a)})()
+    spec = metrics.METRICS["latency_forward"]
+    original = spec.function
+    try:
+        object.__setattr__(spec, "function", lambda s: Exits(2)(torch.zeros(1, 2, 4, 4)))
+        rows = metrics.measure(subject, "latency_forward")
+    finally:
+        object.__setattr__(spec, "function", original)
+    assert rows[0].status == "error" and "SystemExit: 3" in rows[0].error

@@ -112,6 +112,8 @@ def test_fastest_tier_falls_back_when_the_preferred_one_fails(flaky_pooler):
     groups = [g for g in runner.plan(config) if g.pooler == flaky_pooler]
     assert [(g.tier, g.skip_reason is None) for g in groups] == [("cpp", False), ("vectorized", True)]
     assert "no such header" in groups[0].skip_reason
+    # an available tier that failed when tried is an error (it should have run), not a skip
+    assert [g.skip_status for g in groups] == ["error", "skipped"]
 
 
 def test_unknown_pooler_is_a_clear_error_before_measuring(capsys):

@@ -88,7 +88,11 @@ def run(args) -> int:
         report=args.report, confirm=args.confirm, repeat=args.repeat, compare_fail=args.compare_fail, plugins=args.plugins,
         echo=not args.quiet,
     )
-    result = gate.run_gate(options)
+    try:
+        result = gate.run_gate(options)
+    except gate.BaselineError as exc:  # a gate that cannot compare has checked nothing: it fails
+        print(f"FAILED {exc}\nbenchmark gate: FAIL")
+        return 1
     print()
     for message in result.messages:
         print(message)
