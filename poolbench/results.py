@@ -30,7 +30,7 @@ from .metrics import Row
 from .runlock import RunLock
 
 __all__ = ["ENV_COLUMNS", "ResultsWriter", "check_run_name", "environment", "git_commit", "load_results",
-           "measured_cells", "read_rows", "settings_differences"]
+           "measured_cells", "read_rows", "settings_differences", "check_output_file"]
 
 ENV_COLUMNS = ("torch", "device", "device_name", "dtype", "batch", "resolution", "threads", "load_avg", "commit",
                "host", "poolbench", "timestamp")
@@ -176,6 +176,16 @@ def check_results_stem(stem: Path) -> None:
         raise ValueError(f"cannot create the results folder {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write results to {folder}: permission denied")
+
+
+def check_output_file(path: Path) -> None:
+    """Fail before anything is measured if a report file cannot be written at ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write the report to {path}: it is a folder")
+    check_results_stem(path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write the report to {path}: permission denied")
 
 
 def settings_differences(recorded: dict, current: dict) -> list[str]:

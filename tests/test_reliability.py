@@ -322,3 +322,21 @@ def test_a_plugin_calling_sys_exit_is_recorded_as_an_error():
     finally:
         object.__setattr__(spec, "function", original)
     assert rows[0].status == "error" and "SystemExit: 3" in rows[0].error
+
+
+def test_layerbench_unwritable_out_fails_before_measuring(tmp_path, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    start = time.perf_counter()
+    assert cli.main(["layerbench", "--out", str(folder), "--layers", "1"]) == 2
+    assert "it is a folder" in capsys.readouterr().err and time.perf_counter() - start < 5
+    assert cli.main(["layerbench", "--out", "/proc/poolbench/report.md", "--layers", "1"]) == 2
+    assert "cannot create the results folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["layerbench", "--min-run-time", "inf"], ["layerbench", "--layers", "9"],
+                                  ["compare", "--budget", "inf"], ["compare", "--confirm", "-1"]])
+def test_other_commands_bound_their_numeric_options(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
