@@ -10,33 +10,27 @@ import argparse
 import math
 
 
-def bounded_int(low: int, high: int):
-    """An argparse ``type`` accepting integers in ``[low, high]``."""
-
-    def parse(text: str) -> int:
+def _bounded(convert, noun: str, low: float, high: float, *, low_inclusive: bool):
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        above_low = low <= value if low_inclusive else low < value
+        if not (math.isfinite(value) and above_low and value <= high):
+            interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be a finite value in {interval}, got {text}")
         return value
 
-    parse.__name__ = "integer"
+    parse.__name__ = noun.split()[-1]  # argparse names the type in its messages
     return parse
+
+
+def bounded_int(low: int, high: int):
+    """An argparse ``type`` accepting integers in ``[low, high]``."""
+    return _bounded(int, "an integer", low, high, low_inclusive=True)
 
 
 def bounded_float(low: float, high: float):
     """An argparse ``type`` accepting finite numbers in ``(low, high]`` (``low`` itself excluded)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or not low < value <= high:
-            raise argparse.ArgumentTypeError(f"must be a finite number in ({low:g}, {high:g}], got {text}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
+    return _bounded(float, "a number", low, high, low_inclusive=False)
