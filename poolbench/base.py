@@ -31,7 +31,19 @@ class Pool2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.channels, self.kernel_size, self.stride, self.padding)
-        return self.pool(x)
+        y = self.pool(x)
+        expected = (x.shape[0], self.channels, *self.output_size(x.shape[2], x.shape[3]))
+        if tuple(y.shape) != expected:  # a plugin's maths is wrong: never let it be measured as if it were right
+            raise RuntimeError(f"{type(self).__name__}.pool returned shape {tuple(y.shape)} for input "
+                               f"{tuple(x.shape)}; a k={self.kernel_size}, s={self.stride}, p={self.padding} pooling "
+                               f"layer must return {expected} (H_out = (H + 2p - k) // s + 1)")
+        return y
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` calls this first: say plainly that TorchScript is not supported."""
+        raise TypeError(f"{type(self).__name__}: TorchScript (torch.jit.script) is not supported by poolbench "
+                        "poolers (their tiers dispatch in Python and to custom ops); use torch.compile, or "
+                        "torch.export for deployment")
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

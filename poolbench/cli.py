@@ -10,6 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from . import __version__, commands
 
@@ -34,11 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError) as exc:
         print(f"poolbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " — finished cells are saved; rerun the same command with --resume" if args.command == "run" else ""
+        print(f"poolbench {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings (a skipped torn line, a moved results file) read as one line, not a source excerpt."""
+    return f"poolbench: warning: {message}\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

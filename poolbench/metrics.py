@@ -121,10 +121,16 @@ class Settings:
     rounds: int = 1
 
     def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ValueError(f"rounds must be an int >= 1, got {self.rounds!r}")
-        if not self.min_run_time > 0:
-            raise ValueError(f"min_run_time must be > 0 seconds, got {self.min_run_time!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= 1000:
+            raise ValueError(f"rounds must be an int in [1, 1000], got {self.rounds!r}")
+        if not 0 < self.min_run_time <= MAX_MIN_RUN_TIME:  # also rejects NaN and inf, which would time forever
+            raise ValueError(f"min_run_time must be in (0, {MAX_MIN_RUN_TIME:g}] seconds, got {self.min_run_time!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or not 0 <= self.warmup <= 1000:
+            raise ValueError(f"warmup must be an int in [0, 1000], got {self.warmup!r}")
+
+
+#: Longest timed window per latency measurement (a bound, so no setting can make a run hang).
+MAX_MIN_RUN_TIME = 60.0
 
 
 @dataclass(frozen=True)
@@ -316,7 +322,7 @@ def measure(subject: Subject, name: str) -> list[Row]:
     start = time.perf_counter()
     try:
         quantities = spec.function(subject)
-    except Exception as exc:  # a failing cell records its error; the run goes on
+    except (Exception, SystemExit) as exc:  # a failing cell (even a plugin calling sys.exit) records its error
         if subject.device.type == "cuda":
             torch.cuda.empty_cache()
         rows = [subject.row(name, name, None, "", "error", f"{type(exc).__name__}: {exc}".strip()[:2000])]

@@ -252,10 +252,12 @@ def create(
     ``ValueError`` if the tier cannot run there, with the reason.
     """
     spec = get_spec(name, tier, device or "cpu")
-    if device is not None:
-        reason = spec.unavailable_reason(device)
-        if reason is not None:
-            raise ValueError(reason)
+    # without a device the module is built on the CPU; a tier that runs only elsewhere (cuda, triton) must
+    # still be runnable on this machine, or the first forward would be the first to say so
+    target = device if device is not None else ("cpu" if "cpu" in spec.devices else spec.devices[0])
+    reason = spec.unavailable_reason(target)
+    if reason is not None:
+        raise ValueError(f"{name}[{spec.tier}] cannot run on {torch.device(target).type}: {reason}")
     module = spec.factory(channels, kernel_size, stride, padding, **options)
     module.pooler_name = name
     module.tier = spec.tier

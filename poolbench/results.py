@@ -10,25 +10,36 @@ for spreadsheets.
 """
 from __future__ import annotations
 
+import csv
 import datetime as _datetime
 import json
 import os
 import platform
+import re
 import subprocess
+import uuid
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 import torch
 
+from .linefile import append_text, read_csv_records, read_jsonl_records, repair_torn_tail
 from .metrics import Row
+from .runlock import RunLock
 
-__all__ = ["ENV_COLUMNS", "ResultsWriter", "environment", "git_commit", "load_results", "measured_cells"]
+__all__ = ["ENV_COLUMNS", "ResultsWriter", "check_run_name", "environment", "git_commit", "load_results",
+           "measured_cells", "read_rows", "settings_differences", "check_output_file"]
 
 ENV_COLUMNS = ("torch", "device", "device_name", "dtype", "batch", "resolution", "threads", "load_avg", "commit",
                "host", "poolbench", "timestamp")
 ROW_COLUMNS = tuple(Row.__dataclass_fields__)
 CELL_COLUMNS = ("model", "pooler", "tier", "scope", "layer", "metric")
+#: Environment columns that legitimately change between a run and its resume.
+VOLATILE_ENV = ("load_avg", "timestamp", "commit", "poolbench")
+NUMERIC_COLUMNS = ("value", "seconds", "batch", "resolution", "threads", "load_avg", "cell_rows")
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -51,8 +62,11 @@ def device_name(device: torch.device | str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def environment(device: torch.device | str, dtype: torch.dtype, batch: int, resolution: int) -> dict:
-    """The columns every row of a run carries."""
+def environment(device: torch.device | str, dtype: torch.dtype, batch: int, resolution: int, **settings) -> dict:
+    """The columns every row of a run carries; ``settings`` adds run settings (e.g. ``timing``) as strings.
+
+    Every column but :data:`VOLATILE_ENV` must match for ``--resume`` to append to a file.
+    """
     from . import __version__
 
     return {
@@ -69,69 +83,192 @@ def environment(device: torch.device | str, dtype: torch.dtype, batch: int, reso
         "host": platform.node(),
         "poolbench": __version__,
         "timestamp": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+        **{key: str(value) for key, value in settings.items()},
     }
 
 
 class ResultsWriter:
-    """Appends rows to ``<stem>.jsonl`` and ``<stem>.csv`` as they are measured.
+    """Appends each measured cell to ``<stem>.jsonl`` and ``<stem>.csv``, safe against crashes and rivals.
 
-    ``resume=False`` starts both files afresh; ``resume=True`` keeps them and
-    appends (the report keeps the last row of each cell).
+    * It holds ``<stem>.lock`` for its lifetime (:class:`~poolbench.runlock.RunLock`): a second
+      run on the same files is refused instead of mixing rows into them.
+    * ``resume=False`` keeps an earlier run's files: they are moved aside to
+      ``<stem>.<timestamp>.jsonl/.csv`` (listed in :attr:`moved_aside`), never deleted.
+    * ``resume=True`` refuses files measured with other settings (:func:`settings_differences`),
+      cuts a torn last line left by a crash, then appends.
+    * A cell's rows go out in one line-atomic append each and carry ``cell_rows``, so a cell
+      cut short by a crash is recognised as incomplete and measured again.
+
+    Use it as a context manager (or call :meth:`close`) so the lock is released.
     """
 
     def __init__(self, stem: str | Path, env: dict, *, resume: bool = False):
         self.stem = Path(stem)
-        self.stem.parent.mkdir(parents=True, exist_ok=True)
+        check_results_stem(self.stem)
         self.env = dict(env)
         self.jsonl = self.stem.with_suffix(".jsonl")
         self.csv = self.stem.with_suffix(".csv")
+        self.moved_aside: list[Path] = []
+        self._run_id = f"{self.env.get('timestamp', '')}/{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self._attempts = 0
-        if not resume:
-            for path in (self.jsonl, self.csv):
-                path.unlink(missing_ok=True)
+        self._lock = RunLock(self.stem).acquire()
+        try:
+            if resume:
+                self._prepare_resume()
+            else:
+                self.moved_aside = _move_aside(self.jsonl, self.csv)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _prepare_resume(self) -> None:
+        for path in (self.jsonl, self.csv):
+            repair_torn_tail(path)
+        if self.jsonl.exists():
+            previous = read_jsonl_records(self.jsonl).records
+            if previous:
+                differences = settings_differences(previous[0], self.env)
+                if differences:
+                    raise ValueError(f"cannot resume {self.jsonl}: it was measured with other settings "
+                                     f"({'; '.join(differences)}); rerun with the file's settings, or drop "
+                                     "--resume to start a new run (the old file is kept aside)")
 
     def write(self, rows: Iterable[Row]) -> None:
-        """Append ``rows`` (one cell) to both files, flushed before returning."""
-        self._attempts += 1
-        attempt = f"{self.env.get('timestamp', '')}#{self._attempts}"
-        records = [{**row.as_dict(), **self.env, "attempt": attempt} for row in rows]
-        if not records:
+        """Append ``rows`` (one cell) to both files, each in a single write, before returning."""
+        rows = list(rows)
+        if not rows:
             return
-        with self.jsonl.open("a", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, default=str) + "\n")
-            handle.flush()
-        frame = pd.DataFrame.from_records(records, columns=[*ROW_COLUMNS, *ENV_COLUMNS, "attempt"])
-        frame.to_csv(self.csv, mode="a", header=not self.csv.exists() or self.csv.stat().st_size == 0,
-                     index=False)
+        self._attempts += 1
+        extra = {"attempt": f"{self._run_id}#{self._attempts}", "cell_rows": len(rows)}
+        records = [{**row.as_dict(), **self.env, **extra} for row in rows]
+        append_text(self.jsonl, "".join(json.dumps(record, default=str) + "\n" for record in records))
+        header = not self.csv.exists() or self.csv.stat().st_size == 0
+        columns = list(records[0]) if header else _csv_header(self.csv)
+        frame = pd.DataFrame.from_records(records).reindex(columns=columns)
+        append_text(self.csv, frame.to_csv(header=header, index=False))
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """Rows of a results file (``.jsonl`` or ``.csv``; a stem finds either), last row per quantity kept.
+def check_run_name(name: str) -> str:
+    """A run name is a plain file stem: no directories, so results never land outside ``--out``."""
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name) or name.strip(".") == "":
+        raise ValueError(f"run name {name!r} must be a plain file name (letters, digits, '.', '_', '-'; "
+                         "no '/' or '..'); choose the folder with --out")
+    return name
 
-    A resumed run may hold a cell twice (an error, then its retry); the later
-    row wins.
-    """
+
+def check_results_stem(stem: Path) -> None:
+    """Fail before anything is measured if results cannot be written next to ``stem``."""
+    folder = stem.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"cannot write results to {folder}: it is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the results folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write results to {folder}: permission denied")
+
+
+def check_output_file(path: Path) -> None:
+    """Fail before anything is measured if a report file cannot be written at ``path``."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write the report to {path}: it is a folder")
+    check_results_stem(path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write the report to {path}: permission denied")
+
+
+def settings_differences(recorded: dict, current: dict) -> list[str]:
+    """``key: recorded → current`` for every run setting that differs (timestamps, load and commit aside)."""
+    differences = []
+    for key, value in current.items():
+        if key in VOLATILE_ENV or key not in recorded:
+            continue
+        if str(recorded[key]) != str(value):
+            differences.append(f"{key}: {recorded[key]} in the file, {value} now")
+    return differences
+
+
+def _move_aside(*paths: Path) -> list[Path]:
+    """Rename existing, non-empty files to ``<stem>.<timestamp><suffix>``; return the new paths."""
+    stamp = _datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for path in paths:
+        if path.exists() and path.stat().st_size > 0:
+            target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+            path.replace(target)
+            moved.append(target)
+        else:
+            path.unlink(missing_ok=True)
+    if moved:
+        warnings.warn(f"the previous results were kept as {', '.join(map(str, moved))}", stacklevel=3)
+    return moved
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
+def _results_file(path: Path) -> Path:
     candidates = [path] if path.suffix in (".jsonl", ".csv") else [path.with_suffix(".jsonl"), path.with_suffix(".csv")]
     for candidate in candidates:
         if candidate.exists():
-            break
-    else:
-        raise ValueError(f"no results file at {path} (expected a .jsonl or .csv written by `poolbench run`)")
-    if candidate.suffix == ".jsonl":
-        frame = pd.read_json(candidate, lines=True, dtype=False)
-    else:
-        frame = pd.read_csv(candidate, keep_default_na=False, na_values={"value": [""]})
+            return candidate
+    raise ValueError(f"no results file at {path} (expected a .jsonl or .csv written by `poolbench run`)")
+
+
+def read_rows(path: str | Path) -> pd.DataFrame:
+    """Every readable row of a results file, with the cells of incomplete attempts dropped.
+
+    Unreadable lines (a crash mid-write, garbage) are skipped with a warning
+    naming the file and line numbers; a file with no readable row, or one
+    that is not a poolbench results file, is a ValueError naming the file.
+    """
+    candidate = _results_file(Path(path))
+    read = read_jsonl_records(candidate) if candidate.suffix == ".jsonl" else read_csv_records(candidate)
+    read.warn_if_bad()
+    frame = pd.DataFrame.from_records(read.records)
     if frame.empty:
-        raise ValueError(f"results file {candidate} holds no rows")
+        unreadable = f" ({len(read.bad_lines)} unreadable lines)" if read.bad_lines else ""
+        raise ValueError(f"results file {candidate} holds no readable rows{unreadable}")
     missing = set(ROW_COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"{candidate} is not a poolbench results file (missing columns {sorted(missing)})")
     for column in ("layer", "error", "detail", "unit", "shape"):
         frame[column] = frame[column].fillna("").astype(str)
-    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
-    # a retried cell replaces every row of its earlier attempt (rows of one attempt share ``attempt``)
+    for column in NUMERIC_COLUMNS:
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column].replace("", None), errors="coerce")
+    return _complete_attempts(frame)
+
+
+def _complete_attempts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop attempts that have fewer rows than they announced (``cell_rows``): a crash cut them short."""
+    if "cell_rows" not in frame.columns or "attempt" not in frame.columns:
+        return frame
+    counts = frame.groupby("attempt", sort=False)["attempt"].transform("size")
+    announced = frame["cell_rows"]
+    return frame[announced.isna() | (counts == announced)]
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Rows of a results file (``.jsonl`` or ``.csv``; a stem finds either), last attempt per cell kept.
+
+    A resumed run may hold a cell twice (an error, then its retry); the later
+    attempt wins.
+    """
+    frame = read_rows(path)
     if "attempt" in frame.columns:
         last = frame.groupby(list(CELL_COLUMNS), sort=False)["attempt"].transform("last")
         frame = frame[frame["attempt"] == last]
@@ -139,19 +276,16 @@ def load_results(path: str | Path) -> pd.DataFrame:
 
 
 def measured_cells(path: str | Path) -> set[tuple[str, ...]]:
-    """Cells already measured (``ok`` or ``skipped``) in a results file, for ``--resume``; errors are retried."""
+    """Cells already measured (every row ``ok`` or ``skipped``) in a results file, for ``--resume``.
+
+    Errors are retried; so is a cell whose rows were cut short by a crash.
+    """
     path = Path(path).with_suffix(".jsonl")
-    cells: dict[tuple[str, ...], str] = {}
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return set()
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-            cells[tuple(str(record.get(c, "")) for c in CELL_COLUMNS)] = record.get("status", "")
-    return {cell for cell, status in cells.items() if status in ("ok", "skipped")}
+    try:
+        frame = load_results(path)
+    except ValueError:  # nothing readable: measure everything again
+        return set()
+    done = frame.groupby(list(CELL_COLUMNS), sort=False)["status"].agg(lambda s: s.isin(("ok", "skipped")).all())
+    return {tuple(str(part) for part in cell) for cell, ok in done.items() if ok}

@@ -21,7 +21,7 @@ import torch
 from . import metrics as metrics_module
 from . import models, registry
 from .metrics import BASELINE_POOLER, BASELINE_TIER, Row, Settings, Subject
-from .results import ResultsWriter, environment, measured_cells
+from .results import ResultsWriter, check_run_name, environment, measured_cells
 
 __all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", "run"]
 
@@ -86,6 +86,15 @@ class RunConfig:
         for label, value in (("batch", self.batch), ("resolution", self.resolution)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{label} must be a positive int, got {value!r}")
+        if self.poolers is not None:
+            unknown = [name for name in self.poolers if name not in registry.names()]
+            if unknown:
+                broken = "".join(f"; plugin {label} failed to import ({error})"
+                                 for label, error in registry.load_plugins().items())
+                raise ValueError(f"unknown pooler(s) {', '.join(map(repr, unknown))}; known: "
+                                 f"{', '.join(registry.names())}{broken}")
+        if self.name is not None:
+            check_run_name(self.name)
         self.out = Path(self.out)
 
     @property
@@ -118,6 +127,7 @@ class Group:
     shape: tuple[int, ...] | None = None
     metrics: list[str] = field(default_factory=list)
     skip_reason: str | None = None  # the whole (model, pooler, tier) cannot run here
+    skip_status: str = "skipped"  # "error" when the tier is available but failed when tried
 
     def subject(self, config: RunConfig, baselines: dict | None = None) -> Subject:
         return Subject(self.model, self.pooler, self.tier, self.scope, device=config.device, batch=config.batch,
@@ -133,6 +143,7 @@ class RunResult:
     rows: int
     errors: int
     skipped: int
+    moved_aside: list[Path] = field(default_factory=list)  # an earlier run's files, kept under new names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,6 +173,10 @@ def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | Non
     return chosen
 
 
+class TierFailure(str):
+    """Why an available tier failed when tried: recorded as an error (it should have run), not a skip."""
+
+
 def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, str | None]]:
     """The fastest tier that actually runs a tiny input here, after the tiers that failed (with why).
 
@@ -183,8 +198,8 @@ def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, 
                 module = registry.create(pooler, 2, 2, 2, 0, tier=tier, device=device, **options)
                 with torch.no_grad():
                     module(torch.rand(1, 2, 4, 4, device=device))
-            except Exception as exc:  # a build or kernel failure: record it, try the next tier
-                reason = f"tried as the fastest tier and failed: {type(exc).__name__}: {exc}"[:1000]
+            except (Exception, SystemExit) as exc:  # a build or kernel failure: record it, try the next tier
+                reason = TierFailure(f"tried as the fastest tier and failed: {type(exc).__name__}: {exc}"[:1000])
         if reason is None:
             return failed + [(tier, None)]
         if tier in preference:
@@ -232,7 +247,9 @@ def plan(config: RunConfig) -> list[Group]:
             candidates.extend((pooler, tier, reason) for tier, reason in _selected_tiers(pooler, config))
         for pooler, tier, reason in candidates:
             if reason is not None:
-                groups.append(Group(model, pooler, tier, "network", metrics=["all"], skip_reason=reason))
+                status = "error" if isinstance(reason, TierFailure) else "skipped"
+                groups.append(Group(model, pooler, tier, "network", metrics=["all"], skip_reason=reason,
+                                    skip_status=status))
                 continue
             groups.append(Group(model, pooler, tier, "network", metrics=network_metrics))
             if layer_error is not None:
@@ -266,12 +283,24 @@ def run(config: RunConfig, *, progress: bool = True, report: bool = True) -> Run
 
 
 def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
+    groups = plan(config)
+    env = environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
+    # the writer locks the file and cuts a torn tail before the measured cells are read
+    with ResultsWriter(config.stem, env, resume=config.resume) as writer:
+        done = measured_cells(config.stem) if config.resume else set()
+        counts = _measure(groups, done, config, writer, progress)
+    report_path = None
+    if report:
+        from .report import write_report
+
+        report_path = write_report(writer.jsonl, config.out)
+    return RunResult(writer.jsonl, writer.csv, report_path, counts["rows"], counts["error"], counts["skipped"],
+                     writer.moved_aside)
+
+
+def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsWriter, progress: bool) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    groups = plan(config)
-    done = measured_cells(config.stem) if config.resume else set()
-    env = environment(config.device, config.dtype, config.batch, config.resolution)
-    writer = ResultsWriter(config.stem, env, resume=config.resume)
     counts = {"rows": 0, "error": 0, "skipped": 0}
 
     def write(rows: list[Row]) -> None:
@@ -301,18 +330,13 @@ def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
             label = f"{group.model} {group.pooler}[{group.tier}] {group.layer or 'network'} {name}"
             bar.update(task, description=label)
             if group.skip_reason is not None:
-                write(metrics_module.skipped_rows(subject, [name], group.skip_reason))
+                write(metrics_module.skipped_rows(subject, [name], group.skip_reason, group.skip_status))
             else:
                 write(metrics_module.measure(subject, name))
             bar.advance(task)
         if subject is not None:
             subject.release()
-    report_path = None
-    if report:
-        from .report import write_report
-
-        report_path = write_report(writer.jsonl, config.out)
-    return RunResult(writer.jsonl, writer.csv, report_path, counts["rows"], counts["error"], counts["skipped"])
+    return counts
 
 
 def _free(device: str) -> None:

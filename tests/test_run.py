@@ -112,11 +112,16 @@ def test_fastest_tier_falls_back_when_the_preferred_one_fails(flaky_pooler):
     groups = [g for g in runner.plan(config) if g.pooler == flaky_pooler]
     assert [(g.tier, g.skip_reason is None) for g in groups] == [("cpp", False), ("vectorized", True)]
     assert "no such header" in groups[0].skip_reason
+    # an available tier that failed when tried is an error (it should have run), not a skip
+    assert [g.skip_status for g in groups] == ["error", "skipped"]
 
 
-def test_unknown_pooler_is_recorded_not_fatal():
-    groups = runner.plan(runner.RunConfig(models=("vgg16",), poolers=("no_such_pooler",), resolution=32, batch=1))
-    assert [g.skip_reason for g in groups if g.pooler == "no_such_pooler"][0].startswith("pooler 'no_such_pooler'")
+def test_unknown_pooler_is_a_clear_error_before_measuring(capsys):
+    """Guards against `run --poolers typo` exiting 0 after measuring only the max-pool baseline."""
+    with pytest.raises(ValueError, match="unknown pooler.*'no_such_pooler'.*known: .*dpp_lite_sym"):
+        runner.RunConfig(models=("vgg16",), poolers=("no_such_pooler",), resolution=32, batch=1)
+    assert cli.main(["run", "--poolers", "no_such_pooler", "--no-progress"]) == 2
+    assert "unknown pooler" in capsys.readouterr().err
 
 
 def test_quick_preset_is_small_and_uses_fastest_tiers():
@@ -168,6 +173,7 @@ def _synthetic_results(tmp_path):
                           row("macs", "macs_flop_counter", 1.2e5, "MAC", "layer", "maxpool", "2x64x32x32")])
     writer.write([Row("vgg16", "softpool", "cuda", "network", "", "", "all", "all", None, "", "skipped",
                       "no CUDA here")])
+    writer.close()
     return writer.jsonl
 
 

@@ -9,7 +9,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..console import console, print_table
-from ..check import CheckPlan, run_checks, summarise
+from ..check import CheckPlan, checked_nothing, run_checks, summarise
 from ..tolerances import DTYPES
 
 
@@ -45,6 +45,10 @@ def run(args) -> int:
         print()
     else:
         _print_table(rows, args)
+    if checked_nothing(results):
+        print("poolbench check: FAILED nothing was checked (every selected tier was skipped, or none was selected)",
+              file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from .. import gate
+from ._options import bounded_float, bounded_int
 
 
 def _fraction(text: str) -> float:
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
                              "layers) grows by more than this fraction: 0.10 or 10%% (default 0.10)")
     parser.add_argument("--save-baseline", action="store_true",
                         help="store this run as the baseline (with --poolers/--tiers: refresh only those)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+    parser.add_argument("--repeat", type=bounded_int(1, 20), default=1, metavar="N",
                         help="with --save-baseline: run the suite N times and store each case's median ratio")
     parser.add_argument("--poolers", nargs="+", type=_names, default=None, metavar="NAME",
                         help="benchmark only these poolers (default: every registered one)")
@@ -52,13 +53,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"), help="device to benchmark on (default cpu)")
     parser.add_argument("--dtype", default=defaults.dtype, choices=("float32", "float16", "bfloat16"),
                         help="input dtype (default float32)")
-    parser.add_argument("--batch", type=int, default=defaults.batch, help=f"batch of the VGG-16 pooling shapes (default {defaults.batch})")
-    parser.add_argument("--resolution", type=int, default=defaults.resolution,
+    parser.add_argument("--batch", type=bounded_int(1, 65536), default=defaults.batch, help=f"batch of the VGG-16 pooling shapes (default {defaults.batch})")
+    parser.add_argument("--resolution", type=bounded_int(32, 8192), default=defaults.resolution,
                         help=f"VGG-16 input resolution (default {defaults.resolution}; 112 is quicker but "
                              "overhead-bound)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help=f"CPU threads while timing (default {defaults.threads}: "
+    parser.add_argument("--threads", type=bounded_int(1, 1024), default=defaults.threads, help=f"CPU threads while timing (default {defaults.threads}: "
                         "then CPU time is measured, which ignores other processes)")
-    parser.add_argument("--budget", type=float, default=defaults.budget_s, help=f"seconds of timing per case (default {defaults.budget_s})")
+    parser.add_argument("--budget", type=bounded_float(0, 60), default=defaults.budget_s, help=f"seconds of timing per case (default {defaults.budget_s})")
     parser.add_argument("--baseline-dir", type=Path, default=gate.DEFAULT_BASELINE_DIR,
                         help="pytest-benchmark storage holding the baselines (default benchmarks/baselines)")
     parser.add_argument("--baseline-name", default=None,
@@ -66,7 +67,7 @@ def add_parser(subparsers) -> None:
                              "e.g. cpu or cpu-r112)")
     parser.add_argument("--case-threshold", type=_fraction, default=None,
                         help="fail when a single layer's ratio grows by more than this (default 3 × --threshold)")
-    parser.add_argument("--confirm", type=int, default=2, metavar="N",
+    parser.add_argument("--confirm", type=bounded_int(0, 10), default=2, metavar="N",
                         help="re-measure suspected regressions in up to N fresh processes before failing (default 2; 0: never)")
     parser.add_argument("--compare-fail", action="append", default=[], metavar="EXPR",
                         help="also pass --benchmark-compare-fail=EXPR to pytest-benchmark (absolute times, "
@@ -88,7 +89,11 @@ def run(args) -> int:
         report=args.report, confirm=args.confirm, repeat=args.repeat, compare_fail=args.compare_fail, plugins=args.plugins,
         echo=not args.quiet,
     )
-    result = gate.run_gate(options)
+    try:
+        result = gate.run_gate(options)
+    except gate.BaselineError as exc:  # a gate that cannot compare has checked nothing: it fails
+        print(f"FAILED {exc}\nbenchmark gate: FAIL")
+        return 1
     print()
     for message in result.messages:
         print(message)

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from ..layerbench import run_layerbench, to_markdown
+from ..results import check_output_file
 from ..tolerances import DTYPES
+from ._options import bounded_float, bounded_int
 
 
 
@@ -22,19 +24,19 @@ def add_parser(subparsers) -> None:
         "Prints a markdown table.",
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--batch", type=int, default=2, help="batch size of the layer inputs (default 2)")
+    parser.add_argument("--batch", type=bounded_int(1, 65536), default=2, help="batch size of the layer inputs (default 2)")
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--tiers", nargs="+", help="only these DPP tiers (default: every available one but reference)")
     parser.add_argument("--variants", nargs="+", default=["dpp_lite_sym"],
                         help="DPP variants (default dpp_lite_sym; e.g. dpp_full_asym)")
-    parser.add_argument("--layers", nargs="+", type=int, help="VGG-16 pooling layers 1-5 (default all)")
-    parser.add_argument("--resolution", type=int, default=224, help="input image size (default 224)")
-    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds of timing per measurement")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--layers", nargs="+", type=bounded_int(1, 5), help="VGG-16 pooling layers 1-5 (default all)")
+    parser.add_argument("--resolution", type=bounded_int(32, 8192), default=224, help="input image size (default 224)")
+    parser.add_argument("--min-run-time", type=bounded_float(0, 60), default=0.2, help="seconds of timing per measurement")
+    parser.add_argument("--repeats", type=bounded_int(1, 100), default=3,
                         help="interleaved rounds per layer; the median is kept (default 3)")
     parser.add_argument("--statistic", default="median", choices=("median", "min"),
                         help="combine rounds by median (default) or min (least-disturbed round, for shared machines)")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default torch's setting")
+    parser.add_argument("--threads", type=bounded_int(1, 1024), help="CPU threads (torch.set_num_threads); default torch's setting")
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
     parser.set_defaults(func=run)
 
@@ -42,6 +44,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but CUDA is not available (torch.cuda.is_available() is False)")
+    if args.out is not None:
+        check_output_file(args.out)  # before minutes of measuring, not after
 
     def progress(message: str) -> None:
         print(f"[layerbench] {message}", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..metrics import Settings
+from ._options import bounded_float, bounded_int
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -29,20 +30,22 @@ def add_parser(subparsers) -> None:
                         help="tiers to measure, or 'fastest' for the fastest available per pooler "
                              "(default: every registered tier but reference; --quick: fastest)")
     parser.add_argument("--metrics", nargs="+", metavar="METRIC", help="metric names (default: all)")
-    parser.add_argument("--batch", type=int, help="batch size (default: 8 on cpu, 32 on cuda; --quick: 1)")
-    parser.add_argument("--resolution", type=int, help="input height = width (default: 224; --quick: 64)")
+    parser.add_argument("--batch", type=bounded_int(1, 65536), help="batch size (default: 8 on cpu, 32 on cuda; --quick: 1)")
+    parser.add_argument("--resolution", type=bounded_int(32, 8192), help="input height = width (default: 224; --quick: 64)")
     parser.add_argument("--no-layers", action="store_true", help="measure whole networks only")
     parser.add_argument("--quick", action="store_true",
                         help="small batch and resolution, a subset of poolers, fastest tiers: a few minutes on 2 "
                              "CPU cores, still a full report")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default: reports/)")
     parser.add_argument("--name", help="file name stem (default: quick_<device> or run_<device>)")
-    parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already measured")
-    parser.add_argument("--min-run-time", type=float, help="seconds of timed runs per latency measurement "
-                        "(default: 0.2; --quick: 0.05)")
-    parser.add_argument("--rounds", type=int, help="latency rounds per cell, best median kept (robust to other "
+    parser.add_argument("--resume", action="store_true",
+                        help="append to the results file and skip cells already measured (refused if the file was "
+                             "measured with other settings); without it an existing file is moved aside, not deleted")
+    parser.add_argument("--min-run-time", type=bounded_float(0, 60), help="seconds of timed runs per latency "
+                        "measurement, at most 60 (default: 0.2; --quick: 0.05)")
+    parser.add_argument("--rounds", type=bounded_int(1, 100), help="latency rounds per cell, best median kept (robust to other "
                         "processes on a shared CPU; default: 3 on cpu, 1 on cuda)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; --quick: 1, because on a shared "
+    parser.add_argument("--threads", type=bounded_int(1, 1024), help="CPU threads (default: torch's; --quick: 1, because on a shared "
                         "machine multi-threaded timings swing 10x)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -84,6 +87,8 @@ def run(args) -> int:
     elapsed = time.perf_counter() - start
     console.print(f"{result.rows} rows ({result.errors} errors, {result.skipped} skipped) in {elapsed:.0f} s")
     console.print(f"results: {result.results} and {result.csv}")
+    for path in result.moved_aside:
+        console.print(f"the previous run's results were kept as {path}")
     if result.report is not None:
         console.print(f"report: {result.report}")
     return 0

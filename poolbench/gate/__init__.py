@@ -48,7 +48,7 @@ from .equivalence import (_EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, ass
                           check_equivalence, reference_tier)
 from .measure import time_case
 from .report import render_markdown
-from .results import CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
+from .results import BaselineError, CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
 from .runner import DEFAULT_REPORT, GateOptions, GateResult, run_gate
 from .suite import SUITE_DIR, SUITE_ENV, SUITE_FILE, project_root, run_suite, suite_arguments
 
@@ -69,6 +69,7 @@ __all__ = [
     "compare",
     "baseline_name",
     "find_baseline",
+    "BaselineError",
     "load_benchmarks",
     "merge_runs",
     "pass_closure",

@@ -13,6 +13,10 @@ from .config import COMPARATOR, BenchConfig
 from .equivalence import Equivalence
 
 
+class BaselineError(ValueError):
+    """The stored baseline cannot be compared with (unreadable, empty, foreign): the gate fails, exit 1."""
+
+
 @dataclass(frozen=True)
 class CaseResult:
     """One benchmark's ratio and context, read from pytest-benchmark JSON."""
@@ -40,22 +44,50 @@ class CaseResult:
 
 
 def load_benchmarks(data: dict | str | Path) -> dict[tuple, CaseResult]:
-    """The gate's benchmarks in a pytest-benchmark JSON document (a path or the parsed dict)."""
+    """The gate's benchmarks in a pytest-benchmark JSON document (a path or the parsed dict).
+
+    A document that is not pytest-benchmark JSON is a ValueError naming the
+    file; entries without the gate's ``extra_info`` are ignored (they are not
+    poolbench cases).
+    """
+    source = "the benchmark document"
     if not isinstance(data, dict):
-        data = json.loads(Path(data).read_text())
+        source = str(data)
+        data = _read_json(Path(data))
+    benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(benchmarks, list):
+        raise ValueError(f"{source} is not pytest-benchmark JSON (no 'benchmarks' list)")
     results = {}
-    for bench in data.get("benchmarks", []):
-        info = bench.get("extra_info") or {}
-        if "pooler" not in info:
+    for bench in benchmarks:
+        info = bench.get("extra_info") if isinstance(bench, dict) else None
+        if not isinstance(info, dict) or "pooler" not in info:
             continue  # not one of the gate's benchmarks
-        result = CaseResult(
-            pooler=info["pooler"], tier=info["tier"], layer=int(info["layer"]), shape=tuple(info["shape"]),
-            pass_=info["pass"], ratio=info.get("ratio"), median_s=bench["stats"]["median"],
-            comparator_median_s=info.get("comparator_median_s"), rounds=bench["stats"].get("rounds", 0),
-            equivalence=info.get("equivalence"), config=info.get("config", {}), fullname=bench.get("fullname", ""),
-        )
+        try:
+            result = CaseResult(
+                pooler=info["pooler"], tier=info["tier"], layer=int(info["layer"]), shape=tuple(info["shape"]),
+                pass_=info["pass"], ratio=info.get("ratio"), median_s=bench["stats"]["median"],
+                comparator_median_s=info.get("comparator_median_s"), rounds=bench["stats"].get("rounds", 0),
+                equivalence=info.get("equivalence"), config=info.get("config", {}), fullname=bench.get("fullname", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: benchmark {bench.get('fullname', '?')!r} is malformed "
+                             f"({type(exc).__name__}: {exc})") from None
         results[result.key] = result
     return results
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                         "truncated or not written by poolbench") from None
 
 
 def extra_info(case: BenchCase, config: BenchConfig, equivalence: Equivalence | None, timing: dict) -> dict:

@@ -13,7 +13,7 @@ from .cases import _split, bench_cases
 from .comparison import DEFAULT_THRESHOLD, Comparison, compare
 from .config import COMPARATOR, BenchConfig
 from .report import _rel, render_markdown
-from .results import SuiteRun, load_benchmarks
+from .results import BaselineError, SuiteRun, load_benchmarks
 from .suite import project_root, run_suite
 
 DEFAULT_REPORT = Path("reports") / "bench_compare.md"
@@ -65,6 +65,20 @@ def _selected(options: GateOptions) -> Callable[[tuple], bool]:
     return lambda key: (not poolers or key[0] in poolers) and (not tiers or key[1] in tiers)
 
 
+def _read_baseline(path: Path | None, *, must_hold_cases: bool) -> tuple[dict, dict | None]:
+    """The stored baseline's cases and raw document; unreadable, empty or foreign ones are a BaselineError."""
+    if path is None:
+        return {}, None
+    try:
+        cases = load_benchmarks(path)
+    except ValueError as exc:
+        raise BaselineError(f"cannot use the baseline: {exc}") from None
+    if must_hold_cases and not cases:
+        raise BaselineError(f"baseline {path} holds no poolbench benchmark cases (empty or foreign); restore it "
+                            "from git or record one with `poolbench compare --save-baseline`")
+    return cases, json.loads(path.read_text())
+
+
 def run_gate(options: GateOptions) -> GateResult:
     """Run the suite, compare its ratios with the stored baseline, write the report.
 
@@ -84,8 +98,7 @@ def run_gate(options: GateOptions) -> GateResult:
     baseline_dir = Path(options.baseline_dir)
     baseline_dir = baseline_dir if baseline_dir.is_absolute() else root / baseline_dir
     baseline_path = find_baseline(baseline_dir, options.name)
-    baseline_data = json.loads(baseline_path.read_text()) if baseline_path else None
-    baseline = load_benchmarks(baseline_data) if baseline_data else {}
+    baseline, baseline_data = _read_baseline(baseline_path, must_hold_cases=not options.save_baseline)
     config = options.config
     messages: list[str] = []
     if not options.plugins:  # reject unknown names before minutes of running (plugins load in the suite)
@@ -178,6 +191,10 @@ def run_gate(options: GateOptions) -> GateResult:
             messages.append(f"confirmation run {attempt}: re-measured {len(nodeids)} suspect case(s); "
                             f"{before} regression(s) before, {len(comparison.regressions)} after (best of the runs)")
         messages += comparison.regressions
+        if not any(row.change is not None for row in comparison.rows):
+            messages.append(f"FAILED no case of this run could be compared with {baseline_path} (every case is new "
+                            "or missing): the gate checked nothing")
+            failed = True
 
     passed = not failed and (options.save_baseline or not comparison.regressions)
     duration = time.perf_counter() - start

@@ -1,0 +1,36 @@
+"""Argument types shared by the subcommands: every numeric option is bounded.
+
+Why: an unbounded option is a hang or a crash waiting to happen
+(``--min-run-time inf`` used to time forever); argparse reports a bad value
+as a one-line usage error before anything is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _bounded(convert, noun: str, low: float, high: float, *, low_inclusive: bool):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        above_low = low <= value if low_inclusive else low < value
+        if not (math.isfinite(value) and above_low and value <= high):
+            interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be a finite value in {interval}, got {text}")
+        return value
+
+    parse.__name__ = noun.split()[-1]  # argparse names the type in its messages
+    return parse
+
+
+def bounded_int(low: int, high: int):
+    """An argparse ``type`` accepting integers in ``[low, high]``."""
+    return _bounded(int, "an integer", low, high, low_inclusive=True)
+
+
+def bounded_float(low: float, high: float):
+    """An argparse ``type`` accepting finite numbers in ``(low, high]`` (``low`` itself excluded)."""
+    return _bounded(float, "a number", low, high, low_inclusive=False)
