@@ -1,9 +1,21 @@
 """BlurPool and MaxBlurPool (Zhang, "Making Convolutional Networks Shift-Invariant Again", ICML 2019).
 
-* ``blurpool``: a binomial low-pass ([1,2,1]ᵀ[1,2,1]/16 by default) with
-  reflect padding, sampled with stride s — Zhang's ``BlurPool`` on its own.
+* ``blurpool``: a binomial low-pass with reflect padding, sampled with
+  stride s — Zhang's ``BlurPool`` on its own.
 * ``maxblur``: ``max_pool2d(k, stride=1, padding=p)`` then that blur-and-
-  subsample — Zhang's MaxPool → MaxBlurPool replacement.
+  subsample — Zhang's MaxPool → MaxBlurPool replacement.  In the ResNet stem
+  slot (k=3, s=2, p=1) the official network does not keep the 3×3 window:
+  adobe/antialiased-cnns, antialiased_cnns/resnet.py builds its stem as
+  ``MaxPool2d(kernel_size=2, stride=1)`` then ``BlurPool(stride=2)``, and so
+  does poolbench there (``max_pool2d(x, 2, 1)``, then the blur sampled at rows
+  0, s, 2s, …; on odd sizes, where the official output is one row shorter,
+  the last sample is clamped to the map's edge to keep the standard size).
+
+``filter_size`` (1–7 taps, default 4): the official library and its
+pretrained models use ``filt_size=4`` ([1,3,3,1]ᵀ[1,3,3,1]/64); 3 is the
+[1,2,1] filter.  An even filter is off-centre by half a pixel: it covers
+offsets −1 … 2 around each sample, as Zhang's padding (left (f−1)//2, right
+ceil((f−1)/2)) does.
 
 Output size.  Every poolbench pooler returns floor((H + 2p − k)/s) + 1 so
 they are swappable; Zhang's BlurPool returns ceil(H/s) instead.  How each
@@ -12,11 +24,11 @@ matches the standard size:
 * maxblur: the stride-1 max map has H₁ = H + 2p − k + 1 rows, row i·s of it
   being pooling window i; blurring it (reflect padding) and keeping rows
   0, s, 2s, … gives ceil(H₁/s) = the standard size — exactly Zhang's
-  construction, no adjustment.
+  construction, no adjustment (the stem slot: see above).
 * blurpool: output i is the blurred value at the centre row of pooling
   window i, c_i = i·s − p + (k − 1)//2 (the lower of the two middle rows for
   even k), clamped to the image.  For k=3,s=2,p=1 that is row 2i — Zhang's
-  BlurPool(filt 3, stride 2) exactly; for k=2,s=2,p=0 also row 2i (the same
+  BlurPool(stride 2) exactly; for k=2,s=2,p=0 also row 2i (the same
   as Zhang for even H; for odd H the last row, which belongs to no full
   window, is dropped as floor-mode pooling drops it).  The clamp only
   matters for even k with p = k/2, whose first window holds one real row.
@@ -44,6 +56,10 @@ from poolbench.validation import pooled_size
 
 #: Zhang's antialiased-cnns offers binomial filters of 1 to 7 taps.
 MAX_FILTER_SIZE = 7
+#: The official library's and pretrained models' default (``filt_size=4``).
+DEFAULT_FILTER_SIZE = 4
+#: The ResNet stem's window, which the official MaxBlur replaces by MaxPool(2, stride 1) + BlurPool(stride 2).
+STEM_GEOMETRY = (3, 2, 1)
 
 
 def binomial_taps(filter_size: int) -> list[float]:
@@ -83,7 +99,7 @@ def _check_filter_size(filter_size) -> int:
 
 
 class _BinomialBlur(Pool2d):
-    def __init__(self, channels, kernel_size=2, stride=2, padding=0, *, filter_size: int = 3):
+    def __init__(self, channels, kernel_size=2, stride=2, padding=0, *, filter_size: int = DEFAULT_FILTER_SIZE):
         super().__init__(channels, kernel_size, stride, padding)
         self.filter_size = _check_filter_size(filter_size)
         self.taps = binomial_taps(self.filter_size)
@@ -94,7 +110,7 @@ class _BinomialBlur(Pool2d):
 
 @register("blurpool", "vectorized", params="0", family="baseline")
 class BlurPool(_BinomialBlur):
-    """Binomial [1,2,1] blur with reflect padding, sampled at the pooling windows' centres with stride s."""
+    """Binomial blur (4 taps by default) with reflect padding, sampled at the pooling windows' centres."""
 
     def window_centres(self, size: int, device) -> torch.Tensor:
         """c_i = i·s − p + (k−1)//2, clamped to [0, size): the row (column) standing for window i."""
@@ -111,10 +127,18 @@ class BlurPool(_BinomialBlur):
 
 @register("maxblur", "vectorized", params="0", family="baseline")
 class MaxBlurPool(_BinomialBlur):
-    """Max pooling at stride 1, then the binomial blur sampled with stride s (Zhang's MaxBlurPool)."""
+    """Max pooling at stride 1, then the binomial blur sampled with stride s (Zhang's MaxBlurPool).
+
+    In the ResNet stem slot (k3 s2 p1) the max window is 2×2 without padding,
+    as in the official antialiased ResNets.
+    """
 
     def pool(self, x):
-        dense = F.max_pool2d(x.to(compute_dtype(x.dtype)), self.kernel_size, 1, self.padding)
-        rows = torch.arange(0, dense.shape[-2], self.stride, device=x.device)
-        cols = torch.arange(0, dense.shape[-1], self.stride, device=x.device)
+        xc = x.to(compute_dtype(x.dtype))
+        # a 1-pixel-wide map has no 2×2 window: it keeps the padded 3×3 max there
+        stem = (self.kernel_size, self.stride, self.padding) == STEM_GEOMETRY and min(x.shape[-2:]) >= 2
+        dense = F.max_pool2d(xc, 2, 1) if stem else F.max_pool2d(xc, self.kernel_size, 1, self.padding)
+        out_h, out_w = self.output_size(*x.shape[-2:])
+        rows = (torch.arange(out_h, device=x.device) * self.stride).clamp_(max=dense.shape[-2] - 1)
+        cols = (torch.arange(out_w, device=x.device) * self.stride).clamp_(max=dense.shape[-1] - 1)
         return blur_sample(dense, rows, cols, self.taps).to(x.dtype)

@@ -9,7 +9,10 @@ Numerics: each window is divided by its largest |x| before the power
 gradient stays exact), so |x|^p cannot overflow for large inputs or p.  An
 all-zero window gives 0 with gradient 0 (the root's derivative is infinite
 there; that is the subgradient any norm takes at 0).  Half precision runs
-in float32.
+in float32.  Non-finite input propagates as in ``torch.nn.functional.lp_pool2d``:
+a window holding NaN gives NaN (its scale is NaN, returned as is instead of
+the 0 an all-zero window gets), one holding ±inf (and no NaN) gives +inf (the
+scale is capped at the largest finite value, so inf/scale stays inf).
 
 ``norm_type`` (as in torch.nn.LPPool2d) must be ≥ 1: below 1 |x|^p has an
 infinite derivative at 0 and the mean is no longer a norm.
@@ -39,12 +42,14 @@ class LpPool(Pool2d):
 
     def pool(self, x):
         windows = unfold_windows(x.to(compute_dtype(x.dtype)).abs(), self.kernel_size, self.stride, self.padding)
-        scale = windows.values.amax(2, keepdim=True).detach()  # padded zeros never exceed |x|
+        # padded zeros never exceed |x|; NaN propagates through amax and clamp; inf becomes the largest finite
+        # value, so that the window's inf / scale stays inf and the result is inf
+        scale = windows.values.amax(2, keepdim=True).detach().clamp(max=torch.finfo(windows.values.dtype).max)
         nonzero = scale > 0
         ratio = windows.values / torch.where(nonzero, scale, torch.ones_like(scale))
         mean = ratio.pow(self.norm_type).sum(2, keepdim=True) / windows.count
         root = torch.where(nonzero, mean, torch.ones_like(mean)).pow(1 / self.norm_type)
-        pooled = torch.where(nonzero, scale * root, torch.zeros_like(root)).squeeze(2)
+        pooled = torch.where(nonzero, scale * root, scale).squeeze(2)  # scale is 0 or NaN there
         return windows.fold(pooled).to(x.dtype)
 
     def extra_repr(self) -> str:

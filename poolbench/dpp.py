@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Pool2d
@@ -152,7 +153,21 @@ class DetailPreservingPool2d(Pool2d):
     ``alpha`` and ``lam`` are the initial values (> 0, since they are stored as
     logs to stay positive while training, as in the authors' code); read the
     effective values from ``.alpha`` and ``.lam`` (shape (C,)).
+
+    ``init`` picks the initialisation:
+
+    * ``"default"``: θα = log α, θλ = log λ for every channel (α = λ = 1 unless
+      given) and Full-DPP's guide = DPID's filter [1,2,1]ᵀ[1,2,1]/16 (eq. 2),
+      b = 0 — a deterministic start that equals DPP as the paper writes it;
+    * ``"authors"``: as visinf/dpp trains it — θα, θλ ~ U(−1/√C, 1/√C)
+      (``PositiveBias.lua`` and ``CWeightCalc.lua``, ``reset()``), and the
+      guide re-drawn from N(0, √(2/9)) by ``ConvInit`` in
+      ``models/resnetdpp.lua`` (n = 3·3·1 outputs), which also removes its
+      bias; here b stays a parameter, initialised to 0.  Uses torch's global
+      generator, like ``nn.Conv2d``'s initialisation.
     """
+
+    INITS = ("default", "authors")
 
     def __init__(
         self,
@@ -168,8 +183,13 @@ class DetailPreservingPool2d(Pool2d):
         lam: float = 1.0,
         eps2: float = DEFAULT_EPS2,
         scale_invariant: bool = False,
+        init: str = "default",
     ):
         super().__init__(channels, kernel_size, stride, padding)
+        if init not in self.INITS:
+            raise ValueError(f"init must be one of {', '.join(self.INITS)}, got {init!r}")
+        if init == "authors" and (alpha, lam) != (1.0, 1.0):
+            raise ValueError("init='authors' draws α and λ at random; do not pass alpha or lam with it")
         for name, value in (("alpha", alpha), ("lam", lam)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number > 0 for the module (it is learned as a log), got {value!r}")
@@ -183,6 +203,17 @@ class DetailPreservingPool2d(Pool2d):
         if full:
             self.guide_weight = nn.Parameter(dpid_filter(channels))
             self.guide_bias = nn.Parameter(torch.zeros(channels))
+        if init == "authors":
+            self._init_as_authors()
+
+    def _init_as_authors(self) -> None:
+        bound = 1.0 / math.sqrt(self.channels)
+        with torch.no_grad():
+            self.log_alpha.uniform_(-bound, bound)
+            self.log_lam.uniform_(-bound, bound)
+            if self.full:
+                self.guide_weight.normal_(0.0, math.sqrt(2.0 / 9.0))
+                self.guide_bias.zero_()
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -213,23 +244,57 @@ class DetailPreservingPool2d(Pool2d):
 
 
 class S3DetailPreservingPool2d(Seeded, DetailPreservingPool2d):
-    """S3DPP: DPP at stride 1, then S3Pool's stochastic row/column sampling at ``stride``.
+    """S3DPP as the authors build it: DPP at stride 1, then S3Pool (2×2 average pooling in eval).
 
-    ``grid_size`` (default: ``stride``) is S3Pool's cell size; ``seed`` or
-    ``generator`` make the sampling reproducible; eval mode samples every
-    ``stride``-th row and column.
+    visinf/dpp, visinf_package/S3_DPP_sym_lite.lua: four stride-2 DPP layers
+    sharing α and λ run on the input shifted by one row and/or column, the
+    vacated bottom row / right column filled by ``SpatialReplicationPadding``;
+    ``merger.lua`` interleaves them into the stride-1 DPP map of the input
+    replicate-padded by one row and column at the bottom/right, so the dense
+    map has the input's size.  ``s3pool.lua`` then samples it in training and
+    average-pools it (2×2, stride 2) in evaluation.  For any window this is:
+    replicate-pad bottom/right by s − 1, DPP with (k, stride 1, p), keep the
+    first out·s rows and columns (out = the standard pooled size; all of them
+    for the authors' k = s = 2 on even sizes), then
+
+    * eval: ``avg_pool2d(dense, s, s)``;
+    * train: S3 sampling of the dense map.  ``grid_size=None`` is the
+      authors' choice: ``s3pool.lua`` overrides its grid with half the map
+      (``self.grid = input:size(3) / 2``), i.e. two cells per axis, each
+      keeping a random, sorted 1/s of its rows; an int keeps
+      S3Pool's fixed g×g cells.
+
+    ``seed`` or ``generator`` make the sampling reproducible.
     """
 
     def __init__(self, channels, kernel_size=2, stride=2, padding=0, *, grid_size: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None, **options):
         super().__init__(channels, kernel_size, stride, padding, **options)
-        self.grid_size = stride if grid_size is None else int(grid_size)
-        if self.grid_size <= 0 or self.grid_size % stride:
-            raise ValueError(f"grid_size must be a positive multiple of stride ({stride}), got {grid_size!r}")
+        if grid_size is not None and (isinstance(grid_size, bool) or not isinstance(grid_size, int)
+                                      or grid_size <= 0 or grid_size % stride):
+            raise ValueError(f"grid_size must be None (the authors' two cells per axis) or a positive multiple of "
+                             f"stride ({stride}), got {grid_size!r}")
+        self.grid_size = grid_size
         self.init_generator(seed, generator)
 
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-1 DPP map of ``x`` replicate-padded at the bottom/right, cropped to out·s rows/columns."""
+        s = self.stride
+        out_h, out_w = self.output_size(*x.shape[-2:])
+        padded = F.pad(x, (0, s - 1, 0, s - 1), mode="replicate") if s > 1 else x
+        return self.dpp(padded, 1)[..., : out_h * s, : out_w * s]
+
+    def authors_grid(self, out_h: int, out_w: int) -> tuple[int, int]:
+        """Two cells per axis: the first of s·ceil(out/2) rows (half the map when out is even)."""
+        return self.stride * -(-out_h // 2), self.stride * -(-out_w // 2)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        return s3_sample(self.dpp(x, 1), self.stride, self.grid_size, self.training, self.generator)
+        dense = self.dense(x)
+        if not self.training:
+            return F.avg_pool2d(dense, self.stride, self.stride)
+        out_h, out_w = dense.shape[-2] // self.stride, dense.shape[-1] // self.stride
+        grid = self.authors_grid(out_h, out_w) if self.grid_size is None else self.grid_size
+        return s3_sample(dense, self.stride, grid, True, self.generator)
 
 
 def register_dpp_tier(

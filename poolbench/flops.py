@@ -34,7 +34,7 @@ import contextlib
 import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -169,22 +169,31 @@ def _dpp_per_output(taps: int, asym: bool, full: bool) -> int:
 
 def _dpp(asym: bool, full: bool, stochastic: bool = False):
     def formula(g: _Geometry, options: dict) -> int:
-        # S3DPP pools at stride 1 and then samples rows/columns (no arithmetic).
-        outputs = g.outputs(1) if stochastic else g.outputs()
-        return _dpp_per_output(g.taps, asym, full) * outputs
+        if not stochastic:
+            return _dpp_per_output(g.taps, asym, full) * g.outputs()
+        # S3DPP (eval, as the authors build it): DPP at stride 1 on the input replicate-padded by s−1 at the
+        # bottom/right, then an s×s average at stride s.
+        padded = replace(g, height=g.height + g.stride - 1, width=g.width + g.stride - 1)
+        return _dpp_per_output(g.taps, asym, full) * padded.outputs(1) + g.stride**2 * g.outputs()
     return formula
 
 
 def _blur_taps(options: dict) -> int:
-    size = int(options.get("filter_size", 3))
+    size = int(options.get("filter_size", 4))
     return size * size
+
+
+def _maxblur_max(g: _Geometry) -> int:
+    if (g.kernel_size, g.stride, g.padding) == (3, 2, 1) and min(g.height, g.width) >= 2:
+        return 4 * g.batch * g.channels * (g.height - 1) * (g.width - 1)
+    return g.taps * g.outputs(1)
 
 
 ANALYTIC: dict[str, Callable[[_Geometry, dict], int]] = {
     "max": lambda g, o: g.taps * g.outputs(),
     "avg": lambda g, o: g.taps * g.outputs(),
-    # S3Pool: max at stride 1, then row/column sampling (no arithmetic)
-    "s3pool": lambda g, o: g.taps * g.outputs(1),
+    # S3Pool (eval, official): max at stride 1, then an s×s average at stride s
+    "s3pool": lambda g, o: g.taps * g.outputs(1) + (0 if o.get("eval_mode") == "max" else g.stride**2 * g.outputs()),
     # |x|^p (2), Σ (1) per tap; mean and p-th root per window
     "lp": lambda g, o: (3 * g.taps + 2) * g.outputs(),
     # softmax over the window (5 per tap), w·x and Σ (2 per tap)
@@ -197,16 +206,18 @@ ANALYTIC: dict[str, Callable[[_Geometry, dict], int]] = {
     "gated": lambda g, o: (3 * g.taps + 5) * g.outputs(),
     # a full C→C k×k convolution (no bias, as fvcore counts convolutions)
     "strided_conv": lambda g, o: g.channels * g.taps * g.outputs(),
-    # logits on every input element: depthwise 3×3 conv (9), instance norm (mean, −, ², mean, ·rsqrt, affine 2 → 7),
-    # 12·sigmoid (2); then a softmax-weighted window sum (7 per tap)
-    "lip": lambda g, o: 18 * g.inputs + 7 * g.taps * g.outputs(),
-    # eM (softmax-weighted sum, 7 per tap) + eDSCW (window mean 1, Dice-Sørensen 2xm/(x²+m²) 6, softmax-weighted
+    # logits on every input element: C→C (official) or depthwise 3×3 conv (9·C or 9), instance norm (mean, −, ²,
+    # mean, ·rsqrt, affine 2 → 7), 12·sigmoid (2); then a softmax-weighted window sum (7 per tap)
+    "lip": lambda g, o: (9 * (1 if o.get("logit_conv") == "depthwise" else g.channels) + 9) * g.inputs
+    + 7 * g.taps * g.outputs(),
+    # eM (softmax-weighted sum, 7 per tap) + eDSCW (window mean 1, Dice-Sørensen 2|xm|/(x²+m²) 7, softmax-weighted
     # sum 7 per tap) and the β blend (4)
-    "adapool": lambda g, o: (21 * g.taps + 4) * g.outputs(),
+    "adapool": lambda g, o: (22 * g.taps + 4) * g.outputs(),
     # binomial f×f blur sampled at the pooled grid
     "blurpool": lambda g, o: _blur_taps(o) * g.outputs(),
-    # max at stride 1, then the blur sampled at stride s
-    "maxblur": lambda g, o: g.taps * g.outputs(1) + _blur_taps(o) * g.outputs(),
+    # max at stride 1 (2×2 without padding in the ResNet stem slot, as the official network), then the blur
+    # sampled at stride s
+    "maxblur": lambda g, o: _maxblur_max(g) + _blur_taps(o) * g.outputs(),
     "dpp_lite_sym": _dpp(asym=False, full=False),
     "dpp_lite_asym": _dpp(asym=True, full=False),
     "dpp_full_sym": _dpp(asym=False, full=True),
@@ -259,7 +270,7 @@ def _layer_analytic(module: nn.Module, shape: tuple[int, ...]) -> int:
         name = "avg" if isinstance(module, nn.AvgPool2d) else "max"
     k, s, p = (getattr(module, attr) for attr in ("kernel_size", "stride", "padding"))
     k, s, p = (v[0] if isinstance(v, (tuple, list)) else v for v in (k, s, p))
-    options = {"filter_size": module.filter_size} if hasattr(module, "filter_size") else {}
+    options = {key: getattr(module, key) for key in ("filter_size", "logit_conv", "eval_mode") if hasattr(module, key)}
     return analytic_macs(name, shape, k, s, p, **options)
 
 

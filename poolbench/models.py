@@ -81,9 +81,13 @@ class PoolSite:
 
 
 def _check_model(model_name: str) -> str:
-    if model_name not in MODELS:
+    """The torchvision network of ``model_name``, which may name a placement (``"resnet50@authors"``)."""
+    from .placement_authors import split_placement
+
+    base, _ = split_placement(model_name)
+    if base not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; expected one of {', '.join(MODELS)}")
-    return model_name
+    return base
 
 
 def build_baseline(model_name: str) -> nn.Module:
@@ -152,9 +156,14 @@ def swap(model: nn.Module, model_name: str, make: Callable[[PoolSite], nn.Module
 
     Returns the sites in forward order.  The network must be torchvision's
     ``model_name`` as built (a second swap would find no max pools to replace).
+    ``"<model>@authors"`` uses the authors' placement (:mod:`poolbench.placement_authors`).
     """
-    _check_model(model_name)
-    return _swap_vgg(model, make) if model_name.startswith("vgg") else _swap_resnet(model, make)
+    from .placement_authors import split_placement, swap_authors
+
+    base = _check_model(model_name)
+    if split_placement(model_name)[1] == "authors":
+        return swap_authors(model, base, make)
+    return _swap_vgg(model, make) if base.startswith("vgg") else _swap_resnet(model, make)
 
 
 def build_with(model_name: str, make: Callable[[PoolSite], nn.Module]) -> nn.Module:
@@ -170,16 +179,21 @@ def build(
     tier: str | None = None,
     *,
     device: str | torch.device | None = None,
+    placement: str = "paper",
     **options,
 ) -> nn.Module:
-    """``model_name`` with registered pooler ``pooler`` at the paper's placement.
+    """``model_name`` with registered pooler ``pooler`` at the paper's placement (or ``placement="authors"``).
 
     ``pooler=None`` returns the unmodified torchvision network (the baseline).
     ``tier=None`` picks the fastest tier available on ``device``; ``options``
     go to every pooler's factory (e.g. ``alpha``, ``lam``, ``seed``).  Raises
     ``ValueError`` (with the registry's reason) if the tier cannot run there.
     """
+    from .placement_authors import placed_name
+
     _check_model(model_name)
+    if placement != "paper":
+        model_name = placed_name(_check_model(model_name), placement)
     if pooler is None:
         model = build_baseline(model_name)
     else:

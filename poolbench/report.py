@@ -301,7 +301,10 @@ def _paper_section(frame: pd.DataFrame) -> str:
     note = (f"Time overheads are this run's train-step (forward+backward) latency ratio vs max pooling on VGG-16, "
             f"{env.get('device', '?')} ({env.get('device_name', '?')}), batch {env.get('batch', '?')}, "
             f"{env.get('resolution', '?')}²; the paper timed its own GPU implementation.\n\n")
-    return "## Paper vs measured\n\n" + note + _markdown(paper_vs_measured(frame))
+    from .placement_authors import placement_section
+
+    placements = placement_section(_values(frame, "network"), (BASELINE_POOLER, BASELINE_TIER), _markdown)
+    return "## Paper vs measured\n\n" + note + _markdown(paper_vs_measured(frame)) + "\n\n" + placements
 
 
 def _failures_section(frame: pd.DataFrame) -> str:

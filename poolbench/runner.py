@@ -21,6 +21,7 @@ import torch
 from . import metrics as metrics_module
 from . import models, registry
 from .metrics import BASELINE_POOLER, BASELINE_TIER, Row, Settings, Subject
+from .placement_authors import PLACEMENTS, placed_name, split_placement
 from .results import ResultsWriter, check_run_name, environment, measured_cells
 
 __all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", "run"]
@@ -60,6 +61,7 @@ class RunConfig:
     settings: Settings = field(default_factory=Settings)
     dtype: torch.dtype = torch.float32
     threads: int | None = None  # CPU threads for the run (None: torch's default)
+    placement: str = "paper"  # "paper", "authors" or "both": ResNet sites (poolbench.placement_authors)
 
     def __post_init__(self):
         self.device = str(self.device)
@@ -70,8 +72,14 @@ class RunConfig:
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         for name in self.models:
-            if name not in models.MODELS:
+            if split_placement(name)[0] not in models.MODELS:
                 raise ValueError(f"unknown model {name!r}; expected some of {', '.join(models.MODELS)}")
+        if self.placement not in PLACEMENTS + ("both",):
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, both; got {self.placement!r}")
+        # a network name carries its placement ("resnet50@authors"): rows of both placements live side by side
+        placements = PLACEMENTS if self.placement == "both" else (self.placement,)
+        self.models = tuple(dict.fromkeys(name if "@" in name else placed_name(name, placement)
+                                          for name in self.models for placement in placements))
         if self.metrics is not None:
             for name in self.metrics:
                 if name not in metrics_module.METRICS:

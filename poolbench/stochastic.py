@@ -58,9 +58,14 @@ def s3_indices(
 
 
 def s3_sample(
-    x: torch.Tensor, stride: int, grid_size: int, training: bool, generator: torch.Generator | None
+    x: torch.Tensor, stride: int, grid_size: int | tuple[int, int], training: bool,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Keep S3Pool-sampled rows and columns of ``x`` (N, C, H, W); one draw per batch."""
-    rows = s3_indices(x.shape[-2], stride, grid_size, training, generator).to(x.device)
-    cols = s3_indices(x.shape[-1], stride, grid_size, training, generator).to(x.device)
+    """Keep S3Pool-sampled rows and columns of ``x`` (N, C, H, W); one draw per batch.
+
+    ``grid_size`` is one cell size for both axes or (rows, columns).
+    """
+    grid_h, grid_w = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    rows = s3_indices(x.shape[-2], stride, grid_h, training, generator).to(x.device)
+    cols = s3_indices(x.shape[-1], stride, grid_w, training, generator).to(x.device)
     return x.index_select(-2, rows).index_select(-1, cols)

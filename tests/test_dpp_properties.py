@@ -136,10 +136,11 @@ def test_scale_invariant_option_differs_and_matches_reference():
 
 
 def test_s3dpp_is_dpp_at_stride_one_then_sampled():
+    """Eval: the 2×2 average of the stride-1 DPP map of the bottom/right replicate-padded input (the authors')."""
     module = poolbench.create("s3dpp_lite_sym", 3, seed=5).eval()
     x = torch.randn(2, 3, 8, 8)
-    stride_one = PF.dpp(x, module.alpha, module.lam, 2, 1, 0)
-    assert_close(module(x), stride_one[:, :, ::2, ::2])
+    stride_one = PF.dpp(torch.nn.functional.pad(x, (0, 1, 0, 1), mode="replicate"), module.alpha, module.lam, 2, 1, 0)
+    assert_close(module(x), torch.nn.functional.avg_pool2d(stride_one, 2, 2))
     module.train()
     first = module(x)
     module.reseed()

@@ -33,6 +33,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch", type=bounded_int(1, 65536), help="batch size (default: 8 on cpu, 32 on cuda; --quick: 1)")
     parser.add_argument("--resolution", type=bounded_int(32, 8192), help="input height = width (default: 224; --quick: 64)")
     parser.add_argument("--no-layers", action="store_true", help="measure whole networks only")
+    parser.add_argument("--placement", choices=("paper", "authors", "both"), default="paper",
+                        help="where ResNets get the pooler: the paper's sites (default), the authors' code's "
+                             "(after each stride-2 block, stem max pool kept; networks named <model>@authors), "
+                             "or both side by side")
     parser.add_argument("--quick", action="store_true",
                         help="small batch and resolution, a subset of poolers, fastest tiers: a few minutes on 2 "
                              "CPU cores, still a full report")
@@ -67,6 +71,7 @@ def run(args) -> int:
         "name": args.name,
         "resume": args.resume or None,
         "threads": args.threads,
+        "placement": args.placement,
     }
     if args.quick:
         base = QUICK["settings"]
