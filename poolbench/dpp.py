@@ -34,6 +34,7 @@ __all__ = [
     "DetailPreservingPool2d",
     "S3DetailPreservingPool2d",
     "check_dpp_params",
+    "check_eps2",
     "check_full_guide",
     "dpid_filter",
     "get_kernel",
@@ -101,6 +102,13 @@ def check_full_guide(height: int, width: int, kernel_size: int, stride: int, pad
         )
 
 
+def check_eps2(eps2) -> float:
+    """ε² must be a finite positive number: 0 makes flat windows 0/0, inf or NaN makes every weight inf/NaN."""
+    if isinstance(eps2, bool) or not isinstance(eps2, (int, float)) or not (math.isfinite(eps2) and eps2 > 0):
+        raise ValueError(f"eps2 must be a finite positive number, got {eps2!r}")
+    return float(eps2)
+
+
 def check_dpp_params(x: torch.Tensor, alpha, lam, guide, eps2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate functional DPP parameters; scalars broadcast to per-channel tensors (C,)."""
     channels = x.shape[1]
@@ -116,13 +124,15 @@ def check_dpp_params(x: torch.Tensor, alpha, lam, guide, eps2: float) -> tuple[t
             raise ValueError(f"{name} must be a scalar or have shape ({channels},) (one per channel), got {tuple(value.shape)}")
         if not value.dtype.is_floating_point:
             raise TypeError(f"{name} must be floating point, got {value.dtype}")
-        if bool((value.detach() < 0).any()):
-            raise ValueError(f"{name} must be >= 0, got min {value.detach().min().item():g}")
+        # One reduction (one device sync) answers both questions; NaN fails `>= 0` as well.
+        values = value.detach()
+        if not bool((torch.isfinite(values) & (values >= 0)).all()):
+            bad = values[~(torch.isfinite(values) & (values >= 0))][0].item()
+            raise ValueError(f"{name} must be finite and >= 0 (one per channel), got {bad}")
         return value.to(device=x.device)
 
     alpha, lam = per_channel("alpha", alpha), per_channel("lam", lam)
-    if not isinstance(eps2, (int, float)) or isinstance(eps2, bool) or not eps2 > 0:
-        raise ValueError(f"eps2 must be a positive number, got {eps2!r}")
+    check_eps2(eps2)
     if guide is not None:
         if not (isinstance(guide, (tuple, list)) and len(guide) == 2):
             raise TypeError("guide must be None (Lite-DPP) or a pair (F, b) (Full-DPP)")
@@ -173,11 +183,9 @@ class DetailPreservingPool2d(Pool2d):
         for name, value in (("alpha", alpha), ("lam", lam)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number > 0 for the module (it is learned as a log), got {value!r}")
-        if isinstance(eps2, bool) or not isinstance(eps2, (int, float)) or not eps2 > 0:
-            raise ValueError(f"eps2 must be a positive number, got {eps2!r}")
         self.kernel = kernel
         self.asym, self.full = bool(asym), bool(full)
-        self.eps2, self.scale_invariant = float(eps2), bool(scale_invariant)
+        self.eps2, self.scale_invariant = check_eps2(eps2), bool(scale_invariant)
         self.log_alpha = nn.Parameter(torch.full((channels,), math.log(alpha)))
         self.log_lam = nn.Parameter(torch.full((channels,), math.log(lam)))
         if full:

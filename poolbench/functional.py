@@ -30,10 +30,10 @@ def dpp(
     """Detail-preserving pooling of ``x`` (N, C, H, W) → (N, C, H_out, W_out).
 
     Args:
-        alpha, lam: per-channel tensors of shape (C,) or scalars, all ≥ 0.
+        alpha, lam: per-channel tensors of shape (C,) or scalars, all finite and ≥ 0.
         guide: ``None`` for Lite-DPP (box filter over the window) or ``(F, b)``
             with F (C, 1, 3, 3) and b (C,) for Full-DPP.
-        eps2: ε² of the Charbonnier penalty.
+        eps2: ε² of the Charbonnier penalty, finite and > 0.
         scale_invariant: the authors' code variant (divide x²+ε² by its window mean).
         tier: which implementation runs the maths ("reference", "vectorized", ...).
     """
