@@ -1,13 +1,14 @@
 """Detail-Preserving Pooling: the module, its variants and the tier contract.
 
-The maths (SPEC, eq. 4-10) is written once per tier as a *kernel*::
+The maths (Saeedan et al., CVPR 2018, eq. 4-10) is written once per tier as a *kernel*::
 
-    kernel(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant) -> y
+    kernel(x, alpha, lam, guide, args: DPPArgs) -> y
 
 with ``x`` (N, C, H, W), ``alpha`` and ``lam`` per-channel tensors (C,),
 ``guide`` None (Lite-DPP: box filter over the window) or ``(F, b)`` with F
 (C, 1, 3, 3) and b (C,) (Full-DPP: ``conv2d(x, F, b, stride, padding=1,
-groups=C)``).  Input is validated before a kernel sees it.
+groups=C)``), and :class:`DPPArgs` the non-tensor settings (window, variant,
+ε²).  Input is validated before a kernel sees it.
 
 A tier file calls :func:`register_dpp_tier` once; that registers the four
 variants (Lite/Full × Sym/Asym) and S3DPP for the tier, all sharing one module
@@ -30,6 +31,7 @@ from .validation import pooled_size
 
 __all__ = [
     "DPP_VARIANTS",
+    "DPPArgs",
     "DPPKernel",
     "DetailPreservingPool2d",
     "S3DetailPreservingPool2d",
@@ -44,19 +46,42 @@ __all__ = [
 DEFAULT_EPS2 = 1e-3
 
 
+@dataclass(frozen=True)
+class DPPArgs:
+    """The non-tensor settings of one DPP call, passed to every tier's kernel as one value.
+
+    Frozen (hashable) so it is a constant for ``torch.compile`` and can key
+    caches; the front end builds it from already validated values.
+    """
+
+    kernel_size: int
+    stride: int
+    padding: int
+    asym: bool = False
+    eps2: float = DEFAULT_EPS2
+    #: The authors' code variant: x² + ε² divided by its window mean before raising it to λ/2.
+    scale_invariant: bool = False
+
+    def op_arguments(self) -> tuple[int, int, int, bool, float, bool]:
+        """The settings in the order of the fused ops' schema (after the tensors)."""
+        return (int(self.kernel_size), int(self.stride), int(self.padding), bool(self.asym), float(self.eps2),
+                bool(self.scale_invariant))
+
+    def pooled_shape(self, shape) -> tuple[int, int, int, int]:
+        """Output shape (N, C, H_out, W_out) for an input of ``shape`` (N, C, H, W)."""
+        n, c, h, w = shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return n, c, pooled_size(h, k, s, p), pooled_size(w, k, s, p)
+
+
 class DPPKernel(Protocol):
     def __call__(
         self,
         x: torch.Tensor,
         alpha: torch.Tensor,
         lam: torch.Tensor,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        asym: bool,
         guide: tuple[torch.Tensor, torch.Tensor] | None,
-        eps2: float,
-        scale_invariant: bool,
+        args: DPPArgs,
     ) -> torch.Tensor: ...
 
 
@@ -210,10 +235,8 @@ class DetailPreservingPool2d(Pool2d):
     def dpp(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         if self.full:
             check_full_guide(x.shape[-2], x.shape[-1], self.kernel_size, stride, self.padding)
-        return self.kernel(
-            x, self.alpha, self.lam, self.kernel_size, stride, self.padding,
-            self.asym, self.guide, self.eps2, self.scale_invariant,
-        )
+        args = DPPArgs(self.kernel_size, stride, self.padding, self.asym, self.eps2, self.scale_invariant)
+        return self.kernel(x, self.alpha, self.lam, self.guide, args)
 
     def extra_repr(self) -> str:
         kind = ("Full" if self.full else "Lite") + ("-Asym" if self.asym else "-Sym")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .dpp import DEFAULT_EPS2, check_dpp_params, check_full_guide, get_kernel
+from .dpp import DEFAULT_EPS2, DPPArgs, check_dpp_params, check_full_guide, get_kernel
 from .validation import check_geometry, check_input
 
 __all__ = ["dpp"]
@@ -43,4 +43,5 @@ def dpp(
     if guide is not None:
         check_full_guide(x.shape[-2], x.shape[-1], kernel_size, stride, padding)
     kernel = get_kernel(tier)
-    return kernel(x, alpha, lam, kernel_size, stride, padding, bool(asym), guide, float(eps2), bool(scale_invariant))
+    return kernel(x, alpha, lam, guide, DPPArgs(kernel_size, stride, padding, bool(asym), float(eps2),
+                                                bool(scale_invariant)))
