@@ -81,7 +81,7 @@ def _make_backward(namespace: str, differentiable: DPPKernel):
     def backward(ctx, grad):
         x, alpha, lam, weight, bias = ctx.saved_tensors
         saved = (x, alpha, lam, weight, bias)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in saved):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (grad, *saved)):
             grads = _differentiable_vjp(differentiable, grad, saved, ctx.args)
         else:
             grads = backward_op(grad, *saved, *ctx.args.op_arguments())

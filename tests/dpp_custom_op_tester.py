@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import poolbench
+from poolbench import dpp_custom_op
 from poolbench import functional as PF
 from poolbench.dpp import DPP_VARIANTS, DPPArgs
 from poolbench.tolerances import assert_close
@@ -132,13 +133,22 @@ class DPPCustomOpTester:
         assert results[0][0].abs().sum() > 0
 
     @pytest.mark.parametrize("name", ["dpp_lite_asym", "dpp_full_sym"])
-    def test_first_derivatives_same_with_create_graph(self, name, device):
-        """create_graph=True switches to the differentiable formula; its first derivatives equal the fused op's."""
+    def test_first_derivatives_same_with_create_graph(self, name, device, monkeypatch):
+        """create_graph=True switches to the differentiable formula; its first derivatives equal the fused op's.
+
+        Plain training (eager or compiled) must keep the fused backward op: the formula is counted.
+        """
+        formula_calls = []
+        fallback = dpp_custom_op._differentiable_vjp
+        monkeypatch.setattr(dpp_custom_op, "_differentiable_vjp",
+                            lambda *args: formula_calls.append(1) or fallback(*args))
         module, parameters = self._double_module(name, device)
         x = torch.randn(2, 2, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
         fused = torch.autograd.grad(module(x).square().sum(), [x, *parameters])
+        torch.compile(module, fullgraph=True)(x).sum().backward()
+        assert not formula_calls
         graphed = torch.autograd.grad(module(x).square().sum(), [x, *parameters], create_graph=True)
-        assert all(g.requires_grad for g in graphed)
+        assert len(formula_calls) == 1 and all(g.requires_grad for g in graphed)
         for got, want in zip(graphed, fused):
             assert_close(got.detach(), want, kind="grad")
 
