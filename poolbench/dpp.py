@@ -151,8 +151,9 @@ def check_dpp_params(x: torch.Tensor, alpha, lam, guide, eps2: float) -> tuple[t
             raise TypeError(f"{name} must be floating point, got {value.dtype}")
         # One reduction (one device sync) answers both questions; NaN fails `>= 0` as well.
         values = value.detach()
-        if not bool((torch.isfinite(values) & (values >= 0)).all()):
-            bad = values[~(torch.isfinite(values) & (values >= 0))][0].item()
+        valid = torch.isfinite(values) & (values >= 0)
+        if not bool(valid.all()):
+            bad = values[~valid][0].item()
             raise ValueError(f"{name} must be finite and >= 0 (one per channel), got {bad}")
         return value.to(device=x.device)
 
