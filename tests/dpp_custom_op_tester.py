@@ -49,6 +49,7 @@ class DPPCustomOpTester:
     namespace: str = ""
     #: Full finite differences cost minutes in Triton's interpreter; such tiers use gradcheck's fast mode.
     fast_gradcheck: bool = False
+    gradcheck_geometries = GRADCHECK_GEOMETRIES
     #: Shape of the determinism check (a GPU tier overrides it with a VGG-16-sized layer).
     determinism_shape = (2, 3, 7, 5)
 
@@ -91,7 +92,7 @@ class DPPCustomOpTester:
     @pytest.mark.parametrize("name", [v.name for v in DPP_VARIANTS if not v.stochastic])
     def test_gradcheck_float64(self, name, scale_invariant, device):
         """The fused backward op against finite differences, w.r.t. x, α, λ and (Full) F, b."""
-        for shape, k, s, p in GRADCHECK_GEOMETRIES:
+        for shape, k, s, p in self.gradcheck_geometries:
             full = "full" in name
             if full and not guide_fits(shape, k, s, p):
                 continue
