@@ -42,8 +42,8 @@ def _compiled():
     return torch.compile(dpp_vectorized, dynamic=False)
 
 
-def dpp_compiled(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant):
-    return _compiled()(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant)
+def dpp_compiled(x, alpha, lam, guide, args):
+    return _compiled()(x, alpha, lam, guide, args)
 
 
 register_dpp_tier(

@@ -30,7 +30,8 @@ def _full_guide(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, row: 
     return value
 
 
-def dpp_reference(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant):
+def dpp_reference(x, alpha, lam, guide, args):
+    kernel_size, stride, padding, asym, eps2, scale_invariant = args.op_arguments()
     x64 = x.double()
     alpha64, lam64 = alpha.double().view(1, -1, 1, 1), lam.double().view(1, -1, 1, 1)
     height, width = x.shape[-2:]

@@ -5,12 +5,13 @@ Two ops in the ``poolbench_triton`` namespace carry the whole tier:
 * ``dpp_forward(x, alpha, lam, weight?, bias?, kernel_size, stride, padding, asym, eps2, scale_invariant) -> y``
 * ``dpp_backward(grad, x, alpha, lam, weight?, bias?, ...) -> (grad_x, grad_alpha, grad_lam, grad_weight, grad_bias)``
 
-Both have fake (meta) kernels and the forward has its autograd formula
-registered, so the tier works under ``torch.compile`` (the ops stay opaque
-calls in the graph) and passes ``torch.library.opcheck``.  ``weight``/``bias``
-are the Full-DPP guide (F, b); for Lite-DPP they are None and the backward
-returns empty tensors in their place.  Nothing but the inputs is saved for
-backward: the backward kernels recompute the weights.
+Their fake (meta) kernels and the forward's autograd formula (double backward
+included) are registered by :mod:`poolbench.dpp_custom_op`, shared with the
+cpp/cuda op family, so the tier works under ``torch.compile`` (the ops stay
+opaque calls in the graph) and passes ``torch.library.opcheck``.
+``weight``/``bias`` are the Full-DPP guide (F, b); for Lite-DPP they are None
+and the backward returns empty tensors in their place.  Nothing but the inputs
+is saved for backward: the backward kernels recompute the weights.
 
 The kernels (``impls/dpp_triton_kernels.py``) are imported lazily, on first
 use, for two reasons: the registry imports every plugin and must not pay for
@@ -30,7 +31,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from poolbench.dpp import register_dpp_tier
+from impls.dpp_vectorized import dpp_vectorized
+from poolbench.dpp import DPPArgs, register_dpp_tier
+from poolbench.dpp_custom_op import call_forward, register_dpp_op
 
 __all__ = ["dpp_backward", "dpp_forward", "dpp_triton", "interpreting", "triton_unavailable_reason"]
 
@@ -78,10 +81,6 @@ def _kernels(x: Tensor):
     return kernels
 
 
-def _pooled(size, kernel_size: int, stride: int, padding: int):
-    return (size + 2 * padding - kernel_size) // stride + 1
-
-
 @torch.library.custom_op(f"{NAMESPACE}::dpp_forward", mutates_args=())
 def dpp_forward(x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
@@ -91,53 +90,23 @@ def dpp_forward(x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor],
                                scale_invariant)
 
 
-@dpp_forward.register_fake
-def _dpp_forward_fake(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    n, c, h, w = x.shape
-    return x.new_empty((n, c, _pooled(h, kernel_size, stride, padding), _pooled(w, kernel_size, stride, padding)))
-
-
 @torch.library.custom_op(f"{NAMESPACE}::dpp_backward", mutates_args=())
 def dpp_backward(grad: Tensor, x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
                  scale_invariant: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. (x, α, λ, weight, bias), recomputing the weights; weight/bias grads are empty for Lite."""
-    return _kernels(x).backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                                scale_invariant)
+    grads = _kernels(x).backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                 scale_invariant)
+    if weight is None:  # the op family's contract: Lite-DPP placeholders in α's dtype (as the C++ op)
+        grads = (*grads[:3], alpha.new_empty((0,)), alpha.new_empty((0,)))
+    return grads
 
 
-@dpp_backward.register_fake
-def _dpp_backward_fake(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                       scale_invariant):
-    return (
-        torch.empty_like(x, memory_format=torch.contiguous_format),
-        alpha.new_empty(alpha.shape),
-        lam.new_empty(lam.shape),
-        x.new_empty((0,)) if weight is None else weight.new_empty(weight.shape),
-        x.new_empty((0,)) if bias is None else bias.new_empty(bias.shape),
-    )
+register_dpp_op(NAMESPACE, dpp_vectorized)
 
 
-def _setup_context(ctx, inputs, output):
-    x, alpha, lam, weight, bias, *options = inputs
-    ctx.save_for_backward(x, alpha, lam, weight, bias)
-    ctx.options = options
-
-
-def _backward(ctx, grad):
-    x, alpha, lam, weight, bias = ctx.saved_tensors
-    gx, g_alpha, g_lam, g_weight, g_bias = dpp_backward(grad, x, alpha, lam, weight, bias, *ctx.options)
-    return (gx, g_alpha, g_lam, None if weight is None else g_weight, None if bias is None else g_bias,
-            *([None] * len(ctx.options)))
-
-
-dpp_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-def dpp_triton(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant):
-    weight, bias = guide if guide is not None else (None, None)
-    return dpp_forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, bool(asym), float(eps2),
-                       bool(scale_invariant))
+def dpp_triton(x, alpha, lam, guide, args: DPPArgs):
+    return call_forward(NAMESPACE, x, alpha, lam, guide, args)
 
 
 register_dpp_tier(

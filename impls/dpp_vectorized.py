@@ -33,7 +33,8 @@ def dpp_guide(x, kernel_size, stride, padding, guide):
     return F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), stride=stride, padding=1, groups=x.shape[1])
 
 
-def dpp_vectorized(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant):
+def dpp_vectorized(x, alpha, lam, guide, args):
+    kernel_size, stride, padding, asym, eps2, scale_invariant = args.op_arguments()
     dtype = compute_dtype(x.dtype)
     xc = x.to(dtype)
     batch, channels, height, width = x.shape

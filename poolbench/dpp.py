@@ -1,13 +1,14 @@
 """Detail-Preserving Pooling: the module, its variants and the tier contract.
 
-The maths (SPEC, eq. 4-10) is written once per tier as a *kernel*::
+The maths (Saeedan et al., CVPR 2018, eq. 4-10) is written once per tier as a *kernel*::
 
-    kernel(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant) -> y
+    kernel(x, alpha, lam, guide, args: DPPArgs) -> y
 
 with ``x`` (N, C, H, W), ``alpha`` and ``lam`` per-channel tensors (C,),
 ``guide`` None (Lite-DPP: box filter over the window) or ``(F, b)`` with F
 (C, 1, 3, 3) and b (C,) (Full-DPP: ``conv2d(x, F, b, stride, padding=1,
-groups=C)``).  Input is validated before a kernel sees it.
+groups=C)``), and :class:`DPPArgs` the non-tensor settings (window, variant,
+ε²).  Input is validated before a kernel sees it.
 
 A tier file calls :func:`register_dpp_tier` once; that registers the four
 variants (Lite/Full × Sym/Asym) and S3DPP for the tier, all sharing one module
@@ -31,10 +32,12 @@ from .validation import pooled_size
 
 __all__ = [
     "DPP_VARIANTS",
+    "DPPArgs",
     "DPPKernel",
     "DetailPreservingPool2d",
     "S3DetailPreservingPool2d",
     "check_dpp_params",
+    "check_eps2",
     "check_full_guide",
     "dpid_filter",
     "get_kernel",
@@ -44,19 +47,42 @@ __all__ = [
 DEFAULT_EPS2 = 1e-3
 
 
+@dataclass(frozen=True)
+class DPPArgs:
+    """The non-tensor settings of one DPP call, passed to every tier's kernel as one value.
+
+    Frozen (hashable) so it is a constant for ``torch.compile`` and can key
+    caches; the front end builds it from already validated values.
+    """
+
+    kernel_size: int
+    stride: int
+    padding: int
+    asym: bool = False
+    eps2: float = DEFAULT_EPS2
+    #: The authors' code variant: x² + ε² divided by its window mean before raising it to λ/2.
+    scale_invariant: bool = False
+
+    def op_arguments(self) -> tuple[int, int, int, bool, float, bool]:
+        """The settings in the order of the fused ops' schema (after the tensors)."""
+        return (int(self.kernel_size), int(self.stride), int(self.padding), bool(self.asym), float(self.eps2),
+                bool(self.scale_invariant))
+
+    def pooled_shape(self, shape) -> tuple[int, int, int, int]:
+        """Output shape (N, C, H_out, W_out) for an input of ``shape`` (N, C, H, W)."""
+        n, c, h, w = shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return n, c, pooled_size(h, k, s, p), pooled_size(w, k, s, p)
+
+
 class DPPKernel(Protocol):
     def __call__(
         self,
         x: torch.Tensor,
         alpha: torch.Tensor,
         lam: torch.Tensor,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        asym: bool,
         guide: tuple[torch.Tensor, torch.Tensor] | None,
-        eps2: float,
-        scale_invariant: bool,
+        args: DPPArgs,
     ) -> torch.Tensor: ...
 
 
@@ -102,6 +128,13 @@ def check_full_guide(height: int, width: int, kernel_size: int, stride: int, pad
         )
 
 
+def check_eps2(eps2) -> float:
+    """ε² must be a finite positive number: 0 makes flat windows 0/0, inf or NaN makes every weight inf/NaN."""
+    if isinstance(eps2, bool) or not isinstance(eps2, (int, float)) or not (math.isfinite(eps2) and eps2 > 0):
+        raise ValueError(f"eps2 must be a finite positive number, got {eps2!r}")
+    return float(eps2)
+
+
 def check_dpp_params(x: torch.Tensor, alpha, lam, guide, eps2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate functional DPP parameters; scalars broadcast to per-channel tensors (C,)."""
     channels = x.shape[1]
@@ -117,13 +150,16 @@ def check_dpp_params(x: torch.Tensor, alpha, lam, guide, eps2: float) -> tuple[t
             raise ValueError(f"{name} must be a scalar or have shape ({channels},) (one per channel), got {tuple(value.shape)}")
         if not value.dtype.is_floating_point:
             raise TypeError(f"{name} must be floating point, got {value.dtype}")
-        if bool((value.detach() < 0).any()):
-            raise ValueError(f"{name} must be >= 0, got min {value.detach().min().item():g}")
+        # One reduction (one device sync) answers both questions; NaN fails `>= 0` as well.
+        values = value.detach()
+        valid = torch.isfinite(values) & (values >= 0)
+        if not bool(valid.all()):
+            bad = values[~valid][0].item()
+            raise ValueError(f"{name} must be finite and >= 0 (one per channel), got {bad}")
         return value.to(device=x.device)
 
     alpha, lam = per_channel("alpha", alpha), per_channel("lam", lam)
-    if not isinstance(eps2, (int, float)) or isinstance(eps2, bool) or not eps2 > 0:
-        raise ValueError(f"eps2 must be a positive number, got {eps2!r}")
+    check_eps2(eps2)
     if guide is not None:
         if not (isinstance(guide, (tuple, list)) and len(guide) == 2):
             raise TypeError("guide must be None (Lite-DPP) or a pair (F, b) (Full-DPP)")
@@ -193,11 +229,9 @@ class DetailPreservingPool2d(Pool2d):
         for name, value in (("alpha", alpha), ("lam", lam)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number > 0 for the module (it is learned as a log), got {value!r}")
-        if isinstance(eps2, bool) or not isinstance(eps2, (int, float)) or not eps2 > 0:
-            raise ValueError(f"eps2 must be a positive number, got {eps2!r}")
         self.kernel = kernel
         self.asym, self.full = bool(asym), bool(full)
-        self.eps2, self.scale_invariant = float(eps2), bool(scale_invariant)
+        self.eps2, self.scale_invariant = check_eps2(eps2), bool(scale_invariant)
         self.log_alpha = nn.Parameter(torch.full((channels,), math.log(alpha)))
         self.log_lam = nn.Parameter(torch.full((channels,), math.log(lam)))
         if full:
@@ -233,10 +267,8 @@ class DetailPreservingPool2d(Pool2d):
     def dpp(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         if self.full:
             check_full_guide(x.shape[-2], x.shape[-1], self.kernel_size, stride, self.padding)
-        return self.kernel(
-            x, self.alpha, self.lam, self.kernel_size, stride, self.padding,
-            self.asym, self.guide, self.eps2, self.scale_invariant,
-        )
+        args = DPPArgs(self.kernel_size, stride, self.padding, self.asym, self.eps2, self.scale_invariant)
+        return self.kernel(x, self.alpha, self.lam, self.guide, args)
 
     def extra_repr(self) -> str:
         kind = ("Full" if self.full else "Lite") + ("-Asym" if self.asym else "-Sym")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .dpp import DEFAULT_EPS2, check_dpp_params, check_full_guide, get_kernel
+from .dpp import DEFAULT_EPS2, DPPArgs, check_dpp_params, check_full_guide, get_kernel
 from .validation import check_geometry, check_input
 
 __all__ = ["dpp"]
@@ -30,10 +30,10 @@ def dpp(
     """Detail-preserving pooling of ``x`` (N, C, H, W) → (N, C, H_out, W_out).
 
     Args:
-        alpha, lam: per-channel tensors of shape (C,) or scalars, all ≥ 0.
+        alpha, lam: per-channel tensors of shape (C,) or scalars, all finite and ≥ 0.
         guide: ``None`` for Lite-DPP (box filter over the window) or ``(F, b)``
             with F (C, 1, 3, 3) and b (C,) for Full-DPP.
-        eps2: ε² of the Charbonnier penalty.
+        eps2: ε² of the Charbonnier penalty, finite and > 0.
         scale_invariant: the authors' code variant (divide x²+ε² by its window mean).
         tier: which implementation runs the maths ("reference", "vectorized", ...).
     """
@@ -43,4 +43,5 @@ def dpp(
     if guide is not None:
         check_full_guide(x.shape[-2], x.shape[-1], kernel_size, stride, padding)
     kernel = get_kernel(tier)
-    return kernel(x, alpha, lam, kernel_size, stride, padding, bool(asym), guide, float(eps2), bool(scale_invariant))
+    return kernel(x, alpha, lam, guide, DPPArgs(kernel_size, stride, padding, bool(asym), float(eps2),
+                                                bool(scale_invariant)))

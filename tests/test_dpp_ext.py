@@ -3,10 +3,11 @@
 What runs where:
 
 * the CPU library is built once per session (``cpu_ext`` fixture; cached on
-  disk across sessions) and the ``cpp`` tier runs the shared DPPTierTester
-  contract plus the op-level checks below (every variant and geometry against
-  the float64 reference incl. α, λ, F, b gradients, gradcheck, opcheck, fp16/bf16,
-  torch.compile, FlopCounterMode, determinism, saved memory, SPEC numerics);
+  disk across sessions) and the ``cpp`` tier runs the shared DPPTierTester and
+  DPPCustomOpTester contracts (gradcheck, gradgradcheck, opcheck, torch.compile,
+  FlopCounterMode, determinism, saved memory) plus the checks below (every
+  variant and geometry against the float64 reference incl. α, λ, F, b
+  gradients, fp16/bf16, determinism across thread counts, numerics at extremes);
 * the CUDA kernels' device code is exercised on every machine through
   ``tests/dpp_ext_cuda_emulation.cpp`` (the .cu compiled as C++ with an
   emulated grid) against the same reference;
@@ -28,11 +29,11 @@ import torch.nn.functional as F
 
 import poolbench
 from poolbench import functional as PF
-from poolbench.check import CASES
-from poolbench.timing import saved_tensor_bytes
+from poolbench.dpp import DPPArgs
 from poolbench.tolerances import assert_close
 from poolbench.validation import pooled_size
 
+from dpp_custom_op_tester import DPPCustomOpTester
 from dpp_tester import DPPTierTester, random_dpp_parameters
 from impls.dpp_ext import ops
 
@@ -145,6 +146,16 @@ class TestCppTier(DPPTierTester):
         return cpu_ext
 
 
+class TestCppCustomOp(DPPCustomOpTester):
+    """opcheck, fake kernels, gradcheck and double backward, compile, saved memory, determinism of the op."""
+
+    tier, namespace = "cpp", ops.NAMESPACE
+
+    @pytest.fixture(autouse=True)
+    def _built(self, cpu_ext):
+        return cpu_ext
+
+
 @pytest.mark.parametrize("name, shape, k, s, p", list(variant_cases()))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_cpp_matches_reference(cpu_ext, name, shape, k, s, p, dtype):
@@ -183,81 +194,6 @@ def test_cpp_non_contiguous_input(cpu_ext):
         torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
         for a, b in zip(got[1], expected[1]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("scale_invariant", [False, True], ids=["plain", "scale_invariant"])
-def test_cpp_gradcheck_float64(cpu_ext, name, scale_invariant):
-    """torch.autograd.gradcheck through the registered autograd (backward op) w.r.t. every input."""
-    for shape, k, s, p in (((1, 2, 4, 6), 2, 2, 0), ((1, 2, 5, 5), 3, 2, 1), ((1, 1, 5, 5), 4, 3, 2)):
-        if "full" in name and not fits_full(shape, k, s, p):
-            continue
-        x, alpha, lam, guide = dpp_args(name, shape, scale=1.0)
-        leaves = [t.detach().clone().requires_grad_() for t in (x, alpha + 0.2, lam + 0.5, *(guide or ()))]
-
-        def fn(x_, a_, l_, *g_):
-            return ops.dpp(x_, a_, l_, k, s, p, "asym" in name, tuple(g_) if g_ else None, 1e-3, scale_invariant,
-                           device_type="cpu")
-
-        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-def opcheck_args(full: bool, requires_grad: bool, dtype=torch.float64, device="cpu"):
-    x, alpha, lam, guide = dpp_args("dpp_full_sym" if full else "dpp_lite_sym", (2, 3, 6, 8), dtype)
-    weight, bias = guide if full else (None, None)
-    tensors = [t.to(device) if t is not None else None for t in (x, alpha, lam, weight, bias)]
-    if requires_grad:
-        tensors = [t.requires_grad_() if t is not None else None for t in tensors]
-    return tuple(tensors) + (2, 2, 0, False, 1e-3, False)
-
-
-@pytest.mark.parametrize("full", [False, True], ids=["lite", "full"])
-def test_cpp_opcheck(cpu_ext, full):
-    """Schema, fake (meta) kernels, autograd registration and AOT dispatch of both ops (torch.library.opcheck)."""
-    torch.library.opcheck(cpu_ext.dpp_forward.default, opcheck_args(full, requires_grad=True))
-    args = opcheck_args(full, requires_grad=False)
-    grad = torch.randn(2, 3, 3, 4, dtype=torch.float64)
-    torch.library.opcheck(cpu_ext.dpp_backward.default, (grad,) + args)
-
-
-def test_cpp_torch_compile_matches_eager(cpu_ext):
-    """A module on the cpp tier under torch.compile(fullgraph=True): same output and gradients as eager."""
-    torch._dynamo.reset()
-    module = poolbench.create("dpp_full_asym", 3, 2, 2, 0, tier="cpp", lam=2.0)
-    x = torch.randn(2, 3, 8, 8)
-
-    def step(fn):
-        xi = x.clone().requires_grad_()
-        y = fn(xi)
-        grads = torch.autograd.grad(y.square().sum(), [xi, *module.parameters()])
-        return y, grads
-
-    eager = step(module)
-    compiled = step(torch.compile(module, fullgraph=True))
-    assert_close(compiled[0], eager[0])
-    for a, b in zip(compiled[1], eager[1]):
-        assert_close(a, b, kind="grad")
-
-
-def test_cpp_flop_counter_mode(cpu_ext):
-    """The op runs (forward and backward) under FlopCounterMode without error."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    module = poolbench.create("dpp_lite_sym", 3, 2, 2, 0, tier="cpp")
-    x = torch.randn(1, 3, 8, 8, requires_grad=True)
-    with FlopCounterMode(display=False) as counter:
-        module(x).sum().backward()
-    assert counter.get_total_flops() >= 0
-    assert x.grad is not None
-
-
-def test_cpp_saves_only_the_input(cpu_ext):
-    """Training memory: autograd keeps x and the per-channel parameters, no unfolded window tensors."""
-    module = poolbench.create("dpp_full_sym", 16, 2, 2, 0, tier="cpp")
-    x = torch.randn(2, 16, 32, 32, requires_grad=True)
-    saved = saved_tensor_bytes(lambda: module(x))
-    per_channel = sum(p.numel() for p in module.parameters()) * 4 * 4  # α, λ (exp outputs), F, b: a few (C,) tensors
-    assert saved <= x.numel() * x.element_size() + per_channel, saved
 
 
 def test_cpp_backward_is_deterministic_across_thread_counts(cpu_ext):
@@ -302,13 +238,13 @@ def test_cpp_rejects_other_devices():
     """The cpp tier names the device it runs on instead of failing inside the dispatcher."""
     x = torch.randn(1, 2, 4, 4, device="meta")
     with pytest.raises(ValueError, match="cpp DPP tier runs on cpu"):
-        ops.dpp(x, torch.ones(2), torch.ones(2), 2, 2, 0, False, None, 1e-3, False, device_type="cpu")
+        ops.dpp(x, torch.ones(2), torch.ones(2), None, DPPArgs(2, 2, 0), device_type="cpu")
 
 
 def test_import_builds_nothing_and_availability_is_cheap(tmp_path):
     """Importing the tiers and asking `available` compiles nothing (the build happens at the first call)."""
     code = (
-        "import impls.dpp_cpp, impls.dpp_cuda\n"
+        "import impls.dpp_cpp_cuda\n"
         "from impls.dpp_ext import ops\n"
         "print(repr(ops.cpu_unavailable_reason('cpu')), repr(ops.cuda_unavailable_reason('cuda')))\n"
     )
@@ -438,6 +374,14 @@ class TestCudaTier(DPPTierTester):
 
 
 @pytest.mark.gpu
+class TestCudaCustomOp(DPPCustomOpTester):
+    """The op-family contract on the GPU; determinism at a VGG-16-sized layer (per-channel reduction)."""
+
+    tier, namespace = "cuda", ops.NAMESPACE
+    determinism_shape = (8, 64, 56, 56)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name, shape, k, s, p", list(variant_cases()))
 def test_cuda_matches_reference(name, shape, k, s, p):
     compare_with_reference("cuda", name, shape, k, s, p, torch.float32, device="cuda")
@@ -453,43 +397,9 @@ def test_cuda_half_precision_and_scale_invariant(name, half):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("full", [False, True], ids=["lite", "full"])
-def test_cuda_opcheck_and_determinism(full):
-    ops.load_cuda()
-    ops_ns = torch.ops.poolbench_dpp
-    torch.library.opcheck(ops_ns.dpp_forward.default, opcheck_args(full, True, device="cuda"))
-    args = opcheck_args(full, False, device="cuda")
-    grad = torch.randn(2, 3, 3, 4, dtype=torch.float64, device="cuda")
-    torch.library.opcheck(ops_ns.dpp_backward.default, (grad,) + args)
-    # VGG-sized layer: per-channel gradients are reduced without atomics, so runs are bitwise equal
-    x = torch.randn(8, 64, 56, 56, device="cuda")
-    alpha, lam, guide = random_dpp_parameters(64, full, dtype=torch.float32, device="cuda")
-    weight, bias = guide if full else (None, None)
-    g = torch.randn(8, 64, 28, 28, device="cuda")
-    first = ops_ns.dpp_backward(g, x, alpha, lam, weight, bias, 2, 2, 0, False, 1e-3, False)
-    second = ops_ns.dpp_backward(g, x, alpha, lam, weight, bias, 2, 2, 0, False, 1e-3, False)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.gpu
 def test_cuda_agrees_with_cpp_at_vgg_shape(cpu_ext):
     """Same op, same maths on both devices: the GPU and CPU kernels agree on a VGG-16 layer (float32)."""
     module = poolbench.create("dpp_lite_sym", 128, 2, 2, 0, tier="cpp", lam=3.0)
     gpu_module = poolbench.create("dpp_lite_sym", 128, 2, 2, 0, tier="cuda", device="cuda", lam=3.0)
     x = torch.randn(2, 128, 112, 112)
     assert_close(gpu_module(x.cuda()).cpu(), module(x))
-
-
-@pytest.mark.gpu
-def test_cuda_torch_compile_matches_eager():
-    torch._dynamo.reset()
-    module = poolbench.create("dpp_full_sym", 8, 3, 2, 1, tier="cuda", device="cuda")
-    x = torch.randn(2, 8, 16, 16, device="cuda")
-    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ye = module(xe)
-    yc = torch.compile(module, fullgraph=True)(xc)
-    assert_close(yc, ye)
-    ye.square().sum().backward()
-    yc.square().sum().backward()
-    assert_close(xc.grad, xe.grad, kind="grad")

@@ -37,6 +37,7 @@ try:  # the shared tier contract (smoke, reference, gradcheck, module == functio
 except ImportError:  # pragma: no cover - only while the shared tester is absent
     DPPTierTester = None
 
+from dpp_custom_op_tester import GRADCHECK_GEOMETRIES, DPPCustomOpTester
 from impls import dpp_triton
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,17 +147,6 @@ def test_cpu_tensors_without_interpreter_raise_a_clear_error():
     x = torch.randn(1, 2, 4, 4)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         PF.dpp(x, 1.0, 1.0, tier="triton")
-
-
-def test_fake_kernels_give_shapes_without_running_triton():
-    """The meta/fake kernels are what torch.compile traces; they must match the real output shapes."""
-    x = torch.empty(2, 3, 7, 9, device="meta")
-    alpha = lam = torch.empty(3, device="meta")
-    weight, bias = torch.empty(3, 1, 3, 3, device="meta"), torch.empty(3, device="meta")
-    y = torch.ops.poolbench_triton.dpp_forward(x, alpha, lam, weight, bias, 3, 2, 1, False, 1e-3, False)
-    assert y.shape == (2, 3, 4, 5)
-    grads = torch.ops.poolbench_triton.dpp_backward(y, x, alpha, lam, None, None, 3, 2, 1, True, 1e-3, False)
-    assert [tuple(g.shape) for g in grads] == [(2, 3, 7, 9), (3,), (3,), (0,), (0,)]
 
 
 @pytest.mark.skipif(INTERPRETED or not HAS_TRITON, reason="starts the interpreter run; needs triton")
@@ -277,47 +267,6 @@ def test_nan_input_poisons_only_its_window(tier_device):
     assert y[0, 0, 0, 0].isnan() and not y.flatten()[1:].isnan().any()
 
 
-@pytest.mark.parametrize("full", (False, True), ids=("lite", "full"))
-def test_gradcheck_float64(tier_device, full):
-    """Analytic backward kernels vs finite differences (fast mode: a few random projections)."""
-    x, alpha, lam, guide = dpp_inputs((1, 2, 6, 6), full, seed=11)
-    leaves = [x, alpha, lam] + (list(guide) if full else [])
-    leaves = [t.to(tier_device).requires_grad_() for t in leaves]
-    for geometry, asym, scale_invariant in (((2, 2, 0), True, False), ((3, 2, 1), False, True)):
-        def function(x, alpha, lam, *guide):
-            return PF.dpp(x, alpha, lam, *geometry, asym=asym, guide=guide or None,
-                          scale_invariant=scale_invariant, tier="triton")
-
-        assert torch.autograd.gradcheck(function, tuple(leaves), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
-
-
-@pytest.mark.parametrize("full", (False, True), ids=("lite", "full"))
-def test_opcheck(tier_device, full):
-    """Schema, fake tensor, autograd registration and AOT dispatch of the custom op."""
-    x, alpha, lam, guide = dpp_inputs((1, 2, 6, 6), full, seed=13)
-    weight, bias = guide if full else (None, None)
-    args = [t if t is None else t.float().to(tier_device).requires_grad_() for t in (x, alpha, lam, weight, bias)]
-    torch.library.opcheck(torch.ops.poolbench_triton.dpp_forward.default, (*args, 3, 2, 1, True, 1e-3, False))
-    grad = torch.randn(1, 2, 3, 3, device=tier_device)
-    torch.library.opcheck(torch.ops.poolbench_triton.dpp_backward.default,
-                          (grad, *[t if t is None else t.detach() for t in args], 3, 2, 1, True, 1e-3, False))
-
-
-def test_backward_is_deterministic_and_saves_only_inputs(tier_device):
-    """No atomics: two backward passes agree bitwise; autograd keeps x and the parameters, nothing unfolded."""
-    x, alpha, lam, guide = dpp_inputs((2, 3, 7, 5), True, seed=17)
-    first = run_dpp("triton", x, alpha, lam, (3, 2, 1), False, guide, tier_device, torch.float32)
-    second = run_dpp("triton", x, alpha, lam, (3, 2, 1), False, guide, tier_device, torch.float32)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-    saved = []
-    xs = x.float().to(tier_device).requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        PF.dpp(xs, alpha.float().to(tier_device).requires_grad_(), lam.float().to(tier_device).requires_grad_(),
-               3, 2, 1, guide=tuple(t.float().to(tier_device).requires_grad_() for t in guide), tier="triton")
-    assert sum(t.numel() for t in saved) <= xs.numel() + 3 * 12  # x, α, λ, F, b
-
-
 def test_module_s3dpp_and_non_contiguous_input(tier_device):
     module = poolbench.create("s3dpp_lite_sym", 3, tier="triton", device=tier_device, seed=0).eval()
     reference = poolbench.create("s3dpp_lite_sym", 3, tier="reference", seed=0).eval().double()
@@ -332,9 +281,14 @@ def test_oversized_plane_raises_a_clear_error(tier_device):
         PF.dpp(x, 1.0, 1.0, tier="triton")
 
 
-def test_torch_compile_composes(tier_device):
-    """The custom op inside a compiled graph (fullgraph: no graph break) equals eager, values and grads."""
-    _check_compiled_equals_eager("dpp_full_sym", tier_device)
+class TestTritonCustomOp(DPPCustomOpTester):
+    """The op-family contract shared with cpp/cuda (opcheck, fake kernels, gradcheck, double backward, ...)."""
+
+    tier, namespace = "triton", dpp_triton.NAMESPACE
+    # Full finite differences through the interpreter take minutes: fast mode, and only the overlapping,
+    # padded window (k3 s2 p1); every geometry's gradients are compared with the reference above.
+    fast_gradcheck = INTERPRETED
+    gradcheck_geometries = GRADCHECK_GEOMETRIES[1:2] if INTERPRETED else GRADCHECK_GEOMETRIES
 
 
 if DPPTierTester is not None:

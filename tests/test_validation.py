@@ -67,9 +67,9 @@ def test_full_dpp_on_a_size_its_guide_cannot_match():
 
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(alpha=torch.ones(4)), ValueError, r"alpha must be a scalar or have shape \(3,\)"),
-    (dict(lam=-1.0), ValueError, "lam must be >= 0, got min -1"),
+    (dict(lam=-1.0), ValueError, r"lam must be finite and >= 0 \(one per channel\), got -1"),
     (dict(alpha="big"), TypeError, "alpha must be a tensor or a number, got str"),
-    (dict(eps2=0.0), ValueError, "eps2 must be a positive number, got 0.0"),
+    (dict(eps2=0.0), ValueError, "eps2 must be a finite positive number, got 0.0"),
     (dict(guide=(torch.ones(3, 1, 2, 2), torch.ones(3))), ValueError, r"guide \(F, b\) must have shapes"),
 ])
 def test_bad_functional_parameters(kwargs, error, message):
@@ -78,7 +78,29 @@ def test_bad_functional_parameters(kwargs, error, message):
         PF.dpp(torch.randn(1, 3, 8, 8), **arguments)
 
 
-@pytest.mark.parametrize("option, value", [("alpha", 0.0), ("lam", -2.0), ("eps2", -1.0)])
-def test_module_rejects_non_positive_initial_values(option, value):
-    with pytest.raises(ValueError, match=f"{option} must be"):
+NON_FINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=str)
+@pytest.mark.parametrize("option", ["alpha", "lam", "eps2"])
+@pytest.mark.parametrize("tier", ["vectorized", "reference"])
+def test_functional_rejects_non_finite_parameters(option, value, tier):
+    """Guards against NaN α silently acting as α = 0 on some tiers and giving all-NaN output on others."""
+    arguments = dict(alpha=1.0, lam=1.0) | {option: value}
+    with pytest.raises(ValueError, match=f"{option} must be (a )?finite"):
+        PF.dpp(torch.randn(1, 3, 8, 8), tier=tier, **arguments)
+
+
+@pytest.mark.parametrize("option", ["alpha", "lam"])
+def test_functional_rejects_one_non_finite_channel(option):
+    """A per-channel tensor with one bad entry is rejected and the entry is named."""
+    per_channel = torch.tensor([1.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match=f"{option} must be finite and >= 0 \\(one per channel\\), got nan"):
+        PF.dpp(torch.randn(1, 3, 8, 8), **(dict(alpha=1.0, lam=1.0) | {option: per_channel}))
+
+
+@pytest.mark.parametrize("option, value", [("alpha", 0.0), ("lam", -2.0), ("eps2", -1.0),
+                                           *[(name, v) for name in ("alpha", "lam", "eps2") for v in NON_FINITE]])
+def test_module_rejects_non_positive_or_non_finite_initial_values(option, value):
+    with pytest.raises(ValueError, match=f"{option} must be a finite"):
         poolbench.create("dpp_lite_asym", 3, **{option: value})

@@ -4,8 +4,9 @@ Layout (as torchvision's ops): ``csrc/dpp.cpp`` declares the schema once
 (``poolbench_dpp::dpp_forward`` and ``poolbench_dpp::dpp_backward``);
 ``csrc/cpu/dpp_kernel.cpp`` and ``csrc/cuda/dpp_kernel.cu`` each register only
 their own dispatch key; both include ``csrc/dpp_math.h``, the per-window maths,
-so the formulas the GPU runs are the ones the CPU tests check.  This file
-registers the fake kernels and the autograd formula (backward is its own op).
+so the formulas the GPU runs are the ones the CPU tests check.  The fake
+kernels and the autograd formula (backward is its own op) are registered by
+:mod:`poolbench.dpp_custom_op`, shared with the triton tier.
 
 Building is lazy: nothing compiles at import.  The first call of
 :func:`load_cpu` / :func:`load_cuda` builds with ``torch.utils.cpp_extension``
@@ -25,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+from impls.dpp_vectorized import dpp_vectorized
+from poolbench.dpp import DPPArgs
+from poolbench.dpp_custom_op import call_forward, register_dpp_op
 from poolbench.toolchain import cpp_extension, cuda_home
 
 __all__ = [
@@ -45,8 +49,10 @@ HEADERS = (CSRC / "dpp_math.h", CSRC / "dpp_args.h")
 #: The CUDA kernel keeps a window in registers/local memory; larger windows are refused with a reason.
 CUDA_MAX_KERNEL_SIZE = 8
 
+#: The op family's namespace (schema in csrc/dpp.cpp).
+NAMESPACE = "poolbench_dpp"
+
 _BUILD_ERRORS: dict[str, str] = {}
-_FAKE_REGISTERED = False
 
 
 # ---------------------------------------------------------------------------
@@ -146,7 +152,7 @@ def load_cpu() -> None:
     if reason is not None:
         raise RuntimeError(reason)
     _load("poolbench_dpp_cpu", SCHEMA_SOURCES, "cpu", extra_cflags=_cpu_flags(), extra_ldflags=["-fopenmp"])
-    _register_python_kernels()
+    register_dpp_op(NAMESPACE, dpp_vectorized)
 
 
 @functools.cache
@@ -193,49 +199,6 @@ def cuda_unavailable_reason(device: str = "cuda", *, need_device: bool = True) -
 
 
 # ---------------------------------------------------------------------------
-# Fake kernels and autograd (registered once, after the library is loaded)
-# ---------------------------------------------------------------------------
-
-def _pooled(size: int, kernel_size: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel_size) // stride + 1
-
-
-def _register_python_kernels() -> None:
-    global _FAKE_REGISTERED
-    if _FAKE_REGISTERED:
-        return
-    _FAKE_REGISTERED = True
-
-    @torch.library.register_fake("poolbench_dpp::dpp_forward")
-    def _forward_fake(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-        n, c, h, w = x.shape
-        return x.new_empty((n, c, _pooled(h, kernel_size, stride, padding), _pooled(w, kernel_size, stride, padding)))
-
-    @torch.library.register_fake("poolbench_dpp::dpp_backward")
-    def _backward_fake(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-        g_weight = weight.new_empty(weight.shape) if weight is not None else alpha.new_empty((0,))
-        g_bias = bias.new_empty(bias.shape) if bias is not None else alpha.new_empty((0,))
-        return x.new_empty(x.shape), alpha.new_empty(alpha.shape), lam.new_empty(lam.shape), g_weight, g_bias
-
-    def setup_context(ctx, inputs, output):
-        x, alpha, lam, weight, bias, *config = inputs
-        # Only the input (and the per-channel parameters) are kept: backward recomputes the weights.
-        ctx.save_for_backward(x, alpha, lam, weight, bias)
-        ctx.config = config
-
-    def backward(ctx, grad):
-        x, alpha, lam, weight, bias = ctx.saved_tensors
-        g_x, g_alpha, g_lam, g_weight, g_bias = torch.ops.poolbench_dpp.dpp_backward(
-            grad, x, alpha, lam, weight, bias, *ctx.config
-        )
-        if weight is None:
-            g_weight = g_bias = None
-        return g_x, g_alpha, g_lam, g_weight, g_bias, None, None, None, None, None, None
-
-    torch.library.register_autograd("poolbench_dpp::dpp_forward", backward, setup_context=setup_context)
-
-
-# ---------------------------------------------------------------------------
 # Front end
 # ---------------------------------------------------------------------------
 
@@ -250,23 +213,19 @@ def _ensure_loaded(device_type: str) -> None:
     _LOADED[device_type] = True
 
 
-def dpp(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant, *, device_type: str):
+def dpp(x, alpha, lam, guide, args: DPPArgs, *, device_type: str):
     """Run the fused op for an already validated input on ``device_type`` ("cpu" or "cuda").
 
-    Same arguments as every DPP tier kernel (see :mod:`poolbench.dpp`).
+    The DPP tier kernel of the cpp and cuda tiers (see :mod:`poolbench.dpp`).
     """
     if x.device.type != device_type:
         tier = "cpp" if device_type == "cpu" else "cuda"
         raise ValueError(f"the {tier} DPP tier runs on {device_type} tensors, got a tensor on {x.device}")
-    if device_type == "cuda" and kernel_size > CUDA_MAX_KERNEL_SIZE:
+    if device_type == "cuda" and args.kernel_size > CUDA_MAX_KERNEL_SIZE:
         raise ValueError(
             f"the cuda DPP tier supports kernel_size <= {CUDA_MAX_KERNEL_SIZE} (window kept in registers), "
-            f"got {kernel_size}; use the vectorized tier"
+            f"got {args.kernel_size}; use the vectorized tier"
         )
     if not _LOADED[device_type]:
         _ensure_loaded(device_type)
-    weight, bias = guide if guide is not None else (None, None)
-    return torch.ops.poolbench_dpp.dpp_forward(
-        x, alpha, lam, weight, bias, int(kernel_size), int(stride), int(padding), bool(asym), float(eps2),
-        bool(scale_invariant),
-    )
+    return call_forward(NAMESPACE, x, alpha, lam, guide, args)
