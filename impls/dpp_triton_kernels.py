@@ -103,9 +103,14 @@ LN2: tl.constexpr = tl.constexpr(math.log(2.0))
 MIN_BLOCK = 64
 MAX_GRID_Y = 65535
 
-#: Register budget of the autotune prune: (windows per thread) × (register-tile slots per window)
-#: a config may hold.  Calibrated with ``poolbench kernels`` (no spills for sm_80/sm_90 at or below it).
-TILE_SLOTS_PER_THREAD = 16
+#: Register budgets of the autotune prune, in (windows or pixels per thread) × (register-tile slots
+#: per window): the forward, the backward's window kernel (≈ 4× the live values per slot) and the
+#: pixel gather.  Calibrated with ``poolbench kernels`` on sm_90: kept configs stay at ≤ ~100
+#: registers (occupancy for a memory-bound kernel) and never spill; e.g. the Lite 2×2 backward at
+#: 4 windows per thread needs 243 registers, Full-DPP's at 2 windows 128.
+FORWARD_TILE_BUDGET = 32
+BACKWARD_TILE_BUDGET = 8
+PIXEL_TILE_BUDGET = 16
 
 
 def _configs(candidates):
@@ -123,8 +128,8 @@ def windows_per_thread(config) -> int:
     return max(1, config.kwargs["BLOCK"] // (32 * config.num_warps))
 
 
-def _prune(slots_of):
-    """Drop configs whose per-thread register tile exceeds the budget (keeps at least the smallest).
+def _prune(slots_of, budget):
+    """Drop configs whose per-thread register tile exceeds ``budget`` (keeps at least the one-window configs).
 
     ``slots_of(args)`` is the number of tile slots one window (or pixel) keeps live: taps for the
     window kernels (plus the 3×3 guide taps for Full-DPP), contributing windows for the gather.
@@ -132,18 +137,20 @@ def _prune(slots_of):
 
     def prune(configs, named_args, **kwargs):
         slots = slots_of({**named_args, **kwargs})
-        kept = [c for c in configs if windows_per_thread(c) * slots <= TILE_SLOTS_PER_THREAD]
-        return kept or [min(configs, key=windows_per_thread)]
+        kept = [c for c in configs if windows_per_thread(c) * slots <= budget]
+        fewest = min(windows_per_thread(c) for c in configs)
+        return kept or [c for c in configs if windows_per_thread(c) == fewest]
 
     return prune
 
 
 def _window_slots(args) -> int:
-    return args["KP"] + (16 if args["FULL"] else 0)
+    return args["KP"] + (9 if args["FULL"] else 0)  # taps + the 3×3 guide taps
 
 
 def _pixel_slots(args) -> int:
-    return (args["CP"] if args["POOL"] else 0) + (args["GP"] if args["GUIDE"] else 0)
+    # A pooling contribution keeps 9 per-window scalars live, a guide contribution 2: weight them.
+    return (2 * args["CP"] if args["POOL"] else 0) + (args["GP"] if args["GUIDE"] else 0)
 
 
 _FWD_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (512, 4)))
@@ -281,7 +288,7 @@ def _log2_alpha(alpha_ptr, ch, ACC: tl.constexpr):
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["NC", "P", "K", "S", "FULL"],
-                 prune_configs_by={"early_config_prune": _prune(_window_slots)})
+                 prune_configs_by={"early_config_prune": _prune(_window_slots, FORWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, y_ptr, eps2: tl.float64,
                     NC, C, H, W, OW, P,
@@ -329,7 +336,7 @@ def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gy
 
 
 @triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=["NC", "P", "K", "S", "FULL", "FUSED_GX"],
-                 prune_configs_by={"early_config_prune": _prune(_window_slots)})
+                 prune_configs_by={"early_config_prune": _prune(_window_slots, BACKWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2: tl.float64,
                            gx_ptr, stats_ptr, gg_ptr, part_ptr,
@@ -406,7 +413,7 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
 
 
 @triton.autotune(configs=_PIXEL_CONFIGS, key=["NC", "H", "W", "K", "S", "POOL", "GUIDE"],
-                 prune_configs_by={"early_config_prune": _prune(_pixel_slots)}, restore_value=["gx_ptr"])
+                 prune_configs_by={"early_config_prune": _prune(_pixel_slots, PIXEL_TILE_BUDGET)}, restore_value=["gx_ptr"])
 @triton.jit
 def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg_ptr, gx_ptr,
                           NC, C, H, W, OH, OW, P, GG_PLANE,
