@@ -88,7 +88,6 @@ def _launches(case: KernelCase):
 
 def _bind(kernel, launch, config, target):
     """(ASTSource, options) as JITFunction.run would build them for ``config`` on ``target``."""
-    import triton
     from triton.compiler.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
@@ -98,7 +97,6 @@ def _bind(kernel, launch, config, target):
     kwargs = {**launch.constexprs, **config.all_kwargs()}
     bound_args, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
-    assert triton.__version__  # imported for the side effect of initialising backends
     return ASTSource(fn, signature, constexprs, attrs), options
 
 
@@ -186,10 +184,10 @@ def _compile_config(case: KernelCase, launch_index: int, config_index: int, arch
     row = dict(tier="triton", kernel=kernel.fn.__name__.strip("_"), variant=f"{case.variant} {case.geometry}",
                dtype=case.dtype, config=label, compiled=False, registers=None, spill_bytes=None,
                shared_bytes=None, sass_instructions=None, sass_per_window=None, error="")
+    target = GPUTarget("cuda", int(arch.removeprefix("sm_")), 32)
     try:
-        source, options = _bind(kernel, launch, config, GPUTarget("cuda", int(arch.removeprefix("sm_")), 32))
-        compiled = triton.compile(source, target=GPUTarget("cuda", int(arch.removeprefix("sm_")), 32),
-                                  options=options.__dict__)
+        source, options = _bind(kernel, launch, config, target)
+        compiled = triton.compile(source, target=target, options=options.__dict__)
         registers, spill, shared = _resources(_ptxas_log(compiled.asm["ptx"], arch))
         instructions = sass_instructions(compiled.asm["cubin"])
         row.update(compiled=True, registers=registers, spill_bytes=spill,
