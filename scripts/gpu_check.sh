@@ -88,7 +88,7 @@ build_both() {
 }
 export -f build
 export PY BUILD_CUDA OUT
-step "build cpu + cuda libraries (parallel)" 100 "$OUT/build.log" bash -c "$(declare -f build_both); build_both"
+step "build cpu + cuda libraries (parallel)" 120 "$OUT/build.log" bash -c "$(declare -f build_both); build_both"
 
 # 3. per-layer benchmark first: the fused tiers vs avg/max pooling at VGG-16's five pooling shapes
 for dtype in float32 bfloat16; do
@@ -100,12 +100,12 @@ done
 
 # 4. every GPU tier against the float64 reference (values, gradients, gradcheck), one step per tier
 for tier in $CHECK_TIERS; do
-    limit=$([ "$tier" = compiled ] && echo 45 || echo 30)
+    limit=$([ "$tier" = compiled ] && echo 40 || echo 25)
     step "check $DEVICE $tier" "$limit" "$OUT/check_$tier.log" "$PY" -m poolbench check --device "$DEVICE" --tiers "$tier"
 done
 
 # 5. the GPU-only tests (addopts reset: the GPU machine may lack pytest plugins named there)
-step "pytest -m gpu" 50 "$OUT/pytest_gpu.log" \
+step "pytest -m gpu" 40 "$OUT/pytest_gpu.log" \
     "$PY" -m pytest -o addopts="" -q -ra -p no:cacheprovider --device "$DEVICE" -m gpu tests
 
 # 6. summary
