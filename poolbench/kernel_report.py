@@ -257,6 +257,28 @@ def _cell(value) -> str:
     return str(value)
 
 
+def summary(rows: list[dict]) -> list[dict]:
+    """Per (tier, kernel, variant, dtype): the autotune configs kept, their worst registers/spills and SASS per window."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["tier"], row["kernel"], row["variant"], row["dtype"]), []).append(row)
+    lines = []
+    for (tier, kernel, variant, dtype), members in groups.items():
+        kept = [r for r in members if r["compiled"] and "(pruned)" not in str(r["config"])]
+        per_window = [r["sass_per_window"] for r in kept if r["sass_per_window"] is not None]
+        lines.append(dict(tier=tier, kernel=kernel, variant=variant, dtype=dtype,
+                          kept=f"{len(kept)}/{len(members)}",
+                          max_registers=max((r["registers"] for r in kept), default=None),
+                          max_spill_bytes=max((r["spill_bytes"] for r in kept), default=None),
+                          sass_per_window=f"{min(per_window):g}–{max(per_window):g}" if per_window else None))
+    return lines
+
+
+def _table(rows: list[dict], keys) -> list[str]:
+    return (["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            + ["| " + " | ".join(_cell(row.get(key)) for key in keys) + " |" for row in rows])
+
+
 def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str = "") -> str:
     lines = [f"# Static kernel report for {arch} (compiled without a GPU)", ""]
     if command:
@@ -265,8 +287,9 @@ def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str
               "windows a thread owns; looping kernels count the loop body; the pixel gather counts per pixel × s². "
               "Configs marked *(pruned)* are dropped by the autotune register budget for that launch.", ""]
     lines += [f"- {note}" for note in notes]
-    lines += ["", "| " + " | ".join(ROW_KEYS) + " |", "|" + "---|" * len(ROW_KEYS)]
-    lines += ["| " + " | ".join(_cell(row.get(key)) for key in ROW_KEYS) + " |" for row in rows]
+    brief = summary(rows)
+    lines += ["", "## Summary over the configs the autotuner keeps", ""] + _table(brief, tuple(brief[0]) if brief else ())
+    lines += ["", "## Every config", ""] + _table(rows, ROW_KEYS)
     return "\n".join(lines) + "\n"
 
 
