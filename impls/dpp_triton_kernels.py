@@ -1,4 +1,4 @@
-"""Triton kernels of the DPP ``triton`` tier (forward and backward) and their launchers.
+"""Triton kernels of the DPP ``triton`` tier (forward and backward) and their launch plans.
 
 Import this module only through :mod:`impls.dpp_triton`: Triton decides at
 *kernel definition* time whether to compile for the GPU or to run in its
@@ -6,52 +6,68 @@ Python interpreter (``TRITON_INTERPRET=1``, which accepts CPU tensors), so the
 environment variable must be set before this module is first imported.
 :data:`INTERPRET` records which mode the kernels were defined in.
 
-Maths (SPEC eq. 4-10), per output position p and channel c, over the valid
-(non-padded) taps q of the window:
+Maths (Saeedan et al., CVPR 2018, eq. 4-10), per output position p and channel
+c, over the valid (non-padded) taps q of the window, in base 2 (one hardware
+instruction each for exp2 and the fast log2 on the GPU):
 
     d_q = I[q] − Ĩ[p]            (Asym: max(0, ·)),   c_q = d_q² + ε²
-    ℓ_q = (λ/2)·(log c_q − log m),  m = mean_q c_q if scale-invariant else 1
-    M   = max(max_q ℓ_q, log α),    w_q ∝ e^(ℓ_q − M) + e^(log α − M)
-    y   = Σ w_q·I[q] / Σ w_q
+    ℓ_q = (λ/2)·(log2 c_q − log2 m),  m = mean_q c_q if scale-invariant else 1
+    M   = max(max_q ℓ_q, log2 α),   w_q ∝ 2^(ℓ_q − M) + 2^(log2 α − M)
+    y   = Ĩ + Σ w_q·(I[q] − Ĩ) / Σ w_q
 
 Because λ ≥ 0, max_q ℓ_q sits at the tap with the largest c_q, so
-``e^(ℓ_q − M) = exp((λ/2)·log(c_q / c_max) + (ℓ_max − M))``: the exponent is
+``2^(ℓ_q − M) = 2^((λ/2)·log2(c_q / c_max) + (ℓ_max − M))``: the exponent is
 formed from a ratio ≤ 1 instead of the difference of two large logs, which
 keeps full relative precision at λ = 200 and |I| = 1e4.  α = 0 gives
-``log α = −inf`` and an α-term of exactly 0 (never 0·inf).
+``log2 α = −inf`` and an α-term of exactly 0 (never 0·inf).
 
-Layout: every kernel works on one (n, c) plane per program row
-(``program_id(0)``), so a channel's α, λ, F, b are scalars of the program and
-per-channel gradient reductions are per-program partial sums, summed by
-``torch.sum`` afterwards (deterministic: no atomics anywhere).  Windows are
-2-D register tiles ``[BLOCK outputs, KP taps]`` (KP = next power of two ≥ k²),
-so each input value is loaded once per window and all passes over the window
-run in registers.
+Large magnitudes: d² overflows float32 for |d| > 1.8e19.  A window whose
+largest |d| exceeds 2^50 (≈ 1.1e15) is rescaled by the power of two
+``sc = 2^−⌊log2 max|d|⌋`` before squaring: c_q·sc² = (d_q·sc)² + ε²·sc²,
+the ratios c_q/c_max are unchanged, and log2 c_max = log2(c_max·sc²) + 2⌊·⌋
+(so ε²/d² is kept where it is representable and drops out, as
+2·log|d| + log1p(ε²/d²) ≈ 2·log|d|, where it is not).  Every other window has
+sc = 1 and takes the plain form.
+
+Layout: one program row (``program_id(0)``) per (n, c) plane, so a channel's
+α, λ, F, b and log2 α are scalars computed once per program.  Windows are
+register tiles ``[KP taps, BLOCK windows]`` (KP = next power of two ≥ k²) with
+the taps on the *first* axis: Triton's default layout spreads the last axis
+over the lanes of a warp, so every lane owns whole windows and all per-window
+reductions (sums, max) stay inside one thread: no shuffles, and the
+per-window maths (log2 c_max, 1/Σw, the α-term) runs once per window.
 
 Backward recomputes the weights from x (nothing but the inputs is saved):
 
 * ``_dpp_bwd_window_kernel``: one pass per window gives y, the weights, the
   α/λ (and F/b) partial sums and the gradient w.r.t. the guide Ĩ.  When windows
   cannot overlap (k ≤ s) it also writes ∂L/∂x for its own taps directly
-  (``FUSED_GX``); otherwise it stores 8 per-window scalars ("stats").
+  (``FUSED_GX``); otherwise it stores 9 per-window scalars ("stats").
 * ``_dpp_bwd_input_kernel``: a gather over input pixels (no scatter, so no
   atomics): each pixel sums its contributions from the ≤ ⌈k/s⌉² windows that
   contain it (from the stats) and, for Full-DPP, from the ≤ ⌈3/s⌉² guide
   filters that read it (``gx += Σ ∂L/∂Ĩ · F``).
 
-Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = e^(ℓ_q − M)):
+Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
 
-    ∂L/∂α  = ĝ · e^(−M) · Σ_q (I_q − y),   Σ_q (I_q − y) = (Σe·Σ(I−Ĩ) − n·Σe·(I−Ĩ))/D
-    ∂L/∂λ  = ĝ · Σ_q (I_q − y)·e_q·(log c_q − log m)/2
-           = ĝ/2 · (Σ_q (I_q − y)·e_q·log(c_q/c_max) − a·(log c_max − log m)·Σ_q (I_q − y))
-    β_q    = ĝ · (I_q − y)·e_q·λ/2                        (= ∂L/∂log c_q)
-    γ_q    = 2·d_q·(β_q / c_q − [SI] Σ_j β_j / Σ_j c_j)    (= ∂L/∂d_q)
+    ∂L/∂α  = ĝ · 2^(−M) · Σ_q (I_q − y),   Σ_q (I_q − y) = (Σe·Σ(I−Ĩ) − n·Σe·(I−Ĩ))/D
+    ∂L/∂λ  = ĝ·ln2/2 · (Σ_q (I_q − y)·e_q·log2(c_q/c_max) − a·(log2 c_max − log2 m)·Σ_q (I_q − y))
+    β_q    = ĝ · (I_q − y)·e_q·λ/2                        (= ∂L/∂ln c_q)
+    γ_q    = 2·d_q·(β_q / c_q − [SI] Σ_j β_j / Σ_j c_j)    (= ∂L/∂d_q; = 2·(d_q·sc)·sc·(β_q/(c_q·sc²) − …))
     ∂L/∂I_q (direct) = ĝ·w_q + γ_q,    ∂L/∂Ĩ = −Σ_q γ_q
     Lite: ∂L/∂I_q += (∂L/∂Ĩ)/n;   Full: ∂L/∂I[tap t] += ∂L/∂Ĩ·F_t, ∂L/∂F_t += ∂L/∂Ĩ·I[tap t], ∂L/∂b += ∂L/∂Ĩ
+
+Every launch is described by a :class:`Launch` (kernel, grid, arguments), built
+by :func:`forward_plan` / :func:`backward_plan`; the static kernel report
+(:mod:`poolbench.kernel_report`) compiles exactly those specialisations.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import triton
@@ -60,108 +76,221 @@ import triton.language as tl
 #: True when the kernels run in Triton's interpreter (CPU tensors, slow, for testing).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+#: The interpreter has no libdevice (extern calls), so it takes tl.log2; compiled fp32 code takes
+#: the one-instruction approximate log2 (MUFU.LG2, ~2^-22 absolute error).
+FAST_LOG2: tl.constexpr = tl.constexpr(not INTERPRET)
+if not INTERPRET:
+    from triton.language.extra.cuda import libdevice
+#: ε² is a float64 scalar argument on the GPU (no tensor, no host→device copy per call); the
+#: interpreter would round a Python float argument to float32, so there it is a 1-element tensor.
+EPS2_IN_MEMORY: tl.constexpr = tl.constexpr(INTERPRET)
+
 #: Per-window scalars the backward stores when windows overlap (k > s).
-N_STATS = 8  # centre Ĩ, y − Ĩ, c_max, ℓ_max − M, α-term, ∂L/∂y / D, SI term, ∂L/∂Ĩ (Lite: / n)
+N_STATS = 9  # centre Ĩ, y − Ĩ, 1/c_max (scaled), ℓ_max − M, α-term, ∂L/∂y / D, SI term, ∂L/∂Ĩ (Lite: / n), sc
 
 #: Programs the backward's window kernel aims for (it splits planes into chunks
 #: so that small N·C still fills the GPU; chunk boundaries do not depend on the
 #: autotuned BLOCK, so the partial sums are reproducible for a given config).
 TARGET_PROGRAMS = 1024
 
+#: Windows whose largest |d| exceeds this are rescaled by a power of two before squaring.
+BIG_DEVIATION: tl.constexpr = tl.constexpr(2.0 ** 50)
+#: Floor of the (scaled) ε² so that log2 c stays finite when ε²·sc² underflows.
+TINY: tl.constexpr = tl.constexpr(1.1754944e-38)
+LN2: tl.constexpr = tl.constexpr(math.log(2.0))
+
+#: Smallest BLOCK of any config: bounds the grid's second dimension (CUDA allows 65535 there).
+MIN_BLOCK = 64
+MAX_GRID_Y = 65535
+
+#: Register budgets of the autotune prune, in (windows or pixels per thread) × (register-tile slots
+#: per window): the forward, the backward's window kernel (≈ 4× the live values per slot) and the
+#: pixel gather.  Calibrated with ``poolbench kernels`` on sm_90: kept configs stay at ≤ ~100
+#: registers (occupancy for a memory-bound kernel) and never spill; e.g. the Lite 2×2 backward at
+#: 4 windows per thread needs 243 registers, Full-DPP's at 2 windows 128.
+FORWARD_TILE_BUDGET = 32
+BACKWARD_TILE_BUDGET = 8
+PIXEL_TILE_BUDGET = 16
+
 
 def _configs(candidates):
-    """Autotune candidates (BLOCK, num_warps) on GPU; one small config in the interpreter (no benchmarking)."""
+    """Autotune candidates (BLOCK, num_warps) on GPU; one small config in the interpreter (no benchmarking).
+
+    Every BLOCK is at least one window per lane (BLOCK ≥ 32·num_warps): with fewer, Triton would
+    spread a window's taps over lanes again.
+    """
     if INTERPRET:
-        return [triton.Config({"BLOCK": MIN_BLOCK}, num_warps=1)]
+        return [triton.Config({"BLOCK": MIN_BLOCK}, num_warps=2)]
     return [triton.Config({"BLOCK": block}, num_warps=warps) for block, warps in candidates]
 
 
-def _prune(width_arg):
-    """Drop configs whose register tile BLOCK × taps is too large (keeps at least the smallest)."""
+def windows_per_thread(config) -> int:
+    return max(1, config.kwargs["BLOCK"] // (32 * config.num_warps))
+
+
+def _prune(slots_of, budget):
+    """Drop configs whose per-thread register tile exceeds ``budget`` (keeps at least the one-window configs).
+
+    ``slots_of(args)`` is the number of tile slots one window (or pixel) keeps live: taps for the
+    window kernels (plus the 3×3 guide taps for Full-DPP), contributing windows for the gather.
+    """
 
     def prune(configs, named_args, **kwargs):
-        width = kwargs.get(width_arg, named_args.get(width_arg, 1))
-        kept = [c for c in configs if c.kwargs["BLOCK"] * width <= 8192]
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK"])]
+        slots = slots_of({**named_args, **kwargs})
+        kept = [c for c in configs if windows_per_thread(c) * slots <= budget]
+        fewest = min(windows_per_thread(c) for c in configs)
+        return kept or [c for c in configs if windows_per_thread(c) == fewest]
 
     return prune
 
 
-#: Smallest BLOCK of any config: bounds the grid's second dimension (CUDA allows 65535 there).
-MIN_BLOCK = 64
-_WINDOW_CONFIGS = _configs(((64, 2), (128, 2), (128, 4), (256, 4), (512, 4), (512, 8), (1024, 8)))
-_PIXEL_CONFIGS = _configs(((128, 2), (256, 4), (512, 4), (1024, 4), (1024, 8)))
-MAX_GRID_Y = 65535
+def _window_slots(args) -> int:
+    return args["KP"] + (9 if args["FULL"] else 0)  # taps + the 3×3 guide taps
+
+
+def _pixel_slots(args) -> int:
+    # A pooling contribution keeps 9 per-window scalars live, a guide contribution 2: weight them.
+    return (2 * args["CP"] if args["POOL"] else 0) + (args["GP"] if args["GUIDE"] else 0)
+
+
+_FWD_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (512, 4)))
+_BWD_WINDOW_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (256, 2)))
+_PIXEL_CONFIGS = _configs(((128, 4), (256, 4), (512, 4), (1024, 4)))
 
 
 # --------------------------------------------------------------------------- shared inline maths
 
 
 @triton.jit
+def _log2(x, ACC: tl.constexpr):
+    """log2: one MUFU instruction for compiled float32, the precise routine for float64 (and the interpreter)."""
+    if FAST_LOG2 and ACC == tl.float32:
+        return libdevice.fast_log2f(x)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _eps2_value(eps2, ACC: tl.constexpr):
+    """ε² in the compute dtype (see :data:`EPS2_IN_MEMORY`)."""
+    if EPS2_IN_MEMORY:
+        return tl.load(eps2).to(ACC)
+    else:
+        return tl.cast(eps2, ACC)
+
+
+@triton.jit
 def _guide_taps(xp, oh, ow, pmask, H, W, S: tl.constexpr, ACC: tl.constexpr):
-    """The 3×3 neighbourhood of (oh·s, ow·s), zero outside the image (conv padding 1): [BLOCK, 16]."""
+    """The 3×3 neighbourhood of (oh·s, ow·s), zero outside the image (conv padding 1): [16, BLOCK]."""
     t = tl.arange(0, 16)
-    r = oh[:, None] * S - 1 + (t // 3)[None, :]
-    col = ow[:, None] * S - 1 + (t % 3)[None, :]
-    inside = pmask[:, None] & (t < 9)[None, :] & (r >= 0) & (r < H) & (col >= 0) & (col < W)
+    r = (oh * S - 1)[None, :] + (t // 3)[:, None]
+    col = (ow * S - 1)[None, :] + (t % 3)[:, None]
+    inside = pmask[None, :] & (t < 9)[:, None] & (r >= 0) & (r < H) & (col >= 0) & (col < W)
     return tl.load(xp + r * W + col, mask=inside, other=0.0).to(ACC)
 
 
 @triton.jit
-def _pool_window(xp, w_ptr, b_ptr, ch, alpha, half, eps2, oh, ow, pmask, H, W,
-                 K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
-                 ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr):
-    """Everything the forward and backward need about a block of windows, in registers.
-
-    Returns (v, valid, n, g, r, d, c, lr, e, a, D, y − g, M, cmax, csum, log m, ℓ_max − M): taps
-    [BLOCK, KP] and per-window [BLOCK] values; r = I − Ĩ before the Asym clamp, lr = log(c/c_max);
-    invalid taps have v = r = lr = e = 0.  The output is formed as Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly
-    y = I (no rounding residue for the α-gradient at α = 0 to amplify) and large |I| with small
-    spread keeps its precision.
-    """
-    t = tl.arange(0, KP)
-    row = oh[:, None] * S - PAD + (t // K)[None, :]
-    col = ow[:, None] * S - PAD + (t % K)[None, :]
-    valid = pmask[:, None] & (t < K * K)[None, :] & (row >= 0) & (row < H) & (col >= 0) & (col < W)
-    v = tl.load(xp + row * W + col, mask=valid, other=0.0).to(ACC)
-    n = tl.maximum(tl.sum(valid.to(ACC), axis=1), 1.0)
+def _guide(xp, w_ptr, b_ptr, ch, v, valid, n, oh, ow, pmask, H, W,
+           K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, FULL: tl.constexpr, ACC: tl.constexpr):
+    """Ĩ per window: the learned 3×3 filter plus bias (Full) or the window mean (Lite)."""
     if FULL:
         xg = _guide_taps(xp, oh, ow, pmask, H, W, S, ACC)
         tg = tl.arange(0, 16)
         f = tl.load(w_ptr + ch * 9 + tg, mask=tg < 9, other=0.0).to(ACC)
-        g = tl.sum(xg * f[None, :], axis=1) + tl.load(b_ptr + ch).to(ACC)
+        return tl.sum(xg * f[:, None], axis=0) + tl.load(b_ptr + ch).to(ACC)
+    elif PAD == 0:
+        return tl.sum(v, axis=0) * (1.0 / (K * K))
     else:
-        g = tl.sum(v, axis=1) / n
-    r = tl.where(valid, v - g[:, None], 0.0)
-    d = r
+        return tl.sum(v, axis=0) / n
+
+
+@triton.jit
+def _window_scale(dmax, eps2, ACC: tl.constexpr):
+    """(sc, 2·log2(1/sc), ε²·sc²): a power of two bringing max|d| near 1 where d² could overflow, else 1."""
+    big = dmax > BIG_DEVIATION
+    exponent = tl.where(big, tl.floor(_log2(tl.where(big, dmax, 1.0), ACC)), 0.0)
+    sc = tl.exp2(-exponent)
+    return sc, 2.0 * exponent, tl.maximum(eps2 * sc * sc, TINY)
+
+
+@triton.jit
+def _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2, oh, ow, pmask, H, W,
+                 K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
+                 ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr):
+    """Everything the forward and backward need about a block of windows, in registers.
+
+    Returns (valid, n, g, r, ds, c, lr, e, a, D⁻¹, y − g, M, ℓ_max − M, 1/c_max, log2 c_max − log2 m,
+    Σe, Σr, Σe·r, Σc, sc): taps [KP, BLOCK] and per-window [BLOCK] values; r = I − Ĩ before the Asym clamp,
+    ds = d·sc, c = ds² + ε²·sc², lr = log2(c/c_max); invalid taps have r = ds = e = 0.  The output
+    is formed as Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly y = I (no rounding residue
+    for the α-gradient at α = 0 to amplify) and large |I| with small spread keeps its precision.
+    """
+    t = tl.arange(0, KP)
+    row = (oh * S - PAD)[None, :] + (t % K)[:, None]
+    col = (ow * S - PAD)[None, :] + (t // K)[:, None]
+    # Without padding every tap of an in-range window is inside the image.
+    MASK_TAPS: tl.constexpr = PAD != 0 or KP != K * K
+    if PAD == 0:
+        valid = (t < K * K)[:, None] & pmask[None, :]
+        n = tl.full(oh.shape, K * K, ACC)
+    else:
+        valid = (t < K * K)[:, None] & pmask[None, :] & (row >= 0) & (row < H) & (col >= 0) & (col < W)
+        n = tl.maximum(tl.sum(valid.to(ACC), axis=0), 1.0)
+    v = tl.load(xp + row * W + col, mask=valid, other=0.0).to(ACC)
+    g = _guide(xp, w_ptr, b_ptr, ch, v, valid, n, oh, ow, pmask, H, W, K, S, PAD, FULL, ACC)
+    r = v - g[None, :]
+    if MASK_TAPS:
+        r = tl.where(valid, r, 0.0)
     if ASYM:
-        d = tl.maximum(d, 0.0)
-    c = d * d + eps2
-    cmax = tl.maximum(tl.max(tl.where(valid, c, 0.0), axis=1), eps2)
-    csum = tl.sum(tl.where(valid, c, 0.0), axis=1)
-    if SI:
-        log_m = tl.log(tl.maximum(csum, eps2) / n)
+        d = tl.maximum(r, 0.0)
+        dmax = tl.max(d, axis=0)
     else:
-        log_m = tl.zeros_like(cmax)
-    ell_max = half * (tl.log(cmax) - log_m)
-    log_alpha = tl.where(alpha > 0, tl.log(tl.where(alpha > 0, alpha, 1.0)), float("-inf"))
-    M = tl.maximum(ell_max, log_alpha)
+        d = r
+        dmax = tl.max(tl.abs(d), axis=0)
+    sc, log2_inv_sc2, eps2s = _window_scale(dmax, eps2, ACC)
+    ds = d * sc[None, :]
+    dmaxs = dmax * sc
+    cmax = dmaxs * dmaxs + eps2s
+    c = ds * ds + eps2s[None, :]
+    inv_cmax = 1.0 / cmax
+    lr = _log2(c * inv_cmax[None, :], ACC)  # ≤ 0 (finite: c ≥ TINY)
+    if SI:
+        csum = tl.sum(tl.where(valid, c, 0.0), axis=0) if MASK_TAPS else tl.sum(c, axis=0)
+        log_ratio_max = _log2(cmax * n / csum, ACC)  # log2 c_max − log2 m (the scale cancels)
+    else:
+        csum = cmax  # unused
+        log_ratio_max = _log2(cmax, ACC) + log2_inv_sc2
+    ell_max = half * log_ratio_max
+    M = tl.maximum(ell_max, log2_alpha)
+    a = tl.exp2(log2_alpha - M)  # exactly 0 when α = 0
     shift = ell_max - M  # ≤ 0
-    a = tl.exp(log_alpha - M)  # exactly 0 when α = 0
-    lr = tl.where(valid, tl.log(c / cmax[:, None]), 0.0)
-    e = tl.where(valid, tl.exp(half * lr + shift[:, None]), 0.0)
-    D = tl.sum(e, axis=1) + a * n
-    D = tl.where(pmask, D, 1.0)
-    yg = (tl.sum(e * r, axis=1) + a * tl.sum(r, axis=1)) / D
-    return v, valid, n, g, r, d, c, lr, e, a, D, yg, M, cmax, csum, log_m, shift
+    e = tl.exp2(half * lr + shift[None, :])
+    if MASK_TAPS:
+        e = tl.where(valid, e, 0.0)
+    sum_e = tl.sum(e, axis=0)
+    sum_r = tl.sum(r, axis=0)
+    sum_er = tl.sum(e * r, axis=0)
+    inv_D = 1.0 / (sum_e + a * n)
+    yg = (sum_er + a * sum_r) * inv_D
+    return (valid, n, g, r, ds, c, lr, e, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er,
+            csum, sc)
+
+
+@triton.jit
+def _log2_alpha(alpha_ptr, ch, ACC: tl.constexpr):
+    """log2 α of the program's channel (−inf for α = 0), once per program."""
+    alpha = tl.load(alpha_ptr + ch)
+    alpha = alpha.to(ACC)
+    return tl.where(alpha > 0, _log2(tl.where(alpha > 0, alpha, 1.0), ACC), float("-inf"))
 
 
 # --------------------------------------------------------------------------- forward
 
 
-@triton.autotune(configs=_WINDOW_CONFIGS, key=["NC", "P", "K", "S", "FULL"], prune_configs_by={"early_config_prune": _prune("KP")})
+@triton.autotune(configs=_FWD_CONFIGS, key=["NC", "P", "K", "S", "FULL"],
+                 prune_configs_by={"early_config_prune": _prune(_window_slots, FORWARD_TILE_BUDGET)})
 @triton.jit
-def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_ptr, y_ptr,
+def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, y_ptr, eps2: tl.float64,
                     NC, C, H, W, OW, P,
                     K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                     ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr,
@@ -171,24 +300,47 @@ def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_ptr, y_ptr,
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < P
     oh, ow = offs // OW, offs % OW
-    alpha = tl.load(alpha_ptr + ch)
+    log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
     half = tl.load(lam_ptr + ch) * 0.5
-    eps2 = tl.load(eps_ptr)
     xp = x_ptr + plane * H * W
-    _, _, _, g, _, _, _, _, _, _, _, yg, _, _, _, _, _ = _pool_window(
-        xp, w_ptr, b_ptr, ch, alpha, half, eps2, oh, ow, pmask, H, W, K, S, PAD, KP, ASYM, FULL, SI, ACC)
+    window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, _eps2_value(eps2, ACC), oh, ow, pmask, H, W,
+                          K, S, PAD, KP, ASYM, FULL, SI, ACC)
+    g, yg = window[2], window[10]
     tl.store(y_ptr + plane * P + offs, (g + yg).to(y_ptr.dtype.element_ty), mask=pmask)
 
 
 # --------------------------------------------------------------------------- backward
 
 
-@triton.autotune(configs=_WINDOW_CONFIGS, key=["NC", "P", "K", "S", "FULL", "FUSED_GX"],
-                 prune_configs_by={"early_config_prune": _prune("KP")})
 @triton.jit
-def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_ptr,
+def _alpha_grad(t_alpha, M, ACC: tl.constexpr):
+    """t·2^(−M) formed as ±2^(log2|t| − M): 2^(−M) alone overflows at α = 0 on flat windows."""
+    zero = t_alpha == 0.0
+    magnitude = tl.exp2(tl.where(zero, 0.0, _log2(tl.where(zero, 1.0, tl.abs(t_alpha)), ACC) - M))
+    return tl.where(zero, 0.0, tl.where(t_alpha < 0, -magnitude, magnitude))
+
+
+@triton.jit
+def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc):
+    """The 9 per-window scalars of the gather backward, plane-major: [NC, N_STATS, P] (64-bit offsets)."""
+    sp = stats_ptr + plane * 9 * P + offs
+    tl.store(sp, g, mask=pmask)
+    tl.store(sp + P, yg, mask=pmask)
+    tl.store(sp + 2 * P, inv_cmax, mask=pmask)
+    tl.store(sp + 3 * P, shift, mask=pmask)
+    tl.store(sp + 4 * P, a, mask=pmask)
+    tl.store(sp + 5 * P, gyd, mask=pmask)
+    tl.store(sp + 6 * P, si_term, mask=pmask)
+    tl.store(sp + 7 * P, g_spread, mask=pmask)
+    tl.store(sp + 8 * P, sc, mask=pmask)
+
+
+@triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=["NC", "P", "K", "S", "FULL", "FUSED_GX"],
+                 prune_configs_by={"early_config_prune": _prune(_window_slots, BACKWARD_TILE_BUDGET)})
+@triton.jit
+def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2: tl.float64,
                            gx_ptr, stats_ptr, gg_ptr, part_ptr,
-                           NC, C, H, W, OW, P, NCP, CHUNK, SPLIT,
+                           NC, C, H, W, OW, P, CHUNK, SPLIT,
                            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                            ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr,
                            FUSED_GX: tl.constexpr, WRITE_STATS: tl.constexpr, NPART: tl.constexpr,
@@ -196,87 +348,75 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps_
     plane = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ch = plane % C
-    alpha = tl.load(alpha_ptr + ch)
+    log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
     half = tl.load(lam_ptr + ch) * 0.5
-    eps2 = tl.load(eps_ptr)
+    eps2c = _eps2_value(eps2, ACC)
     xp = x_ptr + plane * H * W
     start = split * CHUNK
     stop = tl.minimum(start + CHUNK, P)
     acc_alpha = tl.zeros((BLOCK,), ACC)
     acc_lam = tl.zeros((BLOCK,), ACC)
     acc_bias = tl.zeros((BLOCK,), ACC)
-    acc_weight = tl.zeros((BLOCK, 16), ACC)
+    acc_weight = tl.zeros((16, BLOCK), ACC)
     for block_start in range(start, stop, BLOCK):
         offs = block_start + tl.arange(0, BLOCK)
         pmask = offs < stop
         oh, ow = offs // OW, offs % OW
-        v, valid, n, g, r, d, c, lr, e, a, D, yg, M, cmax, csum, log_m, shift = _pool_window(
-            xp, w_ptr, b_ptr, ch, alpha, half, eps2, oh, ow, pmask, H, W, K, S, PAD, KP, ASYM, FULL, SI, ACC)
-        gy = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC)
-        gyd = gy / D
-        dev = tl.where(valid, r - yg[:, None], 0.0)  # I_q − y
+        (valid, n, g, r, ds, c, lr, e, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er,
+         csum, sc) = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, oh, ow, pmask, H, W,
+                            K, S, PAD, KP, ASYM, FULL, SI, ACC)
+        gyd = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC) * inv_D
+        dev = tl.where(valid, r - yg[None, :], 0.0)  # I_q − y
         # Σ_q (I_q − y) = (Σe·Σr − n·Σe·r)/D: the α-terms cancel analytically, so windows whose ρ
         # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
-        # e^(−M) (up to 1/α) would amplify.
-        sum_dev = (tl.sum(e, axis=1) * tl.sum(r, axis=1) - n * tl.sum(e * r, axis=1)) / D
-        # ∂L/∂α = ĝ·e^(−M)·Σ(I−y), formed as ±exp(log|ĝ·Σ(I−y)| − M): e^(−M) alone overflows at
-        # α = 0 on flat windows (M ≈ (λ/2)·log ε²) although the product is 0 or finite.
-        t_alpha = gyd * sum_dev
-        magnitude = tl.exp(tl.where(t_alpha == 0.0, 0.0, tl.log(tl.where(t_alpha == 0.0, 1.0, tl.abs(t_alpha))) - M))
-        acc_alpha += tl.where(t_alpha == 0.0, 0.0, tl.where(t_alpha < 0, -magnitude, magnitude))
-        # ∂L/∂λ = ĝ/2·Σ(I−y)·e·L with L = log c − log m; since Σ(I−y)·w = 0, subtracting L_max gives
-        # Σ(I−y)·e·log(c/c_max) − a·L_max·Σ(I−y): both terms vanish on flat windows, exactly.
-        log_cmax = tl.log(cmax) - log_m
-        acc_lam += gyd * 0.5 * (tl.sum(dev * e * lr, axis=1) - a * log_cmax * sum_dev)
-        beta = gyd[:, None] * dev * e * half
-        two_d = tl.where(valid, 2.0 * d, 0.0)
+        # 2^(−M) (up to 1/α) would amplify.
+        sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
+        acc_alpha += tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
+        # ∂L/∂λ: since Σ(I−y)·w = 0, subtracting L_max gives Σ(I−y)·e·log2(c/c_max) − a·L_max·Σ(I−y),
+        # where both terms vanish on flat windows, exactly.
+        acc_lam += tl.where(pmask, gyd * (0.5 * LN2) * (tl.sum(dev * e * lr, axis=0) - a * log_ratio_max * sum_dev),
+                            0.0)
+        beta = gyd[None, :] * dev * e * half
         if SI:
-            si_term = tl.sum(beta, axis=1) / tl.maximum(csum, eps2)
+            si_term = tl.sum(beta, axis=0) / csum
         else:
             si_term = tl.zeros_like(gyd)
-        gamma = two_d * (beta / c - si_term[:, None])
-        g_guide = -tl.sum(gamma, axis=1)
+        two_sc = 2.0 * sc
+        gamma = ds * two_sc[None, :] * (beta / c - si_term[None, :])
+        g_guide = -tl.sum(gamma, axis=0)
         if FULL:
             xg = _guide_taps(xp, oh, ow, pmask, H, W, S, ACC)
-            acc_weight += g_guide[:, None] * xg
-            acc_bias += g_guide
+            acc_weight += tl.where(pmask, g_guide, 0.0)[None, :] * xg
+            acc_bias += tl.where(pmask, g_guide, 0.0)
             g_spread = g_guide
         else:
             g_spread = g_guide / n
         if FUSED_GX:
-            gx = gyd[:, None] * (e + a[:, None]) + gamma
+            gx = gyd[None, :] * (e + a[None, :]) + gamma
             if not FULL:
-                gx += g_spread[:, None]
+                gx += g_spread[None, :]
             t = tl.arange(0, KP)
-            row = oh[:, None] * S - PAD + (t // K)[None, :]
-            col = ow[:, None] * S - PAD + (t % K)[None, :]
+            row = (oh * S - PAD)[None, :] + (t % K)[:, None]
+            col = (ow * S - PAD)[None, :] + (t // K)[:, None]
             tl.store(gx_ptr + plane * H * W + row * W + col, gx.to(gx_ptr.dtype.element_ty), mask=valid)
             if FULL:
                 tl.store(gg_ptr + plane * P + offs, g_guide, mask=pmask)
         if WRITE_STATS:
-            sp = stats_ptr + plane * P + offs
-            tl.store(sp, g, mask=pmask)
-            tl.store(sp + NCP, yg, mask=pmask)
-            tl.store(sp + 2 * NCP, cmax, mask=pmask)
-            tl.store(sp + 3 * NCP, shift, mask=pmask)
-            tl.store(sp + 4 * NCP, a, mask=pmask)
-            tl.store(sp + 5 * NCP, gyd, mask=pmask)
-            tl.store(sp + 6 * NCP, si_term, mask=pmask)
-            tl.store(sp + 7 * NCP, g_spread, mask=pmask)
+            _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc)
     pp = part_ptr + (plane * SPLIT + split) * NPART
     tl.store(pp, tl.sum(acc_alpha, axis=0))
     tl.store(pp + 1, tl.sum(acc_lam, axis=0))
     if FULL:
         tl.store(pp + 2, tl.sum(acc_bias, axis=0))
         tg = tl.arange(0, 16)
-        tl.store(pp + 3 + tg, tl.sum(acc_weight, axis=0), mask=tg < 9)
+        tl.store(pp + 3 + tg, tl.sum(acc_weight, axis=1), mask=tg < 9)
 
 
 @triton.autotune(configs=_PIXEL_CONFIGS, key=["NC", "H", "W", "K", "S", "POOL", "GUIDE"],
-                 prune_configs_by={"early_config_prune": _prune("CP")}, restore_value=["gx_ptr"])
+                 prune_configs_by={"early_config_prune": _prune(_pixel_slots, PIXEL_TILE_BUDGET)}, restore_value=["gx_ptr"])
 @triton.jit
-def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps_ptr, stats_ptr, gg_ptr, gx_ptr,
-                          NC, C, H, W, OH, OW, P, NCP,
+def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg_ptr, gx_ptr,
+                          NC, C, H, W, OH, OW, P, GG_PLANE,
                           K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
                           CI: tl.constexpr, CP: tl.constexpr, GI: tl.constexpr, GP: tl.constexpr,
                           ASYM: tl.constexpr, FULL: tl.constexpr, POOL: tl.constexpr, GUIDE: tl.constexpr,
@@ -291,49 +431,68 @@ def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps_ptr, stats_ptr, gg_ptr, gx_
         gx = tl.load(gx_ptrs, mask=pmask, other=0.0).to(ACC)
     else:
         gx = tl.zeros((BLOCK,), ACC)
-    if POOL:
+    if POOL:  # the windows (i, j) containing pixel (h, w), windows on axis 0
+        eps2c = _eps2_value(eps2, ACC)
         half = tl.load(lam_ptr + ch) * 0.5
-        eps2 = tl.load(eps_ptr)
         xv = tl.load(x_ptr + plane * H * W + offs, mask=pmask, other=0.0).to(ACC)
         u = tl.arange(0, CP)
-        i = ((h + PAD) // S)[:, None] - (u // CI)[None, :]
-        j = ((w + PAD) // S)[:, None] - (u % CI)[None, :]
-        inside = (pmask[:, None] & (u < CI * CI)[None, :] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
-                  & (h[:, None] + PAD - i * S < K) & (w[:, None] + PAD - j * S < K))
-        sp = stats_ptr + plane * P + i * OW + j
+        i = ((h + PAD) // S)[None, :] - (u // CI)[:, None]
+        j = ((w + PAD) // S)[None, :] - (u % CI)[:, None]
+        inside = (pmask[None, :] & (u < CI * CI)[:, None] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
+                  & (h[None, :] + PAD - i * S < K) & (w[None, :] + PAD - j * S < K))
+        sp = stats_ptr + plane * 9 * P + i * OW + j
         g = tl.load(sp, mask=inside, other=0.0)
-        yg = tl.load(sp + NCP, mask=inside, other=0.0)
-        cmax = tl.load(sp + 2 * NCP, mask=inside, other=1.0)
-        shift = tl.load(sp + 3 * NCP, mask=inside, other=0.0)
-        a = tl.load(sp + 4 * NCP, mask=inside, other=0.0)
-        gyd = tl.load(sp + 5 * NCP, mask=inside, other=0.0)
-        si_term = tl.load(sp + 6 * NCP, mask=inside, other=0.0)
-        r = xv[:, None] - g
+        yg = tl.load(sp + P, mask=inside, other=0.0)
+        inv_cmax = tl.load(sp + 2 * P, mask=inside, other=1.0)
+        shift = tl.load(sp + 3 * P, mask=inside, other=0.0)
+        a = tl.load(sp + 4 * P, mask=inside, other=0.0)
+        gyd = tl.load(sp + 5 * P, mask=inside, other=0.0)
+        si_term = tl.load(sp + 6 * P, mask=inside, other=0.0)
+        sc = tl.load(sp + 8 * P, mask=inside, other=1.0)
+        r = tl.where(inside, xv[None, :] - g, 0.0)  # slots of no window: no inf from |x|² there
         d = r
         if ASYM:
             d = tl.maximum(d, 0.0)
-        c = d * d + eps2
-        e = tl.exp(half * tl.log(c / cmax) + shift)
+        ds = d * sc
+        c = ds * ds + tl.maximum(eps2c * sc * sc, TINY)
+        e = tl.exp2(half * _log2(c * inv_cmax, ACC) + shift)
         beta = gyd * (r - yg) * e * half
-        contrib = gyd * (e + a) + 2.0 * d * (beta / c - si_term)
+        contrib = gyd * (e + a) + 2.0 * ds * sc * (beta / c - si_term)
         if not FULL:
-            contrib += tl.load(sp + 7 * NCP, mask=inside, other=0.0)
-        gx += tl.sum(tl.where(inside, contrib, 0.0), axis=1)
-    if GUIDE:
+            contrib += tl.load(sp + 7 * P, mask=inside, other=0.0)
+        gx += tl.sum(tl.where(inside, contrib, 0.0), axis=0)
+    if GUIDE:  # the guide filters (i, j) reading pixel (h, w)
         u = tl.arange(0, GP)
-        i = ((h + 1) // S)[:, None] - (u // GI)[None, :]
-        j = ((w + 1) // S)[:, None] - (u % GI)[None, :]
-        dy = h[:, None] + 1 - i * S
-        dx = w[:, None] + 1 - j * S
-        inside = (pmask[:, None] & (u < GI * GI)[None, :] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
+        i = ((h + 1) // S)[None, :] - (u // GI)[:, None]
+        j = ((w + 1) // S)[None, :] - (u % GI)[:, None]
+        dy = h[None, :] + 1 - i * S
+        dx = w[None, :] + 1 - j * S
+        inside = (pmask[None, :] & (u < GI * GI)[:, None] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
                   & (dy < 3) & (dx < 3))
-        gg = tl.load(gg_ptr + plane * P + i * OW + j, mask=inside, other=0.0)
+        gg = tl.load(gg_ptr + plane * GG_PLANE + i * OW + j, mask=inside, other=0.0)
         f = tl.load(w_ptr + ch * 9 + dy * 3 + dx, mask=inside, other=0.0).to(ACC)
-        gx += tl.sum(gg * f, axis=1)
+        gx += tl.sum(gg * f, axis=0)
     tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=pmask)
 
 
-# --------------------------------------------------------------------------- launchers
+# --------------------------------------------------------------------------- launch plans
+
+
+@dataclass
+class Launch:
+    """One kernel launch: the autotuned kernel, its grid and its arguments.
+
+    The launchers run these; the static kernel report compiles exactly these argument
+    specialisations (built on meta tensors) for a GPU architecture without a GPU.
+    """
+
+    kernel: Any
+    grid: Callable | tuple
+    args: tuple
+    constexprs: dict = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        self.kernel[self.grid](*self.args, **self.constexprs)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -348,14 +507,13 @@ def _pooled(size: int, kernel_size: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel_size) // stride + 1
 
 
-def _params(x, alpha, lam, weight, bias, eps2):
+def _params(x, alpha, lam, weight, bias):
     acc = compute_dtype(x.dtype)
     cast = lambda t: None if t is None else t.detach().to(device=x.device, dtype=acc).contiguous()  # noqa: E731
-    eps = torch.tensor([eps2], dtype=acc, device=x.device)
-    weight, bias = cast(weight), cast(bias)
+    alpha, lam, weight, bias = cast(alpha), cast(lam), cast(weight), cast(bias)
     if weight is None:  # Lite: the kernels never read these, but need valid pointers
-        weight = bias = eps
-    return acc, cast(alpha), cast(lam), weight, bias, eps
+        weight = bias = alpha
+    return acc, alpha, lam, weight, bias
 
 
 def _geometry(x, kernel_size, stride, padding):
@@ -368,66 +526,109 @@ def _geometry(x, kernel_size, stride, padding):
     return n, c, h, w, oh, ow
 
 
-def forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    """DPP forward: y (N, C, OH, OW) in x's dtype."""
-    full = weight is not None
+def _eps2_argument(eps2: float):
+    return torch.tensor([eps2], dtype=torch.float64) if INTERPRET else float(eps2)
+
+
+def _device_guard(x):
+    """Launch on x's GPU, not the current one (Triton launches on the current device)."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """(y, launches) of the forward; y (N, C, OH, OW) in x's dtype is filled by the launches."""
     x = x.contiguous()
-    acc, alpha, lam, weight, bias, eps = _params(x, alpha, lam, weight, bias, eps2)
+    acc, alpha, lam, weight_c, bias_c = _params(x, alpha, lam, weight, bias)
     n, c, h, w, oh, ow = _geometry(x, kernel_size, stride, padding)
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
-        return y
+        return y, []
     nc, p = n * c, oh * ow
-    _dpp_fwd_kernel[lambda meta: (nc, triton.cdiv(p, meta["BLOCK"]))](
-        x, alpha, lam, weight, bias, eps, y, nc, c, h, w, ow, p,
-        K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
-        ASYM=bool(asym), FULL=full, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc])
+    launch = Launch(
+        _dpp_fwd_kernel, lambda meta: (nc, triton.cdiv(p, meta["BLOCK"])),
+        (x, alpha, lam, weight_c, bias_c, y, _eps2_argument(eps2), nc, c, h, w, ow, p),
+        dict(K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
+             ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc]))
+    return y, [launch]
+
+
+def forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """DPP forward: y (N, C, OH, OW) in x's dtype."""
+    y, launches = forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                               scale_invariant)
+    with _device_guard(x):
+        for launch in launches:
+            launch()
     return y
 
 
-def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    """Gradients (x, α, λ, F, b) of DPP; F and b grads are empty tensors for Lite-DPP."""
+@dataclass
+class BackwardPlan:
+    """The backward's launches and the buffers its result is read from afterwards."""
+
+    launches: list
+    gx: torch.Tensor
+    partials: torch.Tensor
+
+
+def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """Launches of the backward: the window kernel, then (overlap or Full-DPP) the pixel gather."""
     full = weight is not None
-    x = x.contiguous()
-    grad = grad.contiguous()
-    acc, alpha_c, lam_c, weight_c, bias_c, eps = _params(x, alpha, lam, weight, bias, eps2)
+    x, grad = x.contiguous(), grad.contiguous()
+    acc, alpha_c, lam_c, weight_c, bias_c = _params(x, alpha, lam, weight, bias)
     n, c, h, w, oh, ow = _geometry(x, kernel_size, stride, padding)
     nc, p = n * c, oh * ow
     k, s, pad = kernel_size, stride, padding
     overlap = k > s
     exact_tiling = k == s and pad == 0 and h % k == 0 and w % k == 0
     # Pixels outside every window (k < s, ragged edges) get no write from the window kernel.
-    gx = (torch.empty_like(x) if overlap or exact_tiling else torch.zeros_like(x))
-    npart = 19 if full else 2
+    gx = torch.empty_like(x) if overlap or exact_tiling else torch.zeros_like(x)
+    npart = 12 if full else 2
     split = max(1, min(triton.cdiv(p, 64), triton.cdiv(TARGET_PROGRAMS, nc)))
     chunk = triton.cdiv(p, split)
     split = triton.cdiv(p, chunk)
     partials = torch.empty((nc, split, npart), dtype=acc, device=x.device)
-    stats = torch.empty((N_STATS, nc * p) if overlap else (1,), dtype=acc, device=x.device)
-    gg = stats[7] if overlap else (torch.empty((nc * p,), dtype=acc, device=x.device) if full else stats)
+    stats = torch.empty((nc, N_STATS, p) if overlap else (1,), dtype=acc, device=x.device)
+    if overlap:  # the guide gradient is stats row 7 (g_spread = ∂L/∂Ĩ for Full-DPP)
+        gg, gg_plane = stats[:, 7], N_STATS * p
+    else:
+        gg, gg_plane = (torch.empty((nc * p,), dtype=acc, device=x.device) if full else stats), p
     flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, ACC=_TL_DTYPE[acc])
-    _dpp_bwd_window_kernel[(nc, split)](
-        x, grad, alpha_c, lam_c, weight_c, bias_c, eps, gx, stats, gg, partials,
-        nc, c, h, w, ow, p, nc * p, chunk, split,
-        KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
-        WRITE_STATS=overlap, NPART=npart, **flags)
+    launches = [Launch(
+        _dpp_bwd_window_kernel, (nc, split),
+        (x, grad, alpha_c, lam_c, weight_c, bias_c, _eps2_argument(eps2), gx, stats, gg, partials, nc, c, h, w, ow, p,
+         chunk, split),
+        dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
+             WRITE_STATS=overlap, NPART=npart, **flags))]
     if overlap or full:
         ci, gi = -(-k // s), -(-3 // s)
-        _dpp_bwd_input_kernel[lambda meta: (nc, triton.cdiv(h * w, meta["BLOCK"]))](
-            x, lam_c, weight_c, eps, stats, gg, gx, nc, c, h, w, oh, ow, p, nc * p,
-            CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
-            POOL=overlap, GUIDE=full, ACCUM=not overlap, **flags)
+        launches.append(Launch(
+            _dpp_bwd_input_kernel, lambda meta: (nc, triton.cdiv(h * w, meta["BLOCK"])),
+            (x, lam_c, weight_c, _eps2_argument(eps2), stats, gg, gx, nc, c, h, w, oh, ow, p, gg_plane),
+            dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
+                 POOL=overlap, GUIDE=full, ACCUM=not overlap, **flags)))
+    return BackwardPlan(launches, gx, partials)
+
+
+def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """Gradients (x, α, λ, F, b) of DPP; F and b grads are empty tensors for Lite-DPP."""
+    plan = backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                         scale_invariant)
+    with _device_guard(x):
+        for launch in plan.launches:
+            launch()
     # Fixed-order reduction of the per-program partials (deterministic); outputs are fresh tensors
     # (a custom op may not return views of each other).
-    sums = partials.view(n, c, split, npart).sum(dim=(0, 2))
+    n, c = x.shape[:2]
+    sums = plan.partials.view(n, c, -1, plan.partials.shape[-1]).sum(dim=(0, 2))
     g_alpha = sums[:, 0].to(alpha.dtype, copy=True).contiguous()
     g_lam = sums[:, 1].to(lam.dtype, copy=True).contiguous()
-    if full:
+    if weight is not None:
         g_bias = sums[:, 2].to(bias.dtype, copy=True).contiguous()
         g_weight = sums[:, 3:12].to(weight.dtype, copy=True).reshape(c, 1, 3, 3).contiguous()
     else:
         g_weight, g_bias = x.new_empty((0,)), x.new_empty((0,))
-    return gx, g_alpha, g_lam, g_weight, g_bias
+    return plan.gx, g_alpha, g_lam, g_weight, g_bias
 
 
-__all__ = ["INTERPRET", "backward", "compute_dtype", "forward"]
+__all__ = ["INTERPRET", "Launch", "backward", "backward_plan", "compute_dtype", "forward", "forward_plan"]

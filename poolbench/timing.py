@@ -74,9 +74,12 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def _cuda_latency(fn, device, min_run_time, max_runs) -> Latency:
-    # Flushing a buffer larger than L2 before each call measures cold-cache
-    # behaviour, as triton.testing.do_bench does.
-    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device)
+    # Reading a buffer larger than L2 before each call measures cold-cache
+    # behaviour, as triton.testing.do_bench does.  The flush only *reads* (a sum
+    # into a scalar): writing it (zero_) would leave dirty lines that the timed
+    # kernel pays to write back, inflating small layers' times.
+    flush = torch.zeros(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device)
+    flush_sink = torch.zeros((), dtype=torch.int64, device=device)
     torch.cuda.synchronize(device)
     probe_start, probe_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     probe_start.record()
@@ -89,7 +92,7 @@ def _cuda_latency(fn, device, min_run_time, max_runs) -> Latency:
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     for start, end in zip(starts, ends):
-        flush.zero_()
+        torch.sum(flush, 0, dtype=torch.int64, out=flush_sink)
         start.record()
         fn()
         end.record()

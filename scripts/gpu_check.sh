@@ -1,130 +1,133 @@
 #!/usr/bin/env bash
-# GPU check of the fused DPP extension (cuda tier): build, tests, equivalence, per-layer benchmark.
+# GPU check of the fused DPP tiers (cuda, triton, compiled) in at most 6 minutes on one H100/H200.
 #
-# Run from the source tree on a machine with a CUDA GPU, nvcc and a CUDA build of torch:
+#     OUT=/some/dir bash scripts/gpu_check.sh          # on a GPU machine, from the source tree
+#     DRY_RUN=1 OUT=/tmp/dry bash scripts/gpu_check.sh # on a CPU machine: same steps, CPU stand-ins
 #
-#     OUT=/some/dir bash scripts/gpu_check.sh
-#
-# Writes under $OUT (default ./gpu_check_out): env.txt, build.log, pytest.log, check.log,
-# layerbench_cuda.md (fp32, batch 32) and gpu_check.md (a summary naming the card).
-# Needs no network and no fvcore; every step runs even if an earlier one failed, each
-# under a time limit, and the exit status is non-zero if any step failed.
-# Optional: LAYERBENCH_BF16=1 adds a bfloat16 benchmark (layerbench_cuda_bf16.md);
-# LAYERBENCH_TIERS="cuda triton" limits the benchmarked tiers.
+# Order (the numbers that matter first, so a slow later step cannot hide them):
+#   1. environment; 2. C++ and CUDA libraries built in parallel;
+#   3. per-layer benchmark (cuda + triton tiers, fp32 then bf16, VGG-16 shapes, batch 32);
+#   4. poolbench check --device cuda, one step per GPU tier (cuda, triton, compiled);
+#   5. pytest -m gpu.
+# Every step runs under `timeout` (limits below sum to 360 s) and runs even if an earlier one
+# failed; per-step wall times go to $OUT/steps.txt and the summary $OUT/gpu_check.md.  Needs no
+# network and no fvcore.  Exit status is non-zero if any step failed or timed out.
+# DRY_RUN=1: device cpu, batch 1, the last VGG layer only, cpp/vectorized in place of cuda/triton,
+# no CUDA build (it needs minutes on a small CPU), every limit × LIMIT_SCALE (default 10 there:
+# a small shared CPU imports torch in seconds) — it checks the script, not the GPU.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
+: >"$OUT/steps.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"  # ninja jobs of each extension build
 PY="${PYTHON:-python}"
+if [ "${DRY_RUN:-0}" != "0" ]; then
+    DEVICE=cpu BATCH=1 LAYERS="--layers 5" BENCH_TIERS="cpp vectorized" CHECK_TIERS="cpp vectorized"
+    BUILD_CUDA=0 LIMIT_SCALE="${LIMIT_SCALE:-10}"
+else
+    DEVICE=cuda BATCH=32 LAYERS="" BENCH_TIERS="cuda triton" CHECK_TIERS="cuda triton compiled"
+    BUILD_CUDA=1 LIMIT_SCALE="${LIMIT_SCALE:-1}"
+fi
 status=0
 declare -a summary
+script_started=$SECONDS
 
 step() {  # step NAME LIMIT_SECONDS LOGFILE COMMAND...
-    local name="$1" limit="$2" log="$3"; shift 3
+    local name="$1" limit=$(($2 * LIMIT_SCALE)) log="$3"; shift 3
     local started=$SECONDS
-    echo "== $name (limit ${limit}s)" | tee -a "$OUT/steps.txt"
-    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
-    local rc=$?
-    local took=$((SECONDS - started))
-    tail -n 25 "$log"
-    if [ $rc -eq 0 ]; then
-        summary+=("| $name | ok | ${took}s |")
-    else
-        [ $rc -eq 124 ] && summary+=("| $name | TIMEOUT | ${took}s |") || summary+=("| $name | FAILED (rc $rc) | ${took}s |")
-        status=1
-    fi
-    echo "== $name: rc=$rc in ${took}s" | tee -a "$OUT/steps.txt"
+    echo "== $name (limit ${limit}s)"
+    timeout --kill-after=5 "$limit" "$@" >"$log" 2>&1
+    local rc=$? took=$((SECONDS - started))
+    tail -n 15 "$log"
+    case $rc in
+        0) summary+=("| $name | ok | ${took}s |") ;;
+        124|137) summary+=("| $name | TIMEOUT (${limit}s) | ${took}s |"); status=1 ;;
+        *) summary+=("| $name | FAILED (rc $rc) | ${took}s |"); status=1 ;;
+    esac
+    echo "$name: rc=$rc ${took}s (limit ${limit}s)" | tee -a "$OUT/steps.txt"
 }
 
 # 1. environment (what the report is about)
-{
-    "$PY" - <<'PYEOF'
-import platform, shutil, sys, torch
+step "environment" 20 "$OUT/env.txt" "$PY" - <<'PYEOF'
+import platform, shutil, subprocess, sys, torch
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA (torch)", torch.version.cuda)
 print("cuda available:", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(0), "| capability", torch.cuda.get_device_capability(0))
-for tool in ("nvcc", "ninja", "c++", "g++"):
-    print(f"{tool}:", shutil.which(tool))
 try:
-    import ninja  # noqa: F401
-    print("ninja (python package): yes")
+    import triton
+    print("triton", triton.__version__)
 except ImportError:
-    print("ninja (python package): no")
-from impls.dpp_ext import ops
-print("cpp tier:", ops.cpu_unavailable_reason("cpu") or "available")
-print("cuda tier:", ops.cuda_unavailable_reason("cuda") or "available", "| toolkit:", ops._cuda_home())
+    print("triton: not installed")
+from poolbench.toolchain import cuda_home
+print("CUDA toolkit:", cuda_home(), "| nvcc:", shutil.which("nvcc"), "| ninja:", shutil.which("ninja"))
+if shutil.which("nvidia-smi"):
+    print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.memory", "--format=csv"],
+                         capture_output=True, text=True).stdout)
 PYEOF
-    nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv 2>/dev/null || true
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
 
-# 2. build both libraries (CPU schema + kernel, then the CUDA kernel with nvcc); cached afterwards
-step "build extension" 420 "$OUT/build.log" "$PY" -c "
+# 2. both libraries at once (each build uses MAX_JOBS cores); cached for the later steps
+build() {  # build KIND
+    "$PY" -c "
 import time
 from impls.dpp_ext import ops
-t = time.time(); ops.load_cpu(); print(f'cpu library: {time.time() - t:.1f}s')
-t = time.time(); ops.load_cuda(); print(f'cuda library: {time.time() - t:.1f}s')
-import torch
-assert torch._C._dispatch_has_kernel_for_dispatch_key('poolbench_dpp::dpp_forward', 'CUDA')
-print('poolbench_dpp ops registered for CPU and CUDA')
-"
+started = time.time()
+getattr(ops, 'load_$1')()
+print('$1 library built in', round(time.time() - started, 1), 's')"
+}
+build_both() {
+    build cpu >"$OUT/build_cpu.log" 2>&1 & local cpu=$!
+    local cuda_rc=0
+    if [ "$BUILD_CUDA" = 1 ]; then build cuda >"$OUT/build_cuda.log" 2>&1 || cuda_rc=$?; fi
+    wait "$cpu"; local cpu_rc=$?
+    cat "$OUT/build_cpu.log" "$OUT"/build_cuda.log 2>/dev/null | tail -n 20
+    return $((cpu_rc || cuda_rc))
+}
+export -f build
+export PY BUILD_CUDA OUT
+step "build cpu + cuda libraries (parallel)" 120 "$OUT/build.log" bash -c "$(declare -f build_both); build_both"
 
-# 3. the extension's tests on the GPU (plus the default CPU/emulation tests); addopts reset so
-#    missing optional plugins (pytest-benchmark) cannot break the run
-step "pytest tests/test_dpp_ext.py --device cuda" 420 "$OUT/pytest.log" \
-    "$PY" -m pytest -o addopts="" -ra -q --device cuda -m "gpu or not slow" tests/test_dpp_ext.py
+# 3. per-layer benchmark first: the fused tiers vs avg/max pooling at VGG-16's five pooling shapes
+for dtype in float32 bfloat16; do
+    limit=$([ "$dtype" = float32 ] && echo 50 || echo 40)
+    step "layerbench $DEVICE $dtype" "$limit" "$OUT/layerbench_$dtype.log" \
+        "$PY" -m poolbench layerbench --device "$DEVICE" --batch "$BATCH" --dtype "$dtype" $LAYERS \
+        --tiers $BENCH_TIERS --repeats 3 --min-run-time 0.1 --out "$OUT/layerbench_${DEVICE}_$dtype.md"
+done
 
-# 4. poolbench check: the cuda tier against the float64 reference, values + gradients + gradcheck
-step "poolbench check --device cuda --tiers cuda" 300 "$OUT/check.log" \
-    "$PY" -m poolbench check --device cuda --tiers cuda
+# 4. every GPU tier against the float64 reference (values, gradients, gradcheck), one step per tier
+for tier in $CHECK_TIERS; do
+    limit=$([ "$tier" = compiled ] && echo 40 || echo 25)
+    step "check $DEVICE $tier" "$limit" "$OUT/check_$tier.log" "$PY" -m poolbench check --device "$DEVICE" --tiers "$tier"
+done
 
-# 5. per-layer benchmark at VGG-16's shapes, every available DPP tier vs avg/max pooling
-# LAYERBENCH_TIERS="cuda triton" limits the tiers (default: every available one but reference);
-# the report is rewritten after each layer, so a time-out keeps the finished layers.
-step "poolbench layerbench --device cuda --batch 32" 480 "$OUT/layerbench.log" \
-    "$PY" -m poolbench layerbench --device cuda --batch 32 ${LAYERBENCH_TIERS:+--tiers $LAYERBENCH_TIERS} \
-    --out "$OUT/layerbench_cuda.md"
-if [ ! -s "$OUT/layerbench_cuda.md" ]; then  # the CLI failed to start: call the library directly
-    step "layerbench (library fallback)" 480 "$OUT/layerbench_fallback.log" "$PY" -c "
-import torch
-from pathlib import Path
-from poolbench.layerbench import run_layerbench, to_markdown
-rows, meta = run_layerbench('cuda', batch=32, dtype=torch.float32, progress=print)
-Path('$OUT/layerbench_cuda.md').write_text(to_markdown(rows, meta, 'poolbench.layerbench.run_layerbench(cuda, batch=32)'))
-"
-fi
-if [ "${LAYERBENCH_BF16:-0}" != "0" ]; then
-    step "poolbench layerbench --dtype bfloat16" 480 "$OUT/layerbench_bf16.log" \
-        "$PY" -m poolbench layerbench --device cuda --batch 32 --dtype bfloat16 \
-        ${LAYERBENCH_TIERS:+--tiers $LAYERBENCH_TIERS} --out "$OUT/layerbench_cuda_bf16.md"
-fi
+# 5. the GPU-only tests (addopts reset: the GPU machine may lack pytest plugins named there)
+step "pytest -m gpu" 40 "$OUT/pytest_gpu.log" \
+    "$PY" -m pytest -o addopts="" -q -ra -p no:cacheprovider --device "$DEVICE" -m gpu tests
 
-# 6. summary report
+# 6. summary
 {
-    echo "# GPU check of the fused DPP extension"
+    echo "# GPU check of the fused DPP tiers"
     echo
     echo '```'
     cat "$OUT/env.txt"
     echo '```'
     echo
-    echo "| step | result | time |"
+    echo "| step | result | wall time |"
     echo "|---|---|---|"
     printf '%s\n' "${summary[@]}"
     echo
-    echo "pytest: $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -n 1)"
+    echo "Total: $((SECONDS - script_started))s. pytest: $(grep -E '(passed|failed|error|skipped|deselected)' "$OUT/pytest_gpu.log" | tail -n 1)"
     echo
-    echo "## poolbench check"
-    echo
-    echo '```'
-    tail -n 40 "$OUT/check.log"
-    echo '```'
-    echo
-    for report in "$OUT"/layerbench_cuda*.md; do
+    for report in "$OUT"/layerbench_*.md; do
         [ -s "$report" ] && { sed 's/^# /## /' "$report"; echo; }
     done
+    for log in "$OUT"/check_*.log; do
+        echo "## $(basename "$log" .log)"; echo; echo '```'; tail -n 30 "$log"; echo '```'; echo
+    done
 } >"$OUT/gpu_check.md"
-echo "wrote $OUT/gpu_check.md (exit status $status)"
+echo "total $((SECONDS - script_started))s; wrote $OUT/gpu_check.md (exit status $status)"
 exit $status

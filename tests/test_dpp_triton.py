@@ -228,6 +228,24 @@ def test_spec_range_is_finite_in_float32(tier_device, name):
                      msg=f"tensor {index}")
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
+def test_large_magnitudes_are_finite_and_match_reference(tier_device, name, dtype):
+    """|x| ~ 1e20 … 1e30: (x − Ĩ)² overflows float32 beyond 1.8e19; guards against forming it (NaN outputs)."""
+    full, asym = "full" in name, "asym" in name
+    for magnitude, geometry in ((1e20, (2, 2, 0)), (1e30, (2, 2, 0)), (1e30, (3, 2, 1))):
+        x, alpha, lam, guide = dpp_inputs((1, 2, 6, 6), full, seed=23)
+        x = (x * magnitude).to(dtype).double()  # the low-precision input, so only the arithmetic differs
+        x[0, 0, :2, :2] = 0.5  # a flat small window inside a huge plane
+        want = run_dpp("reference", x, alpha, lam, geometry, asym, guide)
+        got = run_dpp("triton", x, alpha.float(), lam.float(), geometry, asym,
+                      guide and tuple(t.float() for t in guide), tier_device, dtype)
+        what = f"{name} {dtype} |x|~{magnitude:g} k,s,p={geometry}"
+        for tensor in got:
+            assert torch.isfinite(tensor).all(), what
+        assert_matches_reference(got, want, dtype, what)
+
+
 def test_alpha_zero_contributes_nothing(tier_device):
     """α = 0 exactly: w = ρ only, and no NaN from log 0 in the output or any gradient."""
     x, _, lam, guide = dpp_inputs((2, 3, 6, 8), True, seed=7)
