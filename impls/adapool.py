@@ -16,7 +16,7 @@ Two deliberate changes, so AdaPool is swappable like every other pooler:
   initialised to 0.5 (``beta=`` option).  The official β is a map of the
   pooled size (oH × oW), clamped to [0, 1] and randomly initialised, which
   ties a layer to one input resolution.
-* padding is honoured (padded positions are not in the window, SPEC).
+* padding is honoured (padded positions are not in the window, as for every poolbench pooler).
 
 Numerics: eM is a max-subtracted softmax (no overflow at |x| = 1e4); DSC is
 computed on a and b divided by max(|a|, |b|) (detached — DSC is scale

@@ -1,6 +1,6 @@
 """Average pooling: ATen's ``avg_pool2d`` with ``count_include_pad=False``.
 
-SPEC: padded positions are not part of a window, so border windows average
+Padded positions are not part of a window, so border windows average
 only their real values.  Runs in the input's dtype (it is a speed baseline).
 """
 from __future__ import annotations

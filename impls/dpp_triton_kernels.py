@@ -6,7 +6,7 @@ Python interpreter (``TRITON_INTERPRET=1``, which accepts CPU tensors), so the
 environment variable must be set before this module is first imported.
 :data:`INTERPRET` records which mode the kernels were defined in.
 
-Maths (SPEC eq. 4-10), per output position p and channel c, over the valid
+Maths (Saeedan et al., CVPR 2018, eq. 4-10), per output position p and channel c, over the valid
 (non-padded) taps q of the window:
 
     d_q = I[q] − Ĩ[p]            (Asym: max(0, ·)),   c_q = d_q² + ε²

@@ -2,7 +2,7 @@
 
 A *mean*, not torch.nn.LPPool2d's sum: ours = LPPool2d / (k²)^(1/p) when there
 is no padding, so p = 1 on non-negative input is average pooling and p → ∞
-tends to max pooling of |x|.  Padded positions are not in the mean (SPEC).
+tends to max pooling of |x|.  Padded positions are not in the mean.
 
 Numerics: each window is divided by its largest |x| before the power
 (detached: y = m·(mean (|x|/m)^p)^(1/p) does not depend on m, so the

@@ -5,7 +5,7 @@
 with one learned θ per layer ("mixed pooling, one mixing proportion per
 layer"), θ = 0 at init so the layer starts as 0.5·max + 0.5·avg.  The sigmoid
 keeps a in [0, 1] without clipping (clipping would stop the gradient at the
-bounds).  The average skips padded positions (SPEC).  Half precision is
+bounds).  The average skips padded positions.  Half precision is
 blended in float32.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stochastic pooling (Zeiler & Fergus, ICLR 2013).
 
-With activations a = relu(x) and P_q = a_q / Σ_window a (SPEC):
+With activations a = relu(x) and P_q = a_q / Σ_window a (Zeiler & Fergus, ICLR 2013):
 
 * train: each window outputs one of its own values x_q, drawn with
   probability P_q (one independent draw per window, batch and channel);

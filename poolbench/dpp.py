@@ -1,6 +1,6 @@
 """Detail-Preserving Pooling: the module, its variants and the tier contract.
 
-The maths (SPEC, eq. 4-10) is written once per tier as a *kernel*::
+The maths (Saeedan et al., CVPR 2018, eq. 4-10) is written once per tier as a *kernel*::
 
     kernel(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps2, scale_invariant) -> y
 

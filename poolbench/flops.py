@@ -24,7 +24,7 @@ none of which either counter prices.  So, in both counters alike:
   (batch norm gets a matching formula in FlopCounterMode).
 
 :func:`analytic_macs` writes each pooler's arithmetic from its definition
-(SPEC): the op-level counts of the plain-PyTorch tiers may exceed it by the
+(the papers' formulas): the op-level counts of the plain-PyTorch tiers may exceed it by the
 masking and bookkeeping those implementations add, and the report shows the
 ratio.  fvcore is optional: without it the fvcore columns are ``None``.
 """
@@ -132,7 +132,7 @@ class FlopCount:
 
 
 # ----------------------------------------------------------------------------------------------
-# analytic counts, per pooler, from the definitions in SPEC
+# analytic counts, per pooler, from each pooler's definition
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The networks the paper evaluates, with any registered pooler at the paper's placement.
 
-SPEC, "Where the poolers go":
+Where the poolers go (the paper's placement):
 
 * **VGG-16**: each of the five ``MaxPool2d(2, 2)`` becomes the pooler
   (channels 64, 128, 256, 512, 512).

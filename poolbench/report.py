@@ -119,7 +119,7 @@ def _header(frame: pd.DataFrame, name: str) -> str:
         f"Memory: *activation* = {CPU_MEMORY_METHOD}. MACs are multiply-accumulates per image (batch 1) at the run's "
         "input size, fvcore's convention; pooling layers are priced by poolbench's handles (see `poolbench.flops`).",
         "",
-        "Placement (SPEC): VGG-16's five max pools are replaced; in ResNets the stem max pool becomes the pooler "
+        "Placement (the paper's): VGG-16's five max pools are replaced; in ResNets the stem max pool becomes the pooler "
         "(k3 s2 p1) and each stride-2 block of layer2–4 pools its input (k2 s2, main path and shortcut separately) "
         "before stride-1 convolutions — 3648 pooled channels, as the paper's ResNet v1 placement. In ResNets the "
         "*max[vectorized]* row is this placement with max pooling; it needs ~5% fewer MACs than torchvision's "
