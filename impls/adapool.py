@@ -53,6 +53,9 @@ def dice_sorensen(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     "vectorized",
     params="C",
     param_count=lambda channels, kernel_size: channels,
+    # eM (softmax-weighted sum, 7 per tap) + eDSCW (window mean 1, Dice-Sørensen 2xm/(x²+m²) 6,
+    # softmax-weighted sum 7 per tap) and the β blend (4)
+    macs=lambda g, o: (21 * g.taps + 4) * g.outputs(),
     family="baseline",
 )
 class AdaPool(Pool2d):

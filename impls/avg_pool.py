@@ -11,7 +11,7 @@ from poolbench.base import Pool2d
 from poolbench.registry import register
 
 
-@register("avg", "vectorized", params="0", family="baseline")
+@register("avg", "vectorized", params="0", family="baseline", macs=lambda g, o: g.taps * g.outputs())
 class AvgPool(Pool2d):
     """Average pooling over the real (non-padded) positions of each window."""
 

@@ -92,7 +92,9 @@ class _BinomialBlur(Pool2d):
         return f"{super().extra_repr()}, filter_size={self.filter_size}"
 
 
-@register("blurpool", "vectorized", params="0", family="baseline")
+# MACs: the binomial f×f blur sampled at the pooled grid
+@register("blurpool", "vectorized", params="0", family="baseline",
+          macs=lambda g, o: int(o.get("filter_size", 3)) ** 2 * g.outputs())
 class BlurPool(_BinomialBlur):
     """Binomial [1,2,1] blur with reflect padding, sampled at the pooling windows' centres with stride s."""
 
@@ -109,7 +111,9 @@ class BlurPool(_BinomialBlur):
         return blur_sample(xc, rows, cols, self.taps).to(x.dtype)
 
 
-@register("maxblur", "vectorized", params="0", family="baseline")
+# MACs: max at stride 1, then the blur sampled at stride s
+@register("maxblur", "vectorized", params="0", family="baseline",
+          macs=lambda g, o: g.taps * g.outputs(1) + int(o.get("filter_size", 3)) ** 2 * g.outputs())
 class MaxBlurPool(_BinomialBlur):
     """Max pooling at stride 1, then the binomial blur sampled with stride s (Zhang's MaxBlurPool)."""
 

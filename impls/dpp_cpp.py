@@ -20,5 +20,7 @@ register_dpp_tier(
     dpp_cpp,
     devices=("cpu",),
     available=ops.cpu_unavailable_reason,
+    priority={"cpu": 50},
     description="fused C++ CPU kernel (torch.library op, JIT-built)",
+    op_namespaces=("poolbench_dpp",),
 )

@@ -20,5 +20,7 @@ register_dpp_tier(
     dpp_cuda,
     devices=("cuda",),
     available=ops.cuda_unavailable_reason,
+    priority={"cuda": 50},
     description="fused CUDA kernel (torch.library op, JIT-built with nvcc)",
+    op_namespaces=("poolbench_dpp",),
 )

@@ -68,5 +68,6 @@ def dpp_vectorized(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps
 register_dpp_tier(
     "vectorized",
     dpp_vectorized,
+    priority=20,
     description="unfold + log-domain weights in plain PyTorch",
 )

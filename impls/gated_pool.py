@@ -26,6 +26,8 @@ from poolbench.registry import register
     "vectorized",
     params="k²",
     param_count=lambda channels, kernel_size: kernel_size * kernel_size,
+    # gate ω·window (k²) and sigmoid, max, avg, blend
+    macs=lambda g, o: (3 * g.taps + 5) * g.outputs(),
     family="baseline",
 )
 class GatedPool(Pool2d):

@@ -39,6 +39,9 @@ INSTANCE_NORM_EPS = 1e-5
     "vectorized",
     params="11·C",
     param_count=lambda channels, kernel_size: 11 * channels,
+    # logits on every input element: depthwise 3×3 conv (9), instance norm (mean, −, ², mean, ·rsqrt, affine 2
+    # → 7), 12·sigmoid (2); then a softmax-weighted window sum (7 per tap)
+    macs=lambda g, o: 18 * g.inputs + 7 * g.taps * g.outputs(),
     family="baseline",
 )
 class LIPPool(Pool2d):

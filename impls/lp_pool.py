@@ -26,7 +26,8 @@ from poolbench.base import Pool2d
 from poolbench.registry import register
 
 
-@register("lp", "vectorized", params="0", family="baseline")
+# MACs: |x|^p (2), Σ (1) per tap; mean and p-th root per window
+@register("lp", "vectorized", params="0", family="baseline", macs=lambda g, o: (3 * g.taps + 2) * g.outputs())
 class LpPool(Pool2d):
     """(mean_window |x|^p)^(1/p) with p = norm_type (2 by default), padded positions excluded."""
 

@@ -18,7 +18,9 @@ from poolbench.base import Pool2d
 from poolbench.registry import register
 
 
-@register("mixed", "vectorized", params="1", param_count=lambda channels, kernel_size: 1, family="baseline")
+# MACs: max + avg over the window, then a·m + (1−a)·v (4 per output)
+@register("mixed", "vectorized", params="1", param_count=lambda channels, kernel_size: 1, family="baseline",
+          macs=lambda g, o: (2 * g.taps + 4) * g.outputs())
 class MixedPool(Pool2d):
     """a·max + (1−a)·avg with a = sigmoid(θ) learned per layer (init 0.5)."""
 

@@ -25,7 +25,9 @@ from poolbench.registry import register
 from poolbench.stochastic import Seeded, s3_sample
 
 
-@register("s3pool", "vectorized", params="0", stochastic=True, family="baseline")
+# MACs: max at stride 1, then row/column sampling (no arithmetic)
+@register("s3pool", "vectorized", params="0", stochastic=True, family="baseline",
+          macs=lambda g, o: g.taps * g.outputs(1))
 class S3Pool(Seeded, Pool2d):
     """Stride-1 max pooling, then S3 random row/column sampling on a g×g grid (eval: every s-th)."""
 

@@ -14,7 +14,8 @@ from poolbench.base import Pool2d
 from poolbench.registry import register
 
 
-@register("softpool", "vectorized", params="0", family="baseline")
+# MACs: softmax over the window (5 per tap), w·x and Σ (2 per tap)
+@register("softpool", "vectorized", params="0", family="baseline", macs=lambda g, o: 7 * g.taps * g.outputs())
 class SoftPool(Pool2d):
     """Σ softmax(x)·x over each window, max-subtracted (no overflow)."""
 

@@ -19,7 +19,7 @@ none of which either counter prices.  So, in both counters alike:
   CUDA and Triton tiers) and ``torch.autograd.Function``\\ s, which fvcore's
   tracer sees as one ``prim::PythonOp`` — cannot be looked into, so a pooling
   layer that runs one is priced by the pooler's analytic formula
-  (:func:`analytic_macs`);
+  (:func:`analytic_macs`, the formula each pooler registers with ``macs=``);
 * convolutions, linear layers and batch norm follow fvcore's conventions
   (batch norm gets a matching formula in FlopCounterMode).
 
@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .macs import PoolGeometry
 
 try:  # fvcore is optional (the GPU machine lacks it)
     with warnings.catch_warnings():  # fvcore's focal loss uses torch.jit.script, deprecated in torch ≥ 2.10
@@ -64,8 +66,16 @@ __all__ = [
 
 HAS_FVCORE = FlopCountAnalysis is not None
 
-#: Namespaces of custom ops whose kernels the counters cannot see into.
+#: Namespaces of custom ops whose kernels the counters cannot see into: poolbench's own prefix,
+#: plus whatever a registered tier declares (``op_namespaces=``), see :func:`opaque_namespaces`.
 OPAQUE_NAMESPACES = ("poolbench_",)
+
+
+def opaque_namespaces() -> tuple[str, ...]:
+    """Every custom-op namespace prefix a FLOP counter must treat as one opaque kernel."""
+    from .registry import specs
+
+    return tuple(dict.fromkeys((*OPAQUE_NAMESPACES, *(ns for spec in specs() for ns in spec.op_namespaces))))
 
 #: Elementwise ops: cost per output element (1 unless listed otherwise).
 ELEMENTWISE_OPS: dict[str, int] = {
@@ -132,105 +142,30 @@ class FlopCount:
 
 
 # ----------------------------------------------------------------------------------------------
-# analytic counts, per pooler, from each pooler's definition
+# analytic counts: each pooler declares its formula when it registers (``@register(macs=...)``)
 # ----------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Geometry:
-    batch: int
-    channels: int
-    height: int
-    width: int
-    kernel_size: int
-    stride: int
-    padding: int
-
-    def outputs(self, stride: int | None = None) -> int:
-        s = self.stride if stride is None else stride
-        k, p = self.kernel_size, self.padding
-        return self.batch * self.channels * ((self.height + 2 * p - k) // s + 1) * ((self.width + 2 * p - k) // s + 1)
-
-    @property
-    def inputs(self) -> int:
-        return self.batch * self.channels * self.height * self.width
-
-    @property
-    def taps(self) -> int:
-        return self.kernel_size * self.kernel_size
-
-
-def _dpp_per_output(taps: int, asym: bool, full: bool) -> int:
-    # guide Ĩ: box filter (k² adds) or depthwise 3×3 conv (9 MACs + bias);
-    # per tap: d = I−Ĩ [+ max(0,·)], d²+ε² (2), log, ·λ/2, −M, exp, +α e^{−M}, w·x, Σw·x, Σw  → 10 (+1);
-    # per window: M = max over taps (k²), α e^{−M} = exp(log α − M) (2), Σw·x / Σw (1).
-    guide = 10 if full else taps
-    return guide + (11 if asym else 10) * taps + taps + 3
-
-
-def _dpp(asym: bool, full: bool, stochastic: bool = False):
-    def formula(g: _Geometry, options: dict) -> int:
-        # S3DPP pools at stride 1 and then samples rows/columns (no arithmetic).
-        outputs = g.outputs(1) if stochastic else g.outputs()
-        return _dpp_per_output(g.taps, asym, full) * outputs
-    return formula
-
-
-def _blur_taps(options: dict) -> int:
-    size = int(options.get("filter_size", 3))
-    return size * size
-
-
-ANALYTIC: dict[str, Callable[[_Geometry, dict], int]] = {
-    "max": lambda g, o: g.taps * g.outputs(),
-    "avg": lambda g, o: g.taps * g.outputs(),
-    # S3Pool: max at stride 1, then row/column sampling (no arithmetic)
-    "s3pool": lambda g, o: g.taps * g.outputs(1),
-    # |x|^p (2), Σ (1) per tap; mean and p-th root per window
-    "lp": lambda g, o: (3 * g.taps + 2) * g.outputs(),
-    # softmax over the window (5 per tap), w·x and Σ (2 per tap)
-    "softpool": lambda g, o: 7 * g.taps * g.outputs(),
-    # eval: Σx, p = x/Σx, p·x, Σ (4 per tap)
-    "stochastic": lambda g, o: 4 * g.taps * g.outputs(),
-    # max + avg over the window, then a·m + (1−a)·v (4 per output)
-    "mixed": lambda g, o: (2 * g.taps + 4) * g.outputs(),
-    # gate ω·window (k²) and sigmoid, max, avg, blend
-    "gated": lambda g, o: (3 * g.taps + 5) * g.outputs(),
-    # a full C→C k×k convolution (no bias, as fvcore counts convolutions)
-    "strided_conv": lambda g, o: g.channels * g.taps * g.outputs(),
-    # logits on every input element: depthwise 3×3 conv (9), instance norm (mean, −, ², mean, ·rsqrt, affine 2 → 7),
-    # 12·sigmoid (2); then a softmax-weighted window sum (7 per tap)
-    "lip": lambda g, o: 18 * g.inputs + 7 * g.taps * g.outputs(),
-    # eM (softmax-weighted sum, 7 per tap) + eDSCW (window mean 1, Dice-Sørensen 2xm/(x²+m²) 6, softmax-weighted
-    # sum 7 per tap) and the β blend (4)
-    "adapool": lambda g, o: (21 * g.taps + 4) * g.outputs(),
-    # binomial f×f blur sampled at the pooled grid
-    "blurpool": lambda g, o: _blur_taps(o) * g.outputs(),
-    # max at stride 1, then the blur sampled at stride s
-    "maxblur": lambda g, o: g.taps * g.outputs(1) + _blur_taps(o) * g.outputs(),
-    "dpp_lite_sym": _dpp(asym=False, full=False),
-    "dpp_lite_asym": _dpp(asym=True, full=False),
-    "dpp_full_sym": _dpp(asym=False, full=True),
-    "dpp_full_asym": _dpp(asym=True, full=True),
-    "s3dpp_lite_sym": _dpp(asym=False, full=False, stochastic=True),
-}
-
-
 def analytic_macs(pooler: str, shape: tuple[int, int, int, int], kernel_size: int, stride: int, padding: int,
-                  **options) -> int:
-    """MACs of ``pooler`` on an input of ``shape`` (N, C, H, W), written from its definition.
+                  tier: str | None = None, **options) -> int | None:
+    """MACs of ``pooler`` on an input of ``shape`` (N, C, H, W), from the formula it registered.
 
-    A pooler without a formula here is priced as one operation per window tap
-    (k² per output), like max pooling.
+    ``None`` when the pooler declares no formula (only its module's ops can be counted then).
     """
+    from .registry import get_spec
+
     if len(shape) != 4:
         raise ValueError(f"shape must be (N, C, H, W), got {tuple(shape)}")
-    geometry = _Geometry(*map(int, shape), int(kernel_size), int(stride), int(padding))
-    formula = ANALYTIC.get(pooler, ANALYTIC["max"])
+    formula = get_spec(pooler, tier).macs
+    if formula is None:
+        return None
+    geometry = PoolGeometry(*map(int, shape), int(kernel_size), int(stride), int(padding))
     return int(formula(geometry, options))
 
 
 def has_analytic_formula(pooler: str) -> bool:
-    return pooler in ANALYTIC
+    from .registry import get_spec
+
+    return get_spec(pooler).macs is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,14 +188,15 @@ def pooling_scopes(model: nn.Module) -> dict[str, nn.Module]:
     return scopes
 
 
-def _layer_analytic(module: nn.Module, shape: tuple[int, ...]) -> int:
+def layer_analytic_macs(module: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """The registered formula for a pooling module (built by ``poolbench.create``) on an input of ``shape``."""
     name = getattr(module, "pooler_name", None)
     if name is None:  # torch's own pooling modules
         name = "avg" if isinstance(module, nn.AvgPool2d) else "max"
     k, s, p = (getattr(module, attr) for attr in ("kernel_size", "stride", "padding"))
     k, s, p = (v[0] if isinstance(v, (tuple, list)) else v for v in (k, s, p))
-    options = {"filter_size": module.filter_size} if hasattr(module, "filter_size") else {}
-    return analytic_macs(name, shape, k, s, p, **options)
+    return analytic_macs(name, shape, k, s, p, tier=getattr(module, "tier", None),
+                         **getattr(module, "pooler_options", {}))
 
 
 def _record_input_shapes(scopes: dict[str, nn.Module]):
@@ -285,7 +221,7 @@ def _eager_compiled():
 
 
 def _is_opaque(op_name: str) -> bool:
-    return op_name.startswith(OPAQUE_NAMESPACES) or op_name.startswith("prim::PythonOp")
+    return op_name.startswith(opaque_namespaces()) or op_name.startswith("prim::PythonOp")
 
 
 def _combine(per_scope: dict[str, Counter], root: Counter, scopes: dict[str, nn.Module],
@@ -302,7 +238,12 @@ def _combine(per_scope: dict[str, Counter], root: Counter, scopes: dict[str, nn.
         if any(key.startswith("opaque:") for key in counts):
             if name not in shapes:
                 raise RuntimeError(f"pooling layer {name} ran an opaque kernel but its input shape was not recorded")
-            layers[name] = _layer_analytic(module, shapes[name])
+            formula = layer_analytic_macs(module, shapes[name])
+            if formula is None:
+                raise ValueError(f"pooling layer {name} ({getattr(module, 'pooler_name', type(module).__name__)}) runs "
+                                 "a fused kernel the counters cannot see into and its pooler declares no MAC formula: "
+                                 "pass macs= to @register")
+            layers[name] = formula
             opaque.append(name)
             # the formula replaces everything else counted in this layer (e.g. a guide conv)
             for key, value in counts.items():
@@ -545,7 +486,7 @@ def _flop_counter_mapping() -> dict[Any, tuple[str, Callable]]:
 
 def _is_opaque_packet(op) -> bool:
     # str(OpOverloadPacket) is "namespace.name", str(OpOverload) "namespace.name.overload"
-    return isinstance(op, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)) and str(op).startswith(OPAQUE_NAMESPACES)
+    return isinstance(op, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)) and str(op).startswith(opaque_namespaces())
 
 
 class _Formulas(dict):
@@ -644,7 +585,7 @@ def count_layer(pool: nn.Module, inputs: torch.Tensor) -> dict[str, int | None]:
     counts = count_network(wrapped, inputs)
     fvcore = counts["fvcore"]
     return {
-        "analytic": _layer_analytic(pool, tuple(inputs.shape)),
+        "analytic": layer_analytic_macs(pool, tuple(inputs.shape)),
         "flop_counter": counts["flop_counter"].layers["pool"],
         "fvcore": fvcore.layers["pool"] if fvcore is not None else None,
     }

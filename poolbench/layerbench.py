@@ -99,16 +99,8 @@ def dpp_tiers(device: torch.device | str, variant: str = "dpp_lite_sym", include
     The reference tier (a Python loop over windows, seconds per call at these
     shapes) is left out unless asked for: it is the ground truth, not a contender.
     """
-    available, skipped = [], {}
-    for tier in registry.tiers(variant):
-        if tier == "reference" and not include_reference:
-            continue
-        reason = registry.unavailable_reason(variant, tier, device)
-        if reason is None:
-            available.append(tier)
-        else:
-            skipped[tier] = reason
-    return available, skipped
+    reasons = registry.tiers_on(variant, device, include_reference=include_reference)
+    return [tier for tier, reason in reasons.items() if reason is None], {t: r for t, r in reasons.items() if r}
 
 
 @dataclass
@@ -257,9 +249,7 @@ def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time
     available, skipped = dpp_tiers(device, variants[0], include_reference=tiers is not None and "reference" in tiers)
     if tiers is not None:
         wanted = list(dict.fromkeys(tiers))
-        unknown = [t for t in wanted if t not in registry.TIERS]
-        if unknown:
-            raise ValueError(f"unknown tier(s) {', '.join(unknown)}; tiers are {', '.join(registry.TIERS)}")
+        registry.check_tier_names(wanted)
         skipped = {t: r for t, r in skipped.items() if t in wanted}
         for tier in wanted:
             if tier not in available and tier not in skipped:

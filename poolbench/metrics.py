@@ -446,7 +446,7 @@ def macs(subject: Subject) -> list[Quantity]:
     shapes = dict((site.name, shape) for site, shape in models.layer_input_shapes(subject.model_name, 1,
                                                                                   subject.resolution))
     scopes = flops.pooling_scopes(module)
-    analytic_pooling = sum(flops._layer_analytic(scopes[name], shapes[name]) for name in scopes if name in shapes)
+    analytic_pooling = sum(flops.layer_analytic_macs(scopes[name], shapes[name]) or 0 for name in scopes if name in shapes)
     rows = [
         Quantity("macs_flop_counter", fc.total, "MAC", {**note, "by_category": fc.by_category,
                                                         "opaque_layers": fc.opaque_layers}),

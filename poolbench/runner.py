@@ -78,8 +78,7 @@ class RunConfig:
                     raise ValueError(f"unknown metric {name!r}; known: {', '.join(metrics_module.METRICS)}")
         if self.tiers is not None:
             for tier in self.tiers:
-                if tier != FASTEST and tier not in registry.TIERS:
-                    raise ValueError(f"unknown tier {tier!r}; expected {FASTEST!r} or some of {', '.join(registry.TIERS)}")
+                registry.check_tier_names([tier], extra=(FASTEST,))
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads <= 0):
             raise ValueError(f"threads must be a positive int, got {self.threads!r}")
@@ -147,9 +146,7 @@ def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | Non
     chosen: list[tuple[str, str | None]] = []
     if wanted is None or FASTEST in wanted:
         if wanted is None:
-            for tier in registered:
-                reason = SLOW_TIERS.get(tier) or registry.get_spec(pooler, tier).unavailable_reason(device)
-                chosen.append((tier, reason))
+            chosen += [(tier, SLOW_TIERS.get(tier) or reason) for tier, reason in registry.tiers_on(pooler, device).items()]
         else:
             chosen.extend(_fastest_working_tier(pooler, device))
     for tier in wanted or []:
@@ -171,7 +168,8 @@ def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, 
     every cell of the pooler into an error.
     """
     registered = registry.tiers(pooler)
-    preference = [t for t in registry.TIER_PREFERENCE.get(device.type, registry.TIERS) if t in registered]
+    preference = [spec.tier for spec in registry.by_priority(map(registry.get_spec, [pooler] * len(registered), registered),
+                                                             device)]
     candidates = preference + [t for t in registered if t not in preference and t not in SLOW_TIERS]
     failed: list[tuple[str, str | None]] = []
     for tier in candidates:

@@ -100,7 +100,7 @@ def flaky_pooler():
         def pool(self, x):
             return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
-    registry.register("flaky_test_pooler", "cpp")(Broken)
+    registry.register("flaky_test_pooler", "cpp", priority=50)(Broken)  # preferred over vectorized (0)
     registry.register("flaky_test_pooler", "vectorized")(Works)
     yield "flaky_test_pooler"
     registry._REGISTRY.pop("flaky_test_pooler", None)

@@ -132,7 +132,8 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
 
 def _sort_key(key: tuple) -> tuple:
     pooler, tier, layer, pass_ = key
-    tier_order = registry.TIERS.index(tier) if tier in registry.TIERS else len(registry.TIERS)
+    order = registry.known_tiers()
+    tier_order = order.index(tier) if tier in order else len(order)
     return (pooler, tier_order, tier, PASSES.index(pass_) if pass_ in PASSES else 9, layer)
 
 

@@ -39,7 +39,7 @@ def reference_tier(pooler: str) -> str | None:
     """The tier a pooler's fast tiers are checked against, run in float64 on the CPU.
 
     The ``reference`` tier when registered; otherwise the first tier (in
-    :data:`registry.TIERS` order) that runs on the CPU — for a pooler with a
+    :func:`registry.known_tiers` order) that runs on the CPU — for a pooler with a
     single tier that is the tier itself, in float64, which at least proves the
     float32 result is as accurate as the tolerance table demands.
     """
