@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from poolbench import gate, registry
+from poolbench import equivalence, gate, registry
 from poolbench.base import Pool2d
 
 LAYERS = range(1, 6)
@@ -211,9 +211,9 @@ def test_equivalence_passes_for_a_matching_tier_and_fails_for_a_broken_one(probe
     registry.register("gate_probe", "vectorized")(lambda c, k, s, p: _Probe(c, k, s, p))
     registry.register("gate_probe", "compiled")(lambda c, k, s, p: _Probe(c, k, s, p, offset=1e-2))
     config = gate.BenchConfig(resolution=64, crop=8)
-    good = gate.check_equivalence("gate_probe", "vectorized", (1, 64, 64, 64), config)
+    good = gate.equivalence_at("gate_probe", "vectorized", (1, 64, 64, 64), config)
     assert good.ok and good.reference == "reference@float64" and "8x8 corner" in good.compared
-    bad = gate.check_equivalence("gate_probe", "compiled", (1, 64, 64, 64), config)
+    bad = gate.equivalence_at("gate_probe", "compiled", (1, 64, 64, 64), config)
     assert not bad.ok
     assert "gate_probe[compiled] at 1x64x64x64 does not match gate_probe[reference@float64]" in bad.message
     assert "full input" in bad.compared  # a corner mismatch is re-checked on the full input before failing
@@ -226,15 +226,16 @@ def test_equivalence_falls_back_to_the_full_input_for_non_local_poolers(probe_re
 
     registry.register("gate_global", "reference")(lambda c, k, s, p: GlobalShift(c, k, s, p))
     registry.register("gate_global", "vectorized")(lambda c, k, s, p: GlobalShift(c, k, s, p))
-    result = gate.check_equivalence("gate_global", "vectorized", (1, 64, 32, 32), gate.BenchConfig(resolution=32, crop=8))
+    result = gate.equivalence_at("gate_global", "vectorized", (1, 64, 32, 32), gate.BenchConfig(resolution=32, crop=8))
     assert result.ok and "full input" in result.compared
 
 
 def test_normwise_gradient_check():
     expected = torch.randn(100, dtype=torch.float64)
-    gate.assert_close_normwise(expected.float() + 1e-6, expected, torch.float32)
-    with pytest.raises(AssertionError, match="norm of the difference"):
-        gate.assert_close_normwise(expected.float() * 1.1, expected, torch.float32, msg="gradient of parameter w")
+    close = equivalence.compare((expected, expected), [("w", expected.float() + 1e-6, expected)], torch.float32)
+    assert close.ok and close.grad_error < 1
+    off = equivalence.compare((expected, expected), [("w", expected.float() * 1.1, expected)], torch.float32)
+    assert not off.ok and "gradient of w" in off.problem and "norm of the difference" in off.problem
 
 
 def test_pass_closures_run_forward_and_backward():

@@ -15,7 +15,7 @@ load from another process slows both sides alike, so it cancels.
 
 Equivalence: before a tier is timed, its output (and, when differentiable,
 the gradients of input and parameters) must match the pooler's reference
-within :mod:`poolbench.tolerances`; a mismatch fails the test and the gate.
+by :mod:`poolbench.equivalence` (the rules ``poolbench check`` uses); a mismatch fails the test and the gate.
 
 The pieces, one job per module:
 
@@ -24,7 +24,7 @@ The pieces, one job per module:
   layer × pass); new poolers and tiers join automatically;
 * :mod:`.build` – inputs, modules and :func:`pass_closure` / :func:`case_closures`;
 * :mod:`.measure` – :func:`time_case`, the interleaved ratio measurement;
-* :mod:`.equivalence` – :func:`check_equivalence` against the float64 reference;
+* :mod:`.equivalence` – :func:`equivalence_at`, the equivalence contract at a benchmark shape;
 * :mod:`.results` – :func:`load_benchmarks`, :func:`extra_info`, a suite run's outcomes;
 * :mod:`.suite` – :func:`run_suite` runs ``tests/benchmarks`` in a subprocess, collects its JSON;
 * :mod:`.baselines` – saving, finding, merging and naming baselines;
@@ -44,8 +44,7 @@ from .cases import BenchCase, bench_cases, comparator_cases, group_name
 from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, Row, compare, group_regression_message,
                          regression_message)
 from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
-from .equivalence import (_EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, assert_close_normwise,
-                          check_equivalence, reference_tier)
+from .equivalence import _EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, equivalence_at
 from .measure import time_case
 from .report import render_markdown
 from .results import CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
@@ -65,7 +64,7 @@ __all__ = [
     "GateResult",
     "SuiteRun",
     "bench_cases",
-    "check_equivalence",
+    "equivalence_at",
     "compare",
     "baseline_name",
     "find_baseline",

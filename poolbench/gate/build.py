@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import registry
+from ..equivalence import perturb_parameters
 from ..timing import synchronize
 from .cases import BenchCase
 from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
@@ -21,21 +22,12 @@ def make_input(shape: Sequence[int], config: BenchConfig, device: torch.device |
 
 def build_module(pooler: str, tier: str, channels: int, config: BenchConfig,
                  device: torch.device | str | None = None) -> torch.nn.Module:
-    """``pooler[tier]`` with reproducibly perturbed parameters.
+    """``pooler[tier]`` with the equivalence contract's reproducibly perturbed parameters.
 
-    The perturbation moves learned parameters off their initial values (DPP's
-    α = λ = 1, LIP's zero conv, ...), so the equivalence check exercises the
-    per-channel maths rather than a special case; seeding makes every tier of
-    a pooler get the same parameters.
+    Seeding makes every tier of a pooler get the same parameters.
     """
     torch.manual_seed(config.seed)
-    module = registry.create(pooler, channels, KERNEL_SIZE, STRIDE, PADDING, tier=tier)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            if parameter.dtype.is_floating_point:
-                noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
-                parameter.add_(0.1 * noise.to(parameter.device))
+    module = perturb_parameters(registry.create(pooler, channels, KERNEL_SIZE, STRIDE, PADDING, tier=tier), config.seed + 1)
     device = torch.device(device or config.device)
     return module.to(device=device, dtype=config.torch_dtype)
 

@@ -2,7 +2,7 @@
 
 Registry-driven: a new pooler or tier is benchmarked as soon as it is
 registered.  Each case first proves the tier equals its reference
-(:func:`poolbench.gate.check_equivalence`), then times it interleaved with
+(:func:`poolbench.gate.equivalence_at`), then times it interleaved with
 ``avg_pool2d`` and stores the ratio in ``extra_info``.  Excluded from the
 default test run (marker ``bench``); ``poolbench compare`` runs it against the
 stored baseline in ``benchmarks/baselines``.  The cases (fixture ``case``)
@@ -26,7 +26,7 @@ def test_plugins_load():
 @pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")  # a case that fails equivalence is not timed
 def test_pooler(case, bench_config, benchmark):
     benchmark.group = case.group
-    equivalence = gate.check_equivalence(case.pooler, case.tier, case.shape, bench_config)
+    equivalence = gate.equivalence_at(case.pooler, case.tier, case.shape, bench_config)
     benchmark.extra_info.update(gate.extra_info(case, bench_config, equivalence, {}))
     if not equivalence.ok:
         pytest.fail(f"EQUIVALENCE {equivalence.message}", pytrace=False)
