@@ -29,7 +29,7 @@ def bench_json(ratios: dict[tuple, float], config: gate.BenchConfig | None = Non
     for (pooler, tier, layer, pass_), ratio in ratios.items():
         case = gate.BenchCase(pooler, tier, layer, shapes[layer - 1], pass_)
         info = gate.extra_info(case, config, None, {"ratio": ratio, "comparator_median_s": 1e-3, "rounds": 5})
-        benchmarks.append({"fullname": f"tests/benchmarks/test_bench_poolers.py::test_pooler[{case.id}]",
+        benchmarks.append({"fullname": f"test_bench_poolers.py::test_pooler[{case.id}]",
                            "extra_info": info, "stats": {"median": ratio * 1e-3, "rounds": 5}})
     return {"benchmarks": benchmarks}
 
@@ -289,19 +289,26 @@ PLUGIN = textwrap.dedent('''
 
 
 def test_gate_end_to_end(tmp_path):
-    """Save a baseline, pass unchanged, fail on a slowdown and on a broken tier (5 suite runs, ~35 s)."""
+    """Save a baseline, pass unchanged, fail on a slowdown and on a broken tier (5 suite runs, ~35 s).
+
+    Run as a user's CI would run an installed poolbench: from the user's own
+    directory (``root``), whose plugin module is imported from there, with the
+    baselines in ``benchmarks/baselines`` of that directory.
+    """
     (tmp_path / "gate_probe_plugin.py").write_text(PLUGIN)
     config = gate.BenchConfig(resolution=32, budget_s=0.01, min_rounds=3, max_rounds=30)
 
     def run(mode: str, **options) -> gate.GateResult:
         return gate.run_gate(gate.GateOptions(
-            config=config, poolers=["gate_probe", "gate_twin"], baseline_dir=tmp_path / "baselines",
-            report=tmp_path / f"report_{mode}.md", plugins=["gate_probe_plugin"], echo=False,
-            env={"PYTHONPATH": str(tmp_path), "GATE_PROBE_MODE": mode}, **options))
+            config=config, poolers=["gate_probe", "gate_twin"], root=tmp_path,
+            report=f"report_{mode}.md", plugins=["gate_probe_plugin"], echo=False,
+            env={"GATE_PROBE_MODE": mode}, **options))
 
     saved = run("save", save_baseline=True)
     assert saved.passed, saved.messages
     assert saved.saved_path.name == "0001_cpu-r32.json"
+    assert saved.saved_path.parent.parent == tmp_path / "benchmarks" / "baselines"
+    assert saved.report_path == tmp_path / "report_save.md"
     stored = gate.load_benchmarks(saved.saved_path)
     assert {key[0] for key in stored} == {"gate_probe", "gate_twin", gate.COMPARATOR}
     equivalence = stored[("gate_probe", "vectorized", 1, "forward")].equivalence

@@ -26,12 +26,13 @@ The pieces, one job per module:
 * :mod:`.measure` – :func:`time_case`, the interleaved ratio measurement;
 * :mod:`.equivalence` – :func:`equivalence_at`, the equivalence contract at a benchmark shape;
 * :mod:`.results` – :func:`load_benchmarks`, :func:`extra_info`, a suite run's outcomes;
-* :mod:`.suite` – :func:`run_suite` runs ``tests/benchmarks`` in a subprocess, collects its JSON;
+* :mod:`.suite` – :func:`run_suite` runs the packaged suite :mod:`poolbench.benchmarks` in a subprocess,
+  collects its JSON;
 * :mod:`.baselines` – saving, finding, merging and naming baselines;
 * :mod:`.comparison` – :func:`compare`, baseline ratios against current ratios;
 * :mod:`.report` – :func:`render_markdown`, the markdown summary;
-* :mod:`.runner` – :func:`run_gate`, the whole gate (run, confirm suspects, compare, report),
-  behind ``poolbench compare``.
+* :mod:`.runner` – :func:`run_gate`, the whole gate behind ``poolbench compare``: :func:`load_baseline`,
+  :func:`run_once`, :func:`confirm_suspects`, :func:`write_report`.
 
 The names are re-exported here, so ``from poolbench import gate; gate.run_gate(...)`` is the API.
 """
@@ -48,8 +49,9 @@ from .equivalence import _EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, equi
 from .measure import time_case
 from .report import render_markdown
 from .results import CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
-from .runner import DEFAULT_REPORT, GateOptions, GateResult, run_gate
-from .suite import SUITE_DIR, SUITE_ENV, SUITE_FILE, project_root, run_suite, suite_arguments
+from .runner import (DEFAULT_REPORT, GateOptions, GateResult, StoredBaseline, confirm_suspects, load_baseline,
+                     run_gate, run_once, write_report)
+from .suite import SUITE_DIR, SUITE_ENV, SUITE_FILE, run_suite, suite_arguments, suite_node
 
 __all__ = [
     "COMPARATOR",

@@ -3,9 +3,9 @@
 Registry-driven: a new pooler or tier is benchmarked as soon as it is
 registered.  Each case first proves the tier equals its reference
 (:func:`poolbench.gate.equivalence_at`), then times it interleaved with
-``avg_pool2d`` and stores the ratio in ``extra_info``.  Excluded from the
-default test run (marker ``bench``); ``poolbench compare`` runs it against the
-stored baseline in ``benchmarks/baselines``.  The cases (fixture ``case``)
+``avg_pool2d`` and stores the ratio in ``extra_info``.  Marked ``bench``;
+``poolbench compare`` runs it against the stored baseline (``--baseline-dir``,
+default ``benchmarks/baselines`` of the current directory).  The cases (fixture ``case``)
 are generated in ``conftest.py`` from the ``--bench-*`` options.
 """
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """Options and fixtures of the pytest-benchmark regression suite (run by ``poolbench compare``).
 
-Run it directly with::
+The suite ships inside the package (so an installed poolbench can gate a
+user's own plugin poolers); ``poolbench compare`` runs it.  Run it directly with::
 
-    pytest -m bench tests/benchmarks --benchmark-enable [--bench-poolers dpp_lite_sym] [--bench-resolution 112]
+    pytest -m bench "$(python -c 'import poolbench.benchmarks as b; print(b.__path__[0])')" --benchmark-enable \
+        [--bench-poolers dpp_lite_sym] [--bench-resolution 112]
 
 The ``--bench-*`` options set :class:`poolbench.gate.BenchConfig`; ``--device``
-and ``--dtype`` come from ``tests/conftest.py``.  ``--bench-outcomes PATH``
-appends one JSON line per test outcome, which is how the gate learns about
-equivalence failures and skips.
+and ``--dtype`` are the same options as the test suite's (defined here too,
+so the suite runs on its own).  ``--bench-outcomes PATH`` appends one JSON
+line per test outcome, which is how the gate learns about equivalence
+failures and skips.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 
 from poolbench import gate
 from poolbench.gate import BenchConfig
+from poolbench.tolerances import DTYPES
 
 _DEFAULTS = BenchConfig()
 _OPTIONS = {
@@ -35,7 +39,13 @@ _outcomes_path: str | None = None
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("poolbench-bench", "poolbench benchmark suite (tests/benchmarks)")
+    for flag, kwargs in (("--device", dict(default="cpu", choices=("cpu", "cuda"), help="device the tiers run on")),
+                         ("--dtype", dict(default="float32", choices=tuple(DTYPES), help="dtype of the benchmark input"))):
+        try:
+            parser.addoption(flag, **kwargs)
+        except ValueError:  # already defined by poolbench's own tests/conftest.py in the same session
+            pass
+    group = parser.getgroup("poolbench-bench", "poolbench benchmark suite (poolbench/benchmarks)")
     for field, (flag, kind, help_text) in _OPTIONS.items():
         default = getattr(_DEFAULTS, field)
         group.addoption(flag, type=kind, default=default, help=f"{help_text} (default {default})")
@@ -52,6 +62,20 @@ def bench_config_from(config) -> BenchConfig:
 
 def bench_selection(config) -> tuple[str | None, str | None]:
     return config.getoption("--bench-poolers", None), config.getoption("--bench-tiers", None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bench: pytest-benchmark regression suite (run by `poolbench compare`)")
+    global _outcomes_path
+    _outcomes_path = config.getoption("--bench-outcomes", None)
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    name = request.config.getoption("--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda given but CUDA is not available on this machine")
+    return torch.device(name)
 
 
 @pytest.fixture(scope="session")
@@ -89,11 +113,6 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def case(case_id) -> gate.BenchCase:
     return _CASES[case_id]
-
-
-def pytest_configure(config):
-    global _outcomes_path
-    _outcomes_path = config.getoption("--bench-outcomes", None)
 
 
 def pytest_runtest_logreport(report):
