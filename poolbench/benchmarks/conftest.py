@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from poolbench import gate
-from poolbench.gate import BenchConfig
+from poolbench.bench import BenchConfig, torch_threads
 from poolbench.tolerances import DTYPES
 
 _DEFAULTS = BenchConfig()
@@ -81,12 +81,7 @@ def device(request) -> torch.device:
 @pytest.fixture(scope="session")
 def bench_config(request, device) -> BenchConfig:
     config = bench_config_from(request.config)
-    if device.type == "cpu":
-        previous = torch.get_num_threads()
-        torch.set_num_threads(config.threads)
-        yield config
-        torch.set_num_threads(previous)
-    else:
+    with torch_threads(config.threads if device.type == "cpu" else None):
         yield config
 
 

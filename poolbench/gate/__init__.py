@@ -40,11 +40,11 @@ from __future__ import annotations
 
 from .baselines import (DEFAULT_BASELINE_DIR, baseline_name, config_mismatch, find_baseline, merge_runs,
                         save_baseline)
-from .build import build_module, case_closures, comparator, make_input, pass_closure
-from .cases import BenchCase, bench_cases, comparator_cases, group_name
+from ..bench.closures import build_module, case_closures, comparator, make_input, pass_closure
+from ..bench.cases import BenchCase, bench_cases, comparator_cases, group_name
 from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, Row, compare, group_regression_message,
                          regression_message)
-from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
+from ..bench.config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
 from .equivalence import _EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, equivalence_at
 from .measure import time_case
 from .report import render_markdown

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import registry
-from .cases import _fmt_shape
-from .config import COMPARATOR, PASSES
+from ..bench.cases import _fmt_shape
+from ..bench.config import COMPARATOR, PASSES
 from .results import CaseResult
 
 DEFAULT_THRESHOLD = 0.10

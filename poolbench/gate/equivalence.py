@@ -17,9 +17,9 @@ import torch
 from .. import registry
 from ..equivalence import compare, reference_tier
 from ..validation import pooled_size
-from .build import build_module, make_input
-from .cases import _fmt_shape
-from .config import KERNEL_SIZE, PADDING, STRIDE, BenchConfig
+from ..bench.closures import build_module, make_input
+from ..bench.cases import _fmt_shape
+from ..bench.config import KERNEL_SIZE, PADDING, STRIDE, BenchConfig
 
 
 @dataclass(frozen=True)

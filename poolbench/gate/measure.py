@@ -13,7 +13,8 @@ import statistics
 import time
 from typing import Callable
 
-from .config import BenchConfig
+from ..bench.config import BenchConfig
+from ..bench.subject import paired_ratio
 
 
 class _ComparatorSampler:
@@ -62,7 +63,7 @@ def time_case(benchmark, fn: Callable[[], None], reference: Callable[[], None], 
     comparator_median = statistics.median(comparator_times)
     return {
         "ratio": statistics.median(pooler_times) / comparator_median,
-        "paired_ratio": statistics.median(p / c for p, c in zip(pooler_times, comparator_times)),
+        "paired_ratio": paired_ratio(pooler_times, comparator_times),
         "min_ratio": min(pooler_times) / min(comparator_times),
         "comparator_median_s": comparator_median,
         "rounds": rounds,

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from .comparison import Comparison
-from .config import COMPARATOR, BenchConfig
+from ..bench.config import COMPARATOR, BenchConfig
 from .results import SuiteRun
 
 

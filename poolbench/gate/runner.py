@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 from .baselines import (DEFAULT_BASELINE_DIR, _machine_id, baseline_name, config_mismatch, find_baseline, merge_runs,
                         save_baseline)
-from .cases import _split, bench_cases
+from ..bench.cases import _split, bench_cases
 from .comparison import DEFAULT_THRESHOLD, Comparison, compare
-from .config import COMPARATOR, BenchConfig
+from ..bench.config import COMPARATOR, BenchConfig
 from .report import _rel, render_markdown
 from .results import SuiteRun, load_benchmarks
 from .suite import run_suite

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .cases import _split
-from .config import BenchConfig
+from ..bench.cases import _split
+from ..bench.config import BenchConfig
 from .results import Outcome, SuiteRun
 
 #: The folder of the pytest-benchmark suite, inside the installed package.

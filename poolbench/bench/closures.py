@@ -1,4 +1,8 @@
-"""Inputs, modules and zero-argument pass closures for a case (set-up kept outside the timed region)."""
+"""Inputs, modules and zero-argument pass closures for a case (set-up kept outside the timed region).
+
+:func:`case_closures` is the one way to get "a zero-argument closure for one
+case and pass" (and the ``avg_pool2d`` comparator's on the same input).
+"""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -8,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import registry
 from ..equivalence import perturb_parameters
-from ..timing import synchronize
+from .subject import PassSubject
 from .cases import BenchCase
 from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
 
@@ -40,38 +44,13 @@ def pass_closure(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pa
                  params: Sequence[torch.Tensor] = (), module: torch.nn.Module | None = None) -> Callable[[], None]:
     """A zero-argument closure running one ``pass_`` of ``fn`` on ``x`` and waiting for the device.
 
-    ``forward`` runs under ``torch.no_grad`` with ``module`` in eval mode;
-    ``forward_backward`` puts ``module`` in train mode and computes the
-    gradients of ``x`` and ``params`` with ``torch.autograd.grad`` (no
-    ``.grad`` accumulation, which would add work the pooler does not own).
+    See :class:`PassSubject`: ``forward`` runs under ``torch.no_grad`` with
+    ``module`` in eval mode; ``forward_backward`` puts ``module`` in train
+    mode and computes the gradients of ``x`` and ``params``.
     """
     if pass_ not in PASSES:
         raise ValueError(f"pass must be one of {', '.join(PASSES)}, got {pass_!r}")
-    device = x.device
-    if pass_ == "forward":
-        if module is not None:
-            module.eval()
-
-        def forward() -> None:
-            with torch.no_grad():
-                fn(x)
-            synchronize(device)
-
-        return forward
-    if module is not None:
-        module.train()
-    xg = x.detach().requires_grad_(True)
-    inputs = [xg, *params]
-    with torch.no_grad():
-        out_shape = fn(x).shape
-    generator = torch.Generator().manual_seed(7)
-    grad_out = torch.randn(out_shape, generator=generator).to(device=device, dtype=x.dtype)
-
-    def forward_backward() -> None:
-        torch.autograd.grad(fn(xg), inputs, grad_out)
-        synchronize(device)
-
-    return forward_backward
+    return PassSubject(fn, x, params, module).closure(pass_)
 
 
 def comparator(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +59,11 @@ def comparator(x: torch.Tensor) -> torch.Tensor:
 
 def case_closures(case: BenchCase, config: BenchConfig, module: torch.nn.Module | None = None,
                   x: torch.Tensor | None = None) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(pooler closure, ``avg_pool2d`` closure) for ``case`` on the same input and pass."""
+    """(pooler closure, ``avg_pool2d`` closure) for ``case`` on the same input and pass.
+
+    Both are zero-argument and include waiting for the device; the pooler's
+    module gets the equivalence contract's perturbed parameters.
+    """
     x = make_input(case.shape, config) if x is None else x
     reference = pass_closure(comparator, x, case.pass_)
     if case.pooler == COMPARATOR:
