@@ -21,7 +21,7 @@ import torch
 
 from poolbench import gate
 from poolbench.bench import BenchConfig, torch_threads
-from poolbench.tolerances import DTYPES
+from poolbench.benchmarks.fixtures import add_device_options, device  # noqa: F401  (fixture)
 
 _DEFAULTS = BenchConfig()
 _OPTIONS = {
@@ -39,12 +39,7 @@ _outcomes_path: str | None = None
 
 
 def pytest_addoption(parser):
-    for flag, kwargs in (("--device", dict(default="cpu", choices=("cpu", "cuda"), help="device the tiers run on")),
-                         ("--dtype", dict(default="float32", choices=tuple(DTYPES), help="dtype of the benchmark input"))):
-        try:
-            parser.addoption(flag, **kwargs)
-        except ValueError:  # already defined by poolbench's own tests/conftest.py in the same session
-            pass
+    add_device_options(parser)
     group = parser.getgroup("poolbench-bench", "poolbench benchmark suite (poolbench/benchmarks)")
     for field, (flag, kind, help_text) in _OPTIONS.items():
         default = getattr(_DEFAULTS, field)
@@ -68,14 +63,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "bench: pytest-benchmark regression suite (run by `poolbench compare`)")
     global _outcomes_path
     _outcomes_path = config.getoption("--bench-outcomes", None)
-
-
-@pytest.fixture(scope="session")
-def device(request) -> torch.device:
-    name = request.config.getoption("--device")
-    if name == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--device cuda given but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 @pytest.fixture(scope="session")
