@@ -31,6 +31,7 @@ from . import flops, models, registry
 from .timing import measure_latency, peak_memory_bytes, saved_tensor_bytes
 
 __all__ = [
+    "Column",
     "BASELINE_POOLER",
     "BASELINE_TIER",
     "METRICS",
@@ -128,12 +129,37 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Column:
+    """How the report shows one quantity of a metric: a column per network or per layer table.
+
+    ``quantities`` are tried in order (the first one measured is shown);
+    ``kind`` is ``"value"`` (÷ ``scale``, ``digits`` decimals), ``"int"``
+    (thousands separators) or ``"ratio"`` (÷ the same quantity of the
+    baseline network or layer measured in the same run).
+    """
+
+    header: str
+    quantities: tuple[str, ...]
+    kind: str = "value"
+    scale: float = 1.0
+    digits: int = 2
+    scopes: tuple[str, ...] = SCOPES
+
+    def __post_init__(self):
+        if self.kind not in ("value", "int", "ratio"):
+            raise ValueError(f"column kind must be 'value', 'int' or 'ratio', got {self.kind!r}")
+        if isinstance(self.quantities, str):
+            object.__setattr__(self, "quantities", (self.quantities,))
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     name: str
     function: Callable[["Subject"], list[Quantity]]
     scopes: tuple[str, ...]
     devices: tuple[str, ...]
     description: str
+    columns: tuple[Column, ...] = ()
 
     def unavailable_reason(self, device: torch.device | str) -> str | None:
         device_type = torch.device(device).type
@@ -146,8 +172,12 @@ METRICS: dict[str, MetricSpec] = {}
 
 
 def metric(name: str, *, scopes: Iterable[str] = SCOPES, devices: Iterable[str] = ("cpu", "cuda"),
-           description: str = ""):
-    """Register ``function(subject) -> list[Quantity]`` as metric ``name`` for the given scopes and devices."""
+           description: str = "", columns: Iterable[Column] = ()):
+    """Register ``function(subject) -> list[Quantity]`` as metric ``name`` for the given scopes and devices.
+
+    ``columns`` say how the report shows its quantities (it loops over every
+    registered metric's columns, in registration order).
+    """
     scopes = tuple(scopes)
     unknown = set(scopes) - set(SCOPES)
     if unknown:
@@ -155,10 +185,15 @@ def metric(name: str, *, scopes: Iterable[str] = SCOPES, devices: Iterable[str] 
 
     def decorator(function):
         METRICS[name] = MetricSpec(name, function, scopes, tuple(devices),
-                                   description or (function.__doc__ or "").strip().splitlines()[0])
+                                   description or (function.__doc__ or "").strip().splitlines()[0], tuple(columns))
         return function
 
     return decorator
+
+
+def report_columns(scope: str) -> list[Column]:
+    """Every registered metric's report columns for ``scope`` ("network" or "layer"), in registration order."""
+    return [column for spec in METRICS.values() for column in spec.columns if scope in column.scopes]
 
 
 def metric_names(scope: str | None = None) -> list[str]:
@@ -349,13 +384,15 @@ def _latency(name: str, fn: Callable[[], object], subject: Subject) -> Quantity:
     return Quantity(name, best.median_ms, "ms", detail)
 
 
-@metric("latency_forward", description="inference latency (eval mode, no autograd)")
+@metric("latency_forward", description="inference latency (eval mode, no autograd)",
+        columns=(Column("forward ×", ("latency_forward",), "ratio"),))
 def latency_forward(subject: Subject) -> list[Quantity]:
     """Inference latency: eval mode, no autograd; median over the runs."""
     return [_latency("latency_forward", subject.forward_fn(), subject)]
 
 
-@metric("latency_train", description="forward+backward latency (train mode)")
+@metric("latency_train", description="forward+backward latency (train mode)",
+        columns=(Column("train ×", ("latency_train",), "ratio"),))
 def latency_train(subject: Subject) -> list[Quantity]:
     """Training-step latency: train-mode forward and backward (no optimizer step)."""
     return [_latency("latency_train", subject.train_fn(), subject)]
@@ -371,7 +408,9 @@ def activation_bytes(fn: Callable[[], object], module: nn.Module) -> int:
     return saved_tensor_bytes(fn, exclude=module.parameters())
 
 
-@metric("activation_memory", description="bytes of activations autograd saves for backward")
+@metric("activation_memory", description="bytes of activations autograd saves for backward",
+        columns=(Column("activation MiB", ("activation_memory",), scale=2**20, digits=1, scopes=("network",)),
+                 Column("activation ×", ("activation_memory",), "ratio")))
 def activation_memory(subject: Subject) -> list[Quantity]:
     """Bytes of activations (not weights) autograd saves for backward in a train-mode forward."""
     forward = subject.training_forward_fn()
@@ -386,7 +425,9 @@ def memory_forward(subject: Subject) -> list[Quantity]:
     return [Quantity("memory_forward", value, "B", {"method": "torch.cuda.max_memory_allocated"})]
 
 
-@metric("memory_train", devices=("cuda",), description="peak CUDA memory of a training step")
+@metric("memory_train", devices=("cuda",), description="peak CUDA memory of a training step",
+        columns=(Column("peak train MiB", ("memory_train",), scale=2**20, digits=1, scopes=("network",)),
+                 Column("peak train ×", ("memory_train",), "ratio")))
 def memory_train(subject: Subject) -> list[Quantity]:
     """Extra peak CUDA memory of a training step (forward + backward, gradients included)."""
     step = subject.train_fn()
@@ -395,7 +436,10 @@ def memory_train(subject: Subject) -> list[Quantity]:
     return [Quantity("memory_train", value, "B", {"method": "torch.cuda.max_memory_allocated"})]
 
 
-@metric("params", description="learned parameters and overhead vs the max-pool network")
+@metric("params", description="learned parameters and overhead vs the max-pool network",
+        columns=(Column("params", ("params",), "int"),
+                 Column("overhead", ("params_overhead",), "int", scopes=("network",)),
+                 Column("overhead %", ("params_overhead_pct",), digits=3, scopes=("network",))))
 def params(subject: Subject) -> list[Quantity]:
     """Parameters: network total and overhead vs the max-pool network (absolute, %), checked analytically."""
     if subject.scope == "layer":
@@ -426,7 +470,14 @@ def baseline_params(model_name: str) -> int:
     return _BASELINE_PARAMS[model_name]
 
 
-@metric("macs", description="multiply-accumulates per image: fvcore, FlopCounterMode, analytic")
+@metric("macs", description="multiply-accumulates per image: fvcore, FlopCounterMode, analytic",
+        columns=(Column("GMACs fvcore", ("macs_fvcore",), scale=1e9, digits=3, scopes=("network",)),
+                 Column("GMACs FlopCounterMode", ("macs_flop_counter",), scale=1e9, digits=3, scopes=("network",)),
+                 Column("pooling MMACs", ("pooling_macs_fvcore", "pooling_macs_flop_counter"), scale=1e6,
+                        scopes=("network",)),
+                 Column("MMACs analytic", ("macs_analytic",), scale=1e6, digits=3, scopes=("layer",)),
+                 Column("MMACs fvcore", ("macs_fvcore",), scale=1e6, digits=3, scopes=("layer",)),
+                 Column("MMACs FlopCounterMode", ("macs_flop_counter",), scale=1e6, digits=3, scopes=("layer",))))
 def macs(subject: Subject) -> list[Quantity]:
     """MACs per image (batch 1) by fvcore and FlopCounterMode with poolbench's pooling handles, and analytically."""
     counted_tier = subject.tier if subject.is_baseline else flops.counting_tier(subject.pooler, subject.tier)

@@ -46,7 +46,7 @@ class RunConfig:
     """What to measure and where; ``None`` means "everything registered"."""
 
     device: str = "cpu"
-    models: tuple[str, ...] = tuple(models.MODELS)
+    models: tuple[str, ...] | None = None  # None: every registered network
     poolers: tuple[str, ...] | None = None
     tiers: tuple[str, ...] | None = None
     metrics: tuple[str, ...] | None = None
@@ -69,10 +69,13 @@ class RunConfig:
                              "(torch.cuda.is_available() is False); use --device cpu")
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        known = models.names()
+        self.models = tuple(known) if self.models is None else tuple(self.models)
         for name in self.models:
-            if name not in models.MODELS:
-                raise ValueError(f"unknown model {name!r}; expected some of {', '.join(models.MODELS)}")
+            if name not in known:
+                raise ValueError(f"unknown model {name!r}; expected some of {', '.join(known)}")
         if self.metrics is not None:
+            registry.load_plugins()  # a plugin may register metrics too
             for name in self.metrics:
                 if name not in metrics_module.METRICS:
                     raise ValueError(f"unknown metric {name!r}; known: {', '.join(metrics_module.METRICS)}")

@@ -10,7 +10,7 @@ import importlib.metadata
 import sys
 import textwrap
 
-from poolbench import dpp, registry
+from poolbench import dpp, metrics, models, registry
 
 
 def isolate_registries(monkeypatch) -> None:
@@ -19,6 +19,8 @@ def isolate_registries(monkeypatch) -> None:
     monkeypatch.setattr(registry, "_TIER_ORDER", list(registry._TIER_ORDER))
     monkeypatch.setattr(registry, "_PLUGIN_ERRORS", {})
     monkeypatch.setattr(dpp, "_KERNELS", dict(dpp._KERNELS))
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    monkeypatch.setattr(metrics, "METRICS", dict(metrics.METRICS))
 
 
 def load_plugin_file(monkeypatch, tmp_path, module_name: str, source: str) -> dict[str, str]:
