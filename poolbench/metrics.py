@@ -1,4 +1,4 @@
-"""Named metrics: each a function of a :class:`Subject`, added with ``@metric``, producing :class:`Row`\\ s.
+"""Named metrics: each a function of a :class:`Subject`, added with ``@metric``, producing :class:`MetricRow`\\ s.
 
 A *subject* is what gets measured: a whole network (VGG-16, ResNet-50/101 with
 a pooler swapped in) or one pooling layer at the input shape it has inside
@@ -37,7 +37,7 @@ __all__ = [
     "METRICS",
     "MetricSpec",
     "Quantity",
-    "Row",
+    "MetricRow",
     "Settings",
     "Subject",
     "measure",
@@ -61,7 +61,7 @@ CPU_MEMORY_METHOD = (
 
 
 @dataclass
-class Row:
+class MetricRow:
     """One measured quantity of one (model, pooler, tier, scope, layer, metric) cell.
 
     ``status`` is ``"ok"``, ``"skipped"`` (the cell cannot run here; ``error``
@@ -243,8 +243,8 @@ class Subject:
         return self.sites[0]
 
     def row(self, metric: str, quantity: str, value, unit: str, status: str = "ok", error: str = "",
-            detail: dict | None = None) -> Row:
-        return Row(self.model_name, self.pooler, self.tier, self.scope, self.layer,
+            detail: dict | None = None) -> MetricRow:
+        return MetricRow(self.model_name, self.pooler, self.tier, self.scope, self.layer,
                    "x".join(map(str, self.shape)), metric, quantity,
                    None if value is None else float(value), unit, status, error,
                    json.dumps(detail, sort_keys=True, default=str) if detail else "")
@@ -269,13 +269,8 @@ class Subject:
                 base = self.baselines[self.model_name] = models.build_baseline(self.model_name)
             module = copy.deepcopy(base)
             if not self.is_baseline:
-                spec = registry.get_spec(self.pooler, tier)
-                if (reason := spec.unavailable_reason(self.device)) is not None:
-                    raise ValueError(reason)
-                options = self.pooler_options()
                 torch.manual_seed(self.seed)
-                models.swap(module, self.model_name, lambda site: registry.create(
-                    self.pooler, site.channels, *site.geometry, tier=spec.tier, **options))
+                models.swap_in(module, self.model_name, self.pooler, tier, device=self.device, **self.pooler_options())
         elif self.is_baseline:
             module = nn.MaxPool2d(*self.site.geometry)
         else:
@@ -338,7 +333,7 @@ class Subject:
 # running one metric
 # ----------------------------------------------------------------------------------------------
 
-def measure(subject: Subject, name: str) -> list[Row]:
+def measure(subject: Subject, name: str) -> list[MetricRow]:
     """Rows of metric ``name`` on ``subject``; a failure becomes one ``error`` row, never an exception."""
     spec = METRICS.get(name)
     if spec is None:
@@ -363,7 +358,7 @@ def measure(subject: Subject, name: str) -> list[Row]:
     return rows
 
 
-def skipped_rows(subject: Subject, names: Iterable[str], reason: str, status: str = "skipped") -> list[Row]:
+def skipped_rows(subject: Subject, names: Iterable[str], reason: str, status: str = "skipped") -> list[MetricRow]:
     """One row per metric saying why the whole cell group did not run."""
     return [subject.row(name, name, None, "", status, reason) for name in names]
 

@@ -54,6 +54,7 @@ __all__ = [
     "register_model",
     "replace_poolers",
     "swap",
+    "swap_in",
     "title",
 ]
 
@@ -243,19 +244,25 @@ def build(
     go to every pooler's factory (e.g. ``alpha``, ``lam``, ``seed``).  Raises
     ``ValueError`` (with the registry's reason) if the tier cannot run there.
     """
-    _check_model(model_name)
-    if pooler is None:
-        model = build_baseline(model_name)
-    else:
-        spec = registry.get_spec(pooler, tier, device or "cpu")
-        if device is not None and (reason := spec.unavailable_reason(device)) is not None:
-            raise ValueError(reason)
-
-        def make(site: PoolSite) -> nn.Module:
-            return registry.create(pooler, site.channels, *site.geometry, tier=spec.tier, **options)
-
-        model = build_with(model_name, make)
+    model = build_baseline(model_name)
+    if pooler is not None:
+        swap_in(model, model_name, pooler, tier, device=device, **options)
     return model.to(device) if device is not None else model
+
+
+def swap_in(model: nn.Module, model_name: str, pooler: str, tier: str | None = None, *,
+            device: str | torch.device | None = None, **options) -> list[PoolSite]:
+    """Place registered ``pooler[tier]`` at every site of an unmodified ``model_name`` network, in place.
+
+    The one way a network gets its poolers (:func:`build` and the metrics'
+    subjects use it); ``ValueError`` with the registry's reason if the tier
+    cannot run on ``device``.
+    """
+    spec = registry.get_spec(pooler, tier, device or "cpu")
+    if device is not None and (reason := spec.unavailable_reason(device)) is not None:
+        raise ValueError(reason)
+    return swap(model, model_name, lambda site: registry.create(pooler, site.channels, *site.geometry,
+                                                                tier=spec.tier, **options))
 
 
 def replace_poolers(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> None:

@@ -311,63 +311,70 @@ def _plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Path], s
     except ImportError:
         return [], "matplotlib is not installed: no plots (pip install matplotlib)"
     written: list[Path] = []
-    net = _values(frame, "network")
-    if not net.empty and "latency_train" in net:
-        net = net.assign(train_ratio=_ratio(net, "latency_train", ["model"]),
-                         fwd_ratio=_ratio(net, "latency_forward", ["model"]))
-        models_present = [m for m in models.MODELS if m in set(net["model"])] + \
-            sorted(set(net["model"]) - set(models.MODELS))
-        labels = [_label(p, t) for p, t in dict.fromkeys(zip(_order(net)["pooler"], _order(net)["tier"]))]
-        fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(labels) + 4), 4.5), sharey=False)
-        width = 0.8 / max(len(models_present), 1)
-        for ax, column, title in ((axes[0], "fwd_ratio", "forward (inference)"), (axes[1], "train_ratio",
-                                                                                    "train step")):
-            for i, model in enumerate(models_present):
-                sel = net[net["model"] == model].assign(label=lambda t: [_label(p, q) for p, q in zip(t["pooler"],
-                                                                                                       t["tier"])])
-                values = [sel.loc[sel["label"] == lab, column].mean() if (sel["label"] == lab).any() else float("nan")
-                          for lab in labels]
-                ax.bar([x + i * width for x in range(len(labels))], values, width,
-                       label=models.title(model))
-            ax.axhline(1.0, color="black", linewidth=0.8)
-            ax.set_xticks([x + width * (len(models_present) - 1) / 2 for x in range(len(labels))])
-            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
-            ax.set_ylabel("latency / max pooling network")
-            ax.set_title(title)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"{name}_latency.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    layers = _values(frame, "layer")
-    if not layers.empty and "latency_train" in layers:
-        layers = layers.assign(train_ratio=_ratio(layers, "latency_train", ["model", "layer"]))
-        models_present = [m for m in models.MODELS if m in set(layers["model"])]
-        if models_present:
-            fig, axes = plt.subplots(1, len(models_present), figsize=(5 * len(models_present), 4.2), squeeze=False)
-            for ax, model in zip(axes[0], models_present):
-                sel = layers[layers["model"] == model]
-                raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
-                order = [layer for layer in dict.fromkeys(raw["layer"]) if layer in set(sel["layer"])]
-                for (pooler, tier), group in _order(sel).groupby(["pooler", "tier"], sort=False):
-                    if pooler == BASELINE_POOLER and tier == BASELINE_TIER:
-                        continue
-                    group = group.set_index("layer").reindex(order)
-                    ax.plot(range(len(order)), group["train_ratio"], marker="o", label=_label(pooler, tier))
-                ax.axhline(1.0, color="black", linewidth=0.8)
-                ax.set_yscale("log")
-                ax.set_xticks(range(len(order)))
-                ax.set_xticklabels(order, rotation=45, ha="right", fontsize=7)
-                ax.set_title(f"{models.title(model)}: per layer, train step")
-                ax.set_ylabel("latency / nn.MaxPool2d")
-            axes[0][-1].legend(fontsize=7, loc="best")
+    for suffix, draw in (("latency", _plot_network_latency), ("layers", _plot_layer_latency)):
+        fig = draw(plt, frame)
+        if fig is not None:
             fig.tight_layout()
-            path = out_dir / f"{name}_layers.png"
+            path = out_dir / f"{name}_{suffix}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
     return written, None
+
+
+def _plot_network_latency(plt, frame: pd.DataFrame):
+    """Bars: each pooler's network latency / the max-pool network's, forward and train step, per model."""
+    net = _values(frame, "network")
+    if net.empty or "latency_train" not in net:
+        return None
+    net = net.assign(train_ratio=_ratio(net, "latency_train", ["model"]),
+                     fwd_ratio=_ratio(net, "latency_forward", ["model"]))
+    models_present = [m for m in models.MODELS if m in set(net["model"])] + sorted(set(net["model"]) - set(models.MODELS))
+    labels = [_label(p, t) for p, t in dict.fromkeys(zip(_order(net)["pooler"], _order(net)["tier"]))]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(labels) + 4), 4.5), sharey=False)
+    width = 0.8 / max(len(models_present), 1)
+    for ax, column, title in ((axes[0], "fwd_ratio", "forward (inference)"), (axes[1], "train_ratio", "train step")):
+        for i, model in enumerate(models_present):
+            sel = net[net["model"] == model].assign(label=lambda t: [_label(p, q) for p, q in zip(t["pooler"], t["tier"])])
+            values = [sel.loc[sel["label"] == lab, column].mean() if (sel["label"] == lab).any() else float("nan")
+                      for lab in labels]
+            ax.bar([x + i * width for x in range(len(labels))], values, width, label=models.title(model))
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([x + width * (len(models_present) - 1) / 2 for x in range(len(labels))])
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("latency / max pooling network")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_layer_latency(plt, frame: pd.DataFrame):
+    """Lines: each pooler's train-step latency / nn.MaxPool2d's, layer by layer, one panel per model."""
+    layers = _values(frame, "layer")
+    if layers.empty or "latency_train" not in layers:
+        return None
+    layers = layers.assign(train_ratio=_ratio(layers, "latency_train", ["model", "layer"]))
+    models_present = [m for m in models.MODELS if m in set(layers["model"])]
+    if not models_present:
+        return None
+    fig, axes = plt.subplots(1, len(models_present), figsize=(5 * len(models_present), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models_present):
+        sel = layers[layers["model"] == model]
+        raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
+        order = [layer for layer in dict.fromkeys(raw["layer"]) if layer in set(sel["layer"])]
+        for (pooler, tier), group in _order(sel).groupby(["pooler", "tier"], sort=False):
+            if pooler == BASELINE_POOLER and tier == BASELINE_TIER:
+                continue
+            group = group.set_index("layer").reindex(order)
+            ax.plot(range(len(order)), group["train_ratio"], marker="o", label=_label(pooler, tier))
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(order, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{models.title(model)}: per layer, train step")
+        ax.set_ylabel("latency / nn.MaxPool2d")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------

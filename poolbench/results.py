@@ -21,13 +21,13 @@ from typing import Iterable
 import pandas as pd
 import torch
 
-from .metrics import Row
+from .metrics import MetricRow
 
 __all__ = ["ENV_COLUMNS", "ResultsWriter", "environment", "git_commit", "load_results", "measured_cells"]
 
 ENV_COLUMNS = ("torch", "device", "device_name", "dtype", "batch", "resolution", "threads", "load_avg", "commit",
                "host", "poolbench", "timestamp")
-ROW_COLUMNS = tuple(Row.__dataclass_fields__)
+ROW_COLUMNS = tuple(MetricRow.__dataclass_fields__)
 CELL_COLUMNS = ("model", "pooler", "tier", "scope", "layer", "metric")
 
 
@@ -90,7 +90,7 @@ class ResultsWriter:
             for path in (self.jsonl, self.csv):
                 path.unlink(missing_ok=True)
 
-    def write(self, rows: Iterable[Row]) -> None:
+    def write(self, rows: Iterable[MetricRow]) -> None:
         """Append ``rows`` (one cell) to both files, flushed before returning."""
         self._attempts += 1
         attempt = f"{self.env.get('timestamp', '')}#{self._attempts}"

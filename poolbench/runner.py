@@ -20,7 +20,7 @@ import torch
 
 from . import metrics as metrics_module
 from . import models, registry
-from .metrics import BASELINE_POOLER, BASELINE_TIER, Row, Settings, Subject
+from .metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings, Subject
 from .results import ResultsWriter, environment, measured_cells
 
 __all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", "run"]
@@ -275,7 +275,7 @@ def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
     writer = ResultsWriter(config.stem, env, resume=config.resume)
     counts = {"rows": 0, "error": 0, "skipped": 0}
 
-    def write(rows: list[Row]) -> None:
+    def write(rows: list[MetricRow]) -> None:
         writer.write(rows)
         counts["rows"] += len(rows)
         for row in rows:

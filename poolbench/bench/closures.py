@@ -65,8 +65,8 @@ def case_closures(case: BenchCase, config: BenchConfig, module: torch.nn.Module 
     module gets the equivalence contract's perturbed parameters.
     """
     x = make_input(case.shape, config) if x is None else x
-    reference = pass_closure(comparator, x, case.pass_)
+    baseline = pass_closure(comparator, x, case.pass_)
     if case.pooler == COMPARATOR:
-        return reference, reference
+        return baseline, baseline
     module = build_module(case.pooler, case.tier, case.shape[1], config) if module is None else module
-    return pass_closure(module, x, case.pass_, _trainable(module), module), reference
+    return pass_closure(module, x, case.pass_, _trainable(module), module), baseline

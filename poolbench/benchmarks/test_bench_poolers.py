@@ -30,14 +30,14 @@ def test_pooler(case, bench_config, benchmark):
     benchmark.extra_info.update(gate.extra_info(case, bench_config, equivalence, {}))
     if not equivalence.ok:
         pytest.fail(f"EQUIVALENCE {equivalence.message}", pytrace=False)
-    pooler, reference = gate.case_closures(case, bench_config)
-    benchmark.extra_info.update(gate.time_case(benchmark, pooler, reference, bench_config))
+    pooler, comparator = gate.case_closures(case, bench_config)
+    benchmark.extra_info.update(gate.time_case(benchmark, pooler, comparator, bench_config))
 
 
 def test_avg_pool2d(case, bench_config, benchmark):
     """The comparator's own absolute times (what ``--benchmark-compare-fail`` can watch on one machine)."""
     benchmark.group = case.group
-    pooler, reference = gate.case_closures(case, bench_config)
-    timing = gate.time_case(benchmark, pooler, reference, bench_config)
+    pooler, comparator = gate.case_closures(case, bench_config)
+    timing = gate.time_case(benchmark, pooler, comparator, bench_config)
     timing.pop("ratio", None), timing.pop("paired_ratio", None)
     benchmark.extra_info.update(gate.extra_info(case, bench_config, None, timing))

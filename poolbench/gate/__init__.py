@@ -42,7 +42,7 @@ from .baselines import (DEFAULT_BASELINE_DIR, baseline_name, config_mismatch, fi
                         save_baseline)
 from ..bench.closures import build_module, case_closures, comparator, make_input, pass_closure
 from ..bench.cases import BenchCase, bench_cases, comparator_cases, group_name
-from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, Row, compare, group_regression_message,
+from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, CaseChange, compare, group_regression_message,
                          regression_message)
 from ..bench.config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
 from .equivalence import _EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, equivalence_at
