@@ -2,7 +2,7 @@
 
 SoftPool, LIP, AdaPool, Lp and stochastic pooling all need, for every output
 position, the k×k values under its window *and* which of them are real input
-(not padding): SPEC says padded positions neither vote nor get averaged, like
+(not padding): padded positions neither vote nor get averaged (the paper's windows), like
 ``avg_pool2d(count_include_pad=False)``.  ``unfold`` gives both for any
 (kernel_size, stride, padding), overlapping or not, in plain PyTorch; the
 k² axis then carries the per-window reductions (softmax, max, sampling).
@@ -84,7 +84,7 @@ def max_avg_blend(x: torch.Tensor, mix: torch.Tensor, kernel_size: int, stride: 
     """``mix·max + (1 − mix)·avg`` over each window (Lee et al. 2016's mixed and gated pooling).
 
     ``mix`` broadcasts against the pooled map (a scalar, or one value per
-    window).  The average skips padded positions, as everywhere in SPEC.
+    window).  The average skips padded positions, as every poolbench pooler does.
     """
     k, s, p = kernel_size, stride, padding
     return mix * F.max_pool2d(x, k, s, p) + (1 - mix) * F.avg_pool2d(x, k, s, p, count_include_pad=False)

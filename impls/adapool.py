@@ -63,6 +63,9 @@ def dice_sorensen(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     "vectorized",
     params="C",
     param_count=lambda channels, kernel_size: channels,
+    # eM (softmax-weighted sum, 7 per tap) + eDSCW (window mean 1, Dice-Sørensen 2|xm|/(x²+m²) 7,
+    # softmax-weighted sum 7 per tap) and the β blend (4)
+    macs=lambda g, o: (22 * g.taps + 4) * g.outputs(),
     family="baseline",
 )
 class AdaPool(Pool2d):

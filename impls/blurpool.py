@@ -108,7 +108,21 @@ class _BinomialBlur(Pool2d):
         return f"{super().extra_repr()}, filter_size={self.filter_size}"
 
 
-@register("blurpool", "vectorized", params="0", family="baseline")
+def _blur_macs(options) -> int:
+    """MACs of one blurred output: the f×f binomial taps (official default f = 4)."""
+    return int(options.get("filter_size", 4)) ** 2
+
+
+def _maxblur_max_macs(g) -> int:
+    """The stride-1 max: 2×2 without padding in the ResNet stem slot (official network), else the k×k window."""
+    if (g.kernel_size, g.stride, g.padding) == (3, 2, 1) and min(g.height, g.width) >= 2:
+        return 4 * g.batch * g.channels * (g.height - 1) * (g.width - 1)
+    return g.taps * g.outputs(1)
+
+
+# MACs: the binomial f×f blur sampled at the pooled grid
+@register("blurpool", "vectorized", params="0", family="baseline",
+          macs=lambda g, o: _blur_macs(o) * g.outputs())
 class BlurPool(_BinomialBlur):
     """Binomial blur (4 taps by default) with reflect padding, sampled at the pooling windows' centres."""
 
@@ -125,7 +139,9 @@ class BlurPool(_BinomialBlur):
         return blur_sample(xc, rows, cols, self.taps).to(x.dtype)
 
 
-@register("maxblur", "vectorized", params="0", family="baseline")
+# MACs: max at stride 1, then the blur sampled at stride s
+@register("maxblur", "vectorized", params="0", family="baseline",
+          macs=lambda g, o: _maxblur_max_macs(g) + _blur_macs(o) * g.outputs())
 class MaxBlurPool(_BinomialBlur):
     """Max pooling at stride 1, then the binomial blur sampled with stride s (Zhang's MaxBlurPool).
 

@@ -50,5 +50,7 @@ register_dpp_tier(
     "compiled",
     dpp_compiled,
     available=compile_unavailable_reason,
+    # below vectorized on CPU: its first call pays seconds of compilation
+    priority={"cuda": 30, "cpu": 10},
     description="torch.compile of the vectorized tier",
 )

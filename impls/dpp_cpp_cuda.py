@@ -20,4 +20,5 @@ for tier, device_type, available, description in (
     ("cuda", "cuda", ops.cuda_unavailable_reason, "fused CUDA kernel (torch.library op, JIT-built with nvcc)"),
 ):
     register_dpp_tier(tier, functools.partial(ops.dpp, device_type=device_type), devices=(device_type,),
-                      available=available, description=description)
+                      available=available, description=description, priority={device_type: 50},
+                      op_namespaces=("poolbench_dpp",))

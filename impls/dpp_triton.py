@@ -113,5 +113,7 @@ register_dpp_tier(
     "triton",
     dpp_triton,
     available=triton_unavailable_reason,
+    priority={"cuda": 40},  # on the CPU only Triton's interpreter runs it: never picked there
     description="fused Triton forward/backward kernels (torch.library custom op)",
+    op_namespaces=("poolbench_triton",),
 )

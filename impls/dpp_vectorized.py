@@ -1,4 +1,4 @@
-"""DPP vectorized tier: batched tensor ops, log-domain weights (SPEC "Numerics").
+"""DPP vectorized tier: batched tensor ops, log-domain weights (see poolbench.dpp).
 
 Windows are gathered with ``unfold`` (so every k/s/pad works, overlapping or
 not), padded positions are masked out of the window, and the weights are
@@ -69,5 +69,6 @@ def dpp_vectorized(x, alpha, lam, guide, args):
 register_dpp_tier(
     "vectorized",
     dpp_vectorized,
+    priority=20,
     description="unfold + log-domain weights in plain PyTorch",
 )

@@ -5,7 +5,7 @@
 where ω is a learned k×k gating mask shared by all channels of the layer
 (k² parameters), so the mix adapts to each window's content.  ω·window is a
 single-channel convolution applied to every channel; padded positions are
-zeros there and so add nothing to it, and the average skips them (SPEC).
+zeros there and so add nothing to it, and the average skips them.
 
 ω starts at 0, so at init a = 0.5 everywhere and the layer equals mixed
 pooling at its init (0.5·max + 0.5·avg).  Half precision runs in float32.
@@ -26,6 +26,8 @@ from poolbench.registry import register
     "vectorized",
     params="k²",
     param_count=lambda channels, kernel_size: kernel_size * kernel_size,
+    # gate ω·window (k²) and sigmoid, max, avg, blend
+    macs=lambda g, o: (3 * g.taps + 5) * g.outputs(),
     family="baseline",
 )
 class GatedPool(Pool2d):

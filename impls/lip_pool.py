@@ -52,6 +52,10 @@ def lip_param_count(channels: int, logit_conv: str = "full") -> int:
     "vectorized",
     params="9·C² + 2·C",
     param_count=lambda channels, kernel_size: lip_param_count(channels),
+    # logits on every input element: C→C (official) or depthwise 3×3 conv (9·C or 9 per element), instance norm
+    # (mean, −, ², mean, ·rsqrt, affine 2 → 7), 12·sigmoid (2); then a softmax-weighted window sum (7 per tap)
+    macs=lambda g, o: (9 * (1 if o.get("logit_conv") == "depthwise" else g.channels) + 9) * g.inputs
+    + 7 * g.taps * g.outputs(),
     family="baseline",
 )
 class LIPPool(Pool2d):

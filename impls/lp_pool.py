@@ -2,7 +2,7 @@
 
 A *mean*, not torch.nn.LPPool2d's sum: ours = LPPool2d / (k²)^(1/p) when there
 is no padding, so p = 1 on non-negative input is average pooling and p → ∞
-tends to max pooling of |x|.  Padded positions are not in the mean (SPEC).
+tends to max pooling of |x|.  Padded positions are not in the mean.
 
 Numerics: each window is divided by its largest |x| before the power
 (detached: y = m·(mean (|x|/m)^p)^(1/p) does not depend on m, so the
@@ -29,7 +29,8 @@ from poolbench.base import Pool2d
 from poolbench.registry import register
 
 
-@register("lp", "vectorized", params="0", family="baseline")
+# MACs: |x|^p (2), Σ (1) per tap; mean and p-th root per window
+@register("lp", "vectorized", params="0", family="baseline", macs=lambda g, o: (3 * g.taps + 2) * g.outputs())
 class LpPool(Pool2d):
     """(mean_window |x|^p)^(1/p) with p = norm_type (2 by default), padded positions excluded."""
 

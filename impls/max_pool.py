@@ -12,7 +12,7 @@ from poolbench.base import Pool2d
 from poolbench.registry import register
 
 
-@register("max", "vectorized", params="0", family="baseline")
+@register("max", "vectorized", params="0", family="baseline", macs=lambda g, o: g.taps * g.outputs())
 class MaxPool(Pool2d):
     """Max pooling (torch.nn.functional.max_pool2d)."""
 

@@ -5,7 +5,7 @@
 with one learned θ per layer ("mixed pooling, one mixing proportion per
 layer"), θ = 0 at init so the layer starts as 0.5·max + 0.5·avg.  The sigmoid
 keeps a in [0, 1] without clipping (clipping would stop the gradient at the
-bounds).  The average skips padded positions (SPEC).  Half precision is
+bounds).  The average skips padded positions.  Half precision is
 blended in float32.
 """
 from __future__ import annotations
@@ -18,7 +18,9 @@ from poolbench.base import Pool2d
 from poolbench.registry import register
 
 
-@register("mixed", "vectorized", params="1", param_count=lambda channels, kernel_size: 1, family="baseline")
+# MACs: max + avg over the window, then a·m + (1−a)·v (4 per output)
+@register("mixed", "vectorized", params="1", param_count=lambda channels, kernel_size: 1, family="baseline",
+          macs=lambda g, o: (2 * g.taps + 4) * g.outputs())
 class MixedPool(Pool2d):
     """a·max + (1−a)·avg with a = sigmoid(θ) learned per layer (init 0.5)."""
 

@@ -39,7 +39,9 @@ from poolbench.stochastic import Seeded, s3_sample
 from poolbench.validation import pooled_size
 
 
-@register("s3pool", "vectorized", params="0", stochastic=True, family="baseline")
+# MACs (eval, official): max at stride 1, then an s×s average at stride s (eval_mode="max": sampling only)
+@register("s3pool", "vectorized", params="0", stochastic=True, family="baseline",
+          macs=lambda g, o: g.taps * g.outputs(1) + (0 if o.get("eval_mode") == "max" else g.stride**2 * g.outputs()))
 class S3Pool(Seeded, Pool2d):
     """Stride-1 max pooling, then S3 random row/column sampling on a g×g grid (eval: s×s average, official)."""
 

@@ -1,6 +1,6 @@
 """Stochastic pooling (Zeiler & Fergus, ICLR 2013).
 
-With activations a = relu(x) and P_q = a_q / Σ_window a (SPEC):
+With activations a = relu(x) and P_q = a_q / Σ_window a (Zeiler & Fergus, ICLR 2013):
 
 * train: each window outputs one of its own values x_q, drawn with
   probability P_q (one independent draw per window, batch and channel);
@@ -42,7 +42,9 @@ def sampling_probabilities(windows: Windows) -> torch.Tensor:
     return torch.where(positive, activation / torch.where(positive, total, torch.ones_like(total)), uniform)
 
 
-@register("stochastic", "vectorized", params="0", stochastic=True, family="baseline")
+# MACs (eval): Σx, p = x/Σx, p·x, Σ (4 per tap)
+@register("stochastic", "vectorized", params="0", stochastic=True, family="baseline",
+          macs=lambda g, o: 4 * g.taps * g.outputs())
 class StochasticPool(Seeded, Pool2d):
     """Train: sample one value per window with P ∝ relu(x); eval: Σ P·x (Zeiler & Fergus 2013)."""
 

@@ -27,6 +27,8 @@ from poolbench.registry import register
     "vectorized",
     params="C²·k² + C",
     param_count=lambda channels, kernel_size: channels * channels * kernel_size * kernel_size + channels,
+    # a full C→C k×k convolution (no bias, as fvcore counts convolutions)
+    macs=lambda g, o: g.channels * g.taps * g.outputs(),
     family="baseline",
 )
 class StridedConvPool(Pool2d):

@@ -6,7 +6,7 @@ Public API::
     poolbench.names(), poolbench.tiers(name)
     poolbench.functional.dpp(x, alpha, lam, ...)
 """
-from . import functional
+from . import functional, macs
 from .base import Pool2d
 from .registry import TIERS, create, get_spec, load_plugins, names, register, specs, tiers
 

@@ -1,11 +1,12 @@
 """Equivalence checks: every tier equals the reference, outputs and gradients.
 
-For every pooler registered with more than one tier, each non-reference tier
-available on the device is run beside the ``reference`` tier (float64, on the
-CPU) on random inputs over :data:`CASES` (odd sizes, padding, k=3/s=2/pad=1,
-batch 1); the forward output and the gradients w.r.t. the input and every
-parameter must agree within :mod:`poolbench.tolerances`.  Both modules share
-the same randomised parameters and, for stochastic poolers, the same seed.
+For every pooler registered with more than one tier, each tier available on
+the device other than its reference tier is run beside that reference
+(float64, on the CPU) on random inputs over :data:`CASES` (odd sizes,
+padding, k=3/s=2/pad=1, batch 1), and judged by the one equivalence contract
+of :mod:`poolbench.equivalence` (the gate and the tests use the same):
+output and input gradient element-wise, parameter gradients norm-wise.  Both
+modules share the same perturbed parameters and, for stochastic poolers, the same seed.
 
 Every differentiable pooler (each tier that runs in float64) also passes
 ``torch.autograd.gradcheck`` w.r.t. input and parameters.
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from . import registry
+from .equivalence import compare, perturb_parameters, reference_tier
 from .stochastic import Seeded
-from .tolerances import tolerance
 
 __all__ = ["CASES", "Case", "CheckPlan", "CheckResult", "check_equivalence", "check_gradients", "run_checks", "summarise"]
 
@@ -75,33 +76,10 @@ class CheckResult:
         return asdict(self)
 
 
-def _randomise(module: nn.Module, generator: torch.Generator) -> None:
-    """Move parameters off their initial values so every gradient path is exercised."""
-    with torch.no_grad():
-        for parameter in module.parameters():
-            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
-            parameter.add_((0.3 * noise).to(parameter.dtype))
-
-
 def _forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, Seeded):
         module.reseed()
     return module(x)
-
-
-def _scaled_error(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> tuple[float, float]:
-    """(max error in units of the tolerance, max absolute error); ≤ 1 means within tolerance."""
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    if actual.shape != expected.shape:
-        raise AssertionError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
-    both_nan = actual.isnan() & expected.isnan()
-    diff = (actual - expected).abs().masked_fill(both_nan, 0)
-    if diff.isnan().any():
-        return float("inf"), float("inf")
-    if diff.numel() == 0:
-        return 0.0, 0.0
-    scaled = diff / (atol + rtol * expected.abs().masked_fill(both_nan, 0))
-    return scaled.max().item(), diff.max().item()
 
 
 def _build(name: str, tier: str, case: Case, options: dict) -> nn.Module:
@@ -113,21 +91,21 @@ def _options_for(spec: registry.PoolerSpec) -> dict:
 
 
 def check_equivalence(name: str, tier: str, case: Case, device="cpu", dtype=torch.float32, seed: int = 0) -> CheckResult:
-    """Compare ``name[tier]`` on ``device``/``dtype`` with ``name[reference]`` in float64."""
+    """Compare ``name[tier]`` on ``device``/``dtype`` with its reference tier in float64 (:mod:`poolbench.equivalence`)."""
     spec = registry.get_spec(name, tier)
     result = CheckResult(name, tier, "equivalence", str(case), "pass", dtype=str(dtype).replace("torch.", ""),
                          device=str(device))
     try:
-        reference = _build(name, "reference", case, _options_for(spec)).double()
+        reference = _build(name, reference_tier(name) or tier, case, _options_for(spec)).double()
     except ValueError as exc:
         result.status, result.detail = "n/a", str(exc)
         return result
     try:
-        generator = torch.Generator().manual_seed(seed)
-        _randomise(reference, generator)
+        perturb_parameters(reference, seed)
         candidate = _build(name, tier, case, _options_for(spec))
         candidate.load_state_dict(reference.state_dict())
         candidate = candidate.to(device=device, dtype=dtype)
+        generator = torch.Generator().manual_seed(seed)
         x64 = torch.randn(case.shape, generator=generator, dtype=torch.float64)
         x_ref = x64.clone().requires_grad_()
         x_new = x64.to(device=device, dtype=dtype).requires_grad_()
@@ -137,33 +115,20 @@ def check_equivalence(name: str, tier: str, case: Case, device="cpu", dtype=torc
             result.status, result.detail = "n/a", str(exc)
             return result
         actual = _forward(candidate, x_new)
-        out_rtol, out_atol = tolerance(dtype, "output")
-        result.output_error, result.max_abs_output_error = _scaled_error(actual, expected, out_rtol, out_atol)
+        grads = []
         if spec.differentiable:
             grad_out = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
             expected.backward(grad_out)
             actual.backward(grad_out.to(device=device, dtype=dtype))
-            pairs = [("input", x_new.grad, x_ref.grad)]
             new_params = dict(candidate.named_parameters())
-            pairs += [(pname, new_params[pname].grad, p.grad) for pname, p in reference.named_parameters()]
-            grad_rtol, grad_atol = tolerance(dtype, "grad")
-            worst, worst_abs, worst_name = 0.0, 0.0, ""
-            for pname, got, want in pairs:
-                if want is None and got is None:
-                    continue
-                if got is None or want is None:
-                    raise AssertionError(f"gradient of {pname} is missing in {'tier' if got is None else 'reference'}")
-                # Per-tensor scale: a parameter gradient sums over N·H·W, so compare relative to its size.
-                scale = want.abs().max().item()
-                error, abs_error = _scaled_error(got, want, grad_rtol, grad_atol * max(1.0, scale))
-                if not error <= worst:
-                    worst, worst_abs, worst_name = error, abs_error, pname
-            result.grad_error, result.max_abs_grad_error = worst, worst_abs
-            if worst > 1:
-                result.detail = f"worst gradient: {worst_name}"
-        if not (result.output_error <= 1 and (not spec.differentiable or result.grad_error <= 1)):
-            result.status = "fail"
-            result.detail = result.detail or "output outside tolerance"
+            grads = [("input", x_new.grad, x_ref.grad)]
+            grads += [(pname, new_params[pname].grad, p.grad) for pname, p in reference.named_parameters()]
+        verdict = compare((actual, expected), grads, dtype)
+        result.output_error, result.max_abs_output_error = verdict.output_error, verdict.max_abs_output_error
+        if spec.differentiable:
+            result.grad_error, result.max_abs_grad_error = verdict.grad_error, verdict.max_abs_grad_error
+        if not verdict.ok:
+            result.status, result.detail = "fail", verdict.problem
     except Exception as exc:  # a broken tier is a failed cell, not a crashed check
         result.status, result.detail = "fail", f"{type(exc).__name__}: {exc}"
     return result
@@ -175,7 +140,7 @@ def check_gradients(name: str, tier: str, case: Case, device="cpu") -> CheckResu
     result = CheckResult(name, tier, "gradcheck", str(case), "pass", dtype="float64", device=str(device))
     try:
         module = _build(name, tier, case, _options_for(spec)).to(device=device, dtype=torch.float64)
-        _randomise(module, torch.Generator().manual_seed(1))
+        perturb_parameters(module, 1)
         if spec.stochastic:
             module.eval()  # sampling is a discrete choice; gradcheck the deterministic eval path
         names = [pname for pname, _ in module.named_parameters()]
@@ -222,7 +187,7 @@ def run_checks(plan: CheckPlan, progress=None) -> list[CheckResult]:
             if reason is not None:
                 jobs.append(("skip", name, tier, None, reason))
                 continue
-            if tier != "reference" and "reference" in tiers:
+            if tier != reference_tier(name):
                 jobs += [("equivalence", name, tier, case, None) for case in plan.cases]
             if plan.gradcheck and spec.differentiable:
                 jobs += [("gradcheck", name, tier, case, None) for case in GRADCHECK_CASES]

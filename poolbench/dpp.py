@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Pool2d
+from .macs import dpp_macs
 from .registry import Availability, register
 from .stochastic import Seeded, s3_sample
 from .validation import pooled_size
@@ -336,8 +337,14 @@ def register_dpp_tier(
     devices=("cpu", "cuda"),
     available: Availability | None = None,
     description: str = "",
+    priority: int | Mapping[str, int] | None = None,
+    op_namespaces: Iterable[str] = (),
 ) -> None:
-    """Register ``kernel`` as the DPP kernel of ``tier``: all four variants and S3DPP."""
+    """Register ``kernel`` as the DPP kernel of ``tier``: all four variants and S3DPP.
+
+    ``priority`` ranks the tier for ``create(tier=None)`` (see :func:`poolbench.registry.register`);
+    ``op_namespaces`` name the custom-op namespaces its kernel runs (opaque to the FLOP counters).
+    """
     _KERNELS[tier] = kernel
     for variant in DPP_VARIANTS:
         register(
@@ -346,7 +353,10 @@ def register_dpp_tier(
             devices=devices,
             params=f"{variant.params_per_channel}·C",
             param_count=lambda channels, kernel_size, n=variant.params_per_channel: n * channels,
+            macs=dpp_macs(variant.asym, variant.full, variant.stochastic),
             stochastic=variant.stochastic,
+            priority=priority,
+            op_namespaces=op_namespaces,
             family="dpp",
             description=description,
             available=available,

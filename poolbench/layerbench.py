@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from . import registry
 from .dpp import DPP_VARIANTS
 from .shapes import vgg16_pool_shapes
-from .timing import measure_latency, peak_memory_bytes, saved_tensor_bytes
+from .bench.subject import PassSubject, paired_ratio, torch_threads
+from .timing import measure_latency, peak_memory_bytes
 
 __all__ = [
     "BASELINES",
@@ -99,16 +100,8 @@ def dpp_tiers(device: torch.device | str, variant: str = "dpp_lite_sym", include
     The reference tier (a Python loop over windows, seconds per call at these
     shapes) is left out unless asked for: it is the ground truth, not a contender.
     """
-    available, skipped = [], {}
-    for tier in registry.tiers(variant):
-        if tier == "reference" and not include_reference:
-            continue
-        reason = registry.unavailable_reason(variant, tier, device)
-        if reason is None:
-            available.append(tier)
-        else:
-            skipped[tier] = reason
-    return available, skipped
+    reasons = registry.tiers_on(variant, device, include_reference=include_reference)
+    return [tier for tier, reason in reasons.items() if reason is None], {t: r for t, r in reasons.items() if r}
 
 
 @dataclass
@@ -157,31 +150,45 @@ def _measure(fn: Callable[[], object], device, min_run_time: float) -> float:
     return measure_latency(fn, device, min_run_time=min_run_time).median_ms
 
 
-class _Subject:
-    """A callable pooler plus the closures timed for it (set-up stays outside the timed region)."""
-
-    def __init__(self, pool: Callable[[torch.Tensor], torch.Tensor], params: Sequence[torch.Tensor],
-                 x: torch.Tensor, grad_out: torch.Tensor):
-        self.pool, self.params = pool, list(params)
-        self.x = x
-        self.x_train = x.detach().clone().requires_grad_()
-        self.grad_out = grad_out
-
-    def forward(self):
-        with torch.no_grad():
-            return self.pool(self.x)
-
-    def train_step(self):
-        y = self.pool(self.x_train)
-        return torch.autograd.grad(y, [self.x_train, *self.params], self.grad_out)
-
-    def saved_bytes(self) -> int:
-        return saved_tensor_bytes(lambda: self.pool(self.x_train))
-
-
 def _error(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+@dataclass
+class _Plan:
+    """What one layerbench run measures (validated), and how."""
+
+    device: torch.device
+    batch: int
+    dtype: torch.dtype
+    resolution: int
+    variants: tuple[str, ...]
+    tiers: list[str]
+    skipped: dict[str, str]
+    layers: list[int]
+    min_run_time: float
+    repeats: int
+    statistic: str
+    peak: float | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def combine(self) -> Callable[[Sequence[float]], float]:
+        return statistics.median if self.statistic == "median" else min
+
+    def shape(self, layer: int) -> tuple[int, int, int, int]:
+        return vgg16_pool_shapes(self.batch, self.resolution)[layer - 1]
+
+    def meta(self) -> dict:
+        return {
+            "device": _device_name(self.device), "device_type": self.device.type, "peak_bandwidth": self.peak,
+            "batch": self.batch, "resolution": self.resolution, "dtype": str(self.dtype).replace("torch.", ""),
+            "variants": list(self.variants), "tiers": self.tiers, "skipped_tiers": self.skipped,
+            "threads": torch.get_num_threads(), "repeats": self.repeats, "statistic": self.statistic,
+            "min_run_time": self.min_run_time, "torch": torch.__version__,
+            "seconds": round(time.time() - self.started, 1),
+        }
 
 
 def run_layerbench(
@@ -206,7 +213,7 @@ def run_layerbench(
             ``device`` except ``reference``); unknown or unavailable ones are
             reported in the metadata, not run.
         variants: DPP variants (default Lite-DPP-Sym, the variant the
-            performance anchors use).
+            performance targets use).
         layers: 1-based VGG-16 pooling layers to run (default all five).
         min_run_time: seconds of timing per measurement.
         repeats: rounds per layer; each round times every subject (baselines
@@ -223,144 +230,116 @@ def run_layerbench(
         on_layer: called with (rows so far, metadata) after each layer, so a
             caller can keep a partial report if the run is cut short.
     """
-    device = torch.device(device)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if statistic not in ("median", "min"):
         raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
-    combine = statistics.median if statistic == "median" else min
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    try:
-        return _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic,
-                    combine, progress, on_layer)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(threads):
+        plan = _plan(torch.device(device), batch, dtype, tiers, tuple(variants), resolution, layers, min_run_time,
+                     repeats, statistic)
+        say = progress or (lambda message: None)
+        rows: list[LayerRow] = []
+        for layer in plan.layers:
+            rows += _measure_layer(plan, layer, say)
+            if plan.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if on_layer is not None:
+                on_layer(list(rows), plan.meta())
+        return rows, plan.meta()
 
 
-def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic, combine,
-         progress, on_layer):
-    variants = tuple(variants)
+def _plan(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic) -> _Plan:
     for variant in variants:
         if variant not in DPP_NAMES or variant.startswith("s3"):
             raise ValueError(f"unknown DPP variant {variant!r}; choose from {', '.join(DPP_NAMES[:4])}")
-    shapes = vgg16_pool_shapes(batch, resolution)
-    chosen_layers = sorted(set(layers)) if layers else list(range(1, len(shapes) + 1))
+    count = len(vgg16_pool_shapes(batch, resolution))
+    chosen_layers = sorted(set(layers)) if layers else list(range(1, count + 1))
     for layer in chosen_layers:
-        if not 1 <= layer <= len(shapes):
-            raise ValueError(f"layer must be in 1..{len(shapes)}, got {layer}")
+        if not 1 <= layer <= count:
+            raise ValueError(f"layer must be in 1..{count}, got {layer}")
     available, skipped = dpp_tiers(device, variants[0], include_reference=tiers is not None and "reference" in tiers)
     if tiers is not None:
         wanted = list(dict.fromkeys(tiers))
-        unknown = [t for t in wanted if t not in registry.TIERS]
-        if unknown:
-            raise ValueError(f"unknown tier(s) {', '.join(unknown)}; tiers are {', '.join(registry.TIERS)}")
+        registry.check_tier_names(wanted)
         skipped = {t: r for t, r in skipped.items() if t in wanted}
         for tier in wanted:
             if tier not in available and tier not in skipped:
                 skipped[tier] = f"{variants[0]} has no {tier!r} tier registered"
         available = [t for t in wanted if t in available]
-    peak = peak_bandwidth(device)
-    say = progress or (lambda message: None)
-    rows: list[LayerRow] = []
-    started = time.time()
+    return _Plan(device, batch, dtype, resolution, variants, available, skipped, chosen_layers, min_run_time,
+                 repeats, statistic, peak_bandwidth(device))
 
-    def meta() -> dict:
-        return {
-            "device": _device_name(device),
-            "device_type": device.type,
-            "peak_bandwidth": peak,
-            "batch": batch,
-            "resolution": resolution,
-            "dtype": str(dtype).replace("torch.", ""),
-            "variants": list(variants),
-            "tiers": available,
-            "skipped_tiers": skipped,
-            "threads": torch.get_num_threads(),
-            "repeats": repeats,
-            "statistic": statistic,
-            "min_run_time": min_run_time,
-            "torch": torch.__version__,
-            "seconds": round(time.time() - started, 1),
-        }
 
-    for layer in chosen_layers:
-        shape = shapes[layer - 1]
-        fwd_bytes, fwdbwd_bytes = _traffic_bytes(shape, dtype)
-        generator = torch.Generator(device="cpu").manual_seed(layer)
-        x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
-        grad_out = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=generator).to(
-            device=device, dtype=dtype)
-        dtype_name = str(dtype).replace("torch.", "")
-        subjects: list[tuple[LayerRow, _Subject | None]] = []
-        for name, pool in BASELINES.items():
-            subjects.append((LayerRow(layer, shape, name, "aten", dtype_name), _Subject(pool, [], x, grad_out)))
-        for variant in variants:
-            for tier in available:
-                row = LayerRow(layer, shape, f"{variant}[{tier}]", tier, dtype_name)
-                try:
-                    module = registry.create(variant, shape[1], 2, 2, 0, tier=tier, device=device)
-                    subjects.append((row, _Subject(module, list(module.parameters()), x, grad_out)))
-                except Exception as exc:  # a failing cell keeps its error; the run goes on
-                    row.error = _error(exc)
-                    subjects.append((row, None))
-        timings = {id(row): ([], []) for row, _ in subjects}
-        for round_index in range(repeats):
-            for row, subject in subjects:
-                if subject is None or row.error:
-                    continue
-                say(f"layer {layer} {tuple(shape)} round {round_index + 1}/{repeats}: {row.pooler}")
-                try:
-                    timings[id(row)][0].append(_measure(subject.forward, device, min_run_time))
-                    timings[id(row)][1].append(_measure(subject.train_step, device, min_run_time))
-                except Exception as exc:
-                    row.error = _error(exc)
+def _subjects(plan: _Plan, layer: int) -> list[tuple[LayerRow, PassSubject | None]]:
+    """The comparators, then every variant × tier, on one shared input (a failing build keeps its error)."""
+    shape = plan.shape(layer)
+    generator = torch.Generator(device="cpu").manual_seed(layer)
+    x = torch.randn(shape, generator=generator).to(device=plan.device, dtype=plan.dtype)
+    dtype_name = str(plan.dtype).replace("torch.", "")
+    subjects: list[tuple[LayerRow, PassSubject | None]] = [
+        (LayerRow(layer, shape, name, "aten", dtype_name), PassSubject(pool, x, seed=layer))
+        for name, pool in BASELINES.items()]
+    for variant in plan.variants:
+        for tier in plan.tiers:
+            row = LayerRow(layer, shape, f"{variant}[{tier}]", tier, dtype_name)
+            try:
+                module = registry.create(variant, shape[1], 2, 2, 0, tier=tier, device=plan.device)
+                subjects.append((row, PassSubject(module, x, list(module.parameters()), seed=layer)))
+            except Exception as exc:  # a failing cell keeps its error; the run goes on
+                row.error = _error(exc)
+                subjects.append((row, None))
+    return subjects
+
+
+def _measure_layer(plan: _Plan, layer: int, say: Callable[[str], None]) -> list[LayerRow]:
+    """Time every subject of ``layer`` in interleaved rounds, then fill in memory and the ratios."""
+    subjects = _subjects(plan, layer)
+    timings = {id(row): ([], []) for row, _ in subjects}
+    for round_index in range(plan.repeats):
         for row, subject in subjects:
-            if subject is not None and not row.error:
-                try:
-                    row.fwd_ms = combine(timings[id(row)][0])
-                    row.fwdbwd_ms = combine(timings[id(row)][1])
-                    row.saved_bytes = subject.saved_bytes()
-                    peak_bytes = peak_memory_bytes(subject.train_step, device)
-                    row.peak_memory_bytes = math.nan if peak_bytes is None else peak_bytes
-                except Exception as exc:
-                    row.error = _error(exc)
-            rows.append(row)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        baseline_rows = {row.pooler: row for row, _ in subjects[:len(BASELINES)]}
-        avg, mx = baseline_rows["avg_pool2d"], baseline_rows["max_pool2d"]
-
-        def paired_ratio(row: LayerRow, baseline: LayerRow, which: int) -> float:
-            # median over rounds of (this round's time / the baseline's time in the same round):
-            # both were timed seconds apart, so load drift and one-off outliers cancel
-            mine, theirs = timings[id(row)][which], timings[id(baseline)][which]
-            ratios = [a / b for a, b in zip(mine, theirs) if b > 0]
-            return statistics.median(ratios) if ratios and len(mine) == len(theirs) else math.nan
-
-        for row, _ in subjects:
-            if row.error:
+            if subject is None or row.error:
                 continue
-            row.fwd_vs_avg = paired_ratio(row, avg, 0)
-            row.fwd_vs_max = paired_ratio(row, mx, 0)
-            row.fwdbwd_vs_avg = paired_ratio(row, avg, 1)
-            row.fwdbwd_vs_max = paired_ratio(row, mx, 1)
-            row.fwd_bandwidth = fwd_bytes / (row.fwd_ms * 1e-3)
-            row.fwdbwd_bandwidth = fwdbwd_bytes / (row.fwdbwd_ms * 1e-3)
-            if peak is not None:
-                row.fwd_peak_fraction = row.fwd_bandwidth / peak
-                row.fwdbwd_peak_fraction = row.fwdbwd_bandwidth / peak
-            row.saved_vs_avg = row.saved_bytes / avg.saved_bytes if avg.saved_bytes else math.nan
-            row.peak_memory_vs_avg = (row.peak_memory_bytes / avg.peak_memory_bytes
-                                      if avg.peak_memory_bytes and not math.isnan(avg.peak_memory_bytes) else math.nan)
-        if on_layer is not None:
-            on_layer(list(rows), meta())
-    return rows, meta()
+            say(f"layer {layer} {tuple(row.shape)} round {round_index + 1}/{plan.repeats}: {row.pooler}")
+            try:
+                timings[id(row)][0].append(_measure(subject.forward, plan.device, plan.min_run_time))
+                timings[id(row)][1].append(_measure(subject.train_step, plan.device, plan.min_run_time))
+            except Exception as exc:
+                row.error = _error(exc)
+    for row, subject in subjects:
+        if subject is not None and not row.error:
+            try:
+                row.fwd_ms = plan.combine(timings[id(row)][0])
+                row.fwdbwd_ms = plan.combine(timings[id(row)][1])
+                row.saved_bytes = subject.saved_bytes()
+                peak_bytes = peak_memory_bytes(subject.train_step, plan.device)
+                row.peak_memory_bytes = math.nan if peak_bytes is None else peak_bytes
+            except Exception as exc:
+                row.error = _error(exc)
+    rows = [row for row, _ in subjects]
+    _fill_ratios(plan, rows, timings)
+    return rows
+
+
+def _fill_ratios(plan: _Plan, rows: list[LayerRow], timings: dict) -> None:
+    """Speed ratios (paired per round) to avg_pool2d and max_pool2d, bandwidth and memory ratios."""
+    avg, mx = rows[0], rows[1]  # the BASELINES, in order
+    fwd_bytes, fwdbwd_bytes = _traffic_bytes(rows[0].shape, plan.dtype)
+    for row in rows:
+        if row.error:
+            continue
+        for which, (vs_avg, vs_max) in enumerate((("fwd_vs_avg", "fwd_vs_max"), ("fwdbwd_vs_avg", "fwdbwd_vs_max"))):
+            setattr(row, vs_avg, paired_ratio(timings[id(row)][which], timings[id(avg)][which]))
+            setattr(row, vs_max, paired_ratio(timings[id(row)][which], timings[id(mx)][which]))
+        row.fwd_bandwidth = fwd_bytes / (row.fwd_ms * 1e-3)
+        row.fwdbwd_bandwidth = fwdbwd_bytes / (row.fwdbwd_ms * 1e-3)
+        if plan.peak is not None:
+            row.fwd_peak_fraction = row.fwd_bandwidth / plan.peak
+            row.fwdbwd_peak_fraction = row.fwdbwd_bandwidth / plan.peak
+        row.saved_vs_avg = row.saved_bytes / avg.saved_bytes if avg.saved_bytes else math.nan
+        row.peak_memory_vs_avg = (row.peak_memory_bytes / avg.peak_memory_bytes
+                                  if avg.peak_memory_bytes and not math.isnan(avg.peak_memory_bytes) else math.nan)
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,6 +1,6 @@
 """The networks the paper evaluates, with any registered pooler at the paper's placement.
 
-SPEC, "Where the poolers go":
+Where the poolers go (the paper's placement):
 
 * **VGG-16**: each of the five ``MaxPool2d(2, 2)`` becomes the pooler
   (channels 64, 128, 256, 512, 512).
@@ -39,6 +39,8 @@ from . import registry
 
 __all__ = [
     "MODELS",
+    "ModelSpec",
+    "names",
     "PoolSite",
     "build",
     "build_baseline",
@@ -47,13 +49,14 @@ __all__ = [
     "layer_input_shapes",
     "param_overhead_analytic",
     "pool_sites",
+    "place",
     "pooler_modules",
+    "register_model",
     "replace_poolers",
     "swap",
+    "swap_in",
+    "title",
 ]
-
-#: Network name -> torchvision constructor name.
-MODELS = {"vgg16": "vgg16", "resnet50": "resnet50", "resnet101": "resnet101"}
 
 #: Attribute set on every pooler placed by :func:`build_with`, so it can be found again.
 SITE_ATTRIBUTE = "poolbench_site"
@@ -80,21 +83,71 @@ class PoolSite:
         return self.kernel_size, self.stride, self.padding
 
 
-def _check_model(model_name: str) -> str:
-    """The torchvision network of ``model_name``, which may name a placement (``"resnet50@authors"``)."""
+Swap = Callable[[nn.Module, Callable[[PoolSite], nn.Module]], "list[PoolSite]"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A network poolbench can measure: how to build it and where its poolers go.
+
+    ``constructor()`` builds the unmodified network with random weights (the
+    baseline); ``swap(model, make)`` places ``make(site)`` at every
+    :class:`PoolSite` of such a network, in place, and returns the sites in
+    forward order; ``title`` is the report's name for it.
+    """
+
+    name: str
+    title: str
+    constructor: Callable[[], nn.Module]
+    swap: Swap
+
+
+#: Network name -> :class:`ModelSpec`; plugins add theirs with :func:`register_model`.
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, title: str, constructor: Callable[[], nn.Module], swap: Swap) -> ModelSpec:
+    """Make ``name`` a network every command and the report can use (one file: a plugin module calls this)."""
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"model name must be a non-empty identifier, got {name!r}")
+    if name in MODELS and MODELS[name].constructor is not constructor:
+        raise ValueError(f"model {name!r} is already registered")
+    MODELS[name] = ModelSpec(name, title, constructor, swap)
+    return MODELS[name]
+
+
+def _check_model(model_name: str) -> ModelSpec:
+    """The network of ``model_name``, which may name a placement (``"resnet50@authors"``)."""
     from .placement_authors import split_placement
 
     base, _ = split_placement(model_name)
     if base not in MODELS:
+        registry.load_plugins()  # a plugin may register networks too
+    if base not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; expected one of {', '.join(MODELS)}")
-    return base
+    return MODELS[base]
+
+
+def names() -> list[str]:
+    """Every registered network: poolbench's own, then plugins' (in registration order)."""
+    registry.load_plugins()
+    return list(MODELS)
+
+
+def title(model_name: str) -> str:
+    """The report's name for ``model_name`` (the name itself if unknown), with a non-default placement."""
+    from .placement_authors import split_placement
+
+    base, placement = split_placement(model_name)
+    spec = MODELS.get(base)
+    if spec is None:
+        return model_name
+    return spec.title if placement == "paper" else f"{spec.title} ({placement}' placement)"
 
 
 def build_baseline(model_name: str) -> nn.Module:
-    """The unmodified torchvision network with random weights (max pooling, strided convolutions)."""
-    import torchvision
-
-    return getattr(torchvision.models, MODELS[_check_model(model_name)])(weights=None)
+    """The unmodified network with random weights (for torchvision's: max pooling, strided convolutions)."""
+    return _check_model(model_name).constructor()
 
 
 def _pooled(pooler: nn.Module, conv: nn.Module) -> nn.Sequential:
@@ -151,19 +204,37 @@ def _tag(module: nn.Module, site: PoolSite) -> nn.Module:
     return module
 
 
+def place(make: Callable[[PoolSite], nn.Module], site: PoolSite) -> nn.Module:
+    """``make(site)``, marked as the pooler of ``site`` (what a model's ``swap`` puts in the network)."""
+    return _tag(make(site), site)
+
+
 def swap(model: nn.Module, model_name: str, make: Callable[[PoolSite], nn.Module]) -> list[PoolSite]:
     """Place ``make(site)`` at every :class:`PoolSite` of an unmodified ``model_name`` network, in place.
 
-    Returns the sites in forward order.  The network must be torchvision's
-    ``model_name`` as built (a second swap would find no max pools to replace).
+    Returns the sites in forward order.  The network must be ``model_name``
+    as built (a second swap would find no max pools to replace).
     ``"<model>@authors"`` uses the authors' placement (:mod:`poolbench.placement_authors`).
     """
     from .placement_authors import split_placement, swap_authors
 
-    base = _check_model(model_name)
+    spec = _check_model(model_name)
     if split_placement(model_name)[1] == "authors":
-        return swap_authors(model, base, make)
-    return _swap_vgg(model, make) if base.startswith("vgg") else _swap_resnet(model, make)
+        return swap_authors(model, spec.name, make)
+    return spec.swap(model, make)
+
+
+def _torchvision(constructor_name: str) -> Callable[[], nn.Module]:
+    def construct() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, constructor_name)(weights=None)
+    return construct
+
+
+register_model("vgg16", "VGG-16", _torchvision("vgg16"), _swap_vgg)
+register_model("resnet50", "ResNet-50", _torchvision("resnet50"), _swap_resnet)
+register_model("resnet101", "ResNet-101", _torchvision("resnet101"), _swap_resnet)
 
 
 def build_with(model_name: str, make: Callable[[PoolSite], nn.Module]) -> nn.Module:
@@ -191,21 +262,27 @@ def build(
     """
     from .placement_authors import placed_name
 
-    _check_model(model_name)
     if placement != "paper":
-        model_name = placed_name(_check_model(model_name), placement)
-    if pooler is None:
-        model = build_baseline(model_name)
-    else:
-        spec = registry.get_spec(pooler, tier, device or "cpu")
-        if device is not None and (reason := spec.unavailable_reason(device)) is not None:
-            raise ValueError(reason)
-
-        def make(site: PoolSite) -> nn.Module:
-            return registry.create(pooler, site.channels, *site.geometry, tier=spec.tier, **options)
-
-        model = build_with(model_name, make)
+        model_name = placed_name(_check_model(model_name).name, placement)
+    model = build_baseline(model_name)
+    if pooler is not None:
+        swap_in(model, model_name, pooler, tier, device=device, **options)
     return model.to(device) if device is not None else model
+
+
+def swap_in(model: nn.Module, model_name: str, pooler: str, tier: str | None = None, *,
+            device: str | torch.device | None = None, **options) -> list[PoolSite]:
+    """Place registered ``pooler[tier]`` at every site of an unmodified ``model_name`` network, in place.
+
+    The one way a network gets its poolers (:func:`build` and the metrics'
+    subjects use it); ``ValueError`` with the registry's reason if the tier
+    cannot run on ``device``.
+    """
+    spec = registry.get_spec(pooler, tier, device or "cpu")
+    if device is not None and (reason := spec.unavailable_reason(device)) is not None:
+        raise ValueError(reason)
+    return swap(model, model_name, lambda site: registry.create(pooler, site.channels, *site.geometry,
+                                                                tier=spec.tier, **options))
 
 
 def replace_poolers(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> None:

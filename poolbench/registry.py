@@ -3,9 +3,11 @@
 Why a registry: the harness, the checks and the CLI must treat the four DPP
 variants, S3DPP and every baseline alike, and third parties must be able to
 add a pooler without touching poolbench.  A pooler is registered once per
-*tier* (reference, vectorized, compiled, cpp, cuda, triton) with a factory that
-builds an ``nn.Module``; everything else (which tiers exist, which is fastest on
-a device, how many parameters it adds) is read from the registry.
+*tier* (reference, vectorized, compiled, cpp, cuda, triton, or a plugin's own
+tier name) with a factory that builds an ``nn.Module`` and the rest of its
+contract (parameter and MAC formulas, flags, the tier's priority); everything
+else (which tiers exist, which is fastest on a device, how many parameters and
+MACs it adds, which tests it gets) is read from the registry.
 
 Poolers come from two places:
 
@@ -20,43 +22,51 @@ import importlib.metadata
 import logging
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .macs import PoolGeometry
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "TIERS",
     "PoolerSpec",
+    "by_priority",
+    "check_tier_names",
     "create",
     "get_spec",
+    "known_tiers",
     "load_plugins",
     "names",
     "register",
     "specs",
     "tiers",
+    "tiers_on",
     "unavailable_reason",
 ]
 
 ENTRY_POINT_GROUP = "poolbench.impls"
 
-#: Every tier a pooler may be registered under, in a stable display order.
+#: The tiers poolbench ships, in display order.  Tiers are open names: a plugin that
+#: registers under a new tier name appends it to :func:`known_tiers`.
 TIERS = ("reference", "vectorized", "compiled", "cpp", "cuda", "triton")
+_TIER_ORDER: list[str] = list(TIERS)
 
-#: Which tier ``create(tier=None)`` picks, by device, first available wins.
-#: On CPU the C++ kernel comes first only if it is already built or buildable
-#: (its ``available`` hook decides); ``compiled`` ranks below ``vectorized``
-#: there because its first call pays seconds of compilation.
-TIER_PREFERENCE = {
-    "cuda": ("cuda", "triton", "compiled", "vectorized", "reference"),
-    "cpu": ("cpp", "vectorized", "compiled", "reference"),
-}
+#: The priority of a reference tier: picked by ``create(tier=None)`` only when nothing else runs.
+REFERENCE_PRIORITY = -10
 
 log = logging.getLogger(__name__)
 
 ParamCount = Callable[[int, int], int]
 Availability = Callable[[str], "str | None"]
+#: ``macs(geometry, options) -> int``: multiply-accumulates of one call (see :mod:`poolbench.macs`).
+MacsFormula = Callable[["PoolGeometry", Mapping[str, object]], int]
+#: A tier's rank when ``create(tier=None)`` chooses: one number for every device, or per device type
+#: (a device type left out never picks the tier automatically).  Higher wins.
+Priority = "int | Mapping[str, int]"
 
 
 def _always_available(device: str) -> str | None:
@@ -65,13 +75,19 @@ def _always_available(device: str) -> str | None:
 
 @dataclass(frozen=True)
 class PoolerSpec:
-    """What the registry knows about one (pooler, tier) pair.
+    """What the registry knows about one (pooler, tier) pair: the whole pooler contract.
 
     ``param_count(channels, kernel_size)`` gives the exact number of learned
     parameters the pooler adds, so parameter overheads can be checked
     analytically; ``params`` is the same formula for humans ("2·C").
+    ``macs(geometry, options)`` is the pooler's arithmetic written from its
+    definition (``None``: it declares none, and only its module's ops are
+    counted — a fused kernel without a formula cannot be priced).
     ``available(device)`` returns ``None`` when the tier can run on that device
     type, else the reason it cannot (missing CUDA, missing compiler, ...).
+    ``priority`` ranks the tier for ``create(tier=None)`` per device type;
+    ``op_namespaces`` name the ``torch.library`` namespaces of custom ops the
+    tier runs, which FLOP counters cannot see into.
     """
 
     name: str
@@ -86,6 +102,14 @@ class PoolerSpec:
     description: str = ""
     available: Availability = _always_available
     source: str = ""
+    macs: MacsFormula | None = None
+    priority: Mapping[str, int] = field(default_factory=dict)
+    op_namespaces: tuple[str, ...] = ()
+
+    @property
+    def learnable(self) -> bool:
+        """Whether the pooler adds learned parameters (its formula is non-zero)."""
+        return self.param_count(8, 3) > 0
 
     def unavailable_reason(self, device: str | torch.device) -> str | None:
         """Why this tier cannot run on ``device`` (``None`` if it can)."""
@@ -109,22 +133,28 @@ def register(
     devices: Iterable[str] = ("cpu", "cuda"),
     params: str = "0",
     param_count: ParamCount | None = None,
+    macs: MacsFormula | None = None,
     differentiable: bool = True,
     stochastic: bool = False,
     family: str = "baseline",
+    priority: int | Mapping[str, int] | None = None,
+    op_namespaces: Iterable[str] = (),
     description: str = "",
     available: Availability | None = None,
     replace: bool = False,
 ):
     """Decorator registering ``factory(channels, kernel_size, stride, padding, **options)``.
 
-    Registering the same (name, tier) twice is an error unless ``replace=True``
-    (so two plugins cannot silently shadow each other).
+    A new tier name is accepted (an identifier) and joins :func:`known_tiers`.
+    ``priority`` defaults to 0 on every device (:data:`REFERENCE_PRIORITY` for
+    the ``reference`` tier).  Registering the same (name, tier) twice is an
+    error unless ``replace=True`` (so two plugins cannot silently shadow each other).
     """
-    if tier not in TIERS:
-        raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
-    if not name or not name.replace("_", "").isalnum():
-        raise ValueError(f"pooler name must be a non-empty identifier, got {name!r}")
+    for label, value in (("pooler name", name), ("tier name", tier)):
+        if not isinstance(value, str) or not value or not value.replace("_", "").isalnum():
+            raise ValueError(f"{label} must be a non-empty identifier, got {value!r}")
+    devices = tuple(devices)
+    ranks = _priority_by_device(tier, priority, devices)
 
     def decorator(factory: Callable[..., nn.Module]):
         existing = _REGISTRY.get(name, {}).get(tier)
@@ -133,23 +163,31 @@ def register(
                 f"pooler {name!r} already has a {tier!r} tier (from {existing.source}); pass replace=True to override"
             )
         spec = PoolerSpec(
-            name=name,
-            tier=tier,
-            factory=factory,
-            devices=tuple(devices),
-            params=params,
-            param_count=param_count or (lambda channels, kernel_size: 0),
-            differentiable=differentiable,
-            stochastic=stochastic,
-            family=family,
-            description=description or _first_line(factory.__doc__),
-            available=available or _always_available,
-            source=getattr(factory, "__module__", "?"),
+            name=name, tier=tier, factory=factory, devices=devices, params=params,
+            param_count=param_count or (lambda channels, kernel_size: 0), macs=macs,
+            differentiable=differentiable, stochastic=stochastic, family=family, priority=ranks,
+            op_namespaces=tuple(op_namespaces), description=description or _first_line(factory.__doc__),
+            available=available or _always_available, source=getattr(factory, "__module__", "?"),
         )
+        if tier not in _TIER_ORDER:
+            _TIER_ORDER.append(tier)
         _REGISTRY.setdefault(name, {})[tier] = spec
         return factory
 
     return decorator
+
+
+def _priority_by_device(tier: str, priority, devices: tuple[str, ...]) -> dict[str, int]:
+    if priority is None:
+        priority = REFERENCE_PRIORITY if tier == "reference" else 0
+    if isinstance(priority, Mapping):
+        unknown = set(priority) - set(devices)
+        if unknown:
+            raise ValueError(f"priority names device(s) {sorted(unknown)} the tier {tier!r} does not support ({devices})")
+        return {str(device): int(rank) for device, rank in priority.items()}
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int or a mapping of device type to int, got {priority!r}")
+    return {device: priority for device in devices}
 
 
 def _first_line(text: str | None) -> str:
@@ -190,9 +228,16 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def known_tiers() -> tuple[str, ...]:
+    """Every tier name: poolbench's own (:data:`TIERS`) then plugins' new ones, in registration order."""
+    load_plugins()
+    return tuple(_TIER_ORDER)
+
+
 def tiers(name: str) -> list[str]:
-    """The tiers registered for ``name``, in :data:`TIERS` order."""
-    return [tier for tier in TIERS if tier in _tiers_of(name)]
+    """The tiers registered for ``name``, in :func:`known_tiers` order."""
+    registered = _tiers_of(name)
+    return [tier for tier in _TIER_ORDER if tier in registered]
 
 
 def _tiers_of(name: str) -> dict[str, PoolerSpec]:
@@ -205,7 +250,7 @@ def _tiers_of(name: str) -> dict[str, PoolerSpec]:
 def specs() -> list[PoolerSpec]:
     """Every registered (pooler, tier), sorted by name then tier order."""
     load_plugins()
-    return [spec for name in sorted(_REGISTRY) for tier in TIERS if (spec := _REGISTRY[name].get(tier))]
+    return [spec for name in sorted(_REGISTRY) for tier in _TIER_ORDER if (spec := _REGISTRY[name].get(tier))]
 
 
 def get_spec(name: str, tier: str | None = None, device: str | torch.device = "cpu") -> PoolerSpec:
@@ -216,17 +261,38 @@ def get_spec(name: str, tier: str | None = None, device: str | torch.device = "c
             raise ValueError(f"pooler {name!r} has no {tier!r} tier; it has: {', '.join(tiers(name))}")
         return registered[tier]
     device_type = torch.device(device).type
-    preference = TIER_PREFERENCE.get(device_type, TIERS)
     reasons = []
-    for candidate in preference:
-        spec = registered.get(candidate)
-        if spec is None:
-            continue
+    for spec in by_priority(registered.values(), device_type):
         reason = spec.unavailable_reason(device_type)
         if reason is None:
             return spec
-        reasons.append(f"{candidate}: {reason}")
+        reasons.append(f"{spec.tier}: {reason}")
     raise ValueError(f"no tier of {name!r} can run on {device_type!r}: {'; '.join(reasons) or 'none registered'}")
+
+
+def by_priority(candidates: Iterable[PoolerSpec], device: str | torch.device) -> list[PoolerSpec]:
+    """The specs that may be picked automatically on ``device``, highest priority first (ties: tier order)."""
+    device_type = torch.device(device).type
+    ranked = [spec for spec in candidates if device_type in spec.priority]
+    return sorted(ranked, key=lambda spec: (-spec.priority[device_type], _TIER_ORDER.index(spec.tier)))
+
+
+def tiers_on(name: str, device: str | torch.device, *, include_reference: bool = True) -> dict[str, str | None]:
+    """Every tier of ``name`` -> ``None`` if it runs on ``device``, else why not; in :func:`known_tiers` order.
+
+    The one rule for "which tiers run here", shared by ``poolbench check``,
+    ``run``, ``layerbench`` and the gate.
+    """
+    return {tier: get_spec(name, tier).unavailable_reason(device)
+            for tier in tiers(name) if include_reference or tier != "reference"}
+
+
+def check_tier_names(wanted: Iterable[str], extra: Iterable[str] = ()) -> None:
+    """Raise ``ValueError`` naming any tier in ``wanted`` that no pooler registers (``extra`` names are allowed)."""
+    allowed = (*known_tiers(), *extra)
+    unknown = [tier for tier in wanted if tier not in allowed]
+    if unknown:
+        raise ValueError(f"unknown tier(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(allowed)}")
 
 
 def unavailable_reason(name: str, tier: str, device: str | torch.device) -> str | None:
@@ -261,6 +327,7 @@ def create(
     module = spec.factory(channels, kernel_size, stride, padding, **options)
     module.pooler_name = name
     module.tier = spec.tier
+    module.pooler_options = dict(options)  # what its MAC formula reads (e.g. a blur's filter_size)
     if device is not None:
         module = module.to(device)
     return module

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD
+from . import models
+from .dpp import DPP_VARIANTS
+from .metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD, Column, report_columns
 from .results import load_results
 
 __all__ = ["PAPER", "build_report", "paper_vs_measured", "write_report"]
@@ -24,8 +26,8 @@ PAPER = {
     "vgg16_max_time_overhead_pct": 20.0,
 }
 
-DPP_POOLERS = ("dpp_lite_sym", "dpp_lite_asym", "dpp_full_sym", "dpp_full_asym", "s3dpp_lite_sym")
-MODEL_TITLES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "resnet101": "ResNet-101"}
+#: The DPP variants, from the one list the DPP module registers.
+DPP_POOLERS = tuple(variant.name for variant in DPP_VARIANTS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +121,7 @@ def _header(frame: pd.DataFrame, name: str) -> str:
         f"Memory: *activation* = {CPU_MEMORY_METHOD}. MACs are multiply-accumulates per image (batch 1) at the run's "
         "input size, fvcore's convention; pooling layers are priced by poolbench's handles (see `poolbench.flops`).",
         "",
-        "Placement (SPEC): VGG-16's five max pools are replaced; in ResNets the stem max pool becomes the pooler "
+        "Placement (the paper's): VGG-16's five max pools are replaced; in ResNets the stem max pool becomes the pooler "
         "(k3 s2 p1) and each stride-2 block of layer2–4 pools its input (k2 s2, main path and shortcut separately) "
         "before stride-1 convolutions — 3648 pooled channels, as the paper's ResNet v1 placement. In ResNets the "
         "*max[vectorized]* row is this placement with max pooling; it needs ~5% fewer MACs than torchvision's "
@@ -129,76 +131,54 @@ def _header(frame: pd.DataFrame, name: str) -> str:
     return "\n".join(lines)
 
 
+def _with_ratios(table: pd.DataFrame, scope: str, keys: list[str]) -> pd.DataFrame:
+    """``table`` plus a ``<quantity>/baseline`` column for every ratio column a metric declares."""
+    ratios = {f"{q}/baseline": _ratio(table, q, keys)
+              for column in report_columns(scope) if column.kind == "ratio" for q in column.quantities}
+    return table.assign(**ratios)
+
+
+def _cell(r: pd.Series, column: Column) -> str:
+    names = [f"{q}/baseline" if column.kind == "ratio" else q for q in column.quantities]
+    value = next((r.get(name) for name in names if name in r and not pd.isna(r.get(name))), None)
+    if column.kind == "int":
+        return _fmt_int(value)
+    return _scaled(value, column.scale, column.digits)
+
+
+def _metric_cells(r: pd.Series, scope: str) -> dict[str, str]:
+    """One table row's metric cells: the columns every registered metric declares for ``scope``."""
+    return {column.header: _cell(r, column) for column in report_columns(scope)}
+
+
 def _network_section(frame: pd.DataFrame, model: str) -> str:
     table = _values(frame[frame["model"] == model], "network")
     if table.empty:
-        return f"## {MODEL_TITLES.get(model, model)}\n\n_no network measurements_\n"
-    keys = ["model"]
-    table = table.assign(
-        fwd_ratio=_ratio(table, "latency_forward", keys),
-        train_ratio=_ratio(table, "latency_train", keys),
-        act_ratio=_ratio(table, "activation_memory", keys),
-        mem_ratio=_ratio(table, "memory_train", keys),
-    )
-    rows = []
-    for _, r in _order(table).iterrows():
-        rows.append({
-            "pooler[tier]": _label(r["pooler"], r["tier"]),
-            "forward ×": _fmt(r["fwd_ratio"]),
-            "train ×": _fmt(r["train_ratio"]),
-            "activation MiB": _scaled(r.get("activation_memory"), 2**20, 1),
-            "activation ×": _fmt(r["act_ratio"]),
-            "peak train MiB": _scaled(r.get("memory_train"), 2**20, 1),
-            "peak ×": _fmt(r["mem_ratio"]),
-            "GMACs fvcore": _scaled(r.get("macs_fvcore"), 1e9, 3),
-            "GMACs FlopCounterMode": _scaled(r.get("macs_flop_counter"), 1e9, 3),
-            "pooling MMACs": _scaled(r.get("pooling_macs_fvcore", r.get("pooling_macs_flop_counter")), 1e6, 2),
-            "params": _fmt_int(r.get("params")),
-            "overhead": _fmt_int(r.get("params_overhead")),
-            "overhead %": _fmt(r.get("params_overhead_pct"), 3),
-        })
-    title = MODEL_TITLES.get(model, model)
+        return f"## {models.title(model)}\n\n_no network measurements_\n"
+    table = _with_ratios(table, "network", ["model"])
+    rows = [{"pooler[tier]": _label(r["pooler"], r["tier"]), **_metric_cells(r, "network")}
+            for _, r in _order(table).iterrows()]
     baseline = table[(table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)]
     note = ""
     if not baseline.empty:
         b = baseline.iloc[0]
         note = (f"Baseline: forward {_fmt(b.get('latency_forward'), 3)} ms, train {_fmt(b.get('latency_train'), 3)} ms "
                 f"(absolute times for orientation only).\n\n")
-    return f"## {title}\n\n{note}" + _markdown(rows)
+    return f"## {models.title(model)}\n\n{note}" + _markdown(rows)
 
 
 def _layer_section(frame: pd.DataFrame, model: str) -> str:
     table = _values(frame[frame["model"] == model], "layer")
     if table.empty:
         return ""
-    keys = ["model", "layer"]
-    table = table.assign(
-        fwd_ratio=_ratio(table, "latency_forward", keys),
-        train_ratio=_ratio(table, "latency_train", keys),
-        act_ratio=_ratio(table, "activation_memory", keys),
-        mem_ratio=_ratio(table, "memory_train", keys),
-    )
+    table = _with_ratios(table, "layer", ["model", "layer"])
     # network order (as measured), not alphabetical
     raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
     layer_order = {layer: i for i, layer in enumerate(dict.fromkeys(raw["layer"]))}
     table = _order(table).assign(_layer=lambda t: t["layer"].map(layer_order)).sort_values("_layer", kind="stable")
-    rows = []
-    for _, r in table.iterrows():
-        fv, fc = r.get("macs_fvcore"), r.get("macs_flop_counter")
-        rows.append({
-            "layer": r["layer"],
-            "input": r["shape"],
-            "pooler[tier]": _label(r["pooler"], r["tier"]),
-            "forward ×": _fmt(r["fwd_ratio"]),
-            "train ×": _fmt(r["train_ratio"]),
-            "activation ×": _fmt(r["act_ratio"]),
-            "peak train ×": _fmt(r["mem_ratio"]),
-            "MMACs analytic": _scaled(r.get("macs_analytic"), 1e6, 3),
-            "MMACs fvcore": _scaled(fv, 1e6, 3),
-            "MMACs FlopCounterMode": _scaled(fc, 1e6, 3),
-            "params": _fmt_int(r.get("params")),
-        })
-    return f"### {MODEL_TITLES.get(model, model)}: per layer\n\n" + _markdown(rows)
+    rows = [{"layer": r["layer"], "input": r["shape"], "pooler[tier]": _label(r["pooler"], r["tier"]),
+             **_metric_cells(r, "layer")} for _, r in table.iterrows()]
+    return f"### {models.title(model)}: per layer\n\n" + _markdown(rows)
 
 
 def _flop_check_section(frame: pd.DataFrame) -> str:
@@ -227,8 +207,6 @@ def _flop_check_section(frame: pd.DataFrame) -> str:
 
 def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
     """Rows comparing the slides' figures with this run's measurements."""
-    from . import models
-
     rows: list[dict] = []
     net = _values(frame, "network")
 
@@ -244,7 +222,7 @@ def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
         overhead = lookup(model, "dpp_full_sym", "params_overhead") or lookup(model, "dpp_full_asym",
                                                                               "params_overhead")
         rows.append({
-            "figure": f"Full-DPP parameter overhead, {MODEL_TITLES[model]}",
+            "figure": f"Full-DPP parameter overhead, {models.title(model)}",
             "paper": f"{paper:.3f}%",
             "measured": (f"{measured[0][1]:.3f}% (+{int(overhead[0][1]):,} params)" if measured else "not measured"),
             "agrees": ("yes" if measured and round(measured[0][1], 3) in (paper, round(paper - 0.001, 3))
@@ -265,7 +243,7 @@ def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
         rows.append({
             "figure": f"{label} parameters per feature map",
             "paper": f"{paper}" + (" (2 + 10)" if family == "dpp_full" else ""),
-            "measured": (f"{found[1]:g} ({MODEL_TITLES[found[0]]}, {found[2]} pooled channels)" if found
+            "measured": (f"{found[1]:g} ({models.title(found[0])}, {found[2]} pooled channels)" if found
                          else "not measured"),
             "agrees": ("yes" if found and abs(found[1] - paper) < 1e-9 else "–"),
         })
@@ -336,63 +314,70 @@ def _plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Path], s
     except ImportError:
         return [], "matplotlib is not installed: no plots (pip install matplotlib)"
     written: list[Path] = []
-    net = _values(frame, "network")
-    if not net.empty and "latency_train" in net:
-        net = net.assign(train_ratio=_ratio(net, "latency_train", ["model"]),
-                         fwd_ratio=_ratio(net, "latency_forward", ["model"]))
-        models_present = [m for m in MODEL_TITLES if m in set(net["model"])] + \
-            sorted(set(net["model"]) - set(MODEL_TITLES))
-        labels = [_label(p, t) for p, t in dict.fromkeys(zip(_order(net)["pooler"], _order(net)["tier"]))]
-        fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(labels) + 4), 4.5), sharey=False)
-        width = 0.8 / max(len(models_present), 1)
-        for ax, column, title in ((axes[0], "fwd_ratio", "forward (inference)"), (axes[1], "train_ratio",
-                                                                                    "train step")):
-            for i, model in enumerate(models_present):
-                sel = net[net["model"] == model].assign(label=lambda t: [_label(p, q) for p, q in zip(t["pooler"],
-                                                                                                       t["tier"])])
-                values = [sel.loc[sel["label"] == lab, column].mean() if (sel["label"] == lab).any() else float("nan")
-                          for lab in labels]
-                ax.bar([x + i * width for x in range(len(labels))], values, width,
-                       label=MODEL_TITLES.get(model, model))
-            ax.axhline(1.0, color="black", linewidth=0.8)
-            ax.set_xticks([x + width * (len(models_present) - 1) / 2 for x in range(len(labels))])
-            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
-            ax.set_ylabel("latency / max pooling network")
-            ax.set_title(title)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"{name}_latency.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    layers = _values(frame, "layer")
-    if not layers.empty and "latency_train" in layers:
-        layers = layers.assign(train_ratio=_ratio(layers, "latency_train", ["model", "layer"]))
-        models_present = [m for m in MODEL_TITLES if m in set(layers["model"])]
-        if models_present:
-            fig, axes = plt.subplots(1, len(models_present), figsize=(5 * len(models_present), 4.2), squeeze=False)
-            for ax, model in zip(axes[0], models_present):
-                sel = layers[layers["model"] == model]
-                raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
-                order = [layer for layer in dict.fromkeys(raw["layer"]) if layer in set(sel["layer"])]
-                for (pooler, tier), group in _order(sel).groupby(["pooler", "tier"], sort=False):
-                    if pooler == BASELINE_POOLER and tier == BASELINE_TIER:
-                        continue
-                    group = group.set_index("layer").reindex(order)
-                    ax.plot(range(len(order)), group["train_ratio"], marker="o", label=_label(pooler, tier))
-                ax.axhline(1.0, color="black", linewidth=0.8)
-                ax.set_yscale("log")
-                ax.set_xticks(range(len(order)))
-                ax.set_xticklabels(order, rotation=45, ha="right", fontsize=7)
-                ax.set_title(f"{MODEL_TITLES[model]}: per layer, train step")
-                ax.set_ylabel("latency / nn.MaxPool2d")
-            axes[0][-1].legend(fontsize=7, loc="best")
+    for suffix, draw in (("latency", _plot_network_latency), ("layers", _plot_layer_latency)):
+        fig = draw(plt, frame)
+        if fig is not None:
             fig.tight_layout()
-            path = out_dir / f"{name}_layers.png"
+            path = out_dir / f"{name}_{suffix}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
     return written, None
+
+
+def _plot_network_latency(plt, frame: pd.DataFrame):
+    """Bars: each pooler's network latency / the max-pool network's, forward and train step, per model."""
+    net = _values(frame, "network")
+    if net.empty or "latency_train" not in net:
+        return None
+    net = net.assign(train_ratio=_ratio(net, "latency_train", ["model"]),
+                     fwd_ratio=_ratio(net, "latency_forward", ["model"]))
+    models_present = [m for m in models.MODELS if m in set(net["model"])] + sorted(set(net["model"]) - set(models.MODELS))
+    labels = [_label(p, t) for p, t in dict.fromkeys(zip(_order(net)["pooler"], _order(net)["tier"]))]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(labels) + 4), 4.5), sharey=False)
+    width = 0.8 / max(len(models_present), 1)
+    for ax, column, title in ((axes[0], "fwd_ratio", "forward (inference)"), (axes[1], "train_ratio", "train step")):
+        for i, model in enumerate(models_present):
+            sel = net[net["model"] == model].assign(label=lambda t: [_label(p, q) for p, q in zip(t["pooler"], t["tier"])])
+            values = [sel.loc[sel["label"] == lab, column].mean() if (sel["label"] == lab).any() else float("nan")
+                      for lab in labels]
+            ax.bar([x + i * width for x in range(len(labels))], values, width, label=models.title(model))
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([x + width * (len(models_present) - 1) / 2 for x in range(len(labels))])
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("latency / max pooling network")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_layer_latency(plt, frame: pd.DataFrame):
+    """Lines: each pooler's train-step latency / nn.MaxPool2d's, layer by layer, one panel per model."""
+    layers = _values(frame, "layer")
+    if layers.empty or "latency_train" not in layers:
+        return None
+    layers = layers.assign(train_ratio=_ratio(layers, "latency_train", ["model", "layer"]))
+    models_present = [m for m in models.MODELS if m in set(layers["model"])]
+    if not models_present:
+        return None
+    fig, axes = plt.subplots(1, len(models_present), figsize=(5 * len(models_present), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models_present):
+        sel = layers[layers["model"] == model]
+        raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
+        order = [layer for layer in dict.fromkeys(raw["layer"]) if layer in set(sel["layer"])]
+        for (pooler, tier), group in _order(sel).groupby(["pooler", "tier"], sort=False):
+            if pooler == BASELINE_POOLER and tier == BASELINE_TIER:
+                continue
+            group = group.set_index("layer").reindex(order)
+            ax.plot(range(len(order)), group["train_ratio"], marker="o", label=_label(pooler, tier))
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(order, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{models.title(model)}: per layer, train step")
+        ax.set_ylabel("latency / nn.MaxPool2d")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,8 +386,8 @@ def _plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Path], s
 
 def build_report(frame: pd.DataFrame, name: str, plots: list[Path] = (), plot_note: str | None = None) -> str:
     """The markdown text of the report for the rows in ``frame``."""
-    models_present = [m for m in MODEL_TITLES if m in set(frame["model"])] + \
-        sorted(set(frame["model"]) - set(MODEL_TITLES))
+    models_present = [m for m in models.MODELS if m in set(frame["model"])] + \
+        sorted(set(frame["model"]) - set(models.MODELS))
     parts = [_header(frame, name), _paper_section(frame)]
     parts.append("# Networks\n")
     for model in models_present:

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from .linefile import append_text, read_csv_records, read_jsonl_records, repair_torn_tail
-from .metrics import Row
+from .metrics import MetricRow
 from .runlock import RunLock
 
 __all__ = ["ENV_COLUMNS", "ResultsWriter", "check_run_name", "environment", "git_commit", "load_results",
@@ -34,7 +34,7 @@ __all__ = ["ENV_COLUMNS", "ResultsWriter", "check_run_name", "environment", "git
 
 ENV_COLUMNS = ("torch", "device", "device_name", "dtype", "batch", "resolution", "threads", "load_avg", "commit",
                "host", "poolbench", "timestamp")
-ROW_COLUMNS = tuple(Row.__dataclass_fields__)
+ROW_COLUMNS = tuple(MetricRow.__dataclass_fields__)
 CELL_COLUMNS = ("model", "pooler", "tier", "scope", "layer", "metric")
 #: Environment columns that legitimately change between a run and its resume.
 VOLATILE_ENV = ("load_avg", "timestamp", "commit", "poolbench")
@@ -133,7 +133,7 @@ class ResultsWriter:
                                      f"({'; '.join(differences)}); rerun with the file's settings, or drop "
                                      "--resume to start a new run (the old file is kept aside)")
 
-    def write(self, rows: Iterable[Row]) -> None:
+    def write(self, rows: Iterable[MetricRow]) -> None:
         """Append ``rows`` (one cell) to both files, each in a single write, before returning."""
         rows = list(rows)
         if not rows:

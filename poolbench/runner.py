@@ -20,7 +20,7 @@ import torch
 
 from . import metrics as metrics_module
 from . import models, registry
-from .metrics import BASELINE_POOLER, BASELINE_TIER, Row, Settings, Subject
+from .metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings, Subject
 from .placement_authors import PLACEMENTS, placed_name, split_placement
 from .results import ResultsWriter, check_run_name, environment, measured_cells
 
@@ -47,7 +47,7 @@ class RunConfig:
     """What to measure and where; ``None`` means "everything registered"."""
 
     device: str = "cpu"
-    models: tuple[str, ...] = tuple(models.MODELS)
+    models: tuple[str, ...] | None = None  # None: every registered network
     poolers: tuple[str, ...] | None = None
     tiers: tuple[str, ...] | None = None
     metrics: tuple[str, ...] | None = None
@@ -71,9 +71,11 @@ class RunConfig:
                              "(torch.cuda.is_available() is False); use --device cpu")
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        known = models.names()
+        self.models = tuple(known) if self.models is None else tuple(self.models)
         for name in self.models:
-            if split_placement(name)[0] not in models.MODELS:
-                raise ValueError(f"unknown model {name!r}; expected some of {', '.join(models.MODELS)}")
+            if split_placement(name)[0] not in known:
+                raise ValueError(f"unknown model {name!r}; expected some of {', '.join(known)}")
         if self.placement not in PLACEMENTS + ("both",):
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, both; got {self.placement!r}")
         # a network name carries its placement ("resnet50@authors"): rows of both placements live side by side
@@ -81,13 +83,13 @@ class RunConfig:
         self.models = tuple(dict.fromkeys(name if "@" in name else placed_name(name, placement)
                                           for name in self.models for placement in placements))
         if self.metrics is not None:
+            registry.load_plugins()  # a plugin may register metrics too
             for name in self.metrics:
                 if name not in metrics_module.METRICS:
                     raise ValueError(f"unknown metric {name!r}; known: {', '.join(metrics_module.METRICS)}")
         if self.tiers is not None:
             for tier in self.tiers:
-                if tier != FASTEST and tier not in registry.TIERS:
-                    raise ValueError(f"unknown tier {tier!r}; expected {FASTEST!r} or some of {', '.join(registry.TIERS)}")
+                registry.check_tier_names([tier], extra=(FASTEST,))
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads <= 0):
             raise ValueError(f"threads must be a positive int, got {self.threads!r}")
@@ -166,9 +168,7 @@ def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | Non
     chosen: list[tuple[str, str | None]] = []
     if wanted is None or FASTEST in wanted:
         if wanted is None:
-            for tier in registered:
-                reason = SLOW_TIERS.get(tier) or registry.get_spec(pooler, tier).unavailable_reason(device)
-                chosen.append((tier, reason))
+            chosen += [(tier, SLOW_TIERS.get(tier) or reason) for tier, reason in registry.tiers_on(pooler, device).items()]
         else:
             chosen.extend(_fastest_working_tier(pooler, device))
     for tier in wanted or []:
@@ -194,7 +194,8 @@ def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, 
     every cell of the pooler into an error.
     """
     registered = registry.tiers(pooler)
-    preference = [t for t in registry.TIER_PREFERENCE.get(device.type, registry.TIERS) if t in registered]
+    preference = [spec.tier for spec in registry.by_priority(map(registry.get_spec, [pooler] * len(registered), registered),
+                                                             device)]
     candidates = preference + [t for t in registered if t not in preference and t not in SLOW_TIERS]
     failed: list[tuple[str, str | None]] = []
     for tier in candidates:
@@ -311,7 +312,7 @@ def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsW
 
     counts = {"rows": 0, "error": 0, "skipped": 0}
 
-    def write(rows: list[Row]) -> None:
+    def write(rows: list[MetricRow]) -> None:
         writer.write(rows)
         counts["rows"] += len(rows)
         for row in rows:

@@ -1,6 +1,6 @@
 """The pooling-layer input shapes the benchmarks are run at.
 
-VGG-16 pools five times (ANCHORS.md measures these at batch 32, 224²); the
+VGG-16 pools five times (the per-layer targets are set at batch 32, 224²); the
 per-layer benchmarks use the same shapes at a batch that fits the device.
 """
 from __future__ import annotations

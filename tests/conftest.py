@@ -7,26 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from poolbench.tolerances import DTYPES
-
+from poolbench.benchmarks.fixtures import add_device_options, device, dtype  # noqa: F401  (fixtures)
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"), help="device the tiers run on")
-    parser.addoption("--dtype", default="float32", choices=tuple(DTYPES), help="dtype of fast-tier comparisons")
-
-
-@pytest.fixture(scope="session")
-def device(request) -> torch.device:
-    name = request.config.getoption("--device")
-    if name == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--device cuda given but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-@pytest.fixture(scope="session")
-def dtype(request) -> torch.dtype:
-    return DTYPES[request.config.getoption("--dtype")]
+    add_device_options(parser)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,8 @@
-"""The 13 baseline poolers: shared contract, then each pooler's defining property.
+"""The baseline poolers: shared contract, then each pooler's defining property.
 
-Every baseline gets the same contract tests (registration, output size over
+The contract tests are parametrised from the registry (every pooler of family
+"baseline", stochastic ones by their registered flag), so a new baseline is
+tested as soon as it registers.  Every baseline gets the same contract tests (registration, output size over
 several geometries, parameter count == registry formula, gradcheck of input
 *and* parameters in float64, wrong channels rejected, finite at |x| = 1e4,
 half precision close to float32).  The per-pooler tests pin what makes each
@@ -17,11 +19,17 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import poolbench
+from poolbench.stochastic import Seeded
 from poolbench.tolerances import assert_close, tolerance
 
-BASELINES = ("max", "avg", "strided_conv", "mixed", "gated", "lp", "stochastic", "s3pool", "softpool", "lip",
-             "blurpool", "maxblur", "adapool")
-STOCHASTIC = {"stochastic", "s3pool"}
+
+def baseline_poolers() -> tuple[str, ...]:
+    """Every registered baseline pooler (family "baseline"), read from the registry."""
+    return tuple(sorted({spec.name for spec in poolbench.specs() if spec.family == "baseline"}))
+
+
+BASELINES = baseline_poolers()
+STOCHASTIC = {name for name in BASELINES if poolbench.get_spec(name).stochastic}
 
 #: (input shape, kernel_size, stride, padding): even/odd sizes, overlapping windows, batch 1, padding.
 GEOMETRIES = (
@@ -37,7 +45,8 @@ GEOMETRIES = (
 def build(name, channels=3, kernel_size=2, stride=2, padding=0, device="cpu", **options):
     if name in STOCHASTIC and "generator" not in options:
         options.setdefault("seed", 0)
-    return poolbench.create(name, channels, kernel_size, stride, padding, tier="vectorized", device=device, **options)
+    return poolbench.create(name, channels, kernel_size, stride, padding, tier=poolbench.tiers(name)[0], device=device,
+                            **options)
 
 
 def randomise_parameters(module, scale=0.3, seed=0):
@@ -73,7 +82,11 @@ def test_registered_once_as_vectorized_baseline(name):
     assert poolbench.registry.tiers(name) == ["vectorized"]
     spec = poolbench.get_spec(name, "vectorized")
     assert spec.family == "baseline"
-    assert spec.stochastic == (name in STOCHASTIC)
+    # The flag is what the checks and the gate read to seed a pooler: it must match the module's kind.
+    assert spec.stochastic == isinstance(build(name), Seeded)
+    assert spec.learnable == any(True for _ in build(name).parameters())
+    # Every baseline prices itself (a fused kernel without a formula could not be counted).
+    assert spec.macs is not None and spec.macs(poolbench.macs.PoolGeometry(1, 3, 8, 8, 2, 2, 0), {}) > 0
     # Stochastic poolers route the gradient to the sampled element (like max pooling): differentiable.
     assert spec.differentiable
 

@@ -47,7 +47,7 @@ def test_check_fails_on_a_tier_that_differs_from_reference(monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == 1
     row = next(r for r in report["summary"] if r["tier"] == "vectorized")
-    assert row["status"] == "fail" and "output outside tolerance" in row["detail"]
+    assert row["status"] == "fail" and "output differs by" in row["detail"] and "× the tolerance" in row["detail"]
 
 
 def test_cuda_without_cuda_is_a_clear_error(capsys):

@@ -217,7 +217,7 @@ def test_cpp_backward_is_deterministic_across_thread_counts(cpu_ext):
 
 
 def test_cpp_numerics_at_spec_extremes(cpu_ext):
-    """SPEC numerics: λ up to 200 and |x| up to 1e4 stay finite in float32; α = 0 gives no NaN; λ = 0 is avg pooling."""
+    """Numerics: λ up to 200 and |x| up to 1e4 stay finite in float32; α = 0 gives no NaN; λ = 0 is avg pooling."""
     x = torch.randn(2, 3, 8, 8) * 1e4
     x[:, :, :4] = 0.0  # flat windows (after a ReLU) at large λ: the 0/0 case
     for alpha, lam in ((1.0, 200.0), (0.0, 200.0), (0.0, 1.0), (1e-3, 50.0)):

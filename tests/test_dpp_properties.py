@@ -1,4 +1,4 @@
-"""The paper's DPP properties (slides, "Properties") and SPEC's numerical range."""
+"""The paper's DPP properties (slides, "Properties") and the numerical range poolbench promises (λ ≤ 200, |x| ≤ 1e4)."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from poolbench import gate, registry
+from poolbench import equivalence, gate, registry
 from poolbench.base import Pool2d
 
 LAYERS = range(1, 6)
@@ -29,7 +29,7 @@ def bench_json(ratios: dict[tuple, float], config: gate.BenchConfig | None = Non
     for (pooler, tier, layer, pass_), ratio in ratios.items():
         case = gate.BenchCase(pooler, tier, layer, shapes[layer - 1], pass_)
         info = gate.extra_info(case, config, None, {"ratio": ratio, "comparator_median_s": 1e-3, "rounds": 5})
-        benchmarks.append({"fullname": f"tests/benchmarks/test_bench_poolers.py::test_pooler[{case.id}]",
+        benchmarks.append({"fullname": f"test_bench_poolers.py::test_pooler[{case.id}]",
                            "extra_info": info, "stats": {"median": ratio * 1e-3, "rounds": 5}})
     return {"benchmarks": benchmarks}
 
@@ -211,9 +211,9 @@ def test_equivalence_passes_for_a_matching_tier_and_fails_for_a_broken_one(probe
     registry.register("gate_probe", "vectorized")(lambda c, k, s, p: _Probe(c, k, s, p))
     registry.register("gate_probe", "compiled")(lambda c, k, s, p: _Probe(c, k, s, p, offset=1e-2))
     config = gate.BenchConfig(resolution=64, crop=8)
-    good = gate.check_equivalence("gate_probe", "vectorized", (1, 64, 64, 64), config)
+    good = gate.equivalence_at("gate_probe", "vectorized", (1, 64, 64, 64), config)
     assert good.ok and good.reference == "reference@float64" and "8x8 corner" in good.compared
-    bad = gate.check_equivalence("gate_probe", "compiled", (1, 64, 64, 64), config)
+    bad = gate.equivalence_at("gate_probe", "compiled", (1, 64, 64, 64), config)
     assert not bad.ok
     assert "gate_probe[compiled] at 1x64x64x64 does not match gate_probe[reference@float64]" in bad.message
     assert "full input" in bad.compared  # a corner mismatch is re-checked on the full input before failing
@@ -226,15 +226,16 @@ def test_equivalence_falls_back_to_the_full_input_for_non_local_poolers(probe_re
 
     registry.register("gate_global", "reference")(lambda c, k, s, p: GlobalShift(c, k, s, p))
     registry.register("gate_global", "vectorized")(lambda c, k, s, p: GlobalShift(c, k, s, p))
-    result = gate.check_equivalence("gate_global", "vectorized", (1, 64, 32, 32), gate.BenchConfig(resolution=32, crop=8))
+    result = gate.equivalence_at("gate_global", "vectorized", (1, 64, 32, 32), gate.BenchConfig(resolution=32, crop=8))
     assert result.ok and "full input" in result.compared
 
 
 def test_normwise_gradient_check():
     expected = torch.randn(100, dtype=torch.float64)
-    gate.assert_close_normwise(expected.float() + 1e-6, expected, torch.float32)
-    with pytest.raises(AssertionError, match="norm of the difference"):
-        gate.assert_close_normwise(expected.float() * 1.1, expected, torch.float32, msg="gradient of parameter w")
+    close = equivalence.compare((expected, expected), [("w", expected.float() + 1e-6, expected)], torch.float32)
+    assert close.ok and close.grad_error < 1
+    off = equivalence.compare((expected, expected), [("w", expected.float() * 1.1, expected)], torch.float32)
+    assert not off.ok and "gradient of w" in off.problem and "norm of the difference" in off.problem
 
 
 def test_pass_closures_run_forward_and_backward():
@@ -288,19 +289,26 @@ PLUGIN = textwrap.dedent('''
 
 
 def test_gate_end_to_end(tmp_path):
-    """Save a baseline, pass unchanged, fail on a slowdown and on a broken tier (5 suite runs, ~35 s)."""
+    """Save a baseline, pass unchanged, fail on a slowdown and on a broken tier (5 suite runs, ~35 s).
+
+    Run as a user's CI would run an installed poolbench: from the user's own
+    directory (``root``), whose plugin module is imported from there, with the
+    baselines in ``benchmarks/baselines`` of that directory.
+    """
     (tmp_path / "gate_probe_plugin.py").write_text(PLUGIN)
     config = gate.BenchConfig(resolution=32, budget_s=0.01, min_rounds=3, max_rounds=30)
 
     def run(mode: str, **options) -> gate.GateResult:
         return gate.run_gate(gate.GateOptions(
-            config=config, poolers=["gate_probe", "gate_twin"], baseline_dir=tmp_path / "baselines",
-            report=tmp_path / f"report_{mode}.md", plugins=["gate_probe_plugin"], echo=False,
-            env={"PYTHONPATH": str(tmp_path), "GATE_PROBE_MODE": mode}, **options))
+            config=config, poolers=["gate_probe", "gate_twin"], root=tmp_path,
+            report=f"report_{mode}.md", plugins=["gate_probe_plugin"], echo=False,
+            env={"GATE_PROBE_MODE": mode}, **options))
 
     saved = run("save", save_baseline=True)
     assert saved.passed, saved.messages
     assert saved.saved_path.name == "0001_cpu-r32.json"
+    assert saved.saved_path.parent.parent == tmp_path / "benchmarks" / "baselines"
+    assert saved.report_path == tmp_path / "report_save.md"
     stored = gate.load_benchmarks(saved.saved_path)
     assert {key[0] for key in stored} == {"gate_probe", "gate_twin", gate.COMPARATOR}
     equivalence = stored[("gate_probe", "vectorized", 1, "forward")].equivalence

@@ -192,7 +192,7 @@ def test_layer_metrics_produce_one_row_type():
     subject = _layer_subject("dpp_lite_sym", "vectorized")
     rows = [row for name in ("params", "latency_forward", "latency_train", "activation_memory", "macs")
             for row in metrics.measure(subject, name)]
-    assert all(isinstance(row, metrics.Row) and row.status == "ok" for row in rows), [r.error for r in rows]
+    assert all(isinstance(row, metrics.MetricRow) and row.status == "ok" for row in rows), [r.error for r in rows]
     values = {row.quantity: row.value for row in rows}
     assert values["params"] == 16  # 2 per channel
     assert values["latency_forward"] > 0 and values["latency_train"] > 0

@@ -15,7 +15,7 @@ PUBLISHED = {
     "vgg16": (138_357_544, 15.5),
 }
 
-#: Channels entering each pooler, in forward order (SPEC, "Where the poolers go").
+#: Channels entering each pooler, in forward order (the paper's placement).
 RESNET_CHANNELS = [64, 256, 256, 512, 512, 1024, 1024]
 EXPECTED_CHANNELS = {
     "vgg16": [64, 128, 256, 512, 512],

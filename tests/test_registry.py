@@ -32,8 +32,10 @@ def test_all_dpp_variants_have_reference_and_vectorized_tiers():
 
 def test_create_default_tier_is_fastest_available_on_cpu():
     module = poolbench.create("dpp_lite_sym", 4)
-    assert module.tier in registry.TIER_PREFERENCE["cpu"]
-    assert module.tier != "reference"
+    ranked = registry.by_priority([registry.get_spec("dpp_lite_sym", t) for t in registry.tiers("dpp_lite_sym")], "cpu")
+    runnable = [spec.tier for spec in ranked if spec.unavailable_reason("cpu") is None]
+    assert module.tier == runnable[0]
+    assert module.tier != "reference" and ranked[-1].tier == "reference"
     assert module(torch.randn(1, 4, 6, 6)).shape == (1, 4, 3, 3)
 
 
@@ -58,11 +60,15 @@ def test_duplicate_registration_is_refused_unless_replace(clean_registry):
     registry.register("halve", "vectorized", replace=True)(lambda c, k, s, p: Halve(c, k, s, p))
 
 
-def test_register_rejects_unknown_tier_and_bad_name():
-    with pytest.raises(ValueError, match="unknown tier 'gpu'"):
-        registry.register("x", "gpu")
-    with pytest.raises(ValueError, match="identifier"):
+def test_register_rejects_bad_names_and_priorities():
+    with pytest.raises(ValueError, match="tier name must be a non-empty identifier"):
+        registry.register("x", "gpu kernel")
+    with pytest.raises(ValueError, match="pooler name must be a non-empty identifier"):
         registry.register("bad name!", "vectorized")
+    with pytest.raises(ValueError, match=r"priority names device\(s\) \['cuda'\]"):
+        registry.register("x", "mine", devices=("cpu",), priority={"cuda": 1})
+    with pytest.raises(TypeError, match="priority must be an int"):
+        registry.register("x", "mine", priority="high")
 
 
 def test_third_party_pooler_is_discovered_through_entry_points(clean_registry, monkeypatch, tmp_path):

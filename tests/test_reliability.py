@@ -21,7 +21,7 @@ import torch
 import poolbench
 from poolbench import cli, results, runner
 from poolbench.linefile import read_csv_records, read_jsonl_records, repair_torn_tail
-from poolbench.metrics import Row
+from poolbench.metrics import MetricRow as Row
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from poolbench import cli, registry, report, results, runner
-from poolbench.metrics import BASELINE_POOLER, BASELINE_TIER, Row, Settings
+from poolbench.metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings
 
 FAST = Settings(warmup=0, min_run_time=0.005)
 
@@ -100,7 +100,7 @@ def flaky_pooler():
         def pool(self, x):
             return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
-    registry.register("flaky_test_pooler", "cpp")(Broken)
+    registry.register("flaky_test_pooler", "cpp", priority=50)(Broken)  # preferred over vectorized (0)
     registry.register("flaky_test_pooler", "vectorized")(Works)
     yield "flaky_test_pooler"
     registry._REGISTRY.pop("flaky_test_pooler", None)
@@ -159,7 +159,7 @@ def _synthetic_results(tmp_path):
                                              ("dpp_lite_sym", "vectorized", 7_296 if model != "vgg16" else 2_944, 1.1),
                                              ("dpp_full_sym", "vectorized", 43_776 if model != "vgg16" else 17_664, 1.3)):
             def row(metric, quantity, value, unit, scope="network", layer="", shape="2x3x64x64"):
-                return Row(model, pooler, tier, scope, layer, shape, metric, quantity, value, unit)
+                return MetricRow(model, pooler, tier, scope, layer, shape, metric, quantity, value, unit)
 
             writer.write([row("params", "params", params + overhead, "count"),
                           row("params", "params_overhead", overhead, "count"),
@@ -171,7 +171,7 @@ def _synthetic_results(tmp_path):
             writer.write([row("macs", "macs_analytic", 1e5, "MAC", "layer", "maxpool", "2x64x32x32"),
                           row("macs", "macs_fvcore", 1.2e5, "MAC", "layer", "maxpool", "2x64x32x32"),
                           row("macs", "macs_flop_counter", 1.2e5, "MAC", "layer", "maxpool", "2x64x32x32")])
-    writer.write([Row("vgg16", "softpool", "cuda", "network", "", "", "all", "all", None, "", "skipped",
+    writer.write([MetricRow("vgg16", "softpool", "cuda", "network", "", "", "all", "all", None, "", "skipped",
                       "no CUDA here")])
     writer.close()
     return writer.jsonl

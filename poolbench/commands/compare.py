@@ -1,9 +1,10 @@
 """``poolbench compare``: the benchmark regression gate (a thin shell over :mod:`poolbench.gate`).
 
-Runs the pytest-benchmark suite in ``tests/benchmarks`` (every pooler × tier
-at VGG-16's pooling shapes, forward and forward+backward), compares each
-time ratio to ``avg_pool2d`` with the stored baseline in
-``benchmarks/baselines``, writes a markdown summary to ``reports/`` and exits
+Runs the pytest-benchmark suite shipped in ``poolbench/benchmarks`` (every
+registered pooler × tier, plugins included, at VGG-16's pooling shapes, forward
+and forward+backward), compares each time ratio to ``avg_pool2d`` with the
+stored baseline in ``--baseline-dir`` (default ``benchmarks/baselines`` of the
+current directory), writes a markdown summary to ``reports/`` and exits
 1 when a ratio regressed by more than ``--threshold`` or a tier stopped
 matching its reference.  ``--save-baseline`` stores the run as the new
 baseline instead.
@@ -61,7 +62,8 @@ def add_parser(subparsers) -> None:
                         "then CPU time is measured, which ignores other processes)")
     parser.add_argument("--budget", type=bounded_float(0, 60), default=defaults.budget_s, help=f"seconds of timing per case (default {defaults.budget_s})")
     parser.add_argument("--baseline-dir", type=Path, default=gate.DEFAULT_BASELINE_DIR,
-                        help="pytest-benchmark storage holding the baselines (default benchmarks/baselines)")
+                        help="pytest-benchmark storage holding the baselines, relative to the current directory "
+                             "(default benchmarks/baselines)")
     parser.add_argument("--baseline-name", default=None,
                         help="baseline file name (default: the device plus the options that differ from the defaults, "
                              "e.g. cpu or cpu-r112)")

@@ -15,7 +15,7 @@ load from another process slows both sides alike, so it cancels.
 
 Equivalence: before a tier is timed, its output (and, when differentiable,
 the gradients of input and parameters) must match the pooler's reference
-within :mod:`poolbench.tolerances`; a mismatch fails the test and the gate.
+by :mod:`poolbench.equivalence` (the rules ``poolbench check`` uses); a mismatch fails the test and the gate.
 
 The pieces, one job per module:
 
@@ -24,14 +24,15 @@ The pieces, one job per module:
   layer × pass); new poolers and tiers join automatically;
 * :mod:`.build` – inputs, modules and :func:`pass_closure` / :func:`case_closures`;
 * :mod:`.measure` – :func:`time_case`, the interleaved ratio measurement;
-* :mod:`.equivalence` – :func:`check_equivalence` against the float64 reference;
+* :mod:`.equivalence` – :func:`equivalence_at`, the equivalence contract at a benchmark shape;
 * :mod:`.results` – :func:`load_benchmarks`, :func:`extra_info`, a suite run's outcomes;
-* :mod:`.suite` – :func:`run_suite` runs ``tests/benchmarks`` in a subprocess, collects its JSON;
+* :mod:`.suite` – :func:`run_suite` runs the packaged suite :mod:`poolbench.benchmarks` in a subprocess,
+  collects its JSON;
 * :mod:`.baselines` – saving, finding, merging and naming baselines;
 * :mod:`.comparison` – :func:`compare`, baseline ratios against current ratios;
 * :mod:`.report` – :func:`render_markdown`, the markdown summary;
-* :mod:`.runner` – :func:`run_gate`, the whole gate (run, confirm suspects, compare, report),
-  behind ``poolbench compare``.
+* :mod:`.runner` – :func:`run_gate`, the whole gate behind ``poolbench compare``: :func:`load_baseline`,
+  :func:`run_once`, :func:`confirm_suspects`, :func:`write_report`.
 
 The names are re-exported here, so ``from poolbench import gate; gate.run_gate(...)`` is the API.
 """
@@ -39,18 +40,18 @@ from __future__ import annotations
 
 from .baselines import (DEFAULT_BASELINE_DIR, baseline_name, config_mismatch, find_baseline, merge_runs,
                         save_baseline)
-from .build import build_module, case_closures, comparator, make_input, pass_closure
-from .cases import BenchCase, bench_cases, comparator_cases, group_name
-from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, Row, compare, group_regression_message,
+from ..bench.closures import build_module, case_closures, comparator, make_input, pass_closure
+from ..bench.cases import BenchCase, bench_cases, comparator_cases, group_name
+from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, CaseChange, compare, group_regression_message,
                          regression_message)
-from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
-from .equivalence import (_EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, assert_close_normwise,
-                          check_equivalence, reference_tier)
+from ..bench.config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
+from .equivalence import _EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, equivalence_at
 from .measure import time_case
 from .report import render_markdown
 from .results import BaselineError, CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
-from .runner import DEFAULT_REPORT, GateOptions, GateResult, run_gate
-from .suite import SUITE_DIR, SUITE_ENV, SUITE_FILE, project_root, run_suite, suite_arguments
+from .runner import (DEFAULT_REPORT, GateOptions, GateResult, StoredBaseline, confirm_suspects, load_baseline,
+                     run_gate, run_once, write_report)
+from .suite import SUITE_DIR, SUITE_ENV, SUITE_FILE, run_suite, suite_arguments, suite_node
 
 __all__ = [
     "COMPARATOR",
@@ -65,7 +66,7 @@ __all__ = [
     "GateResult",
     "SuiteRun",
     "bench_cases",
-    "check_equivalence",
+    "equivalence_at",
     "compare",
     "baseline_name",
     "find_baseline",

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import BenchConfig
+from ..bench.config import BenchConfig
 from .results import CaseResult
 
 DEFAULT_BASELINE_DIR = Path("benchmarks") / "baselines"

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import registry
-from .cases import _fmt_shape
-from .config import COMPARATOR, PASSES
+from ..bench.cases import _fmt_shape
+from ..bench.config import COMPARATOR, PASSES
 from .results import CaseResult
 
 DEFAULT_THRESHOLD = 0.10
 
 
 @dataclass(frozen=True)
-class Row:
+class CaseChange:
     """One case (pooler × tier × layer × pass) in a comparison."""
 
     key: tuple
@@ -40,7 +40,7 @@ class GroupRow:
     tier: str
     pass_: str
     change: float
-    rows: tuple[Row, ...]
+    rows: tuple[CaseChange, ...]
     status: str  # regressed (fails) | faster | unchanged
 
     @property
@@ -48,7 +48,7 @@ class GroupRow:
         return f"{self.pooler}[{self.tier}] {self.pass_}"
 
     @property
-    def worst(self) -> Row:
+    def worst(self) -> CaseChange:
         return max(self.rows, key=lambda row: row.change)
 
 
@@ -58,10 +58,10 @@ class Comparison:
 
     threshold: float
     case_threshold: float
-    rows: list[Row]
+    rows: list[CaseChange]
     groups: list[GroupRow]
 
-    def by_status(self, status: str) -> list[Row]:
+    def by_status(self, status: str) -> list[CaseChange]:
         return [row for row in self.rows if row.status == status]
 
     @property
@@ -104,12 +104,12 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
         base, cur = baseline.get(key), current.get(key)
         if cur is None:
             if base.ratio is not None and (selected is None or selected(key)):
-                rows.append(Row(key, base.label, "missing", base.ratio, None, "not measured in this run"))
+                rows.append(CaseChange(key, base.label, "missing", base.ratio, None, "not measured in this run"))
             continue
         if cur.ratio is None:
             continue  # the comparator's own benchmarks carry no ratio
         if base is None or base.ratio is None:
-            rows.append(Row(key, cur.label, "new", None, cur.ratio, "no baseline"))
+            rows.append(CaseChange(key, cur.label, "new", None, cur.ratio, "no baseline"))
             continue
         if tuple(base.shape) != tuple(cur.shape):
             raise ValueError(f"{cur.label}: the baseline measured shape {_fmt_shape(base.shape)}; run at the "
@@ -117,8 +117,8 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
         change = cur.ratio / base.ratio - 1
         status = ("regressed" if change > case_threshold else "slower" if change > threshold
                   else "faster" if change < -threshold else "unchanged")
-        rows.append(Row(key, cur.label, status, base.ratio, cur.ratio))
-    grouped: dict[tuple, list[Row]] = {}
+        rows.append(CaseChange(key, cur.label, status, base.ratio, cur.ratio))
+    grouped: dict[tuple, list[CaseChange]] = {}
     for row in rows:
         if row.change is not None:
             grouped.setdefault((row.key[0], row.key[1], row.key[3]), []).append(row)
@@ -132,11 +132,12 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
 
 def _sort_key(key: tuple) -> tuple:
     pooler, tier, layer, pass_ = key
-    tier_order = registry.TIERS.index(tier) if tier in registry.TIERS else len(registry.TIERS)
+    order = registry.known_tiers()
+    tier_order = order.index(tier) if tier in order else len(order)
     return (pooler, tier_order, tier, PASSES.index(pass_) if pass_ in PASSES else 9, layer)
 
 
-def regression_message(row: Row, case_threshold: float) -> str:
+def regression_message(row: CaseChange, case_threshold: float) -> str:
     """The line a failing gate prints for one case slower than the single-layer threshold."""
     return (f"REGRESSION {row.label}: time ratio to {COMPARATOR} {row.baseline_ratio:.3f}x -> "
             f"{row.current_ratio:.3f}x ({row.change:+.1%}; single-layer threshold +{case_threshold:.0%})")

@@ -13,7 +13,8 @@ import statistics
 import time
 from typing import Callable
 
-from .config import BenchConfig
+from ..bench.config import BenchConfig
+from ..bench.subject import paired_ratio
 
 
 class _ComparatorSampler:
@@ -34,9 +35,9 @@ def _time_once(fn: Callable[[], None], timer: Callable[[], float] = time.perf_co
     return timer() - start
 
 
-def time_case(benchmark, fn: Callable[[], None], reference: Callable[[], None], config: BenchConfig,
+def time_case(benchmark, fn: Callable[[], None], comparator: Callable[[], None], config: BenchConfig,
               warmup: int = 1) -> dict:
-    """Time ``fn`` with pytest-benchmark, interleaved with ``reference``; return the ratio info.
+    """Time ``fn`` with pytest-benchmark, interleaved with the ``comparator`` (``avg_pool2d``); return the ratio info.
 
     The number of rounds fills ``config.budget_s`` (bounded by min/max
     rounds).  Returns ``{"ratio", "comparator_median_s", "rounds",
@@ -45,14 +46,14 @@ def time_case(benchmark, fn: Callable[[], None], reference: Callable[[], None], 
     """
     for _ in range(warmup):  # first calls pay one-off costs (torch.compile, allocator growth)
         fn()
-        reference()
-    probe = _time_once(fn, config.timer) + _time_once(reference, config.timer)
+        comparator()
+    probe = _time_once(fn, config.timer) + _time_once(comparator, config.timer)
     rounds = int(min(config.max_rounds, max(config.min_rounds, math.ceil(config.budget_s / max(probe, 1e-7)))))
     # Both sides are read with the config's clock; pytest-benchmark keeps its clock in a private
     # attribute, set here so a direct `pytest -m bench` run without --benchmark-timer agrees.
     if hasattr(benchmark, "_timer"):
         benchmark._timer = config.timer
-    sampler = _ComparatorSampler(reference, config.timer)
+    sampler = _ComparatorSampler(comparator, config.timer)
     benchmark.pedantic(fn, setup=sampler, rounds=rounds, warmup_rounds=0, iterations=1)
     stats = getattr(benchmark, "stats", None)
     if not stats:  # --benchmark-disable: the call above ran fn once, as a smoke test
@@ -62,7 +63,7 @@ def time_case(benchmark, fn: Callable[[], None], reference: Callable[[], None], 
     comparator_median = statistics.median(comparator_times)
     return {
         "ratio": statistics.median(pooler_times) / comparator_median,
-        "paired_ratio": statistics.median(p / c for p, c in zip(pooler_times, comparator_times)),
+        "paired_ratio": paired_ratio(pooler_times, comparator_times),
         "min_ratio": min(pooler_times) / min(comparator_times),
         "comparator_median_s": comparator_median,
         "rounds": rounds,

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from .comparison import Comparison
-from .config import COMPARATOR, BenchConfig
+from ..bench.config import COMPARATOR, BenchConfig
 from .results import SuiteRun
 
 
@@ -59,9 +59,14 @@ def render_markdown(comparison: Comparison | None, *, passed: bool, messages: Se
         lines += ["## Messages", "", *(f"- {m}" for m in messages), ""]
     if comparison is None:
         return "\n".join(lines)
+    return "\n".join(lines + _comparison_sections(comparison))
+
+
+def _comparison_sections(comparison: Comparison) -> list[str]:
+    """The summary, the per-pooler changes and the per-layer tables of a comparison."""
     counts = {status: len(comparison.by_status(status))
               for status in ("regressed", "slower", "faster", "unchanged", "new", "missing")}
-    lines += ["## Summary", "", "Cases: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ".", ""]
+    lines = ["## Summary", "", "Cases: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ".", ""]
     if comparison.groups:
         changes = [g.change for g in comparison.groups]
         lines += [f"Pooler ratio changes (per tier and pass): median {_pct(statistics.median(changes))}, "
@@ -92,4 +97,4 @@ def render_markdown(comparison: Comparison | None, *, passed: bool, messages: Se
     lines += [f"| {r.label} | {_ratio(r.baseline_ratio)} | {_ratio(r.current_ratio)} | {_pct(r.change)} | {r.status} |"
               for r in comparison.rows]
     lines.append("")
-    return "\n".join(lines)
+    return lines

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .cases import BenchCase, _fmt_shape
-from .config import COMPARATOR, BenchConfig
+from ..bench.cases import BenchCase, _fmt_shape
+from ..bench.config import COMPARATOR, BenchConfig
 from .equivalence import Equivalence
 
 

@@ -1,4 +1,10 @@
-"""The whole gate behind ``poolbench compare``: run, confirm suspects, compare, save, report."""
+"""The whole gate behind ``poolbench compare``: load the baseline, run, confirm suspects, save or report.
+
+:func:`run_gate` is four steps, each its own function: :func:`load_baseline`,
+:func:`run_once` (the suite, plus ``--repeat`` runs when saving),
+:func:`confirm_suspects` (re-measure suspected regressions) and
+:func:`write_report`.
+"""
 from __future__ import annotations
 
 import json
@@ -9,12 +15,12 @@ from typing import Callable, Sequence
 
 from .baselines import (DEFAULT_BASELINE_DIR, _machine_id, baseline_name, config_mismatch, find_baseline, merge_runs,
                         save_baseline)
-from .cases import _split, bench_cases
+from ..bench.cases import _split, bench_cases
 from .comparison import DEFAULT_THRESHOLD, Comparison, compare
-from .config import COMPARATOR, BenchConfig
+from ..bench.config import COMPARATOR, BenchConfig
 from .report import _rel, render_markdown
 from .results import BaselineError, SuiteRun, load_benchmarks
-from .suite import project_root, run_suite
+from .suite import run_suite
 
 DEFAULT_REPORT = Path("reports") / "bench_compare.md"
 
@@ -44,6 +50,24 @@ class GateOptions:
     def name(self) -> str:
         return self.baseline_name or baseline_name(self.config)
 
+    @property
+    def workdir(self) -> Path:
+        """Where the suite runs and relative paths point: ``root``, by default the current directory."""
+        return Path(self.root or Path.cwd()).resolve()
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.workdir / path
+
+
+@dataclass
+class StoredBaseline:
+    """The baseline a run is compared with (``path`` None when there is none yet)."""
+
+    path: Path | None
+    data: dict | None
+    results: dict
+
 
 @dataclass
 class GateResult:
@@ -65,18 +89,14 @@ def _selected(options: GateOptions) -> Callable[[tuple], bool]:
     return lambda key: (not poolers or key[0] in poolers) and (not tiers or key[1] in tiers)
 
 
-def _read_baseline(path: Path | None, *, must_hold_cases: bool) -> tuple[dict, dict | None]:
-    """The stored baseline's cases and raw document; unreadable, empty or foreign ones are a BaselineError."""
-    if path is None:
-        return {}, None
-    try:
-        cases = load_benchmarks(path)
-    except ValueError as exc:
-        raise BaselineError(f"cannot use the baseline: {exc}") from None
-    if must_hold_cases and not cases:
-        raise BaselineError(f"baseline {path} holds no poolbench benchmark cases (empty or foreign); restore it "
-                            "from git or record one with `poolbench compare --save-baseline`")
-    return cases, json.loads(path.read_text())
+def _suite_kwargs(options: GateOptions) -> dict:
+    return dict(poolers=options.poolers, tiers=options.tiers, cwd=options.workdir, plugins=options.plugins,
+                env=options.env, echo=options.echo)
+
+
+def _compare(options: GateOptions, baseline: dict, current: dict) -> Comparison:
+    return compare(baseline, current, options.threshold, case_threshold=options.case_threshold,
+                   selected=_selected(options))
 
 
 def run_gate(options: GateOptions) -> GateResult:
@@ -90,49 +110,89 @@ def run_gate(options: GateOptions) -> GateResult:
     the smallest ratio seen is kept: a regression must show in every run.  A
     real slowdown repeats; the interference of a shared machine (another
     process on the caches or on the core's sibling, an unlucky memory layout)
-    mostly does not.  With ``save_baseline`` the
-    run becomes the new baseline instead (refused if any test failed).
+    mostly does not.  With ``save_baseline`` the run becomes the new baseline
+    instead (refused if any test failed).
     """
     start = time.perf_counter()
-    root = project_root(options.root)
-    baseline_dir = Path(options.baseline_dir)
-    baseline_dir = baseline_dir if baseline_dir.is_absolute() else root / baseline_dir
-    baseline_path = find_baseline(baseline_dir, options.name)
-    baseline, baseline_data = _read_baseline(baseline_path, must_hold_cases=not options.save_baseline)
-    config = options.config
-    messages: list[str] = []
-    if not options.plugins:  # reject unknown names before minutes of running (plugins load in the suite)
-        bench_cases(config, options.poolers, options.tiers)
-    if not options.save_baseline:
-        if baseline_path is None:
-            raise ValueError(f"no baseline named {options.name!r} under {baseline_dir}; create one with "
-                             "`poolbench compare --save-baseline` (and the same options)")
-        mismatch = config_mismatch(baseline, config)
-        if mismatch:
-            raise ValueError(f"cannot compare with {baseline_path}: {mismatch}; pass the same options or refresh "
-                             "the baseline with --save-baseline")
+    baseline = load_baseline(options)
+    run, runs, messages = run_once(options, baseline)
+    failed = any(message.startswith("FAILED") for message in messages)
+    comparison, saved_path = None, None
+    if options.save_baseline:
+        saved_path = _save(options, run, baseline, failed, messages)
+        if baseline.results and not config_mismatch(baseline.results, options.config):
+            comparison = _compare(options, baseline.results, run.benchmarks)
+    else:
+        comparison, reruns, confirm_messages = confirm_suspects(options, baseline, run.benchmarks)
+        runs += reruns
+        failed = failed or any(m.startswith("FAILED") for m in confirm_messages)
+        messages += confirm_messages + comparison.regressions
+        if not any(change.change is not None for change in comparison.rows):
+            messages.append(f"FAILED no case of this run could be compared with {baseline.path} (every case is "
+                            "new or missing): the gate checked nothing")
+            failed = True
+    passed = not failed and (options.save_baseline or not comparison.regressions)
+    result = GateResult(passed, messages, comparison, runs, baseline.path, saved_path, None, "",
+                        time.perf_counter() - start)
+    return write_report(options, result, run)
 
+
+def load_baseline(options: GateOptions) -> StoredBaseline:
+    """The stored baseline named by ``options``; ``ValueError`` if a comparison needs one that is missing or foreign."""
+    directory = options.resolve(options.baseline_dir)
+    path = find_baseline(directory, options.name)
+    baseline = _read_baseline(path, must_hold_cases=not options.save_baseline)
+    if not options.plugins:  # reject unknown names before minutes of running (plugins load in the suite)
+        bench_cases(options.config, options.poolers, options.tiers)
+    if not options.save_baseline:
+        if path is None:
+            raise ValueError(f"no baseline named {options.name!r} under {directory}; create one with "
+                             "`poolbench compare --save-baseline` (and the same options)")
+        mismatch = config_mismatch(baseline.results, options.config)
+        if mismatch:
+            raise ValueError(f"cannot compare with {path}: {mismatch}; pass the same options or refresh "
+                             "the baseline with --save-baseline")
+    return baseline
+
+
+def _read_baseline(path: Path | None, *, must_hold_cases: bool) -> StoredBaseline:
+    """The stored baseline; an unreadable, empty or foreign one is a BaselineError (the gate fails, exit 1)."""
+    if path is None:
+        return StoredBaseline(None, None, {})
+    try:
+        cases = load_benchmarks(path)
+    except ValueError as exc:
+        raise BaselineError(f"cannot use the baseline: {exc}") from None
+    if must_hold_cases and not cases:
+        raise BaselineError(f"baseline {path} holds no poolbench benchmark cases (empty or foreign); restore it "
+                            "from git or record one with `poolbench compare --save-baseline`")
+    return StoredBaseline(path, json.loads(path.read_text()), cases)
+
+
+def run_once(options: GateOptions, baseline: StoredBaseline) -> tuple[SuiteRun, list[SuiteRun], list[str]]:
+    """(the run to judge, every suite run made, failure messages); with ``--repeat`` the per-case median run."""
+    messages: list[str] = []
     compare_with = None
-    if baseline_path is not None and baseline_path.parent.name == _machine_id() and not options.save_baseline:
-        compare_with = baseline_path.stem.split("_", 1)[0]
+    if baseline.path is not None and baseline.path.parent.name == _machine_id() and not options.save_baseline:
+        compare_with = baseline.path.stem.split("_", 1)[0]
     if options.compare_fail and not compare_with and not options.save_baseline:
         messages.append(f"note: --compare-fail not applied: the baseline is not from machine id {_machine_id()} "
                         "(absolute times only compare on the machine that recorded them)")
-    suite = dict(poolers=options.poolers, tiers=options.tiers, root=root, plugins=options.plugins, env=options.env,
-                 echo=options.echo)
-    run = run_suite(config, storage=baseline_dir, compare_with=compare_with,
+    suite = _suite_kwargs(options)
+    run = run_suite(options.config, storage=options.resolve(options.baseline_dir), compare_with=compare_with,
                     compare_fail=options.compare_fail if compare_with else (), **suite)
     runs = [run]
     if options.save_baseline:  # --repeat: the baseline is the per-case median over that many runs
-        runs += [run_suite(config, **suite) for _ in range(max(1, options.repeat) - 1)]
-        run = replace(run, data=merge_runs([r.data for r in runs]),
-                      outcomes=[o for r in runs for o in r.outcomes],
+        runs += [run_suite(options.config, **suite) for _ in range(max(1, options.repeat) - 1)]
+        run = replace(run, data=merge_runs([r.data for r in runs]), outcomes=[o for r in runs for o in r.outcomes],
                       returncode=max(runs, key=lambda r: r.returncode != 0).returncode)
-    failed = False
-    for failure in run.failures:
-        messages.append(f"FAILED {failure.case_id}: {failure.message}")
-        failed = True
-    if run.returncode not in (0, 5) and not failed:
+    return run, runs, messages + _failure_messages(run)
+
+
+def _failure_messages(run: SuiteRun) -> list[str]:
+    """Why a suite run failed: failed tests, pytest-benchmark's compare-fail, a crash, or nothing measured."""
+    messages = [f"FAILED {failure.case_id}: {failure.message}" for failure in run.failures]
+    if run.returncode not in (0, 5) and not messages:
         lines = [line.strip() for line in run.output.splitlines()]
         absolute = [line for line in lines if "has failed" in line and "RegressionCheck" in line]
         if absolute:  # pytest-benchmark's --benchmark-compare-fail
@@ -140,72 +200,68 @@ def run_gate(options: GateOptions) -> GateResult:
         else:
             tail = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
             messages.append(f"FAILED pytest exited with status {run.returncode}" + (": " + " | ".join(tail[-5:]) if tail else ""))
-        failed = True
-    current = run.benchmarks
-    if not any(result.ratio is not None for result in current.values()) and not failed:
+    if not messages and not any(result.ratio is not None for result in run.benchmarks.values()):
         messages.append("FAILED the suite measured nothing (no pooler selected, or every case was skipped)")
-        failed = True
+    return messages
 
-    comparison, saved_path = None, None
-    if options.save_baseline:
-        if failed:
-            messages.append("baseline NOT saved: the run had failures")
-        else:
-            partial = bool(_split(options.poolers) or _split(options.tiers)) and baseline_data is not None
-            selected = _selected(options)
 
-            def keep(bench: dict) -> bool:  # a partial refresh keeps the poolers it did not measure
-                info = bench.get("extra_info") or {}
-                if info.get("pooler") in (None, COMPARATOR):
-                    return False
-                return not selected((info.get("pooler"), info.get("tier"), info.get("layer"), info.get("pass")))
+def _save(options: GateOptions, run: SuiteRun, baseline: StoredBaseline, failed: bool, messages: list[str]) -> Path | None:
+    """Store ``run`` as the baseline (a partial refresh keeps the poolers it did not measure)."""
+    if failed:
+        messages.append("baseline NOT saved: the run had failures")
+        return None
+    partial = bool(_split(options.poolers) or _split(options.tiers)) and baseline.data is not None
+    selected = _selected(options)
 
-            saved_path = save_baseline(run.data, baseline_dir, options.name,
-                                       previous=baseline_data if partial else None, keep=keep if partial else None)
-            messages.append(f"baseline saved: {_rel(saved_path, root)}")
-        if baseline and not config_mismatch(baseline, config):
-            comparison = compare(baseline, current, options.threshold, case_threshold=options.case_threshold,
-                                 selected=_selected(options))
-    else:
-        comparison = compare(baseline, current, options.threshold, case_threshold=options.case_threshold,
-                             selected=_selected(options))
-        merged = dict(current)
-        for attempt in range(1, options.confirm + 1):
-            suspects = comparison.suspects
-            if not suspects:
-                break
-            # A fresh process, twice the time per case: interference (another process on the
-            # core's caches, an unlucky memory layout) rarely repeats, a real slowdown does.
-            nodeids = sorted({merged[key].fullname for key in suspects if key in merged})
-            rerun = run_suite(replace(config, budget_s=2 * config.budget_s), select=nodeids, **suite)
-            runs.append(rerun)
-            for failure in rerun.failures:
-                messages.append(f"FAILED (confirmation run {attempt}) {failure.case_id}: {failure.message}")
-                failed = True
-            for key, result in rerun.benchmarks.items():
-                if key in merged and result.ratio is not None and merged[key].ratio is not None:
-                    merged[key] = min(merged[key], result, key=lambda r: r.ratio)  # best of the runs
-            before = len(comparison.regressions)
-            comparison = compare(baseline, merged, options.threshold, case_threshold=options.case_threshold,
-                                 selected=_selected(options))
-            messages.append(f"confirmation run {attempt}: re-measured {len(nodeids)} suspect case(s); "
-                            f"{before} regression(s) before, {len(comparison.regressions)} after (best of the runs)")
-        messages += comparison.regressions
-        if not any(row.change is not None for row in comparison.rows):
-            messages.append(f"FAILED no case of this run could be compared with {baseline_path} (every case is new "
-                            "or missing): the gate checked nothing")
-            failed = True
+    def keep(bench: dict) -> bool:
+        info = bench.get("extra_info") or {}
+        if info.get("pooler") in (None, COMPARATOR):
+            return False
+        return not selected((info.get("pooler"), info.get("tier"), info.get("layer"), info.get("pass")))
 
-    passed = not failed and (options.save_baseline or not comparison.regressions)
-    duration = time.perf_counter() - start
-    markdown = render_markdown(comparison, passed=passed, messages=messages, runs=runs, config=config,
-                               baseline_path=baseline_path, saved_path=saved_path, root=root, duration_s=duration)
-    report_path = None
+    path = save_baseline(run.data, options.resolve(options.baseline_dir), options.name,
+                         previous=baseline.data if partial else None, keep=keep if partial else None)
+    messages.append(f"baseline saved: {_rel(path, options.workdir)}")
+    return path
+
+
+def confirm_suspects(options: GateOptions, baseline: StoredBaseline,
+                     current: dict) -> tuple[Comparison, list[SuiteRun], list[str]]:
+    """Compare, then re-measure suspected regressions in fresh processes (best ratio of the runs is kept).
+
+    A fresh process with twice the time per case: interference (another
+    process on the core's caches, an unlucky memory layout) rarely repeats,
+    a real slowdown does.
+    """
+    comparison = _compare(options, baseline.results, current)
+    merged, runs, messages = dict(current), [], []
+    for attempt in range(1, options.confirm + 1):
+        if not comparison.suspects:
+            break
+        nodeids = sorted({merged[key].fullname for key in comparison.suspects if key in merged})
+        rerun = run_suite(replace(options.config, budget_s=2 * options.config.budget_s), select=nodeids,
+                          **_suite_kwargs(options))
+        runs.append(rerun)
+        messages += [f"FAILED (confirmation run {attempt}) {f.case_id}: {f.message}" for f in rerun.failures]
+        for key, result in rerun.benchmarks.items():
+            if key in merged and result.ratio is not None and merged[key].ratio is not None:
+                merged[key] = min(merged[key], result, key=lambda r: r.ratio)  # best of the runs
+        before = len(comparison.regressions)
+        comparison = _compare(options, baseline.results, merged)
+        messages.append(f"confirmation run {attempt}: re-measured {len(nodeids)} suspect case(s); "
+                        f"{before} regression(s) before, {len(comparison.regressions)} after (best of the runs)")
+    return comparison, runs, messages
+
+
+def write_report(options: GateOptions, result: GateResult, run: SuiteRun) -> GateResult:
+    """Render the markdown summary into ``result`` and write it (with the run's JSON beside it) if asked."""
+    result.markdown = render_markdown(result.comparison, passed=result.passed, messages=result.messages,
+                                      runs=result.runs, config=options.config, baseline_path=result.baseline_path,
+                                      saved_path=result.saved_path, root=options.workdir, duration_s=result.duration_s)
     if options.report is not None:
-        report_path = Path(options.report)
-        report_path = report_path if report_path.is_absolute() else root / report_path
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(markdown)
+        result.report_path = options.resolve(options.report)
+        result.report_path.parent.mkdir(parents=True, exist_ok=True)
+        result.report_path.write_text(result.markdown)
         # The run's own pytest-benchmark JSON beside the report (a CI artifact; `pytest-benchmark compare` reads it).
-        report_path.with_suffix(".json").write_text(json.dumps(run.data, indent=1) + "\n")
-    return GateResult(passed, messages, comparison, runs, baseline_path, saved_path, report_path, markdown, duration)
+        result.report_path.with_suffix(".json").write_text(json.dumps(run.data, indent=1) + "\n")
+    return result

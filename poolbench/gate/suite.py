@@ -1,4 +1,10 @@
-"""Running the pytest-benchmark suite (``tests/benchmarks``) in a fresh interpreter."""
+"""Running the pytest-benchmark suite (:mod:`poolbench.benchmarks`) in a fresh interpreter.
+
+The suite ships inside the package, so an installed poolbench can gate a
+user's own plugin poolers from the user's repository: the suite runs with the
+caller's directory as working directory (and on ``PYTHONPATH``, so a plugin
+module there imports), wherever poolbench itself is installed.
+"""
 from __future__ import annotations
 
 import json
@@ -10,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .cases import _split
-from .config import BenchConfig
+from ..bench.cases import _split
+from ..bench.config import BenchConfig
 from .results import Outcome, SuiteRun
 
-SUITE_DIR = Path("tests") / "benchmarks"
+#: The folder of the pytest-benchmark suite, inside the installed package.
+SUITE_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 #: Environment of the benchmark process (unless already set).  glibc's malloc is told to keep
 #: what is freed (no trimming, 1 GiB of top padding, a fixed mmap threshold), so that the
 #: large tensors of the first layers are reused instead of page-faulted in on every call.
@@ -29,20 +36,13 @@ SUITE_ENV = {
 SUITE_FILE = SUITE_DIR / "test_bench_poolers.py"
 
 
-def project_root(root: str | Path | None = None) -> Path:
-    """The source tree holding ``tests/benchmarks`` (the suite is not installed with the package)."""
-    candidates = [Path(root)] if root is not None else [Path.cwd(), Path(__file__).resolve().parents[2]]
-    for candidate in candidates:
-        if (candidate / SUITE_FILE).is_file():
-            return candidate.resolve()
-    raise ValueError(
-        f"cannot find the benchmark suite {SUITE_FILE} under {', '.join(map(str, candidates))}; "
-        "run from a poolbench source checkout (the suite is not part of the installed package)"
-    )
+def suite_node(nodeid: str) -> str:
+    """A suite test id as pytest-benchmark stores it (relative to :data:`SUITE_DIR`), made absolute for a rerun."""
+    return nodeid if Path(nodeid.split("::", 1)[0]).is_absolute() else str(SUITE_DIR / nodeid)
 
 
 def suite_arguments(config: BenchConfig, poolers=None, tiers=None) -> list[str]:
-    """The suite's own pytest options for ``config`` (see tests/benchmarks/conftest.py)."""
+    """The suite's own pytest options for ``config`` (see ``poolbench/benchmarks/conftest.py``)."""
     args = ["--device", config.device, "--dtype", config.dtype,
             f"--bench-batch={config.batch}", f"--bench-resolution={config.resolution}",
             f"--bench-threads={config.threads}", f"--bench-budget={config.budget_s}",
@@ -57,10 +57,10 @@ def suite_arguments(config: BenchConfig, poolers=None, tiers=None) -> list[str]:
 
 
 def run_suite(config: BenchConfig, *, poolers=None, tiers=None, select: Sequence[str] | None = None,
-              root: str | Path | None = None, plugins: Sequence[str] = (), env: dict | None = None,
+              cwd: str | Path | None = None, plugins: Sequence[str] = (), env: dict | None = None,
               storage: Path | None = None, compare_with: str | None = None, compare_fail: Sequence[str] = (),
               extra_args: Sequence[str] = (), echo: bool = True) -> SuiteRun:
-    """Run ``tests/benchmarks`` in a fresh interpreter and collect its JSON and outcomes.
+    """Run the suite in a fresh interpreter in ``cwd`` (default: here) and collect its JSON and outcomes.
 
     ``select`` restricts the run to those test node ids (the confirmation
     rerun); ``plugins`` are modules imported first (``pytest -p``: a pooler
@@ -68,10 +68,11 @@ def run_suite(config: BenchConfig, *, poolers=None, tiers=None, select: Sequence
     ``compare_fail`` are handed to pytest-benchmark's ``--benchmark-compare``
     and ``--benchmark-compare-fail`` (absolute times, same machine only).
     """
-    root = project_root(root)
+    cwd = Path(cwd or Path.cwd()).resolve()
     with tempfile.TemporaryDirectory(prefix="poolbench-gate-") as tmp:
         json_path, outcomes_path = Path(tmp) / "bench.json", Path(tmp) / "outcomes.jsonl"
-        command = [sys.executable, "-m", "pytest", *(select or [str(SUITE_DIR)]), "-m", "bench",
+        targets = [suite_node(nodeid) for nodeid in select] if select else [str(SUITE_DIR)]
+        command = [sys.executable, "-m", "pytest", *targets, f"--rootdir={SUITE_DIR}", "-m", "bench",
                    "--benchmark-enable", f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
                    "--benchmark-sort=name", f"--bench-outcomes={outcomes_path}", "-p", "no:cacheprovider",
                    "-q", "-rfEs", *suite_arguments(config, poolers, tiers)]
@@ -82,10 +83,12 @@ def run_suite(config: BenchConfig, *, poolers=None, tiers=None, select: Sequence
             command += [f"--benchmark-compare-fail={expr}" for expr in compare_fail]
         command += list(extra_args)
         process_env = {**SUITE_ENV, **os.environ, **(env or {})}
-        # The suite imports poolbench and impls from this tree even when poolbench is not installed.
-        process_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), process_env.get("PYTHONPATH", "")) if p)
+        # The suite imports this very poolbench (installed or not) and the caller's own plugin modules.
+        package_root = str(SUITE_DIR.parents[1])
+        process_env["PYTHONPATH"] = os.pathsep.join(
+            dict.fromkeys(p for p in (str(cwd), package_root, process_env.get("PYTHONPATH", "")) if p))
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=root, env=process_env, stdout=subprocess.PIPE,
+        process = subprocess.Popen(command, cwd=cwd, env=process_env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         lines = []
         for line in process.stdout:

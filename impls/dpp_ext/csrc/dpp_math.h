@@ -5,7 +5,7 @@
 // reference on every machine).  Kernels differ only in how they walk memory.
 //
 // One output position p has a window of n valid taps v[0..n) (padding is not
-// part of a window) and a centre c̃ (SPEC eq. 4-10):
+// part of a window) and a centre c̃ (Saeedan et al., CVPR 2018, eq. 4-10):
 //
 //   Lite-DPP  c̃ = mean of the window              (avg_pool2d, count_include_pad=False)
 //   Full-DPP  c̃ = Σ F·x over the 3×3 stencil + b  (conv2d, stride s, padding 1, groups=C)

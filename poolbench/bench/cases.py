@@ -66,9 +66,7 @@ def bench_cases(config: BenchConfig, poolers: Iterable[str] | None = None,
     for name in poolers or ():
         if name not in known:
             raise ValueError(f"unknown pooler {name!r}; known poolers: {', '.join(known)}")
-    for tier in tiers or ():
-        if tier not in registry.TIERS:
-            raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(registry.TIERS)}")
+    registry.check_tier_names(tiers or ())
     cases = []
     for spec in registry.specs():
         if spec.tier == "reference" or (poolers and spec.name not in poolers) or (tiers and spec.tier not in tiers):

@@ -2,10 +2,10 @@
 
 Registry-driven: a new pooler or tier is benchmarked as soon as it is
 registered.  Each case first proves the tier equals its reference
-(:func:`poolbench.gate.check_equivalence`), then times it interleaved with
-``avg_pool2d`` and stores the ratio in ``extra_info``.  Excluded from the
-default test run (marker ``bench``); ``poolbench compare`` runs it against the
-stored baseline in ``benchmarks/baselines``.  The cases (fixture ``case``)
+(:func:`poolbench.gate.equivalence_at`), then times it interleaved with
+``avg_pool2d`` and stores the ratio in ``extra_info``.  Marked ``bench``;
+``poolbench compare`` runs it against the stored baseline (``--baseline-dir``,
+default ``benchmarks/baselines`` of the current directory).  The cases (fixture ``case``)
 are generated in ``conftest.py`` from the ``--bench-*`` options.
 """
 from __future__ import annotations
@@ -26,18 +26,18 @@ def test_plugins_load():
 @pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")  # a case that fails equivalence is not timed
 def test_pooler(case, bench_config, benchmark):
     benchmark.group = case.group
-    equivalence = gate.check_equivalence(case.pooler, case.tier, case.shape, bench_config)
+    equivalence = gate.equivalence_at(case.pooler, case.tier, case.shape, bench_config)
     benchmark.extra_info.update(gate.extra_info(case, bench_config, equivalence, {}))
     if not equivalence.ok:
         pytest.fail(f"EQUIVALENCE {equivalence.message}", pytrace=False)
-    pooler, reference = gate.case_closures(case, bench_config)
-    benchmark.extra_info.update(gate.time_case(benchmark, pooler, reference, bench_config))
+    pooler, comparator = gate.case_closures(case, bench_config)
+    benchmark.extra_info.update(gate.time_case(benchmark, pooler, comparator, bench_config))
 
 
 def test_avg_pool2d(case, bench_config, benchmark):
     """The comparator's own absolute times (what ``--benchmark-compare-fail`` can watch on one machine)."""
     benchmark.group = case.group
-    pooler, reference = gate.case_closures(case, bench_config)
-    timing = gate.time_case(benchmark, pooler, reference, bench_config)
+    pooler, comparator = gate.case_closures(case, bench_config)
+    timing = gate.time_case(benchmark, pooler, comparator, bench_config)
     timing.pop("ratio", None), timing.pop("paired_ratio", None)
     benchmark.extra_info.update(gate.extra_info(case, bench_config, None, timing))

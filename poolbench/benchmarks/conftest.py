@@ -1,13 +1,16 @@
 """Options and fixtures of the pytest-benchmark regression suite (run by ``poolbench compare``).
 
-Run it directly with::
+The suite ships inside the package (so an installed poolbench can gate a
+user's own plugin poolers); ``poolbench compare`` runs it.  Run it directly with::
 
-    pytest -m bench tests/benchmarks --benchmark-enable [--bench-poolers dpp_lite_sym] [--bench-resolution 112]
+    pytest -m bench "$(python -c 'import poolbench.benchmarks as b; print(b.__path__[0])')" --benchmark-enable \
+        [--bench-poolers dpp_lite_sym] [--bench-resolution 112]
 
 The ``--bench-*`` options set :class:`poolbench.gate.BenchConfig`; ``--device``
-and ``--dtype`` come from ``tests/conftest.py``.  ``--bench-outcomes PATH``
-appends one JSON line per test outcome, which is how the gate learns about
-equivalence failures and skips.
+and ``--dtype`` are the same options as the test suite's (defined here too,
+so the suite runs on its own).  ``--bench-outcomes PATH`` appends one JSON
+line per test outcome, which is how the gate learns about equivalence
+failures and skips.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import pytest
 import torch
 
 from poolbench import gate
-from poolbench.gate import BenchConfig
+from poolbench.bench import BenchConfig, torch_threads
+from poolbench.benchmarks.fixtures import add_device_options, device  # noqa: F401  (fixture)
 
 _DEFAULTS = BenchConfig()
 _OPTIONS = {
@@ -35,7 +39,8 @@ _outcomes_path: str | None = None
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("poolbench-bench", "poolbench benchmark suite (tests/benchmarks)")
+    add_device_options(parser)
+    group = parser.getgroup("poolbench-bench", "poolbench benchmark suite (poolbench/benchmarks)")
     for field, (flag, kind, help_text) in _OPTIONS.items():
         default = getattr(_DEFAULTS, field)
         group.addoption(flag, type=kind, default=default, help=f"{help_text} (default {default})")
@@ -54,15 +59,16 @@ def bench_selection(config) -> tuple[str | None, str | None]:
     return config.getoption("--bench-poolers", None), config.getoption("--bench-tiers", None)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bench: pytest-benchmark regression suite (run by `poolbench compare`)")
+    global _outcomes_path
+    _outcomes_path = config.getoption("--bench-outcomes", None)
+
+
 @pytest.fixture(scope="session")
 def bench_config(request, device) -> BenchConfig:
     config = bench_config_from(request.config)
-    if device.type == "cpu":
-        previous = torch.get_num_threads()
-        torch.set_num_threads(config.threads)
-        yield config
-        torch.set_num_threads(previous)
-    else:
+    with torch_threads(config.threads if device.type == "cpu" else None):
         yield config
 
 
@@ -89,11 +95,6 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def case(case_id) -> gate.BenchCase:
     return _CASES[case_id]
-
-
-def pytest_configure(config):
-    global _outcomes_path
-    _outcomes_path = config.getoption("--bench-outcomes", None)
 
 
 def pytest_runtest_logreport(report):

@@ -1,4 +1,4 @@
-"""The gate's configuration (:class:`BenchConfig`) and the constants every part shares.
+"""The benchmark configuration (:class:`BenchConfig`) and the constants every part shares.
 
 One place for what a ratio is relative to (``avg_pool2d``), the passes, and
 the VGG-16 pooling geometry, so that cases, timing, equivalence and comparison
@@ -13,12 +13,10 @@ from typing import Callable
 import torch
 
 from ..shapes import vgg16_pool_shapes
+from .subject import PASSES
 
 #: What every ratio is relative to: ATen's average pooling on the same input and pass.
 COMPARATOR = "avg_pool2d"
-#: "forward" is inference (eval mode, no autograd); "forward_backward" is a training step's
-#: pooling work: train-mode forward plus the gradients of the input and every parameter.
-PASSES = ("forward", "forward_backward")
 #: VGG-16's pooling layers are all MaxPool2d(2, 2).
 KERNEL_SIZE, STRIDE, PADDING = 2, 2, 0
 

@@ -1,0 +1,140 @@
+"""The one equivalence contract: what "a tier equals its pooler's float64 reference" means.
+
+``poolbench check``, the benchmark gate and the test tester all decide with
+these rules, so they cannot disagree:
+
+* the **reference tier** (:func:`reference_tier`) is ``reference`` when the
+  pooler registers one, else its first tier that runs on the CPU, run in float64;
+* both modules get the same **perturbed parameters** (:func:`perturb_parameters`),
+  moved off their initial values (DPP's α = λ = 1, LIP's zero convolution, ...)
+  so every per-channel gradient path is exercised rather than a special case;
+* the **output** and the **gradient of the input** must agree element-wise
+  within :mod:`poolbench.tolerances` ("output" and "grad" rows for the tier's dtype);
+* each **parameter gradient** must agree norm-wise (:func:`parameter_grad_error`):
+  it sums over every batch element and position, so one entry that cancels to
+  near zero carries a rounding error far above an element-wise bound while the
+  gradient as a whole is accurate; a wrong formula still moves the norm by O(1).
+
+Errors are reported in units of the tolerance: ≤ 1 passes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from . import registry
+from .tolerances import tolerance
+
+__all__ = ["PARAMETER_NOISE", "Verdict", "compare", "input_error", "parameter_grad_error", "perturb_parameters",
+           "reference_tier"]
+
+#: Standard deviation of the noise added to every learned parameter before comparing.
+PARAMETER_NOISE = 0.3
+
+
+def reference_tier(pooler: str) -> str | None:
+    """The tier ``pooler``'s other tiers are checked against, run in float64 on the CPU.
+
+    The ``reference`` tier when registered; otherwise the first tier (in
+    :func:`registry.known_tiers` order) that runs on the CPU.  ``None`` if none does.
+    """
+    candidates = registry.tiers(pooler)
+    if "reference" in candidates:
+        return "reference"
+    for tier in candidates:
+        if registry.get_spec(pooler, tier).unavailable_reason("cpu") is None:
+            return tier
+    return None
+
+
+def perturb_parameters(module: nn.Module, seed: int) -> nn.Module:
+    """Add ``PARAMETER_NOISE`` · N(0, 1) (drawn in float64 from ``seed``) to every floating-point parameter."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dtype.is_floating_point:
+                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+                parameter.add_((PARAMETER_NOISE * noise).to(device=parameter.device, dtype=parameter.dtype))
+    return module
+
+
+def input_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str = "output") -> tuple[float, float]:
+    """Element-wise (max |a − e| / (atol + rtol·|e|), max |a − e|) with the ``kind`` row for ``dtype``.
+
+    NaN in both at the same place counts as equal; NaN in one only is an infinite error.
+    """
+    rtol, atol = tolerance(dtype, kind)
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
+    both_nan = actual.isnan() & expected.isnan()
+    diff = (actual - expected).abs().masked_fill(both_nan, 0)
+    if diff.isnan().any():
+        return float("inf"), float("inf")
+    if diff.numel() == 0:
+        return 0.0, 0.0
+    scaled = diff / (atol + rtol * expected.abs().masked_fill(both_nan, 0))
+    return scaled.max().item(), diff.max().item()
+
+
+def parameter_grad_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> tuple[float, float]:
+    """Norm-wise ‖a − e‖₂ / (rtol·‖e‖₂ + atol·√numel) with the "grad" row for ``dtype``, and max |a − e|."""
+    rtol, atol = tolerance(dtype, "grad")
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
+    diff = actual - expected
+    if diff.isnan().any():
+        return float("inf"), float("inf")
+    bound = rtol * float(expected.norm()) + atol * math.sqrt(max(expected.numel(), 1))
+    return float(diff.norm()) / bound, float(diff.abs().max()) if diff.numel() else 0.0
+
+
+@dataclass
+class Verdict:
+    """How far a tier is from its reference, in units of the tolerance (≤ 1 passes)."""
+
+    output_error: float
+    max_abs_output_error: float
+    grad_error: float = 0.0
+    max_abs_grad_error: float = 0.0
+    worst_grad: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.output_error <= 1 and self.grad_error <= 1
+
+    @property
+    def problem(self) -> str | None:
+        """Why the tier does not match (``None`` when it does)."""
+        if self.output_error > 1:
+            return (f"output differs by {self.output_error:.3g}× the tolerance "
+                    f"(max |difference| {self.max_abs_output_error:.3g})")
+        if self.grad_error > 1:
+            rule = "norm of the difference" if self.worst_grad != "input" else "max |difference|"
+            return (f"gradient of {self.worst_grad} differs by {self.grad_error:.3g}× the tolerance "
+                    f"({rule}; max |difference| {self.max_abs_grad_error:.3g})")
+        return None
+
+
+def compare(output: tuple[torch.Tensor, torch.Tensor], grads: Iterable[tuple[str, torch.Tensor | None, torch.Tensor | None]],
+            dtype: torch.dtype) -> Verdict:
+    """The verdict for (tier output, reference output) and (name, tier grad, reference grad) triples.
+
+    The gradient named ``"input"`` is compared element-wise, parameters
+    norm-wise.  A gradient present on one side only is an error.
+    """
+    verdict = Verdict(*input_error(*output, dtype, "output"))
+    for name, got, want in grads:
+        if got is None and want is None:
+            continue
+        if got is None or want is None:
+            raise AssertionError(f"gradient of {name} is missing in {'the tier' if got is None else 'the reference'}")
+        error, abs_error = input_error(got, want, dtype, "grad") if name == "input" else parameter_grad_error(got, want, dtype)
+        if not error <= verdict.grad_error:
+            verdict.grad_error, verdict.max_abs_grad_error, verdict.worst_grad = error, abs_error, name
+    return verdict
