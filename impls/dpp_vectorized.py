@@ -25,6 +25,25 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+#: |d| above which d² would overflow (or come close) in the compute dtype: log(d² + ε²) is then
+#: formed as 2·log|d| + log1p(ε²/d²), the same form every tier uses.
+HUGE_DEVIATION = {torch.float32: 1e15, torch.float64: 1e150}
+
+
+def log_charbonnier(deviation: torch.Tensor, eps2: float) -> torch.Tensor:
+    """log(d² + ε²), finite (with finite gradients) for every finite d, also where d² overflows."""
+    huge = deviation.abs() > HUGE_DEVIATION.get(deviation.dtype, 1e15)
+    # Eager: skip the second form when nothing needs it.  Compiled: no data-dependent branch
+    # (it would break the graph); both forms fuse into one elementwise kernel anyway.
+    if not torch.compiler.is_compiling() and not bool(huge.any()):
+        return torch.log(deviation * deviation + eps2)
+    # Both branches see values that are safe for them, so neither leaks inf/NaN into the gradient.
+    large = torch.where(huge, deviation, torch.ones_like(deviation)).abs()
+    small = torch.where(huge, torch.zeros_like(deviation), deviation)
+    eps = eps2 ** 0.5
+    return torch.where(huge, 2 * torch.log(large) + torch.log1p((eps / large) ** 2), torch.log(small * small + eps2))
+
+
 def dpp_guide(x, kernel_size, stride, padding, guide):
     """Ĩ on the pooled grid: the window's box filter (Lite) or the learned 3×3 filter (Full)."""
     if guide is None:
@@ -47,11 +66,11 @@ def dpp_vectorized(x, alpha, lam, kernel_size, stride, padding, asym, guide, eps
     deviation = windows - centre.reshape(batch, channels, 1, out_h * out_w)
     if asym:
         deviation = deviation.clamp(min=0)
-    log_charbonnier = torch.log(deviation * deviation + eps2)
+    log_c = log_charbonnier(deviation, eps2)
     if scale_invariant:
-        mean = (log_charbonnier.exp() * inside).sum(2, keepdim=True) / inside.sum(2, keepdim=True)
-        log_charbonnier = log_charbonnier - mean.log()
-    ell = (0.5 * lam.to(dtype)).view(1, channels, 1, 1) * log_charbonnier
+        mean = (log_c.exp() * inside).sum(2, keepdim=True) / inside.sum(2, keepdim=True)
+        log_c = log_c - mean.log()
+    ell = (0.5 * lam.to(dtype)).view(1, channels, 1, 1) * log_c
     ell = ell.masked_fill(~inside, float("-inf"))
 
     alpha = alpha.to(dtype).view(1, channels, 1, 1)

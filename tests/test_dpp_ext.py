@@ -298,6 +298,53 @@ def test_cpp_numerics_at_spec_extremes(cpu_ext):
     assert_close(PF.dpp(x, 1.0, 0.0, 3, 2, 1, tier="cpp"), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
 
 
+MAGNITUDE_CASES = (
+    ("dpp_lite_sym", (1, 2, 6, 6), 2, 2, 0),   # interior windows: the CPU SIMD path, the CUDA fixed-window path
+    ("dpp_full_asym", (1, 2, 7, 7), 3, 2, 1),  # border windows: the generic paths; Full guide; Asym clamp
+)
+
+
+def run_tier_at(tier, emulation, name, shape, k, s, p, dtype, scale):
+    """(y, grads w.r.t. x, α, λ[, F, b]) of ``tier`` (or the emulated CUDA kernels) on x ~ scale·N(0, 1)."""
+    x, alpha, lam, guide = dpp_args(name, shape, dtype, scale=scale)
+    asym = "asym" in name
+    if tier == "cuda-emulated":
+        weight, bias = guide if guide is not None else (None, None)
+        y = emulation.dpp_forward(x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+        grads = emulation.dpp_backward(g, x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False)
+        return y, grads[:5 if guide is not None else 3]
+
+    def fn(x_, a_, l_, guide_):
+        return PF.dpp(x_, a_, l_, k, s, p, asym=asym, guide=guide_, tier=tier)
+
+    return forward_backward(fn, x.double() if tier == "reference" else x, alpha, lam, guide)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30], ids=["1e20", "1e30"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tier", ["vectorized", "cpp", "cuda-emulated", "compiled"])
+def test_huge_magnitudes_stay_finite_and_match_reference(request, tier, dtype, scale):
+    """Guards against d² overflowing in the compute dtype (|x| = 1e20 gave NaN in float32, bf16 up to 1e37):
+    outputs and every gradient are finite and within the tolerance table of the float64 reference,
+    judged in each quantity's own unit: |x| for y and ∂/∂α, ∂/∂λ, ∂/∂F (they scale with x), 1 for
+    ∂/∂x and ∂/∂b — so rounding noise that is ε·|x| in float32 is not mistaken for an error."""
+    if tier == "compiled" and (dtype != torch.float32 or scale != 1e30):
+        pytest.skip("one compiled case is enough to cover its branch-free path (each case compiles for seconds)")
+    emulation = request.getfixturevalue("cuda_emulation") if tier == "cuda-emulated" else None
+    if tier == "cpp":
+        request.getfixturevalue("cpu_ext")
+    for name, shape, k, s, p in MAGNITUDE_CASES:
+        y, grads = run_tier_at(tier, emulation, name, shape, k, s, p, dtype, scale)
+        y_ref, grads_ref = run_tier_at("reference", None, name, shape, k, s, p, dtype, scale)
+        units = {"output": scale, "x": 1.0, "alpha": scale, "lam": scale, "F": scale, "b": 1.0}
+        for label, got, expected in zip(units, (y, *grads), (y_ref, *grads_ref)):
+            assert torch.isfinite(got).all(), f"{tier} {name} {label} at |x| ~ {scale:g}: not finite"
+            magnitude = max(units[label], expected.abs().max().item())
+            assert_close(got.double() / magnitude, expected / magnitude, dtype=dtype,
+                         kind="output" if label == "output" else "grad", msg=f"{tier} {name} {label} at {scale:g}")
+
+
 def test_cpp_rejects_other_devices():
     """The cpp tier names the device it runs on instead of failing inside the dispatcher."""
     x = torch.randn(1, 2, 4, 4, device="meta")
