@@ -1,7 +1,7 @@
 """Per-layer DPP benchmark: every DPP tier against ``avg_pool2d`` and ``max_pool2d``.
 
-At the five VGG-16 pooling shapes (:func:`poolbench.shapes.vgg16_pool_shapes`,
-2×2 windows, stride 2) and for every registered DPP tier that can run on the
+At the pooling shapes of VGG-16 (five 2×2/2 layers) or ResNet-50 (the 3×3/2
+pad 1 stem and three 2×2/2 block inputs; :func:`poolbench.shapes.pool_layers`) and for every registered DPP tier that can run on the
 device (so tiers added later join automatically), one run measures:
 
 * forward and forward+backward latency, reported only as ratios to
@@ -18,6 +18,7 @@ its error message and the run goes on.  ``poolbench layerbench`` is the CLI.
 """
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import statistics
@@ -30,8 +31,9 @@ import torch.nn.functional as F
 
 from . import registry
 from .dpp import DPP_VARIANTS
-from .shapes import vgg16_pool_shapes
+from .shapes import pool_layers
 from .timing import measure_latency, peak_memory_bytes, saved_tensor_bytes
+from .validation import pooled_size
 
 __all__ = [
     "BASELINES",
@@ -68,10 +70,10 @@ PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
     ("RTX 3090", 0.936e12),
 )
 
-#: The two baselines every DPP tier is divided by (VGG-16's layers use 2×2 windows, stride 2).
-BASELINES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "avg_pool2d": lambda x: F.avg_pool2d(x, 2, 2),
-    "max_pool2d": lambda x: F.max_pool2d(x, 2, 2),
+#: The two baselines every DPP tier is divided by, with the layer's window (kernel, stride, padding).
+BASELINES: dict[str, Callable[..., torch.Tensor]] = {
+    "avg_pool2d": lambda x, k=2, s=2, p=0: F.avg_pool2d(x, k, s, p, count_include_pad=False),
+    "max_pool2d": lambda x, k=2, s=2, p=0: F.max_pool2d(x, k, s, p),
 }
 
 DPP_NAMES = tuple(variant.name for variant in DPP_VARIANTS)
@@ -142,12 +144,12 @@ class LayerRow:
         return asdict(self)
 
 
-def _traffic_bytes(shape, dtype: torch.dtype) -> tuple[int, int]:
-    """Minimal bytes moved by a fused 2×2/2 pooler: forward (x in, y out) and forward+backward."""
+def _traffic_bytes(shape, dtype: torch.dtype, window=(2, 2, 0)) -> tuple[int, int]:
+    """Minimal bytes moved by a fused pooler: forward (x in, y out) and forward+backward."""
     n, c, h, w = shape
     size = torch.tensor([], dtype=dtype).element_size()
     x_bytes = n * c * h * w * size
-    y_bytes = n * c * (h // 2) * (w // 2) * size
+    y_bytes = n * c * pooled_size(h, *window) * pooled_size(w, *window) * size
     forward = x_bytes + y_bytes
     backward = y_bytes + x_bytes + x_bytes  # read ∂y and x, write ∂x
     return forward, forward + backward
@@ -198,6 +200,7 @@ def run_layerbench(
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     on_layer: Callable[[list[LayerRow], dict], None] | None = None,
+    model: str = "vgg16",
 ) -> tuple[list[LayerRow], dict]:
     """Measure every available DPP tier at VGG-16's pooling shapes; returns (rows, run metadata).
 
@@ -207,7 +210,9 @@ def run_layerbench(
             reported in the metadata, not run.
         variants: DPP variants (default Lite-DPP-Sym, the variant the
             performance anchors use).
-        layers: 1-based VGG-16 pooling layers to run (default all five).
+        layers: 1-based pooling layers of ``model`` to run (default all).
+        model: whose pooling layers: "vgg16" (five 2×2/2 layers) or "resnet50" (the 3×3/2 pad 1
+            stem and three 2×2/2 block inputs); see :func:`poolbench.shapes.pool_layers`.
         min_run_time: seconds of timing per measurement.
         repeats: rounds per layer; each round times every subject (baselines
             and tiers, interleaved) once and the median over rounds is kept, so
@@ -238,18 +243,19 @@ def run_layerbench(
         torch.set_num_threads(threads)
     try:
         return _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic,
-                    combine, progress, on_layer)
+                    combine, progress, on_layer, model)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic, combine,
-         progress, on_layer):
+         progress, on_layer, model="vgg16"):
     variants = tuple(variants)
     for variant in variants:
         if variant not in DPP_NAMES or variant.startswith("s3"):
             raise ValueError(f"unknown DPP variant {variant!r}; choose from {', '.join(DPP_NAMES[:4])}")
-    shapes = vgg16_pool_shapes(batch, resolution)
+    layer_specs = pool_layers(model, batch, resolution)
+    shapes = [shape for shape, _ in layer_specs]
     chosen_layers = sorted(set(layers)) if layers else list(range(1, len(shapes) + 1))
     for layer in chosen_layers:
         if not 1 <= layer <= len(shapes):
@@ -277,6 +283,8 @@ def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time
             "peak_bandwidth": peak,
             "batch": batch,
             "resolution": resolution,
+            "model": model,
+            "windows": sorted({f"{k}×{k}/{s} pad {p}" for _, (k, s, p) in layer_specs}),
             "dtype": str(dtype).replace("torch.", ""),
             "variants": list(variants),
             "tiers": available,
@@ -290,21 +298,22 @@ def _run(device, batch, dtype, tiers, variants, resolution, layers, min_run_time
         }
 
     for layer in chosen_layers:
-        shape = shapes[layer - 1]
-        fwd_bytes, fwdbwd_bytes = _traffic_bytes(shape, dtype)
+        shape, window = layer_specs[layer - 1]
+        fwd_bytes, fwdbwd_bytes = _traffic_bytes(shape, dtype, window)
         generator = torch.Generator(device="cpu").manual_seed(layer)
         x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
-        grad_out = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=generator).to(
-            device=device, dtype=dtype)
+        pooled = [pooled_size(size, *window) for size in shape[2:]]
+        grad_out = torch.randn(shape[0], shape[1], *pooled, generator=generator).to(device=device, dtype=dtype)
         dtype_name = str(dtype).replace("torch.", "")
         subjects: list[tuple[LayerRow, _Subject | None]] = []
         for name, pool in BASELINES.items():
-            subjects.append((LayerRow(layer, shape, name, "aten", dtype_name), _Subject(pool, [], x, grad_out)))
+            subjects.append((LayerRow(layer, shape, name, "aten", dtype_name),
+                             _Subject(functools.partial(pool, k=window[0], s=window[1], p=window[2]), [], x, grad_out)))
         for variant in variants:
             for tier in available:
                 row = LayerRow(layer, shape, f"{variant}[{tier}]", tier, dtype_name)
                 try:
-                    module = registry.create(variant, shape[1], 2, 2, 0, tier=tier, device=device)
+                    module = registry.create(variant, shape[1], *window, tier=tier, device=device)
                     subjects.append((row, _Subject(module, list(module.parameters()), x, grad_out)))
                 except Exception as exc:  # a failing cell keeps its error; the run goes on
                     row.error = _error(exc)
@@ -417,6 +426,9 @@ def _markdown_table(frame) -> str:
         return "\n".join([header, rule, *body])
 
 
+_MODEL_TITLES = {"vgg16": "VGG-16", "resnet50": "ResNet-50"}
+
+
 def to_markdown(rows: Sequence[LayerRow], meta: dict, command: str = "") -> str:
     """A self-describing markdown report: run settings, the table, what was skipped and why."""
     frame = to_frame(rows)
@@ -426,7 +438,8 @@ def to_markdown(rows: Sequence[LayerRow], meta: dict, command: str = "") -> str:
     lines = [
         f"# DPP layer benchmark — {meta['device']}",
         "",
-        f"VGG-16 pooling layers (2×2 windows, stride 2) at batch {meta['batch']}, {meta['resolution']}² input, "
+        f"{_MODEL_TITLES.get(meta.get('model', 'vgg16'), meta.get('model'))} pooling layers "
+        f"({', '.join(meta.get('windows', ['2×2/2 pad 0']))} windows) at batch {meta['batch']}, {meta['resolution']}² input, "
         f"{meta['dtype']}; variants: {', '.join(meta['variants'])}; torch {meta['torch']}; "
         f"CPU threads: {meta['threads']}; {meta.get('statistic', 'median')} of {meta['repeats']} interleaved rounds of "
         f"{meta['min_run_time']} s per measurement; {meta['seconds']} s in all.",

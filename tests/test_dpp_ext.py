@@ -402,6 +402,25 @@ def test_layerbench_runs_and_reports_ratios(cpu_ext, monkeypatch):
     assert "| dpp_lite_sym[cpp]" in report and "fwd / avg" in report and "simulated failure" in report
 
 
+def test_layerbench_resnet50_layers_use_their_own_windows(cpu_ext):
+    """--model resnet50: the stem is pooled 3×3/2 pad 1 (baselines included), block inputs 2×2/2."""
+    from poolbench import layerbench
+    from poolbench.shapes import pool_layers
+
+    specs = pool_layers("resnet50", batch=1, resolution=224)
+    assert specs[0] == ((1, 64, 112, 112), (3, 2, 1))
+    assert [shape for shape, _ in specs[1:]] == [(1, 256, 56, 56), (1, 512, 28, 28), (1, 1024, 14, 14)]
+    assert {window for _, window in specs[1:]} == {(2, 2, 0)}
+    rows, meta = layerbench.run_layerbench("cpu", batch=1, resolution=32, tiers=["cpp"], layers=[1],
+                                           min_run_time=0.01, repeats=1, model="resnet50")
+    assert meta["model"] == "resnet50" and meta["windows"] == ["2×2/2 pad 0", "3×3/2 pad 1"]
+    assert {row.pooler for row in rows} == {"avg_pool2d", "max_pool2d", "dpp_lite_sym[cpp]"}
+    assert all(row.error == "" and row.fwd_vs_avg > 0 for row in rows)
+    assert "ResNet-50 pooling layers" in layerbench.to_markdown(rows, meta)
+    with pytest.raises(ValueError, match="unknown model"):
+        pool_layers("alexnet")
+
+
 def test_layerbench_peak_bandwidth_lookup():
     from poolbench.layerbench import peak_bandwidth, peak_bandwidth_for
 
