@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("dpp_lite_sym", "dpp_lite_asym", "dpp_full_sym", "dpp_full_asym")
 
 # (shape, kernel_size, stride, padding): the VGG window, the ResNet stem window, odd sizes,
-# batch 1, overlapping windows (stride 1, as S3DPP), padding with k = 2, and the generic path (k = 4, 5).
+# batch 1, overlapping windows (stride 1, as S3DPP), padding with k = 2, the generic path (k = 4, 5).
 GEOMETRIES = (
     ((2, 3, 8, 8), 2, 2, 0),
     ((1, 4, 9, 7), 3, 2, 1),
@@ -50,6 +50,7 @@ GEOMETRIES = (
     ((2, 3, 6, 10), 2, 2, 1),
     ((1, 2, 10, 10), 4, 3, 2),
     ((1, 2, 11, 11), 5, 2, 2),
+    ((1, 2, 7, 9), 2, 2, 1),  # the one Full-DPP geometry whose guide is not inside the window (odd sizes, pad 1)
 )
 
 

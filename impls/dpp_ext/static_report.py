@@ -30,7 +30,7 @@ from poolbench.toolchain import cpp_extension, cuda_home
 
 from .build import CSRC, CUDA_CFLAGS, CUDA_SOURCES, HEADERS, build_directory
 
-__all__ = ["cuda_kernel_rows", "find_tool", "parse_ptxas", "sass_loop_instructions"]
+__all__ = ["cuda_kernel_rows", "find_tool", "parse_ptxas", "sass_loop_instructions", "to_markdown"]
 
 #: scalar_t spelled by the demangler → poolbench dtype name
 _DTYPES = {"float": "float32", "double": "float64", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}
@@ -77,7 +77,7 @@ def _compile(arch: str) -> tuple[Path, str]:
         return cubin, log_path.read_text(encoding="utf-8")
     include = [f"-I{path}" for path in (str(CSRC), *cpp_extension().include_paths(device_type="cuda"))]
     command = [
-        nvcc, "-cubin", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-std=c++17", "-Xptxas", "-v",
+        nvcc, "-cubin", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-std=c++20", "-Xptxas", "-v",
         *CUDA_CFLAGS, *cpp_extension().COMMON_NVCC_FLAGS,
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *include,
         "-o", str(cubin), str(CUDA_SOURCES[0]),
@@ -152,7 +152,7 @@ def _demangle(names: list[str]) -> dict[str, str]:
 
 def _template_args(signature: str) -> tuple[str, list[str]]:
     """('dpp_forward_interior_kernel', ['2', 'false', 'float', 'float']) from a demangled signature."""
-    head = signature.split("(", 1)[0]
+    head = signature.replace("(anonymous namespace)", "").split("(", 1)[0]
     name_part, _, args = head.partition("<")
     name = name_part.rsplit("::", 1)[-1].strip()
     args = args.rsplit(">", 1)[0]
@@ -224,7 +224,31 @@ def cuda_kernel_rows(arch: str = "sm_90") -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":  # python -m impls.dpp_ext.static_report sm_90
-    import sys
+_COLUMNS = ("kernel", "variant", "dtype", "config", "compiled", "registers", "spill_bytes", "stack_bytes",
+            "shared_bytes", "sass_instructions", "sass_per_window", "error")
 
-    print(json.dumps(cuda_kernel_rows(sys.argv[1] if len(sys.argv) > 1 else "sm_90"), indent=1))
+
+def to_markdown(rows: list[dict], arch: str) -> str:
+    """The rows as a markdown table (one line per kernel instantiation)."""
+    lines = [f"# CUDA DPP kernels compiled for {arch} (nvcc -cubin -Xptxas -v, cuobjdump -sass; no GPU)", "",
+             "Command: `python -m impls.dpp_ext.static_report " + arch + " --md FILE`", "",
+             "stack_bytes is the per-thread local-memory frame; sass_per_window counts the grid-stride loop body "
+             "(one output window per iteration), NOPs excluded.", "",
+             "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join("–" if row.get(key) is None else str(row.get(key)) for key in _COLUMNS) + " |"
+              for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m impls.dpp_ext.static_report sm_90 [--md FILE]
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Static report of the CUDA DPP kernels (no GPU needed).")
+    parser.add_argument("arch", nargs="?", default="sm_90")
+    parser.add_argument("--md", type=Path, help="write a markdown table here instead of JSON to stdout")
+    options = parser.parse_args()
+    report_rows = cuda_kernel_rows(options.arch)
+    if options.md:
+        options.md.write_text(to_markdown(report_rows, options.arch), encoding="utf-8")
+    else:
+        print(json.dumps(report_rows, indent=1))

@@ -212,24 +212,37 @@ struct HugeDeviation<double> {
   static constexpr double log2_inv_scale2 = 1200.0;
 };
 
+// c = d² + ε² scaled by s² (s = 2^-shift where |d| is huge, else 1), and s·d: exact rescaling,
+// so log2 c = log2(c_scaled) − 2·log2 s and d/c = s·(s·d)/c_scaled.
+template <typename T>
+struct ScaledCharbonnier {
+  T scale, scaled_d, scaled_c;
+  bool huge;
+};
+
+template <typename T>
+DPP_HD ScaledCharbonnier<T> scaled_charbonnier(T d, T eps2) {
+  using H = HugeDeviation<T>;
+  ScaledCharbonnier<T> r;
+  r.huge = dpp_abs(d) > H::threshold;
+  r.scale = r.huge ? H::scale : T(1);
+  r.scaled_d = d * r.scale;
+  r.scaled_c = r.scaled_d * r.scaled_d + eps2 * r.scale * r.scale;
+  return r;
+}
+
 // log2(d² + ε²) for any finite d (see the header comment).
 template <typename T>
 DPP_HD T log2_charbonnier(T d, T eps2) {
-  using H = HugeDeviation<T>;
-  const bool huge = dpp_abs(d) > H::threshold;
-  const T s = huge ? H::scale : T(1);
-  const T ds = d * s;
-  return dpp_log2(ds * ds + eps2 * s * s) + (huge ? H::log2_inv_scale2 : T(0));
+  const ScaledCharbonnier<T> c = scaled_charbonnier(d, eps2);
+  return dpp_log2(c.scaled_c) + (c.huge ? HugeDeviation<T>::log2_inv_scale2 : T(0));
 }
 
 // d / (d² + ε²) for any finite d, without forming d² when it would overflow.
 template <typename T>
 DPP_HD T deviation_over_charbonnier(T d, T eps2) {
-  using H = HugeDeviation<T>;
-  const bool huge = dpp_abs(d) > H::threshold;
-  const T s = huge ? H::scale : T(1);
-  const T ds = d * s;
-  return ds * s / (ds * ds + eps2 * s * s);
+  const ScaledCharbonnier<T> c = scaled_charbonnier(d, eps2);
+  return c.scaled_d * c.scale / c.scaled_c;
 }
 
 // ---------------------------------------------------------------------------

@@ -177,6 +177,25 @@ void generic_backward(const scalar_t* plane, T* grad_plane, const Geometry& g, i
 template <int K, int S, bool FULL>
 struct Simd {
   static constexpr int kTaps = K * K;
+  // Full-DPP's guide fits the pooled grid only with padding 1 for K = 3 and 0 for K = 2, so its
+  // 3×3 stencil (rows o·S − 1 + dy) overlaps the window (rows o·S − pad + i) at i = dy − 1 + pad:
+  // all nine taps for K = 3, four for K = 2.  Those are read from the packed window, not packed twice.
+  static constexpr int kGuidePad = K == 3 ? 1 : 0;
+
+  // Window tap that holds stencil tap t (row-major 3×3), or −1 if it lies outside the window.
+  static constexpr int window_tap(int t) {
+    return (t / 3 - 1 + kGuidePad >= 0 && t / 3 - 1 + kGuidePad < K && t % 3 - 1 + kGuidePad >= 0 &&
+            t % 3 - 1 + kGuidePad < K)
+               ? (t / 3 - 1 + kGuidePad) * K + (t % 3 - 1 + kGuidePad)
+               : -1;
+  }
+
+  // Packed row of stencil tap t for a block: inside the window's taps, or its own stencil row.
+  template <typename T>
+  static const T* stencil_source(const Scratch<T>& s, int t) {
+    const int w = window_tap(t);
+    return w >= 0 ? s.taps.data() + w * s.capacity : s.stencil.data() + t * s.capacity;
+  }
 
   // Output columns [a, b) ⊂ [lo, hi) whose stencil column ow·S − 1 + dx is inside the image.
   static void stencil_columns(const Geometry& g, int64_t lo, int64_t hi, int dx, int64_t& a, int64_t& b) {
@@ -206,6 +225,7 @@ struct Simd {
           const int64_t h = oh * S - 1 + dy;
           const bool row_inside = h >= 0 && h < g.height;
           for (int dx = 0; dx < 3; ++dx) {
+            if (window_tap(dy * 3 + dx) >= 0) continue;  // read from the window's taps
             T* dst = s.stencil.data() + (dy * 3 + dx) * cap + base;
             int64_t a, b;
             stencil_columns(g, lo, hi, dx, a, b);
@@ -240,7 +260,7 @@ struct Simd {
       if (FULL) {
         T v9[9];
         DPP_UNROLL
-        for (int t = 0; t < 9; ++t) v9[t] = sten[t * cap + j];
+        for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
         centre = full_centre(v9, f9, bias);
       } else {
         centre = lite_centre(v, kTaps);
@@ -272,7 +292,7 @@ struct Simd {
       if (FULL) {
         T v9[9];
         DPP_UNROLL
-        for (int t = 0; t < 9; ++t) v9[t] = sten[t * cap + j];
+        for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
         centre = full_centre(v9, f9, bias);
       } else {
         centre = lite_centre(v, kTaps);
@@ -301,7 +321,7 @@ struct Simd {
       for (int64_t j = 0; j < count; ++j) g_bias += centre_grad[j];
       acc[11] += g_bias;
       for (int t = 0; t < 9; ++t) {
-        const T* src = sten + t * cap;
+        const T* src = stencil_source(s, t);
         T g_f = 0;
 #pragma omp simd reduction(+ : g_f)
         for (int64_t j = 0; j < count; ++j) g_f += centre_grad[j] * src[j];
@@ -429,7 +449,10 @@ struct Generic {
 // Calls fn(Path{}) with the SIMD path matching the geometry, or Generic.
 template <typename T, typename Fn>
 void dispatch_path(const Geometry& g, Fn&& fn) {
-  if (std::is_same<T, float>::value) {
+  // Full-DPP's SIMD paths read the guide's stencil from the window (Simd::kGuidePad); the one
+  // other padding its guide allows (2×2/2 pad 1 on odd sizes) takes the generic path.
+  const bool guide_in_window = !g.full || g.padding == (g.kernel_size == 3 ? 1 : 0);
+  if (std::is_same<T, float>::value && guide_in_window) {
     const int key = g.kernel_size * 100 + g.stride * 10 + (g.full ? 1 : 0);
     switch (key) {
       case 220: return fn(Simd<2, 2, false>{});
