@@ -212,37 +212,25 @@ struct HugeDeviation<double> {
   static constexpr double log2_inv_scale2 = 1200.0;
 };
 
-// c = d² + ε² scaled by s² (s = 2^-shift where |d| is huge, else 1), and s·d: exact rescaling,
-// so log2 c = log2(c_scaled) − 2·log2 s and d/c = s·(s·d)/c_scaled.
+// The exact rescaling of d before squaring: 2^-shift where |d| is huge, else 1.  A plain value
+// (no struct with a bool) keeps the CPU kernel's window loop vectorised.
 template <typename T>
-struct ScaledCharbonnier {
-  T scale, scaled_d, scaled_c;
-  bool huge;
-};
-
-template <typename T>
-DPP_HD ScaledCharbonnier<T> scaled_charbonnier(T d, T eps2) {
-  using H = HugeDeviation<T>;
-  ScaledCharbonnier<T> r;
-  r.huge = dpp_abs(d) > H::threshold;
-  r.scale = r.huge ? H::scale : T(1);
-  r.scaled_d = d * r.scale;
-  r.scaled_c = r.scaled_d * r.scaled_d + eps2 * r.scale * r.scale;
-  return r;
+DPP_HD T huge_deviation_scale(T d) {
+  return dpp_abs(d) > HugeDeviation<T>::threshold ? HugeDeviation<T>::scale : T(1);
 }
 
-// log2(d² + ε²) for any finite d (see the header comment).
+// log2(d² + ε²) for any finite d (see the header comment): log2((s·d)² + s²·ε²) − 2·log2 s.
 template <typename T>
 DPP_HD T log2_charbonnier(T d, T eps2) {
-  const ScaledCharbonnier<T> c = scaled_charbonnier(d, eps2);
-  return dpp_log2(c.scaled_c) + (c.huge ? HugeDeviation<T>::log2_inv_scale2 : T(0));
+  const T s = huge_deviation_scale(d), ds = d * s;
+  return dpp_log2(ds * ds + eps2 * s * s) + (s < T(1) ? HugeDeviation<T>::log2_inv_scale2 : T(0));
 }
 
-// d / (d² + ε²) for any finite d, without forming d² when it would overflow.
+// d / (d² + ε²) = s·(s·d) / ((s·d)² + s²·ε²) for any finite d, without forming d² when it would overflow.
 template <typename T>
 DPP_HD T deviation_over_charbonnier(T d, T eps2) {
-  const ScaledCharbonnier<T> c = scaled_charbonnier(d, eps2);
-  return c.scaled_d * c.scale / c.scaled_c;
+  const T s = huge_deviation_scale(d), ds = d * s;
+  return ds * s / (ds * ds + eps2 * s * s);
 }
 
 // ---------------------------------------------------------------------------
