@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from poolbench.dpp import register_dpp_tier
 
@@ -30,12 +31,21 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 HUGE_DEVIATION = {torch.float32: 1e15, torch.float64: 1e150}
 
 
+def _may_branch_on_data() -> bool:
+    """Whether a branch on tensor values is safe and invisible: plain eager execution only.
+
+    Under torch.compile it would break the graph, under fake tensors it cannot be decided, and
+    under a tracer or dispatch mode (fvcore's jit trace, FlopCounterMode) the two counters would
+    see different ops; there both forms are computed (they fuse into one kernel when compiled).
+    """
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or _get_current_dispatch_mode() is not None)
+
+
 def log_charbonnier(deviation: torch.Tensor, eps2: float) -> torch.Tensor:
     """log(d² + ε²), finite (with finite gradients) for every finite d, also where d² overflows."""
     huge = deviation.abs() > HUGE_DEVIATION.get(deviation.dtype, 1e15)
-    # Eager: skip the second form when nothing needs it.  Compiled: no data-dependent branch
-    # (it would break the graph); both forms fuse into one elementwise kernel anyway.
-    if not torch.compiler.is_compiling() and not bool(huge.any()):
+    if _may_branch_on_data() and not bool(huge.any()):  # plain eager: skip the second form when unused
         return torch.log(deviation * deviation + eps2)
     # Both branches see values that are safe for them, so neither leaks inf/NaN into the gradient.
     large = torch.where(huge, deviation, torch.ones_like(deviation)).abs()
