@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from poolbench.dpp import register_dpp_tier
 
@@ -23,6 +24,34 @@ from poolbench.dpp import register_dpp_tier
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half-precision inputs accumulate in float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+#: |d| above which d² would overflow (or come close) in the compute dtype: log(d² + ε²) is then
+#: formed as 2·log|d| + log1p(ε²/d²), the same form every tier uses.
+HUGE_DEVIATION = {torch.float32: 1e15, torch.float64: 1e150}
+
+
+def _may_branch_on_data() -> bool:
+    """Whether a branch on tensor values is safe and invisible: plain eager execution only.
+
+    Under torch.compile it would break the graph, under fake tensors it cannot be decided, and
+    under a tracer or dispatch mode (fvcore's jit trace, FlopCounterMode) the two counters would
+    see different ops; there both forms are computed (they fuse into one kernel when compiled).
+    """
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or _get_current_dispatch_mode() is not None)
+
+
+def log_charbonnier(deviation: torch.Tensor, eps2: float) -> torch.Tensor:
+    """log(d² + ε²), finite (with finite gradients) for every finite d, also where d² overflows."""
+    huge = deviation.abs() > HUGE_DEVIATION.get(deviation.dtype, 1e15)
+    if _may_branch_on_data() and not bool(huge.any()):  # plain eager: skip the second form when unused
+        return torch.log(deviation * deviation + eps2)
+    # Both branches see values that are safe for them, so neither leaks inf/NaN into the gradient.
+    large = torch.where(huge, deviation, torch.ones_like(deviation)).abs()
+    small = torch.where(huge, torch.zeros_like(deviation), deviation)
+    eps = eps2 ** 0.5
+    return torch.where(huge, 2 * torch.log(large) + torch.log1p((eps / large) ** 2), torch.log(small * small + eps2))
 
 
 def dpp_guide(x, kernel_size, stride, padding, guide):
@@ -48,11 +77,11 @@ def dpp_vectorized(x, alpha, lam, guide, args):
     deviation = windows - centre.reshape(batch, channels, 1, out_h * out_w)
     if asym:
         deviation = deviation.clamp(min=0)
-    log_charbonnier = torch.log(deviation * deviation + eps2)
+    log_c = log_charbonnier(deviation, eps2)
     if scale_invariant:
-        mean = (log_charbonnier.exp() * inside).sum(2, keepdim=True) / inside.sum(2, keepdim=True)
-        log_charbonnier = log_charbonnier - mean.log()
-    ell = (0.5 * lam.to(dtype)).view(1, channels, 1, 1) * log_charbonnier
+        mean = (log_c.exp() * inside).sum(2, keepdim=True) / inside.sum(2, keepdim=True)
+        log_c = log_c - mean.log()
+    ell = (0.5 * lam.to(dtype)).view(1, channels, 1, 1) * log_c
     ell = ell.masked_fill(~inside, float("-inf"))
 
     alpha = alpha.to(dtype).view(1, channels, 1, 1)

@@ -1,8 +1,8 @@
 """Per-layer DPP benchmark: every DPP tier against ``avg_pool2d`` and ``max_pool2d``.
 
-At the five VGG-16 pooling shapes (:func:`poolbench.shapes.vgg16_pool_shapes`,
-2×2 windows, stride 2) and for every registered DPP tier that can run on the
-device (so tiers added later join automatically), one run measures:
+At the pooling shapes of VGG-16 (five 2×2/2 layers) or ResNet-50 (the 3×3/2
+pad 1 stem and three 2×2/2 block inputs; :func:`poolbench.shapes.pool_layers`)
+and for every registered DPP tier that can run on the device (so tiers added later join automatically), one run measures:
 
 * forward and forward+backward latency, reported only as ratios to
   ``avg_pool2d`` and ``max_pool2d`` timed in the same run, layer by layer;
@@ -18,6 +18,7 @@ its error message and the run goes on.  ``poolbench layerbench`` is the CLI.
 """
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import statistics
@@ -28,11 +29,12 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import registry
+from . import models, registry
 from .dpp import DPP_VARIANTS
-from .shapes import vgg16_pool_shapes
+from .shapes import pool_layers
 from .bench.subject import PassSubject, paired_ratio, torch_threads
 from .timing import measure_latency, peak_memory_bytes
+from .validation import pooled_size
 
 __all__ = [
     "BASELINES",
@@ -69,10 +71,10 @@ PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
     ("RTX 3090", 0.936e12),
 )
 
-#: The two baselines every DPP tier is divided by (VGG-16's layers use 2×2 windows, stride 2).
-BASELINES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "avg_pool2d": lambda x: F.avg_pool2d(x, 2, 2),
-    "max_pool2d": lambda x: F.max_pool2d(x, 2, 2),
+#: The two baselines every DPP tier is divided by, with the layer's window (kernel, stride, padding).
+BASELINES: dict[str, Callable[..., torch.Tensor]] = {
+    "avg_pool2d": lambda x, k=2, s=2, p=0: F.avg_pool2d(x, k, s, p, count_include_pad=False),
+    "max_pool2d": lambda x, k=2, s=2, p=0: F.max_pool2d(x, k, s, p),
 }
 
 DPP_NAMES = tuple(variant.name for variant in DPP_VARIANTS)
@@ -135,12 +137,12 @@ class LayerRow:
         return asdict(self)
 
 
-def _traffic_bytes(shape, dtype: torch.dtype) -> tuple[int, int]:
-    """Minimal bytes moved by a fused 2×2/2 pooler: forward (x in, y out) and forward+backward."""
+def _traffic_bytes(shape, dtype: torch.dtype, window=(2, 2, 0)) -> tuple[int, int]:
+    """Minimal bytes moved by a fused pooler: forward (x in, y out) and forward+backward."""
     n, c, h, w = shape
     size = torch.tensor([], dtype=dtype).element_size()
     x_bytes = n * c * h * w * size
-    y_bytes = n * c * (h // 2) * (w // 2) * size
+    y_bytes = n * c * pooled_size(h, *window) * pooled_size(w, *window) * size
     forward = x_bytes + y_bytes
     backward = y_bytes + x_bytes + x_bytes  # read ∂y and x, write ∂x
     return forward, forward + backward
@@ -170,6 +172,7 @@ class _Plan:
     min_run_time: float
     repeats: int
     statistic: str
+    model: str = "vgg16"
     peak: float | None = None
     started: float = field(default_factory=time.time)
 
@@ -178,12 +181,18 @@ class _Plan:
         return statistics.median if self.statistic == "median" else min
 
     def shape(self, layer: int) -> tuple[int, int, int, int]:
-        return vgg16_pool_shapes(self.batch, self.resolution)[layer - 1]
+        return pool_layers(self.model, self.batch, self.resolution)[layer - 1][0]
+
+    def window(self, layer: int) -> tuple[int, int, int]:
+        """(kernel_size, stride, padding) of ``layer``."""
+        return pool_layers(self.model, self.batch, self.resolution)[layer - 1][1]
 
     def meta(self) -> dict:
         return {
             "device": _device_name(self.device), "device_type": self.device.type, "peak_bandwidth": self.peak,
-            "batch": self.batch, "resolution": self.resolution, "dtype": str(self.dtype).replace("torch.", ""),
+            "batch": self.batch, "resolution": self.resolution, "model": self.model,
+            "windows": sorted({f"{k}×{k}/{s} pad {p}" for _, (k, s, p) in pool_layers(self.model, 1, self.resolution)}),
+            "dtype": str(self.dtype).replace("torch.", ""),
             "variants": list(self.variants), "tiers": self.tiers, "skipped_tiers": self.skipped,
             "threads": torch.get_num_threads(), "repeats": self.repeats, "statistic": self.statistic,
             "min_run_time": self.min_run_time, "torch": torch.__version__,
@@ -205,6 +214,7 @@ def run_layerbench(
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     on_layer: Callable[[list[LayerRow], dict], None] | None = None,
+    model: str = "vgg16",
 ) -> tuple[list[LayerRow], dict]:
     """Measure every available DPP tier at VGG-16's pooling shapes; returns (rows, run metadata).
 
@@ -214,7 +224,9 @@ def run_layerbench(
             reported in the metadata, not run.
         variants: DPP variants (default Lite-DPP-Sym, the variant the
             performance targets use).
-        layers: 1-based VGG-16 pooling layers to run (default all five).
+        layers: 1-based pooling layers of ``model`` to run (default all).
+        model: whose pooling layers: "vgg16" (five 2×2/2 layers) or "resnet50" (the 3×3/2 pad 1
+            stem and three 2×2/2 block inputs); see :func:`poolbench.shapes.pool_layers`.
         min_run_time: seconds of timing per measurement.
         repeats: rounds per layer; each round times every subject (baselines
             and tiers, interleaved) once and the median over rounds is kept, so
@@ -238,7 +250,7 @@ def run_layerbench(
         raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
     with torch_threads(threads):
         plan = _plan(torch.device(device), batch, dtype, tiers, tuple(variants), resolution, layers, min_run_time,
-                     repeats, statistic)
+                     repeats, statistic, model)
         say = progress or (lambda message: None)
         rows: list[LayerRow] = []
         for layer in plan.layers:
@@ -250,11 +262,12 @@ def run_layerbench(
         return rows, plan.meta()
 
 
-def _plan(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic) -> _Plan:
+def _plan(device, batch, dtype, tiers, variants, resolution, layers, min_run_time, repeats, statistic,
+          model) -> _Plan:
     for variant in variants:
         if variant not in DPP_NAMES or variant.startswith("s3"):
             raise ValueError(f"unknown DPP variant {variant!r}; choose from {', '.join(DPP_NAMES[:4])}")
-    count = len(vgg16_pool_shapes(batch, resolution))
+    count = len(pool_layers(model, batch, resolution))
     chosen_layers = sorted(set(layers)) if layers else list(range(1, count + 1))
     for layer in chosen_layers:
         if not 1 <= layer <= count:
@@ -269,23 +282,24 @@ def _plan(device, batch, dtype, tiers, variants, resolution, layers, min_run_tim
                 skipped[tier] = f"{variants[0]} has no {tier!r} tier registered"
         available = [t for t in wanted if t in available]
     return _Plan(device, batch, dtype, resolution, variants, available, skipped, chosen_layers, min_run_time,
-                 repeats, statistic, peak_bandwidth(device))
+                 repeats, statistic, model, peak_bandwidth(device))
 
 
 def _subjects(plan: _Plan, layer: int) -> list[tuple[LayerRow, PassSubject | None]]:
     """The comparators, then every variant × tier, on one shared input (a failing build keeps its error)."""
-    shape = plan.shape(layer)
+    shape, (k, s, p) = plan.shape(layer), plan.window(layer)
     generator = torch.Generator(device="cpu").manual_seed(layer)
     x = torch.randn(shape, generator=generator).to(device=plan.device, dtype=plan.dtype)
     dtype_name = str(plan.dtype).replace("torch.", "")
     subjects: list[tuple[LayerRow, PassSubject | None]] = [
-        (LayerRow(layer, shape, name, "aten", dtype_name), PassSubject(pool, x, seed=layer))
+        (LayerRow(layer, shape, name, "aten", dtype_name), PassSubject(functools.partial(pool, k=k, s=s, p=p), x,
+                                                                       seed=layer))
         for name, pool in BASELINES.items()]
     for variant in plan.variants:
         for tier in plan.tiers:
             row = LayerRow(layer, shape, f"{variant}[{tier}]", tier, dtype_name)
             try:
-                module = registry.create(variant, shape[1], 2, 2, 0, tier=tier, device=plan.device)
+                module = registry.create(variant, shape[1], k, s, p, tier=tier, device=plan.device)
                 subjects.append((row, PassSubject(module, x, list(module.parameters()), seed=layer)))
             except Exception as exc:  # a failing cell keeps its error; the run goes on
                 row.error = _error(exc)
@@ -325,7 +339,7 @@ def _measure_layer(plan: _Plan, layer: int, say: Callable[[str], None]) -> list[
 def _fill_ratios(plan: _Plan, rows: list[LayerRow], timings: dict) -> None:
     """Speed ratios (paired per round) to avg_pool2d and max_pool2d, bandwidth and memory ratios."""
     avg, mx = rows[0], rows[1]  # the BASELINES, in order
-    fwd_bytes, fwdbwd_bytes = _traffic_bytes(rows[0].shape, plan.dtype)
+    fwd_bytes, fwdbwd_bytes = _traffic_bytes(rows[0].shape, plan.dtype, plan.window(rows[0].layer))
     for row in rows:
         if row.error:
             continue
@@ -405,7 +419,8 @@ def to_markdown(rows: Sequence[LayerRow], meta: dict, command: str = "") -> str:
     lines = [
         f"# DPP layer benchmark — {meta['device']}",
         "",
-        f"VGG-16 pooling layers (2×2 windows, stride 2) at batch {meta['batch']}, {meta['resolution']}² input, "
+        f"{models.title(meta.get('model', 'vgg16'))} pooling layers "
+        f"({', '.join(meta.get('windows', ['2×2/2 pad 0']))} windows) at batch {meta['batch']}, {meta['resolution']}² input, "
         f"{meta['dtype']}; variants: {', '.join(meta['variants'])}; torch {meta['torch']}; "
         f"CPU threads: {meta['threads']}; {meta.get('statistic', 'median')} of {meta['repeats']} interleaved rounds of "
         f"{meta['min_run_time']} s per measurement; {meta['seconds']} s in all.",

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("dpp_lite_sym", "dpp_lite_asym", "dpp_full_sym", "dpp_full_asym")
 
 # (shape, kernel_size, stride, padding): the VGG window, the ResNet stem window, odd sizes,
-# batch 1, overlapping windows (stride 1, as S3DPP), padding with k = 2, and the generic path (k = 4, 5).
+# batch 1, overlapping windows (stride 1, as S3DPP), padding with k = 2, the generic path (k = 4, 5).
 GEOMETRIES = (
     ((2, 3, 8, 8), 2, 2, 0),
     ((1, 4, 9, 7), 3, 2, 1),
@@ -51,6 +51,7 @@ GEOMETRIES = (
     ((2, 3, 6, 10), 2, 2, 1),
     ((1, 2, 10, 10), 4, 3, 2),
     ((1, 2, 11, 11), 5, 2, 2),
+    ((1, 2, 7, 9), 2, 2, 1),  # the one Full-DPP geometry whose guide is not inside the window (odd sizes, pad 1)
 )
 
 
@@ -234,6 +235,53 @@ def test_cpp_numerics_at_spec_extremes(cpu_ext):
     assert_close(PF.dpp(x, 1.0, 0.0, 3, 2, 1, tier="cpp"), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
 
 
+MAGNITUDE_CASES = (
+    ("dpp_lite_sym", (1, 2, 6, 6), 2, 2, 0),   # interior windows: the CPU SIMD path, the CUDA fixed-window path
+    ("dpp_full_asym", (1, 2, 7, 7), 3, 2, 1),  # border windows: the generic paths; Full guide; Asym clamp
+)
+
+
+def run_tier_at(tier, emulation, name, shape, k, s, p, dtype, scale):
+    """(y, grads w.r.t. x, α, λ[, F, b]) of ``tier`` (or the emulated CUDA kernels) on x ~ scale·N(0, 1)."""
+    x, alpha, lam, guide = dpp_args(name, shape, dtype, scale=scale)
+    asym = "asym" in name
+    if tier == "cuda-emulated":
+        weight, bias = guide if guide is not None else (None, None)
+        y = emulation.dpp_forward(x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+        grads = emulation.dpp_backward(g, x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False)
+        return y, grads[:5 if guide is not None else 3]
+
+    def fn(x_, a_, l_, guide_):
+        return PF.dpp(x_, a_, l_, k, s, p, asym=asym, guide=guide_, tier=tier)
+
+    return forward_backward(fn, x.double() if tier == "reference" else x, alpha, lam, guide)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30], ids=["1e20", "1e30"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tier", ["vectorized", "cpp", "cuda-emulated", "compiled"])
+def test_huge_magnitudes_stay_finite_and_match_reference(request, tier, dtype, scale):
+    """Guards against d² overflowing in the compute dtype (|x| = 1e20 gave NaN in float32, bf16 up to 1e37):
+    outputs and every gradient are finite and within the tolerance table of the float64 reference,
+    judged in each quantity's own unit: |x| for y and ∂/∂α, ∂/∂λ, ∂/∂F (they scale with x), 1 for
+    ∂/∂x and ∂/∂b — so rounding noise that is ε·|x| in float32 is not mistaken for an error."""
+    if tier == "compiled" and (dtype != torch.float32 or scale != 1e30):
+        pytest.skip("one compiled case is enough to cover its branch-free path (each case compiles for seconds)")
+    emulation = request.getfixturevalue("cuda_emulation") if tier == "cuda-emulated" else None
+    if tier == "cpp":
+        request.getfixturevalue("cpu_ext")
+    for name, shape, k, s, p in MAGNITUDE_CASES:
+        y, grads = run_tier_at(tier, emulation, name, shape, k, s, p, dtype, scale)
+        y_ref, grads_ref = run_tier_at("reference", None, name, shape, k, s, p, dtype, scale)
+        units = {"output": scale, "x": 1.0, "alpha": scale, "lam": scale, "F": scale, "b": 1.0}
+        for label, got, expected in zip(units, (y, *grads), (y_ref, *grads_ref)):
+            assert torch.isfinite(got).all(), f"{tier} {name} {label} at |x| ~ {scale:g}: not finite"
+            magnitude = max(units[label], expected.abs().max().item())
+            assert_close(got.double() / magnitude, expected / magnitude, dtype=dtype,
+                         kind="output" if label == "output" else "grad", msg=f"{tier} {name} {label} at {scale:g}")
+
+
 def test_cpp_rejects_other_devices():
     """The cpp tier names the device it runs on instead of failing inside the dispatcher."""
     x = torch.randn(1, 2, 4, 4, device="meta")
@@ -241,12 +289,13 @@ def test_cpp_rejects_other_devices():
         ops.dpp(x, torch.ones(2), torch.ones(2), None, DPPArgs(2, 2, 0), device_type="cpu")
 
 
-def test_import_builds_nothing_and_availability_is_cheap(tmp_path):
-    """Importing the tiers and asking `available` compiles nothing (the build happens at the first call)."""
+def test_import_builds_nothing_and_cuda_availability_is_cheap(tmp_path):
+    """Importing the tiers compiles nothing, and asking the cuda tier's `available` builds nothing either
+    (the CUDA build takes minutes; the cpp tier's hook does try its build, see test_dpp_ext_build.py)."""
     code = (
         "import impls.dpp_cpp_cuda\n"
         "from impls.dpp_ext import ops\n"
-        "print(repr(ops.cpu_unavailable_reason('cpu')), repr(ops.cuda_unavailable_reason('cuda')))\n"
+        "print(repr(ops.cuda_unavailable_reason('cuda')))\n"
     )
     env = dict(os.environ, POOLBENCH_CACHE_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -288,6 +337,25 @@ def test_layerbench_runs_and_reports_ratios(cpu_ext, monkeypatch):
         assert "simulated failure" in by_name[(layer, "dpp_lite_sym[vectorized]")].error
     report = layerbench.to_markdown(rows, meta)
     assert "| dpp_lite_sym[cpp]" in report and "fwd / avg" in report and "simulated failure" in report
+
+
+def test_layerbench_resnet50_layers_use_their_own_windows(cpu_ext):
+    """--model resnet50: the stem is pooled 3×3/2 pad 1 (baselines included), block inputs 2×2/2."""
+    from poolbench import layerbench
+    from poolbench.shapes import pool_layers
+
+    specs = pool_layers("resnet50", batch=1, resolution=224)
+    assert specs[0] == ((1, 64, 112, 112), (3, 2, 1))
+    assert [shape for shape, _ in specs[1:]] == [(1, 256, 56, 56), (1, 512, 28, 28), (1, 1024, 14, 14)]
+    assert {window for _, window in specs[1:]} == {(2, 2, 0)}
+    rows, meta = layerbench.run_layerbench("cpu", batch=1, resolution=32, tiers=["cpp"], layers=[1],
+                                           min_run_time=0.01, repeats=1, model="resnet50")
+    assert meta["model"] == "resnet50" and meta["windows"] == ["2×2/2 pad 0", "3×3/2 pad 1"]
+    assert {row.pooler for row in rows} == {"avg_pool2d", "max_pool2d", "dpp_lite_sym[cpp]"}
+    assert all(row.error == "" and row.fwd_vs_avg > 0 for row in rows)
+    assert "ResNet-50 pooling layers" in layerbench.to_markdown(rows, meta)
+    with pytest.raises(ValueError, match="unknown model"):
+        pool_layers("alexnet")
 
 
 def test_layerbench_peak_bandwidth_lookup():

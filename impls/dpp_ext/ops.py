@@ -1,4 +1,4 @@
-"""The ``poolbench_dpp`` op family: JIT build, fake kernels, autograd, Python front end.
+"""The ``poolbench_dpp`` op family: loading, fake kernels and autograd, Python front end.
 
 Layout (as torchvision's ops): ``csrc/dpp.cpp`` declares the schema once
 (``poolbench_dpp::dpp_forward`` and ``poolbench_dpp::dpp_backward``);
@@ -8,31 +8,39 @@ so the formulas the GPU runs are the ones the CPU tests check.  The fake
 kernels and the autograd formula (backward is its own op) are registered by
 :mod:`poolbench.dpp_custom_op`, shared with the triton tier.
 
-Building is lazy: nothing compiles at import.  The first call of
-:func:`load_cpu` / :func:`load_cuda` builds with ``torch.utils.cpp_extension``
-(ninja, cached under ``$POOLBENCH_CACHE_DIR`` or ``~/.cache/poolbench``) once
-per process; later processes reuse the cached library.  The CPU library needs
-only a C++ compiler; the CUDA library needs nvcc and a CUDA build of torch.
+Building is lazy and lives in :mod:`impls.dpp_ext.build` (cache, compiler,
+one-line failure reasons); :func:`load_cpu` / :func:`load_cuda` build on first
+use and then register the Python side.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import sys
-from pathlib import Path
 
 import torch
 
 from impls.dpp_vectorized import dpp_vectorized
 from poolbench.dpp import DPPArgs
 from poolbench.dpp_custom_op import call_forward, register_dpp_op
-from poolbench.toolchain import cpp_extension, cuda_home
+
+from .build import (
+    CSRC,
+    CUDA_SOURCES,
+    HEADERS,
+    SCHEMA_SOURCES,
+    build_directory,
+    cpu_unavailable_reason,
+    cuda_unavailable_reason,
+    load_cpu_library,
+    load_cuda_library,
+)
 
 __all__ = [
+    "CSRC",
     "CUDA_MAX_KERNEL_SIZE",
+    "CUDA_SOURCES",
+    "HEADERS",
+    "NAMESPACE",
+    "SCHEMA_SOURCES",
     "build_directory",
     "cpu_unavailable_reason",
     "cuda_unavailable_reason",
@@ -41,161 +49,25 @@ __all__ = [
     "load_cuda",
 ]
 
-CSRC = Path(__file__).resolve().parent / "csrc"
-SCHEMA_SOURCES = (CSRC / "dpp.cpp", CSRC / "cpu" / "dpp_kernel.cpp")
-CUDA_SOURCES = (CSRC / "cuda" / "dpp_kernel.cu",)
-HEADERS = (CSRC / "dpp_math.h", CSRC / "dpp_args.h")
-
 #: The CUDA kernel keeps a window in registers/local memory; larger windows are refused with a reason.
 CUDA_MAX_KERNEL_SIZE = 8
 
 #: The op family's namespace (schema in csrc/dpp.cpp).
 NAMESPACE = "poolbench_dpp"
 
-_BUILD_ERRORS: dict[str, str] = {}
-
-
-# ---------------------------------------------------------------------------
-# Build
-# ---------------------------------------------------------------------------
-
-def _cache_root() -> Path:
-    root = os.environ.get("POOLBENCH_CACHE_DIR")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poolbench"
-
-
-@functools.cache
-def _cpu_fingerprint() -> str:
-    """Hash of the host CPU's model and flags: the CPU library is built with -march=native."""
-    text = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(("model name", "flags", "Features")):
-                    text += line
-                    if line.startswith(("flags", "Features")):
-                        break
-    except OSError:
-        pass
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def build_directory(kind: str) -> Path:
-    """Where the ``kind`` ("cpu" or "cuda") library is built and cached.
-
-    Keyed by torch/CUDA/Python versions, the CPU (the CPU library is built with
-    -march=native) and the source tree, so a shared home directory never loads a
-    library built elsewhere or from other sources.
-    """
-    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
-    if kind == "cuda":
-        tag += f"-cuda{torch.version.cuda}"
-    tag += f"-cpu{_cpu_fingerprint()}"
-    # and by source tree, so two checkouts sharing a home directory do not rebuild each other's library
-    tag += f"-src{hashlib.sha1(str(CSRC).encode()).hexdigest()[:8]}"
-    path = _cache_root() / "torch_extensions" / f"dpp_{kind}-{tag.replace('+', '_')}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _cxx() -> str | None:
-    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
-
-
-@functools.cache
-def _ninja_reason() -> str | None:
-    return None if cpp_extension().is_ninja_available() else "ninja is not installed (pip install ninja)"
-
-
-def _cpu_flags() -> list[str]:
-    # -fno-trapping-math: nothing here relies on FP exception traps, and it lets GCC if-convert
-    # (vectorise) the branch-free window maths.
-    flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
-    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        flags.append("-march=native")
-    return flags
-
-
-def _cuda_arch_flags() -> list[str]:
-    """-gencode flags: TORCH_CUDA_ARCH_LIST if set (torch handles it), else the visible GPUs, else sm_90."""
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return []
-    if torch.cuda.is_available():
-        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    else:
-        caps = [(9, 0)]
-    return [f"-gencode=arch=compute_{a}{b},code=sm_{a}{b}" for a, b in caps]
-
-
-def _load(name: str, sources, kind: str, **kwargs) -> None:
-    try:
-        cpp_extension().load(
-            name=name,
-            sources=[str(s) for s in sources],
-            extra_include_paths=[str(CSRC)],
-            build_directory=str(build_directory(kind)),
-            is_python_module=False,
-            verbose=os.environ.get("POOLBENCH_VERBOSE_BUILD", "") not in ("", "0"),
-            **kwargs,
-        )
-    except Exception as exc:  # recorded so `available` can explain, then re-raised
-        _BUILD_ERRORS[kind] = f"building the {kind} extension failed: {type(exc).__name__}: {str(exc)[-2000:]}"
-        raise RuntimeError(_BUILD_ERRORS[kind]) from exc
-
 
 @functools.cache
 def load_cpu() -> None:
     """Build (once, cached) and load the schema + CPU kernel; register fake and autograd."""
-    reason = cpu_unavailable_reason("cpu")
-    if reason is not None:
-        raise RuntimeError(reason)
-    _load("poolbench_dpp_cpu", SCHEMA_SOURCES, "cpu", extra_cflags=_cpu_flags(), extra_ldflags=["-fopenmp"])
+    load_cpu_library()
     register_dpp_op(NAMESPACE, dpp_vectorized)
 
 
 @functools.cache
 def load_cuda() -> None:
     """Build (once, cached) and load the CUDA kernel (the schema comes from the CPU library)."""
-    reason = cuda_unavailable_reason("cuda", need_device=False)
-    if reason is not None:
-        raise RuntimeError(reason)
     load_cpu()
-    home = cuda_home()
-    # torch resolves CUDA_HOME once, at import, from nvcc's location; /usr/local/bin/nvcc
-    # wrappers make that /usr/local.  Point it (and nvcc's subprocess) at the real toolkit.
-    os.environ["CUDA_HOME"] = home
-    cpp_extension().CUDA_HOME = home
-    _load(
-        "poolbench_dpp_cuda",
-        CUDA_SOURCES,
-        "cuda",
-        extra_cflags=["-O3"],
-        extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", *_cuda_arch_flags()],
-    )
-
-
-def cpu_unavailable_reason(device: str = "cpu") -> str | None:
-    """Why the ``cpp`` tier cannot run (no compiler, no ninja, failed build), or ``None``. Cheap."""
-    if "cpu" in _BUILD_ERRORS:
-        return _BUILD_ERRORS["cpu"]
-    if _cxx() is None:
-        return "no C++ compiler found (set CXX or install g++/clang++) to build the cpp DPP kernel"
-    return _ninja_reason()
-
-
-def cuda_unavailable_reason(device: str = "cuda", *, need_device: bool = True) -> str | None:
-    """Why the ``cuda`` tier cannot run (no GPU, CPU-only torch, no nvcc, failed build), or ``None``. Cheap."""
-    if torch.version.cuda is None:
-        return "this torch build has no CUDA support"
-    if need_device and not torch.cuda.is_available():
-        return "no CUDA device is available"
-    if "cuda" in _BUILD_ERRORS:
-        return _BUILD_ERRORS["cuda"]
-    if cuda_home() is None:
-        return "no CUDA toolkit (nvcc + libcudart) found; set CUDA_HOME to build the cuda DPP kernel"
-    return cpu_unavailable_reason("cpu")
+    load_cuda_library()
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 
 from ..layerbench import run_layerbench, to_markdown
 from ..results import check_output_file
+from ..shapes import POOL_LAYER_MODELS
 from ..tolerances import DTYPES
 from ._options import bounded_float, bounded_int
 
@@ -29,7 +30,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tiers", nargs="+", help="only these DPP tiers (default: every available one but reference)")
     parser.add_argument("--variants", nargs="+", default=["dpp_lite_sym"],
                         help="DPP variants (default dpp_lite_sym; e.g. dpp_full_asym)")
-    parser.add_argument("--layers", nargs="+", type=bounded_int(1, 5), help="VGG-16 pooling layers 1-5 (default all)")
+    parser.add_argument("--model", default="vgg16", choices=POOL_LAYER_MODELS,
+                        help="whose pooling layers: vgg16 (five 2x2/2) or resnet50 (3x3/2 pad 1 stem + three 2x2/2)")
+    parser.add_argument("--layers", nargs="+", type=bounded_int(1, 16),
+                        help="pooling layers of --model, 1-based (default all)")
     parser.add_argument("--resolution", type=bounded_int(32, 8192), default=224, help="input image size (default 224)")
     parser.add_argument("--min-run-time", type=bounded_float(0, 60), default=0.2, help="seconds of timing per measurement")
     parser.add_argument("--repeats", type=bounded_int(1, 100), default=3,
@@ -62,7 +66,7 @@ def run(args) -> int:
         device=args.device, batch=args.batch, dtype=DTYPES[args.dtype], tiers=args.tiers, variants=args.variants,
         resolution=args.resolution, layers=args.layers, min_run_time=args.min_run_time, repeats=args.repeats,
         statistic=args.statistic, threads=args.threads,
-        progress=progress, on_layer=save_partial,
+        progress=progress, on_layer=save_partial, model=args.model,
     )
     report = to_markdown(rows, meta, command=command)
     print(report)
@@ -76,6 +80,8 @@ def run(args) -> int:
 def _command_line(args) -> str:
     """The equivalent command line, for the report (rebuilt from the parsed arguments)."""
     parts = ["poolbench", "layerbench", "--device", args.device, "--batch", str(args.batch), "--dtype", args.dtype]
+    if args.model != "vgg16":
+        parts += ["--model", args.model]
     for flag, value in (("--tiers", args.tiers), ("--variants", args.variants), ("--layers", args.layers)):
         if value:
             parts += [flag, *map(str, value)]

@@ -60,6 +60,21 @@ inline ChannelParams make_channel_params(const at::Tensor& x, const at::Tensor& 
   return p;
 }
 
+// Kernel-side view of the channel parameters (pointers valid while `cp` lives).
+template <typename T>
+ChannelArgs<T> channel_args(const ChannelParams& cp, double eps2, bool asym, bool scale_invariant) {
+  ChannelArgs<T> a;
+  a.alpha = cp.alpha.data_ptr<T>();
+  a.log2_alpha = cp.log2_alpha.data_ptr<T>();
+  a.lam = cp.lam.data_ptr<T>();
+  a.weight = cp.weight.defined() ? cp.weight.data_ptr<T>() : nullptr;
+  a.bias = cp.bias.defined() ? cp.bias.data_ptr<T>() : nullptr;
+  a.eps2 = static_cast<T>(eps2);
+  a.asym = asym;
+  a.scale_invariant = scale_invariant;
+  return a;
+}
+
 // Number of per-channel gradient slots: alpha, lam, then F (9) and b for Full-DPP.
 inline int channel_grad_slots(bool full) { return full ? 12 : 2; }
 

@@ -13,6 +13,11 @@
 //   d_i  = v_i − c̃              (Asym: max(0, v_i − c̃))
 //   c_i  = d_i² + ε²             (scale-invariant option: c_i / mean_i c_i)
 //   ℓ_i  = (λ/2)·log2 c_i        (log domain, base 2: exp2/log2 are the cheap hardware ops)
+//
+// log2 c_i is formed without d_i² where d_i² would overflow (|d| > 1e15 in float32):
+// log2(d² + ε²) = 2·log2|d| + log2(1 + ε²/d²), evaluated as 2k + log2((d·2^-k)² + ε²·2^-2k)
+// (scaling by a power of two is exact, so this is the same value with one log), and the
+// backward's d/c likewise; inputs up to |x| ~ 1e30 keep finite outputs and gradients.
 //   M    = max(max_i ℓ_i, log2 α)
 //   e_i  = 2^(ℓ_i − M),  a = 2^(log2 α − M)   (0 when α = 0)
 //   y    = Σ (e_i + a)·v_i / Σ (e_i + a)
@@ -59,7 +64,7 @@
 namespace poolbench_dpp {
 
 // ---------------------------------------------------------------------------
-// exp2 / log2.  On the GPU the hardware-backed exp2f/log2f (≤ 2 ulp); on the
+// exp2 / log2.  On the GPU the hardware-backed exp2f/__log2f (≤ 2 ulp); on the
 // host a branch-free Cephes-style polynomial (≈ 1 ulp) that compilers
 // vectorise inside `omp simd` loops (libm calls would stop vectorisation).
 // float64 uses libm everywhere (gradcheck only; speed does not matter).
@@ -142,7 +147,9 @@ DPP_HD float poly_exp2(float x) {
 
 DPP_HD float dpp_log2(float x) {
 #if defined(__CUDA_ARCH__)
-  return log2f(x);
+  // One MUFU.LG2 (≤ 2 ulp; abs. error 2^-22 on [0.5, 2]) instead of log2f's ~40-instruction
+  // precise routine; its inputs are never subnormal (c ≥ ε², or ε²-scaled sums).
+  return __log2f(x);
 #else
   return poly_log2(x);
 #endif
@@ -182,6 +189,50 @@ DPP_HD T dpp_min(T a, T b) {
   return a < b ? a : b;
 }
 
+template <typename T>
+DPP_HD T dpp_abs(T a) {
+  return a < T(0) ? -a : a;
+}
+
+// Where d² + ε² would overflow the compute dtype: above `threshold`, d is scaled by 2^-shift
+// (exact) before squaring.  threshold² stays far below the dtype's max, and (threshold·2^-shift)²
+// far above its min, so neither branch loses the d² term.
+template <typename T>
+struct HugeDeviation;
+template <>
+struct HugeDeviation<float> {
+  static constexpr float threshold = 1e15f;
+  static constexpr float scale = 0x1p-70f;  // 2^-70: |d| ≤ 3.4e38 → (d·2^-70)² ≤ 1e35
+  static constexpr float log2_inv_scale2 = 140.0f;
+};
+template <>
+struct HugeDeviation<double> {
+  static constexpr double threshold = 1e150;
+  static constexpr double scale = 0x1p-600;
+  static constexpr double log2_inv_scale2 = 1200.0;
+};
+
+// The exact rescaling of d before squaring: 2^-shift where |d| is huge, else 1.  A plain value
+// (no struct with a bool) keeps the CPU kernel's window loop vectorised.
+template <typename T>
+DPP_HD T huge_deviation_scale(T d) {
+  return dpp_abs(d) > HugeDeviation<T>::threshold ? HugeDeviation<T>::scale : T(1);
+}
+
+// log2(d² + ε²) for any finite d (see the header comment): log2((s·d)² + s²·ε²) − 2·log2 s.
+template <typename T>
+DPP_HD T log2_charbonnier(T d, T eps2) {
+  const T s = huge_deviation_scale(d), ds = d * s;
+  return dpp_log2(ds * ds + eps2 * s * s) + (s < T(1) ? HugeDeviation<T>::log2_inv_scale2 : T(0));
+}
+
+// d / (d² + ε²) = s·(s·d) / ((s·d)² + s²·ε²) for any finite d, without forming d² when it would overflow.
+template <typename T>
+DPP_HD T deviation_over_charbonnier(T d, T eps2) {
+  const T s = huge_deviation_scale(d), ds = d * s;
+  return ds * s / (ds * ds + eps2 * s * s);
+}
+
 // ---------------------------------------------------------------------------
 // Geometry
 // ---------------------------------------------------------------------------
@@ -197,6 +248,29 @@ DPP_HD void window_span(int64_t o, int kernel_size, int stride, int padding, int
   const int64_t start = o * stride - padding;
   lo = dpp_max<int64_t>(start, 0);
   hi = dpp_min<int64_t>(start + kernel_size, size);
+}
+
+// Output indices [lo, hi) along an axis whose whole window lies inside the input
+// (o·s − pad ≥ 0 and o·s − pad + k ≤ size): the kernels' fast paths with no bounds checks.
+DPP_HD void interior_span(int64_t size, int64_t out_size, int kernel_size, int stride, int padding, int64_t& lo,
+                          int64_t& hi) {
+  lo = dpp_min<int64_t>((padding + stride - 1) / stride, out_size);
+  hi = dpp_min<int64_t>((size - kernel_size + padding) / stride + 1, out_size);
+  hi = dpp_max(hi, lo);
+}
+
+// The block of interior windows of a plane: rows [row0, row0 + rows) × columns [col0, col0 + cols);
+// empty (all zero) when either extent is.
+struct InteriorRegion {
+  int64_t row0, rows, col0, cols;
+};
+
+DPP_HD InteriorRegion interior_region(const Geometry& g) {
+  int64_t r0, r1, c0, c1;
+  interior_span(g.height, g.out_height, g.kernel_size, g.stride, g.padding, r0, r1);
+  interior_span(g.width, g.out_width, g.kernel_size, g.stride, g.padding, c0, c1);
+  if (r1 == r0 || c1 == c0) return {0, 0, 0, 0};
+  return {r0, r1 - r0, c0, c1 - c0};
 }
 
 // Output indices [lo, hi] (inclusive, clipped) whose window or Full guide stencil touches input index `i`.
@@ -290,6 +364,31 @@ DPP_HD Params<T> make_params(T alpha, T log2_alpha, T lam, T eps2, bool asym, bo
   return p;
 }
 
+// Per-channel parameter pointers (accumulation dtype, on the kernel's device) and the
+// per-call options: what every CPU and CUDA kernel reads to set up a channel.
+template <typename T>
+struct ChannelArgs {
+  const T* alpha;
+  const T* log2_alpha;
+  const T* lam;
+  const T* weight;  // (C, 9) or nullptr (Lite-DPP)
+  const T* bias;    // (C,) or nullptr
+  T eps2;
+  bool asym;
+  bool scale_invariant;
+
+  DPP_HD Params<T> params(int64_t c) const {
+    return make_params(alpha[c], log2_alpha[c], lam[c], eps2, asym, scale_invariant);
+  }
+
+  // Full-DPP's 3×3 filter and bias of channel c (zeros for Lite-DPP, where they are unused).
+  DPP_HD void guide(int64_t c, T* f9, T& b) const {
+DPP_UNROLL
+    for (int t = 0; t < 9; ++t) f9[t] = weight != nullptr ? weight[c * 9 + t] : T(0);
+    b = bias != nullptr ? bias[c] : T(0);
+  }
+};
+
 template <typename T>
 struct WindowStats {
   T shift;      // M
@@ -314,12 +413,13 @@ DPP_HD WindowStats<T> window_forward(const T* v, int n, T centre, const Params<T
 DPP_UNROLL
   for (int i = 0; i < n; ++i) {
     const T d = deviation(v[i], centre, p.asym);
-    const T c = d * d + p.eps2;
-    lc[i] = dpp_log2(c);
-    sum_c += c;
+    lc[i] = log2_charbonnier(d, p.eps2);
+    sum_c += d * d + p.eps2;  // scale-invariant option only (inf for huge deviations)
   }
-  // Branch-free on purpose: the CPU kernel vectorises this across windows.
-  const T log2_mean = p.scale_invariant * dpp_log2(sum_c / static_cast<T>(n));  // Σc ≥ n·ε² > 0
+  // Branch-free on purpose: the CPU kernel vectorises this across windows.  Σc ≥ n·ε² > 0; the
+  // clamp keeps 0·log2(inf) = NaN out of the default (not scale-invariant) path.
+  const T mean_c = dpp_min(sum_c / static_cast<T>(n), std::numeric_limits<T>::max());
+  const T log2_mean = p.scale_invariant * dpp_log2(mean_c);
   T shift = p.log2_alpha;
 DPP_UNROLL
   for (int i = 0; i < n; ++i) {
@@ -372,9 +472,8 @@ DPP_UNROLL
 DPP_UNROLL
   for (int i = 0; i < n; ++i) {
     const T d = deviation(v[i], centre, p.asym);
-    const T c = d * d + p.eps2;
     const T h = (v[i] - s.out) * e[i];
-    const T g_d = gs * p.half_lam * (h / c - correction) * T(2) * d;
+    const T g_d = gs * p.half_lam * T(2) * (h * deviation_over_charbonnier(d, p.eps2) - correction * d);
     gv[i] = gs * (e[i] + s.alpha_w) + g_d;
     g_centre -= g_d;
   }

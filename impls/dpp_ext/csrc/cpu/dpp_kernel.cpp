@@ -22,6 +22,11 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define DPP_HAS_MXCSR 1
+#endif
+
 #include "../dpp_args.h"
 
 namespace poolbench_dpp {
@@ -43,25 +48,32 @@ namespace {
 // (VGG-16's last pooling layer), few enough that the packed taps stay in L1/L2.
 constexpr int64_t kBlockWindows = 512;
 
-template <typename T>
-struct ChannelPtrs {
-  const T* alpha;
-  const T* log2_alpha;
-  const T* lam;
-  const T* weight;  // (C, 9) or nullptr
-  const T* bias;    // (C,) or nullptr
-
-  Params<T> params(int64_t c, T eps2, bool asym, bool scale_invariant) const {
-    return make_params(alpha[c], log2_alpha[c], lam[c], eps2, asym, scale_invariant);
+// While a float32 kernel runs on this thread: flush subnormal results to zero and read subnormal
+// inputs as zero (x86 MXCSR FTZ|DAZ), restored afterwards.  Weights 2^(ℓ−M) far below a window's
+// largest one (large λ, a guide far from the taps) make subnormal products, and each costs x86
+// CPUs a ~100-cycle microcode assist: Full-DPP backward with random guides ran 15× slower.
+// Anything below 2^-126 of the window's largest weight is invisible at float32 precision.
+class FlushSubnormals {
+ public:
+  explicit FlushSubnormals(bool enable) {
+#ifdef DPP_HAS_MXCSR
+    saved_ = _mm_getcsr();
+    if (enable) _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+#else
+    (void)enable;
+#endif
   }
-};
+  ~FlushSubnormals() {
+#ifdef DPP_HAS_MXCSR
+    _mm_setcsr(saved_);
+#endif
+  }
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
 
-template <typename T>
-ChannelPtrs<T> channel_ptrs(const ChannelParams& cp) {
-  return {cp.alpha.data_ptr<T>(), cp.log2_alpha.data_ptr<T>(), cp.lam.data_ptr<T>(),
-          cp.weight.defined() ? cp.weight.data_ptr<T>() : nullptr,
-          cp.bias.defined() ? cp.bias.data_ptr<T>() : nullptr};
-}
+ private:
+  unsigned saved_ = 0;
+};
 
 // Per-thread scratch: window arrays for the generic path, packed tap buffers for the SIMD path.
 template <typename T>
@@ -97,20 +109,6 @@ struct Scratch {
     }
   }
 };
-
-// Output columns whose window lies inside the image: [lo, hi).
-inline void interior_columns(const Geometry& g, int64_t& lo, int64_t& hi) {
-  lo = std::min<int64_t>((g.padding + g.stride - 1) / g.stride, g.out_width);
-  hi = std::min<int64_t>((g.width - g.kernel_size + g.padding) / g.stride + 1, g.out_width);
-  hi = std::max(hi, lo);
-}
-
-// Output rows whose window lies inside the image: [lo, hi).
-inline void interior_rows(const Geometry& g, int64_t& lo, int64_t& hi) {
-  lo = std::min<int64_t>((g.padding + g.stride - 1) / g.stride, g.out_height);
-  hi = std::min<int64_t>((g.height - g.kernel_size + g.padding) / g.stride + 1, g.out_height);
-  hi = std::max(hi, lo);
-}
 
 // ---------------------------------------------------------------------------
 // Generic path: one window at a time (any k, s, padding).
@@ -179,6 +177,25 @@ void generic_backward(const scalar_t* plane, T* grad_plane, const Geometry& g, i
 template <int K, int S, bool FULL>
 struct Simd {
   static constexpr int kTaps = K * K;
+  // Full-DPP's guide fits the pooled grid only with padding 1 for K = 3 and 0 for K = 2, so its
+  // 3×3 stencil (rows o·S − 1 + dy) overlaps the window (rows o·S − pad + i) at i = dy − 1 + pad:
+  // all nine taps for K = 3, four for K = 2.  Those are read from the packed window, not packed twice.
+  static constexpr int kGuidePad = K == 3 ? 1 : 0;
+
+  // Window tap that holds stencil tap t (row-major 3×3), or −1 if it lies outside the window.
+  static constexpr int window_tap(int t) {
+    return (t / 3 - 1 + kGuidePad >= 0 && t / 3 - 1 + kGuidePad < K && t % 3 - 1 + kGuidePad >= 0 &&
+            t % 3 - 1 + kGuidePad < K)
+               ? (t / 3 - 1 + kGuidePad) * K + (t % 3 - 1 + kGuidePad)
+               : -1;
+  }
+
+  // Packed row of stencil tap t for a block: inside the window's taps, or its own stencil row.
+  template <typename T>
+  static const T* stencil_source(const Scratch<T>& s, int t) {
+    const int w = window_tap(t);
+    return w >= 0 ? s.taps.data() + w * s.capacity : s.stencil.data() + t * s.capacity;
+  }
 
   // Output columns [a, b) ⊂ [lo, hi) whose stencil column ow·S − 1 + dx is inside the image.
   static void stencil_columns(const Geometry& g, int64_t lo, int64_t hi, int dx, int64_t& a, int64_t& b) {
@@ -208,6 +225,7 @@ struct Simd {
           const int64_t h = oh * S - 1 + dy;
           const bool row_inside = h >= 0 && h < g.height;
           for (int dx = 0; dx < 3; ++dx) {
+            if (window_tap(dy * 3 + dx) >= 0) continue;  // read from the window's taps
             T* dst = s.stencil.data() + (dy * 3 + dx) * cap + base;
             int64_t a, b;
             stencil_columns(g, lo, hi, dx, a, b);
@@ -242,7 +260,7 @@ struct Simd {
       if (FULL) {
         T v9[9];
         DPP_UNROLL
-        for (int t = 0; t < 9; ++t) v9[t] = sten[t * cap + j];
+        for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
         centre = full_centre(v9, f9, bias);
       } else {
         centre = lite_centre(v, kTaps);
@@ -274,7 +292,7 @@ struct Simd {
       if (FULL) {
         T v9[9];
         DPP_UNROLL
-        for (int t = 0; t < 9; ++t) v9[t] = sten[t * cap + j];
+        for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
         centre = full_centre(v9, f9, bias);
       } else {
         centre = lite_centre(v, kTaps);
@@ -303,7 +321,7 @@ struct Simd {
       for (int64_t j = 0; j < count; ++j) g_bias += centre_grad[j];
       acc[11] += g_bias;
       for (int t = 0; t < 9; ++t) {
-        const T* src = sten + t * cap;
+        const T* src = stencil_source(s, t);
         T g_f = 0;
 #pragma omp simd reduction(+ : g_f)
         for (int64_t j = 0; j < count; ++j) g_f += centre_grad[j] * src[j];
@@ -352,8 +370,8 @@ struct Simd {
   static void forward_plane(const scalar_t* plane, scalar_t* out_plane, const Geometry& g, const Params<T>& p,
                             const T* f9, T bias, Scratch<T>& s) {
     int64_t row_lo, row_hi, lo, hi;
-    interior_rows(g, row_lo, row_hi);
-    interior_columns(g, lo, hi);
+    interior_span(g.height, g.out_height, g.kernel_size, g.stride, g.padding, row_lo, row_hi);
+    interior_span(g.width, g.out_width, g.kernel_size, g.stride, g.padding, lo, hi);
     const int64_t width = hi - lo;
     const bool any_inner = row_hi > row_lo && width > 0;
     for (int64_t oh = 0; oh < g.out_height; ++oh) {
@@ -381,8 +399,8 @@ struct Simd {
   static void backward_plane(const scalar_t* plane, const scalar_t* gy_plane, T* grad_plane, const Geometry& g,
                              const Params<T>& p, const T* f9, T bias, Scratch<T>& s, double* acc) {
     int64_t row_lo, row_hi, lo, hi;
-    interior_rows(g, row_lo, row_hi);
-    interior_columns(g, lo, hi);
+    interior_span(g.height, g.out_height, g.kernel_size, g.stride, g.padding, row_lo, row_hi);
+    interior_span(g.width, g.out_width, g.kernel_size, g.stride, g.padding, lo, hi);
     const int64_t width = hi - lo;
     const bool any_inner = row_hi > row_lo && width > 0;
     if (any_inner) {
@@ -431,7 +449,10 @@ struct Generic {
 // Calls fn(Path{}) with the SIMD path matching the geometry, or Generic.
 template <typename T, typename Fn>
 void dispatch_path(const Geometry& g, Fn&& fn) {
-  if (std::is_same<T, float>::value) {
+  // Full-DPP's SIMD paths read the guide's stencil from the window (Simd::kGuidePad); the one
+  // other padding its guide allows (2×2/2 pad 1 on odd sizes) takes the generic path.
+  const bool guide_in_window = !g.full || g.padding == (g.kernel_size == 3 ? 1 : 0);
+  if (std::is_same<T, float>::value && guide_in_window) {
     const int key = g.kernel_size * 100 + g.stride * 10 + (g.full ? 1 : 0);
     switch (key) {
       case 220: return fn(Simd<2, 2, false>{});
@@ -461,18 +482,19 @@ at::Tensor dpp_forward_cpu(const at::Tensor& x_in, const at::Tensor& alpha, cons
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_forward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    const ChannelPtrs<T> ptr = channel_ptrs<T>(cp);
+    const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.data_ptr<scalar_t>();
     dispatch_path<T>(g, [&](auto path) {
       using Path = decltype(path);
       at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+        const FlushSubnormals flush(std::is_same<T, float>::value);
         Scratch<T> s(g);
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t c = plane % channels;
-          const Params<T> p = ptr.params(c, static_cast<T>(eps2), asym, scale_invariant);
-          const T* f9 = ptr.weight ? ptr.weight + c * 9 : nullptr;
-          const T b = ptr.bias ? ptr.bias[c] : T(0);
+          const Params<T> p = args.params(c);
+          const T* f9 = args.weight ? args.weight + c * 9 : nullptr;
+          const T b = args.bias ? args.bias[c] : T(0);
           Path::forward_plane(x_data + plane * g.height * g.width, y_data + plane * g.out_height * g.out_width, g, p,
                               f9, b, s);
         }
@@ -501,7 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
   std::vector<double> partial(static_cast<size_t>(batch * channels * slots), 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    const ChannelPtrs<T> ptr = channel_ptrs<T>(cp);
+    const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* gy_data = grad.const_data_ptr<scalar_t>();
     scalar_t* gx_data = grad_x.data_ptr<scalar_t>();
@@ -509,14 +531,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
     dispatch_path<T>(g, [&](auto path) {
       using Path = decltype(path);
       at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+        const FlushSubnormals flush(std::is_same<T, float>::value);
         Scratch<T> s(g);
         constexpr bool same = std::is_same<scalar_t, T>::value;
         if (!same) s.plane_grad.resize(plane_size);
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t c = plane % channels;
-          const Params<T> p = ptr.params(c, static_cast<T>(eps2), asym, scale_invariant);
-          const T* f9 = ptr.weight ? ptr.weight + c * 9 : nullptr;
-          const T b = ptr.bias ? ptr.bias[c] : T(0);
+          const Params<T> p = args.params(c);
+          const T* f9 = args.weight ? args.weight + c * 9 : nullptr;
+          const T b = args.bias ? args.bias[c] : T(0);
           scalar_t* gx_plane = gx_data + plane * plane_size;
           T* acc_plane = same ? reinterpret_cast<T*>(gx_plane) : s.plane_grad.data();
           std::fill(acc_plane, acc_plane + plane_size, T(0));

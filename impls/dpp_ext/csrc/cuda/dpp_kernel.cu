@@ -1,13 +1,16 @@
 // DPP forward/backward on CUDA: registers the CUDA dispatch key only.
 //
 // Forward: one thread per output window, fused (guide, log-domain weights,
-// normalised weighted sum), reading each tap once from global memory.
+// normalised weighted sum), reading each tap once from global memory.  Interior
+// windows of 2×2 and 3×3 kernels run in their own kernel with compile-time tap
+// offsets and no local memory; the few border windows (and other kernel sizes)
+// run in a second kernel that gathers with bounds checks.
 //
 // Backward (the weights are recomputed, nothing but x is saved):
 //  * window kernel — one thread per window of one channel (grid.y = channel):
 //    per-channel α, λ (F, b) gradients, reduced per block in a fixed tree order
-//    into a (C, blocks, slots) table that a second tiny kernel sums sequentially,
-//    so the result is bitwise reproducible (no atomics).  Where windows do not
+//    into a (C, blocks, slots) table that a second kernel reduces per channel in
+//    parallel, again in a fixed order, so the result is bitwise reproducible (no atomics).  Where windows do not
 //    overlap (stride ≥ kernel_size) it also writes the window's input gradient
 //    directly (each pixel belongs to at most one window).
 //  * Full-DPP, non-overlapping: a stencil kernel adds the guide's share F·∂c̃
@@ -50,47 +53,6 @@ constexpr int kThreads = 256;
 constexpr int kMaxKernelSize = 8;           // generic windows live in local memory: ≤ 8×8 taps
 constexpr int kGenericTaps = kMaxKernelSize * kMaxKernelSize;
 constexpr int64_t kMaxReduceBlocks = 1024;  // per channel, in the window kernel
-
-template <typename T>
-struct ChannelArgs {
-  const T* alpha;
-  const T* log2_alpha;
-  const T* lam;
-  const T* weight;  // (C, 9) or nullptr
-  const T* bias;    // (C,) or nullptr
-  T eps2;
-  bool asym;
-  bool scale_invariant;
-
-  __device__ __forceinline__ Params<T> params(int64_t c) const {
-    return make_params(alpha[c], log2_alpha[c], lam[c], eps2, asym, scale_invariant);
-  }
-  __device__ __forceinline__ void guide(int64_t c, T* f9, T& b) const {
-    if (weight != nullptr) {
-#pragma unroll
-      for (int t = 0; t < 9; ++t) f9[t] = weight[c * 9 + t];
-      b = bias[c];
-    } else {
-#pragma unroll
-      for (int t = 0; t < 9; ++t) f9[t] = T(0);
-      b = T(0);
-    }
-  }
-};
-
-template <typename T>
-ChannelArgs<T> channel_args(const ChannelParams& cp, double eps2, bool asym, bool scale_invariant) {
-  ChannelArgs<T> a;
-  a.alpha = cp.alpha.data_ptr<T>();
-  a.log2_alpha = cp.log2_alpha.data_ptr<T>();
-  a.lam = cp.lam.data_ptr<T>();
-  a.weight = cp.weight.defined() ? cp.weight.data_ptr<T>() : nullptr;
-  a.bias = cp.bias.defined() ? cp.bias.data_ptr<T>() : nullptr;
-  a.eps2 = static_cast<T>(eps2);
-  a.asym = asym;
-  a.scale_invariant = scale_invariant;
-  return a;
-}
 
 // Split a flat index over planes of height × width into (plane, channel, row, col); 32-bit
 // arithmetic when everything fits (64-bit division costs GPUs tens of instructions per thread).
@@ -180,30 +142,62 @@ __device__ __forceinline__ WindowGrads<T> backward_window(const scalar_t* __rest
 // Forward
 // ---------------------------------------------------------------------------
 
+// Interior windows (K ∈ {2, 3}): compile-time tap offsets, no bounds checks, everything in
+// registers (no local memory: `poolbench kernels` checks the stack frame is 0 bytes).
 template <int K, bool FULL, typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
-    dpp_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, Geometry g, ChannelArgs<T> args,
-                       int64_t channels, int64_t total, bool small) {
-  constexpr int kFixedTaps = K > 0 ? K * K : 1;
-  constexpr int kTaps = K > 0 ? kFixedTaps : kGenericTaps;
+    dpp_forward_interior_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, Geometry g,
+                                ChannelArgs<T> args, InteriorRegion r, int64_t channels, int64_t total, bool small) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, c, oh, ow;
-    split_index(idx, g.out_height, g.out_width, channels, small, plane, c, oh, ow);
-    const Params<T> p = args.params(c);
+    int64_t plane, c, ih, iw;
+    split_index(idx, r.rows, r.cols, channels, small, plane, c, ih, iw);
+    const int64_t oh = r.row0 + ih, ow = r.col0 + iw;
     T f9[9], bias;
     args.guide(c, f9, bias);
-    const scalar_t* src = x + plane * g.height * g.width;
-    T out;
-    bool done = false;
-    if constexpr (K > 0) {
-      if (interior_window(g, oh, ow)) {
-        out = forward_window<K, true, FULL, kFixedTaps>(src, g, oh, ow, p, f9, bias);
-        done = true;
-      }
-    }
-    if (!done) out = forward_window<K, false, FULL, kTaps>(src, g, oh, ow, p, f9, bias);
-    y[idx] = static_cast<scalar_t>(out);
+    const T out = forward_window<K, true, FULL, K * K>(x + plane * g.height * g.width, g, oh, ow, args.params(c), f9,
+                                                       bias);
+    y[(plane * g.out_height + oh) * g.out_width + ow] = static_cast<scalar_t>(out);
+  }
+}
+
+// Index i of a plane's windows outside the interior region → (oh, ow): the rows above it, the
+// columns left and right of it, then the rows below it.
+__device__ __forceinline__ void border_window(int64_t i, const Geometry& g, const InteriorRegion& r, int64_t& oh,
+                                              int64_t& ow) {
+  const int64_t top = r.row0 * g.out_width, side = g.out_width - r.cols, middle = r.rows * side;
+  if (i < top) {
+    oh = i / g.out_width;
+    ow = i - oh * g.out_width;
+  } else if (i - top < middle) {
+    const int64_t j = i - top, row = j / side, k = j - row * side;
+    oh = r.row0 + row;
+    ow = k < r.col0 ? k : k + r.cols;
+  } else {
+    const int64_t j = i - top - middle, row = j / g.out_width;
+    oh = r.row0 + r.rows + row;
+    ow = j - row * g.out_width;
+  }
+}
+
+// Every other window (border windows; every window for kernel sizes without a fast path):
+// taps gathered with bounds checks into a local array of up to N taps.
+template <int K, bool FULL, typename scalar_t, typename T>
+__global__ void __launch_bounds__(kThreads)
+    dpp_forward_border_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, Geometry g,
+                              ChannelArgs<T> args, InteriorRegion r, int64_t channels, int64_t per_plane,
+                              int64_t total) {
+  constexpr int kTaps = K > 0 ? K * K : kGenericTaps;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t plane = idx / per_plane, c = plane % channels;
+    int64_t oh, ow;
+    border_window(idx - plane * per_plane, g, r, oh, ow);
+    T f9[9], bias;
+    args.guide(c, f9, bias);
+    const T out = forward_window<K, false, FULL, kTaps>(x + plane * g.height * g.width, g, oh, ow, args.params(c), f9,
+                                                        bias);
+    y[(plane * g.out_height + oh) * g.out_width + ow] = static_cast<scalar_t>(out);
   }
 }
 
@@ -314,16 +308,21 @@ __global__ void __launch_bounds__(kThreads)
   block_reduce_store<SLOTS>(acc, partial + (c * gridDim.x + blockIdx.x) * SLOTS);
 }
 
-// (C, blocks, slots) → (C, slots), summed in block order in float64.
-template <typename T>
-__global__ void dpp_reduce_partials_kernel(const T* __restrict__ partial, double* __restrict__ out, int64_t channels,
-                                           int64_t blocks, int slots) {
-  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (k >= channels * slots) return;
-  const int64_t c = k / slots, s = k - c * slots;
-  double sum = 0;
-  for (int64_t b = 0; b < blocks; ++b) sum += static_cast<double>(partial[(c * blocks + b) * slots + s]);
-  out[k] = sum;
+// (C, blocks, SLOTS) → (C, SLOTS) in float64, one CUDA block per channel: thread t sums the
+// partials of blocks t, t + kThreads, … in order, then a fixed tree over the threads —
+// parallel, and bitwise reproducible (no atomics).
+template <int SLOTS, typename T>
+__global__ void __launch_bounds__(kThreads)
+    dpp_reduce_partials_kernel(const T* __restrict__ partial, double* __restrict__ out, int64_t blocks) {
+  const int64_t c = blockIdx.x;
+  double acc[SLOTS];
+#pragma unroll
+  for (int s = 0; s < SLOTS; ++s) acc[s] = 0.0;
+  for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) {
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) acc[s] += static_cast<double>(partial[(c * blocks + b) * SLOTS + s]);
+  }
+  block_reduce_store<SLOTS>(acc, out + c * SLOTS);
 }
 
 // ---------------------------------------------------------------------------
@@ -459,19 +458,35 @@ at::Tensor dpp_forward_cuda(const at::Tensor& x_in, const at::Tensor& alpha, con
   const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias);
   const int64_t batch = x.size(0), channels = x.size(1);
   at::Tensor y = at::empty({batch, channels, g.out_height, g.out_width}, x.options());
-  const int64_t total = y.numel();
-  if (total == 0) return y;
-  const bool small = total < std::numeric_limits<int32_t>::max();
+  if (y.numel() == 0) return y;
+  // Fast path only for K ∈ {2, 3}; other kernel sizes send every window down the border kernel.
+  const InteriorRegion region = g.kernel_size == 2 || g.kernel_size == 3 ? interior_region(g) : InteriorRegion{0, 0, 0, 0};
+  const int64_t planes = batch * channels, inner = planes * region.rows * region.cols;
+  const int64_t per_plane_border = g.out_height * g.out_width - region.rows * region.cols;
   auto stream = DPP_STREAM();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
     dispatch_kernel_size(g.kernel_size, [&](auto k) {
       dispatch_full(g.full, [&](auto full) {
-        auto kernel = dpp_forward_kernel<decltype(k)::value, decltype(full)::value, scalar_t, T>;
-        DPP_LAUNCH(kernel, blocks_for(total), kThreads, stream)(x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g,
-                                                                args, channels, total, small);
-        DPP_LAUNCH_CHECK();
+        constexpr int K = decltype(k)::value;
+        constexpr bool FULL = decltype(full)::value;
+        if constexpr (K > 0) {
+          if (inner > 0) {
+            auto kernel = dpp_forward_interior_kernel<K, FULL, scalar_t, T>;
+            DPP_LAUNCH(kernel, blocks_for(inner), kThreads, stream)(x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                                                    g, args, region, channels, inner,
+                                                                    inner < std::numeric_limits<int32_t>::max());
+            DPP_LAUNCH_CHECK();
+          }
+        }
+        if (per_plane_border > 0) {
+          auto kernel = dpp_forward_border_kernel<K, FULL, scalar_t, T>;
+          DPP_LAUNCH(kernel, blocks_for(planes * per_plane_border), kThreads, stream)(
+              x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g, args, region, channels, per_plane_border,
+              planes * per_plane_border);
+          DPP_LAUNCH_CHECK();
+        }
       });
     });
   });
@@ -551,10 +566,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
         }
       });
     });
-    auto reduce_kernel = dpp_reduce_partials_kernel<T>;
-    DPP_LAUNCH(reduce_kernel, blocks_for(channels * slots), kThreads, stream)(
-        partial.const_data_ptr<T>(), table.data_ptr<double>(), channels, reduce_blocks, slots);
-    DPP_LAUNCH_CHECK();
+    dispatch_full(g.full, [&](auto full) {
+      auto reduce_kernel = dpp_reduce_partials_kernel<decltype(full)::value ? 12 : 2, T>;
+      DPP_LAUNCH(reduce_kernel, channels, kThreads, stream)(partial.const_data_ptr<T>(), table.data_ptr<double>(),
+                                                            reduce_blocks);
+      DPP_LAUNCH_CHECK();
+    });
   });
   auto [g_alpha, g_lam, g_weight, g_bias] = split_channel_grads(table, alpha, lam, weight, bias);
   return {grad_x, g_alpha, g_lam, g_weight, g_bias};

@@ -1,0 +1,55 @@
+"""The CUDA kernels' static report (impls/dpp_ext/static_report.py): parsing, and the real nvcc compile (slow)."""
+from __future__ import annotations
+
+import pytest
+
+from impls.dpp_ext import static_report
+from poolbench.toolchain import cuda_home
+
+PTXAS_LOG = """\
+ptxas info    : Compiling entry function '_Z6kernelPf' for 'sm_90'
+ptxas info    : Function properties for _Z6kernelPf
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 2048 bytes smem, 400 bytes cmem[0]
+ptxas info    : Compiling entry function '_Z5otherv' for 'sm_90'
+ptxas info    : Function properties for _Z5otherv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 12 registers, used 0 barriers, 360 bytes cmem[0]
+"""
+
+
+def test_parse_ptxas_reads_registers_spills_stack_and_shared_memory():
+    kernels = static_report.parse_ptxas(PTXAS_LOG)
+    assert kernels["_Z6kernelPf"] == {"stack_bytes": 8, "spill_bytes": 16, "registers": 40, "shared_bytes": 2048}
+    assert kernels["_Z5otherv"] == {"stack_bytes": 0, "spill_bytes": 0, "registers": 12, "shared_bytes": 0}
+
+
+def test_sass_loop_counts_the_outermost_backward_branch_without_nops():
+    body = [(0x00, "MOV", " R1, c[0x0][0x28]"), (0x10, "S2R", " R0, SR_TID.X"),
+            (0x20, "FADD", " R2, R2, R3"), (0x30, "NOP", ""), (0x40, "ISETP.GE.AND", " P0, PT, R0, R4, PT"),
+            (0x50, "BRA", " `(.L_x_1) 0x20"), (0x60, "EXIT", ""), (0x70, "BRA", " 0x70"), (0x80, "NOP", "")]
+    total, loop = static_report.sass_loop_instructions(body)
+    assert total == 7  # NOPs excluded
+    assert loop == 3  # FADD, ISETP, BRA (0x20..0x50); the self-branch at 0x70 is not a backward branch
+
+
+def test_bad_arch_is_rejected_with_the_expected_form():
+    with pytest.raises(ValueError, match="sm_90"):
+        static_report.cuda_kernel_rows("hopper")
+
+
+@pytest.mark.slow
+def test_cuda_kernels_compile_for_sm90_without_spills_and_interior_forward_without_local_memory():
+    """nvcc -cubin for sm_90 (minutes on 2 cores): every kernel compiles, no forward kernel spills, and the
+    interior forward kernels (the fast path of every 2×2 and 3×3 layer) use no local memory at all."""
+    if cuda_home() is None or static_report.find_tool("cuobjdump") is None:
+        pytest.skip("no CUDA toolkit (nvcc) or cuobjdump on this machine")
+    rows = static_report.cuda_kernel_rows("sm_90")
+    assert all(row["compiled"] for row in rows), rows[0]["error"]
+    forward = [row for row in rows if row["kernel"].startswith("dpp_forward")]
+    assert forward and all(row["spill_bytes"] == 0 for row in forward), [r for r in forward if r["spill_bytes"]]
+    interior = [row for row in rows if row["kernel"] == "dpp_forward_interior_kernel"]
+    # k2 and k3, Lite and Full, four dtypes
+    assert len(interior) == 16, [(r["variant"], r["dtype"], r["config"]) for r in interior]
+    assert all(row["stack_bytes"] == 0 for row in interior), [r for r in interior if r["stack_bytes"]]
+    assert all(row["sass_per_window"] for row in interior)
