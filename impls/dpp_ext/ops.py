@@ -87,6 +87,8 @@ def build_directory(kind: str) -> Path:
     if kind == "cuda":
         tag += f"-cuda{torch.version.cuda}"
     tag += f"-cpu{_cpu_fingerprint()}"
+    if _cpu_march() != "native":
+        tag += f"-march{_cpu_march()}"
     # and by source tree, so two checkouts sharing a home directory do not rebuild each other's library
     tag += f"-src{hashlib.sha1(str(CSRC).encode()).hexdigest()[:8]}"
     path = _cache_root() / "torch_extensions" / f"dpp_{kind}-{tag.replace('+', '_')}"
@@ -103,12 +105,21 @@ def _ninja_reason() -> str | None:
     return None if cpp_extension().is_ninja_available() else "ninja is not installed (pip install ninja)"
 
 
+def _cpu_march() -> str:
+    """The CPU library's -march: ``$POOLBENCH_CPP_MARCH`` or native (as torch's ``TORCHINDUCTOR_CPP_MARCH``).
+
+    The instruction-count gate runs under valgrind, which cannot decode AVX-512:
+    it builds its own copy for a CPU valgrind can emulate (x86-64-v3).
+    """
+    return os.environ.get("POOLBENCH_CPP_MARCH", "").strip() or "native"
+
+
 def _cpu_flags() -> list[str]:
     # -fno-trapping-math: nothing here relies on FP exception traps, and it lets GCC if-convert
     # (vectorise) the branch-free window maths.
     flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        flags.append("-march=native")
+        flags.append(f"-march={_cpu_march()}")
     return flags
 
 
