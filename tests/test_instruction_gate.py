@@ -249,7 +249,9 @@ def test_gate_end_to_end(tmp_path):
     assert saved.passed and saved.saved_path.is_file(), saved.messages
     unchanged = run(False)
     assert unchanged.passed, unchanged.messages
-    assert {row.change for row in unchanged.comparison.rows} == {0.0}  # exact: same counts
+    # Not always bit-identical between processes with different histories (here the first run
+    # wrote the plugin's .pyc); the gate's thresholds rest on staying far inside 0.5%.
+    assert max(abs(row.change) for row in unchanged.comparison.rows) < 0.005
     slower = run(True)
     assert not slower.passed
     assert any(m.startswith("REGRESSION igate_probe[vectorized] forward: instruction ratio to avg_pool2d up")
