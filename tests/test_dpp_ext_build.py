@@ -52,7 +52,9 @@ def test_unusable_cache_dir_falls_back_and_names_the_directory(tmp_path, which):
     result = run_probe(POOLBENCH_CACHE_DIR=cache_dir)
     assert result["picked"] == "vectorized"
     message = result["error"]
-    assert message.startswith("BuildError cpp tier unavailable: build cache directory")
+    # create(tier="cpp") refuses at once; the one line leads with the tier and then the cause
+    assert message.startswith("ValueError dpp_lite_sym[cpp] cannot run on cpu: cpp tier unavailable: "
+                              "build cache directory")
     assert repr(cache_dir) in message and "POOLBENCH_CACHE_DIR" in message
     assert "\n" not in message and len(message) < 300
 
@@ -61,7 +63,8 @@ def test_missing_compiler_falls_back_and_leads_with_the_cause(tmp_path):
     """Guards against: CXX=/nonexistent reported available, then a 2,000-character error with the cause at the end."""
     result = run_probe(CXX="/nonexistent", POOLBENCH_CACHE_DIR=str(tmp_path))
     assert result["picked"] == "vectorized"
-    assert result["error"] == "BuildError cpp tier unavailable: C++ compiler '/nonexistent' (from $CXX) not found"
+    assert result["error"] == ("ValueError dpp_lite_sym[cpp] cannot run on cpu: cpp tier unavailable: "
+                               "C++ compiler '/nonexistent' (from $CXX) not found")
 
 
 def test_build_failure_summary_leads_with_the_compiler_error():

@@ -94,6 +94,8 @@ def build_directory(kind: str) -> Path:
     if kind == "cuda":
         tag += f"-cuda{torch.version.cuda}"
     tag += f"-cpu{_cpu_fingerprint()}"
+    if cpu_march() != "native":
+        tag += f"-march{cpu_march()}"
     # and by source tree, so two checkouts sharing a home directory do not rebuild each other's library
     tag += f"-src{hashlib.sha1(str(CSRC).encode()).hexdigest()[:8]}"
     path = _cache_root() / "torch_extensions" / f"dpp_{kind}-{tag.replace('+', '_')}"
@@ -179,12 +181,21 @@ def _load(name: str, sources, kind: str, **kwargs) -> None:
     _LOADED.add(kind)
 
 
-def _cpu_flags() -> list[str]:
+def cpu_march() -> str:
+    """The CPU library's -march: ``$POOLBENCH_CPP_MARCH`` or native (as torch's ``TORCHINDUCTOR_CPP_MARCH``).
+
+    The instruction-count gate runs under valgrind, which cannot decode AVX-512:
+    it builds its own copy for a CPU valgrind can emulate (x86-64-v3).
+    """
+    return os.environ.get("POOLBENCH_CPP_MARCH", "").strip() or "native"
+
+
+def cpu_flags() -> list[str]:
     # -fno-trapping-math: nothing here relies on FP exception traps, and it lets GCC if-convert
     # (vectorise) the branch-free window maths.
     flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        flags.append("-march=native")
+        flags.append(f"-march={cpu_march()}")
     return flags
 
 
@@ -208,7 +219,7 @@ def load_cpu_library() -> None:
     reason = _static_cpu_reason()
     if reason is not None:
         raise _fail("cpu", reason)
-    _load("poolbench_dpp_cpu", SCHEMA_SOURCES, "cpu", extra_cflags=_cpu_flags(), extra_ldflags=["-fopenmp"])
+    _load("poolbench_dpp_cpu", SCHEMA_SOURCES, "cpu", extra_cflags=cpu_flags(), extra_ldflags=["-fopenmp"])
 
 
 def load_cuda_library() -> None:
