@@ -94,7 +94,6 @@ def run(args) -> int:
         return _run_instructions(args)
     config = gate.BenchConfig(device=args.device, dtype=args.dtype, batch=args.batch, resolution=args.resolution,
                               threads=args.threads, budget_s=args.budget)
-    flatten = (lambda groups: [name for group in groups for name in group] if groups else None)
     options = gate.GateOptions(
         config=config, threshold=args.threshold or gate.DEFAULT_THRESHOLD, case_threshold=args.case_threshold,
         poolers=flatten(args.poolers), tiers=flatten(args.tiers),
@@ -107,13 +106,12 @@ def run(args) -> int:
     except gate.BaselineError as exc:  # a gate that cannot compare has checked nothing: it fails
         print(f"FAILED {exc}\nbenchmark gate: FAIL")
         return 1
-    print()
-    for message in result.messages:
-        print(message)
-    if result.report_path is not None:
-        print(f"report: {result.report_path}")
-    print(f"benchmark gate: {'PASS' if result.passed else 'FAIL'} ({result.duration_s:.0f} s)")
-    return 0 if result.passed else 1
+    return _verdict("benchmark gate", result, f"{result.duration_s:.0f} s")
+
+
+def flatten(groups) -> list[str] | None:
+    """``--poolers a,b --poolers c`` → ``[a, b, c]``; ``None`` when the option was not given."""
+    return [name for group in groups for name in group] if groups else None
 
 
 def _run_instructions(args) -> int:
@@ -121,7 +119,6 @@ def _run_instructions(args) -> int:
 
     if args.device != "cpu" or args.dtype != "float32":
         raise ValueError("--metric instructions counts CPU float32 instructions only (valgrind sees no GPU)")
-    flatten = (lambda groups: [name for group in groups for name in group] if groups else None)
     options = instruction_gate.InstructionGateOptions(
         poolers=flatten(args.poolers), tiers=flatten(args.tiers), save_baseline=args.save_baseline,
         baseline_dir=args.baseline_dir, report=args.report or instruction_gate.DEFAULT_REPORT, plugins=args.plugins, echo=not args.quiet,
@@ -133,14 +130,19 @@ def _run_instructions(args) -> int:
     except (instruction_gate.BaselineError, RuntimeError) as exc:  # no baseline / no valgrind / valgrind died
         print(f"instruction gate: FAIL: {exc}")
         return 1
+    if result.saved_path is not None:
+        result.messages.append(f"baseline saved: {result.saved_path}")
+    run = result.run
+    return _verdict("instruction gate", result, f"{result.duration_s:.0f} s wall; valgrind {run.wall_s:.0f} s wall, "
+                                                f"{run.cpu_s:.0f} s CPU")
+
+
+def _verdict(gate_name: str, result, timing: str) -> int:
+    """Print a gate's messages, its report and the PASS/FAIL line; the exit code (1 on FAIL)."""
     print()
     for message in result.messages:
         print(message)
-    if result.saved_path is not None:
-        print(f"baseline saved: {result.saved_path}")
     if result.report_path is not None:
         print(f"report: {result.report_path}")
-    run = result.run
-    print(f"instruction gate: {'PASS' if result.passed else 'FAIL'} ({result.duration_s:.0f} s wall; "
-          f"valgrind {run.wall_s:.0f} s wall, {run.cpu_s:.0f} s CPU)")
+    print(f"{gate_name}: {'PASS' if result.passed else 'FAIL'} ({timing})")
     return 0 if result.passed else 1
