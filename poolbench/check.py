@@ -175,7 +175,7 @@ class CheckPlan:
 
 def run_checks(plan: CheckPlan, progress=None) -> list[CheckResult]:
     """Run equivalence for every multi-tier pooler and gradcheck for every differentiable one."""
-    _check_tier_names(plan)
+    registry.check_tier_names(plan.tiers or (), poolers=plan.poolers)
     jobs = []
     for name in plan.poolers or registry.names():
         tiers = registry.tiers(name)
@@ -202,15 +202,6 @@ def run_checks(plan: CheckPlan, progress=None) -> list[CheckResult]:
         else:
             results.append(check_gradients(name, tier, case, plan.device))
     return results
-
-
-def _check_tier_names(plan: CheckPlan) -> None:
-    """Unknown tier names are a usage error, as unknown pooler names are (never a silent empty check)."""
-    known = {tier for name in (plan.poolers or registry.names()) for tier in registry.tiers(name)}
-    unknown = sorted(set(plan.tiers or ()) - known)
-    if unknown:
-        raise ValueError(f"unknown tier(s) {', '.join(map(repr, unknown))} for the selected poolers; "
-                         f"they have: {', '.join(sorted(known))}")
 
 
 def checked_nothing(results: list[CheckResult]) -> bool:

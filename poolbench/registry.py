@@ -287,9 +287,13 @@ def tiers_on(name: str, device: str | torch.device, *, include_reference: bool =
             for tier in tiers(name) if include_reference or tier != "reference"}
 
 
-def check_tier_names(wanted: Iterable[str], extra: Iterable[str] = ()) -> None:
-    """Raise ``ValueError`` naming any tier in ``wanted`` that no pooler registers (``extra`` names are allowed)."""
-    allowed = (*known_tiers(), *extra)
+def check_tier_names(wanted: Iterable[str], extra: Iterable[str] = (), poolers: Iterable[str] | None = None) -> None:
+    """Raise ``ValueError`` naming any tier in ``wanted`` that no pooler registers (``extra`` names are allowed).
+
+    With ``poolers``, only their tiers count: a tier none of them has is as unknown as a misspelt one.
+    """
+    registered = known_tiers() if poolers is None else sorted({t for name in poolers for t in tiers(name)})
+    allowed = (*registered, *extra)
     unknown = [tier for tier in wanted if tier not in allowed]
     if unknown:
         raise ValueError(f"unknown tier(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(allowed)}")

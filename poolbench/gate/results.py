@@ -43,17 +43,17 @@ class CaseResult:
         return f"{self.pooler}[{self.tier}] layer{self.layer} {_fmt_shape(self.shape)} {self.pass_}"
 
 
-def load_benchmarks(data: dict | str | Path) -> dict[tuple, CaseResult]:
+def load_benchmarks(data: dict | str | Path, source: str | None = None) -> dict[tuple, CaseResult]:
     """The gate's benchmarks in a pytest-benchmark JSON document (a path or the parsed dict).
 
     A document that is not pytest-benchmark JSON is a ValueError naming the
     file; entries without the gate's ``extra_info`` are ignored (they are not
     poolbench cases).
     """
-    source = "the benchmark document"
-    if not isinstance(data, dict):
-        source = str(data)
-        data = _read_json(Path(data))
+    if isinstance(data, (str, Path)):
+        source = source or str(data)
+        data = read_json(Path(data))
+    source = source or "the benchmark document"
     benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
     if not isinstance(benchmarks, list):
         raise ValueError(f"{source} is not pytest-benchmark JSON (no 'benchmarks' list)")
@@ -76,7 +76,8 @@ def load_benchmarks(data: dict | str | Path) -> dict[tuple, CaseResult]:
     return results
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """Parsed JSON of ``path``; unreadable, empty or invalid files are a ValueError naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

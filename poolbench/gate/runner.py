@@ -19,7 +19,7 @@ from ..bench.cases import _split, bench_cases
 from .comparison import DEFAULT_THRESHOLD, Comparison, compare
 from ..bench.config import COMPARATOR, BenchConfig
 from .report import _rel, render_markdown
-from .results import BaselineError, SuiteRun, load_benchmarks
+from .results import BaselineError, SuiteRun, load_benchmarks, read_json
 from .suite import run_suite
 
 DEFAULT_REPORT = Path("reports") / "bench_compare.md"
@@ -160,13 +160,14 @@ def _read_baseline(path: Path | None, *, must_hold_cases: bool) -> StoredBaselin
     if path is None:
         return StoredBaseline(None, None, {})
     try:
-        cases = load_benchmarks(path)
+        data = read_json(path)
+        cases = load_benchmarks(data, source=str(path))
     except ValueError as exc:
         raise BaselineError(f"cannot use the baseline: {exc}") from None
     if must_hold_cases and not cases:
         raise BaselineError(f"baseline {path} holds no poolbench benchmark cases (empty or foreign); restore it "
                             "from git or record one with `poolbench compare --save-baseline`")
-    return StoredBaseline(path, json.loads(path.read_text()), cases)
+    return StoredBaseline(path, data, cases)
 
 
 def run_once(options: GateOptions, baseline: StoredBaseline) -> tuple[SuiteRun, list[SuiteRun], list[str]]:
