@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -158,7 +159,17 @@ def _fail(kind: str, cause: str, exc: BaseException | None = None) -> BuildError
     return error
 
 
+#: torch's JIT loader is not thread-safe within a process: a second thread sees the
+#: first one's version bump, skips the build and imports a library not yet linked.
+_BUILD_LOCK = threading.RLock()
+
+
 def _load(name: str, sources, kind: str, **kwargs) -> None:
+    with _BUILD_LOCK:
+        _load_locked(name, sources, kind, **kwargs)
+
+
+def _load_locked(name: str, sources, kind: str, **kwargs) -> None:
     if kind in _LOADED:
         return
     if kind in _BUILD_ERRORS:

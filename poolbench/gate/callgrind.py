@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -79,6 +80,11 @@ def _build_directory() -> Path:
     return path
 
 
+#: torch's JIT loader is not thread-safe within a process: a second thread sees the
+#: first one's version bump, skips the build and imports a library not yet linked.
+_BUILD_LOCK = threading.Lock()
+
+
 @functools.cache
 def client_requests():
     """The ``poolbench_callgrind`` module: ``start_instrumentation()``, ``count(fn, label)``, ...
@@ -90,6 +96,11 @@ def client_requests():
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
+    with _BUILD_LOCK:
+        return _load_client_requests()
+
+
+def _load_client_requests():
     return cpp_extension().load(
         name="poolbench_callgrind", sources=[str(SOURCE)], extra_include_paths=[str(_header_dir())],
         extra_cflags=["-O2"], build_directory=str(_build_directory()),
