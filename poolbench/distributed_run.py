@@ -27,6 +27,7 @@ from .placement_authors import split_placement
 from .results import CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results, measured_cells, \
     move_aside, settings_differences, stem_file
 from .runner import SLOW_TIERS, RunConfig, RunResult, _cells, _measure, plan, plan_network
+from .runlock import RunLock
 from .shards import merge_shards, move_shards_aside, shard_stem
 
 __all__ = ["Unit", "missing_cells", "run_rank", "units"]
@@ -99,8 +100,9 @@ def _prepare(config: RunConfig, store: RankStore) -> list:
         if config.resume:
             merge_shards(config.stem)
             return []
-        return move_aside(stem_file(config.stem, ".jsonl"), stem_file(config.stem, ".csv")) + \
-            move_shards_aside(config.stem)
+        with RunLock(config.stem):  # a single-process run on the same files is refused, not moved under it
+            return move_aside(stem_file(config.stem, ".jsonl"), stem_file(config.stem, ".csv")) + \
+                move_shards_aside(config.stem)
     finally:
         store.set("prepared")  # even on failure: the others then fail on their own instead of waiting
 

@@ -14,12 +14,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from poolbench import cli, distributed, models, runner, shards
+from poolbench import cli, distributed, models, report, runner, shards
 from poolbench.metrics import BASELINE_POOLER, Settings
-from poolbench.results import CELL_COLUMNS, load_results
+from poolbench.results import CELL_COLUMNS
 
 from test_plugin_contract import NETWORK_FILE
 
@@ -104,6 +103,7 @@ def test_a_rank_that_dies_holding_work_is_listed_and_resume_measures_exactly_tha
     died = _torchrun(tmp_path, "grid", "--rank-timeout", "2", env={distributed.FAULT_VARIABLE: "1:0:0"})
     assert died.returncode != 0
     assert "rank(s) 1 did not finish" in died.stderr and "--resume" in died.stderr
+    assert "not measured: plugin_tinynet" in died.stderr
     before = _records(tmp_path / "grid.jsonl")
     missing = set(map(tuple, (cell[:6] for cell in _cells(single)))) - set(cell[:6] for cell in _cells(before))
     assert missing and {cell[1] for cell in missing} <= set(POOLERS)  # one pooler's cells, no baseline
@@ -212,8 +212,11 @@ def test_report_of_two_files_shows_both_devices_and_ratios_within_each(tmp_path,
     # 12/10 on the A100 and 6/4 on the H100; a cross-device ratio would read 12/4 = 3.00 or 6/10 = 0.60
     assert "1.20" in table and "1.50" in table and "3.00" not in table and "0.60" not in table
     assert "torch: 2.14.1 on NVIDIA A100 @ a, 2.13.0 on NVIDIA H100 @ b" in text and "- host:" not in text
-    frame = pd.concat([load_results(first), load_results(second)])
-    assert len(frame) == 4
+    # one file measured on both (a two-host torchrun run) gets the same side-by-side layout
+    both = tmp_path / "both.jsonl"
+    both.write_text(first.read_text() + second.read_text())
+    text = report.write_report(both).read_text()
+    assert "NVIDIA A100 @ a" in text and "NVIDIA H100 @ b" in text and "3.00" not in text
 
 
 def test_report_of_several_files_rejects_a_name(tmp_path, capsys):

@@ -101,7 +101,10 @@ def run(args) -> int:
     if result.report is not None:
         console.print(f"report: {result.report}")
     if result.missing:
-        console.print(f"{len(result.missing)} cell(s) were not measured (listed in the report): rerun the same "
-                      "command with --resume to measure exactly those")
+        for model, pooler, tier, scope, layer, metric in result.missing[:10]:
+            console.print(f"not measured: {model} {pooler}[{tier}] {layer or scope} {metric}", highlight=False)
+        more = f" ({len(result.missing) - 10} more in the report)" if len(result.missing) > 10 else ""
+        console.print(f"{len(result.missing)} cell(s) were not measured{more}: rerun the same command with "
+                      "--resume to measure exactly those")
         return 1
     return 0
