@@ -24,8 +24,8 @@ from .distributed import (Launch, RankStore, available_cores, cpu_threads, devic
 from .linefile import read_jsonl_records
 from .metrics import cell_key
 from .placement_authors import split_placement
-from .results import CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results, measured_cells, \
-    move_aside, settings_differences, stem_file
+from .results import (CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results,
+                      measured_cells, move_aside, settings_differences, stem_file)
 from .runner import SLOW_TIERS, RunConfig, RunResult, _cells, _measure, plan, plan_network
 from .runlock import RunLock
 from .shards import merge_shards, move_shards_aside, shard_stem

@@ -63,7 +63,8 @@ def _side_by_side(groups: list[DeviceGroup], model: str, scope: str, keys: list[
             continue
         table = _order(_with_ratios(table, scope, keys))
         for _, r in table.iterrows():
-            key = (r["layer"], _label(r["pooler"], r["tier"])) if scope == "layer" else (_label(r["pooler"], r["tier"]),)
+            label = _label(r["pooler"], r["tier"])
+            key = (r["layer"], label) if scope == "layer" else (label,)
             row = rows.setdefault(key, {"layer": key[0], "pooler[tier]": key[-1]} if scope == "layer"
                                   else {"pooler[tier]": key[0]})
             row.update({f"{header} · {group.label}": value for header, value in _metric_cells(r, scope).items()})

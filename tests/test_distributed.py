@@ -223,3 +223,39 @@ def test_report_of_several_files_rejects_a_name(tmp_path, capsys):
     first = _device_file(tmp_path / "a.jsonl", "a", "x", 1.0, 1.0)
     assert cli.main(["report", str(first), str(first), "--name", "n"]) == 2
     assert "--name applies to one results file" in capsys.readouterr().err
+
+
+class _Counter:
+    """The store's part a rank's work loop uses: an atomic counter (here a plain one) and heartbeats."""
+
+    def __init__(self):
+        self.next = 0
+
+    def claim(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+    def heartbeat(self) -> None:
+        pass
+
+
+def test_a_rank_whose_device_fails_records_errors_and_stops_taking_work(tmp_path, monkeypatch):
+    from poolbench import distributed_run, metrics
+
+    monkeypatch.delenv(distributed.FAULT_VARIABLE, raising=False)
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    exec(textwrap.dedent(NETWORK_FILE), {})
+
+    def broken(subject, name):  # every kernel launch fails, as after a sticky CUDA error
+        return [subject.row(name, name, None, "", "error", "RuntimeError: CUDA error: an illegal memory access")]
+
+    monkeypatch.setattr(metrics, "measure", broken)
+    monkeypatch.setattr(distributed_run, "device_healthy", lambda device: False)
+    config = runner.RunConfig(models=(MODEL,), poolers=POOLERS, tiers=("fastest",), metrics=("params",), batch=1,
+                              resolution=32, out=tmp_path, name="grid")
+    store = _Counter()
+    shard, counts = distributed_run._measure_units(config, distributed.Launch(0, 2, 0, 2), store)
+    rows = _records(shard.with_name(shard.name + ".jsonl"))
+    assert counts["errors"] == len(rows) > 0 and all(row["status"] == "error" for row in rows)
+    assert store.next == 1  # one unit taken, then it stopped: the other ranks take the rest
+    assert {row["pooler"] for row in rows} == {BASELINE_POOLER, distributed_run.units(config)[0].pooler}
