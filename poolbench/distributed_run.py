@@ -13,6 +13,7 @@ line (a rank silent for the timeout counts as dead), merges the shards into
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from .metrics import cell_key
 from .placement_authors import split_placement
 from .results import (CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results,
                       measured_cells, move_aside, settings_differences, stem_file)
-from .runner import SLOW_TIERS, RunConfig, RunResult, _cells, _measure, plan, plan_network
+from .runner import SLOW_TIERS, RunConfig, RunResult, grid_cells, measure_groups, plan, plan_network
 from .runlock import RunLock
 from .shards import merge_shards, move_shards_aside, shard_stem
 
@@ -71,7 +72,9 @@ def run_rank(config: RunConfig, launch: Launch, *, report: bool = True) -> RunRe
     threads = config.threads
     if threads is None and device == "cpu":
         threads = cpu_threads(available_cores(), launch.local_world_size)
-    config = dataclasses.replace(config, device=device, threads=threads)
+    # torchrun --max-restarts starts the command again after a failure: it resumes, never starts over
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    config = dataclasses.replace(config, device=device, threads=threads, resume=config.resume or restarted)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -122,13 +125,13 @@ def _measure_units(config: RunConfig, launch: Launch, store: RankStore):
             store.heartbeat()
             unit = work[index]
             groups = [] if unit.pooler is None else plan_network(config, unit.model, [unit.pooler], baseline=False)
-            if unit.pooler is not None and all(_key(group, metric) in done for group, metric in _cells(groups)):
+            if unit.pooler is not None and all(_key(g, metric) in done for g, metric in grid_cells(groups)):
                 continue  # measured before (a resume): nothing to do, not even the baseline
             errors_before = counts["errors"]
             if unit.model not in baselines:  # this device's own baseline for the network
-                _add(counts, _measure(plan_network(config, unit.model, []), own, config, writer, False))
+                _add(counts, measure_groups(plan_network(config, unit.model, []), own, config, writer, False))
                 baselines.add(unit.model)
-            _add(counts, _measure(groups, done, config, writer, False))
+            _add(counts, measure_groups(groups, done, config, writer, False))
             print(f"rank {launch.rank}: {unit.model} {unit.pooler or 'baseline'} done "
                   f"(unit {index + 1} of {len(work)})", file=sys.stderr, flush=True)
             if counts["errors"] > errors_before and not device_healthy(config.device):
@@ -171,7 +174,7 @@ def missing_cells(config: RunConfig, results) -> list[tuple[str, ...]]:
     if results is not None and results.exists() and results.stat().st_size > 0:
         frame = load_results(results)
         present = {tuple(str(part) for part in key) for key in frame[list(CELL_COLUMNS)].itertuples(index=False)}
-    planned = [_key(group, metric) for group, metric in _cells(plan(config))]
+    planned = [_key(group, metric) for group, metric in grid_cells(plan(config))]
     return [cell for cell in dict.fromkeys(planned) if cell not in present]
 
 

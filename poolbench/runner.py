@@ -25,7 +25,8 @@ from .placement_authors import PLACEMENTS, placed_name, split_placement
 from .results import ResultsWriter, check_run_name, environment, measured_cells
 from .shards import merge_shards, move_shards_aside
 
-__all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", "plan_network", "run"]
+__all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "grid_cells", "measure_groups", "plan",
+           "plan_network", "run"]
 
 #: The ``--quick`` subset: the baselines, Lite/Full-DPP and two learned-weight poolers.
 QUICK_POOLERS = ("max", "avg", "dpp_lite_sym", "dpp_full_sym", "softpool", "lip")
@@ -283,7 +284,8 @@ def plan_network(config: RunConfig, model: str, poolers: list[str], *, baseline:
 # running
 # ----------------------------------------------------------------------------------------------
 
-def _cells(groups: list[Group]) -> Iterator[tuple[Group, str]]:
+def grid_cells(groups: list[Group]) -> Iterator[tuple[Group, str]]:
+    """(group, metric) for every cell of ``groups``, in measuring order."""
     for group in groups:
         for name in group.metrics:
             yield group, name
@@ -318,7 +320,7 @@ def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
     # the writer locks the file and cuts a torn tail before the measured cells are read
     with ResultsWriter(config.stem, env, resume=config.resume) as writer:
         done = measured_cells(config.stem) if config.resume else set()
-        counts = _measure(groups, done, config, writer, progress)
+        counts = measure_groups(groups, done, config, writer, progress)
     report_path = None
     if report:
         from .report import write_report
@@ -328,7 +330,9 @@ def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
                      writer.moved_aside + shards_aside)
 
 
-def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsWriter, progress: bool) -> dict:
+def measure_groups(groups: list[Group], done: set, config: RunConfig, writer: ResultsWriter,
+                   progress: bool) -> dict:
+    """Measure every cell of ``groups`` not in ``done``, each appended through ``writer``; row counts by status."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     counts = {"rows": 0, "error": 0, "skipped": 0}
@@ -340,7 +344,7 @@ def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsW
             if row.status in counts:
                 counts[row.status] += 1
 
-    todo = [(g, m) for g, m in _cells(groups)
+    todo = [(g, m) for g, m in grid_cells(groups)
             if metrics_module.cell_key(g.model, g.pooler, g.tier, g.scope, g.layer, m) not in done]
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
