@@ -27,6 +27,8 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: Fault injection for the tests: ``"<rank>:<units>:<exit code>"`` makes that rank exit right after
 #: claiming unit number ``units + 1``, holding work it never measures (a rank that died mid-run).
 FAULT_VARIABLE = "POOLBENCH_TEST_RANK_EXIT"
+#: Seconds a rank may take to join the launch's store and see rank 0's preparation.
+STARTUP_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,11 @@ class RankStore:
 
     def __init__(self, launch: Launch, run_name: str, timeout_s: float):
         self.launch = launch
-        self.timeout_s = timeout_s
-        timeout = datetime.timedelta(seconds=timeout_s)
-        store, _, _ = next(torch.distributed.rendezvous("env://", timeout=timeout))
+        self.timeout_s = timeout_s  # a rank silent this long counts as dead (see wait_for_all)
+        # ranks start seconds apart (each imports torch on a busy host): joining the store and waiting for
+        # rank 0's preparation get at least STARTUP_TIMEOUT_S, however short the dead-rank timeout is
+        self._startup = datetime.timedelta(seconds=max(timeout_s, STARTUP_TIMEOUT_S))
+        store, _, _ = next(torch.distributed.rendezvous("env://", timeout=self._startup))
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self._store = torch.distributed.PrefixStore(f"poolbench/{run_name}/{restart}/", store)
 
@@ -118,8 +122,8 @@ class RankStore:
         self._store.set(key, "1")
 
     def wait(self, key: str) -> None:
-        """Block until ``key`` is set (a TimeoutError after the timeout: the rank that sets it died)."""
-        self._store.wait([key], datetime.timedelta(seconds=self.timeout_s))
+        """Block until ``key`` is set (an error after the start-up timeout: the rank that sets it died)."""
+        self._store.wait([key], self._startup)
 
     def claim(self) -> int:
         """The next unit's index, unique across ranks (an atomic add on the store)."""
@@ -128,19 +132,21 @@ class RankStore:
     def heartbeat(self) -> None:
         self._store.add(f"beats/{self.launch.rank}", 1)
 
-    def wait_for_all(self, line: str, poll_s: float = 0.2) -> list[int]:
+    def wait_for_all(self, line: str, *, starting: bool = False, poll_s: float = 0.2) -> list[int]:
         """Wait until every rank arrived at ``line``; return the ranks that never did.
 
         A rank counts as alive while its heartbeat keeps changing: the wait ends
         when all arrived, or when no missing rank has beaten for the timeout
-        (it died, or its host did), so one dead rank cannot hang rank 0.
+        (it died, or its host did), so one dead rank cannot hang rank 0.  The
+        start line waits the start-up timeout instead (nobody beats before it).
         """
+        timeout = self._startup.total_seconds() if starting else self.timeout_s
         beats = {rank: -1 for rank in range(self.launch.world_size)}
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + timeout
         while self._store.add(f"line/{line}", 0) < self.launch.world_size:
             current = {rank: self._store.add(f"beats/{rank}", 0) for rank in beats}
             if current != beats:
-                beats, deadline = current, time.monotonic() + self.timeout_s
+                beats, deadline = current, time.monotonic() + timeout
             if time.monotonic() > deadline:
                 return [rank for rank in beats if not self._store.check([f"arrived/{line}/{rank}"])]
             time.sleep(poll_s)

@@ -83,7 +83,7 @@ def run_rank(config: RunConfig, launch: Launch, *, report: bool = True) -> RunRe
         moved = _prepare(config, store) if launch.rank == 0 else []
         store.wait("prepared")
         store.mark_arrived("start")
-        store.wait_for_all("start")
+        store.wait_for_all("start", starting=True)
         shard, counts = _measure_units(config, launch, store)
         store.mark_arrived("finish")
         if launch.rank != 0:
