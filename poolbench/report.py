@@ -15,9 +15,9 @@ import pandas as pd
 from . import models
 from .dpp import DPP_VARIANTS
 from .metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD, Column, report_columns
-from .results import load_results
+from .results import DEVICE_COLUMNS, load_results
 
-__all__ = ["PAPER", "build_report", "paper_vs_measured", "write_report"]
+__all__ = ["PAPER", "build_report", "missing_section", "paper_vs_measured", "write_report"]
 
 #: The slides' figures (Saeedan et al., CVPR 2018) the report checks.
 PAPER = {
@@ -384,8 +384,21 @@ def _plot_layer_latency(plt, frame: pd.DataFrame):
 # assembling
 # ----------------------------------------------------------------------------------------------
 
-def build_report(frame: pd.DataFrame, name: str, plots: list[Path] = (), plot_note: str | None = None) -> str:
-    """The markdown text of the report for the rows in ``frame``."""
+def missing_section(missing) -> str:
+    """The cells of the grid that no complete row holds (a torchrun rank died holding them), if any."""
+    if not missing:
+        return ""
+    shown = [{"model": m, "pooler[tier]": _label(p, t), "scope": s, "layer": layer or "–", "metric": metric}
+             for m, p, t, s, layer, metric in list(missing)[:50]]
+    more = f"\n… and {len(missing) - 50} more\n" if len(missing) > 50 else ""
+    return (f"## Cells not measured\n\n{len(missing)} cell(s) of the grid have no result (a rank died or went "
+            "silent while holding them); `poolbench run … --resume` measures exactly these.\n\n"
+            + _markdown(shown) + more)
+
+
+def build_report(frame: pd.DataFrame, name: str, plots: list[Path] = (), plot_note: str | None = None,
+                 missing=()) -> str:
+    """The markdown text of the report for the rows in ``frame`` (``missing``: cells no rank measured)."""
     models_present = [m for m in models.MODELS if m in set(frame["model"])] + \
         sorted(set(frame["model"]) - set(models.MODELS))
     parts = [_header(frame, name), _paper_section(frame)]
@@ -403,19 +416,31 @@ def build_report(frame: pd.DataFrame, name: str, plots: list[Path] = (), plot_no
                      "In ResNets a block's main path and shortcut pool the same tensor shape and are measured once.\n")
         parts.extend(p for p in layer_parts if p)
     parts.append(_flop_check_section(frame))
+    parts.append(missing_section(missing))
     parts.append(_failures_section(frame))
     return "\n".join(p for p in parts if p)
 
 
-def write_report(results: str | Path, out_dir: str | Path | None = None, name: str | None = None) -> Path:
-    """Render ``<out_dir>/<name>.md`` (+ PNG plots) from a results file; returns the markdown path."""
+def write_report(results: str | Path, out_dir: str | Path | None = None, name: str | None = None, *,
+                 missing=()) -> Path:
+    """Render ``<out_dir>/<name>.md`` (+ PNG plots) from a results file; returns the markdown path.
+
+    A file measured on several hosts or device models (a multi-host torchrun
+    run) gets the side-by-side layout of :mod:`poolbench.report_devices`.
+    """
     results = Path(results)
     frame = load_results(results)
     out_dir = Path(out_dir) if out_dir is not None else results.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or results.stem
-    plots, plot_note = _plots(frame, out_dir, name)
     path = out_dir / f"{name}.md"
-    path.write_text(build_report(frame, name, plots, plot_note), encoding="utf-8")
+    devices = [column for column in DEVICE_COLUMNS if column in frame.columns]
+    if devices and len(frame[devices].drop_duplicates()) > 1:
+        from .report_devices import build_device_report
+
+        path.write_text(build_device_report(frame, name, missing), encoding="utf-8")
+        return path
+    plots, plot_note = _plots(frame, out_dir, name)
+    path.write_text(build_report(frame, name, plots, plot_note, missing), encoding="utf-8")
     return path
 

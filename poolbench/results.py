@@ -30,14 +30,16 @@ from .metrics import MetricRow
 from .runlock import RunLock
 
 __all__ = ["ENV_COLUMNS", "ResultsWriter", "check_run_name", "environment", "git_commit", "load_results",
-           "measured_cells", "read_rows", "settings_differences", "check_output_file"]
+           "measured_cells", "move_aside", "stem_file", "read_rows", "settings_differences", "check_output_file"]
 
 ENV_COLUMNS = ("torch", "device", "device_name", "dtype", "batch", "resolution", "threads", "load_avg", "commit",
                "host", "poolbench", "timestamp")
 ROW_COLUMNS = tuple(MetricRow.__dataclass_fields__)
 CELL_COLUMNS = ("model", "pooler", "tier", "scope", "layer", "metric")
-#: Environment columns that legitimately change between a run and its resume.
-VOLATILE_ENV = ("load_avg", "timestamp", "commit", "poolbench")
+#: Environment columns that legitimately change between a run and its resume (a resume may use other ranks).
+VOLATILE_ENV = ("load_avg", "timestamp", "commit", "poolbench", "rank")
+#: Where a row was measured: ratios are only formed between rows of the same host and device model.
+DEVICE_COLUMNS = ("host", "device_name")
 NUMERIC_COLUMNS = ("value", "seconds", "batch", "resolution", "threads", "load_avg", "cell_rows")
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -106,8 +108,8 @@ class ResultsWriter:
         self.stem = Path(stem)
         check_results_stem(self.stem)
         self.env = dict(env)
-        self.jsonl = self.stem.with_suffix(".jsonl")
-        self.csv = self.stem.with_suffix(".csv")
+        self.jsonl = stem_file(self.stem, ".jsonl")
+        self.csv = stem_file(self.stem, ".csv")
         self.moved_aside: list[Path] = []
         self._run_id = f"{self.env.get('timestamp', '')}/{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self._attempts = 0
@@ -116,7 +118,7 @@ class ResultsWriter:
             if resume:
                 self._prepare_resume()
             else:
-                self.moved_aside = _move_aside(self.jsonl, self.csv)
+                self.moved_aside = move_aside(self.jsonl, self.csv)
         except BaseException:
             self._lock.release()
             raise
@@ -157,6 +159,11 @@ class ResultsWriter:
         self.close()
 
 
+def stem_file(stem: Path, extension: str) -> Path:
+    """``<stem><extension>``; the stem may hold dots (``run.rank1``), which ``with_suffix`` would cut."""
+    return stem.with_name(stem.name + extension)
+
+
 def check_run_name(name: str) -> str:
     """A run name is a plain file stem: no directories, so results never land outside ``--out``."""
     if not isinstance(name, str) or not _RUN_NAME.fullmatch(name) or name.strip(".") == "":
@@ -188,18 +195,22 @@ def check_output_file(path: Path) -> None:
         raise ValueError(f"cannot write the report to {path}: permission denied")
 
 
-def settings_differences(recorded: dict, current: dict) -> list[str]:
-    """``key: recorded → current`` for every run setting that differs (timestamps, load and commit aside)."""
+def settings_differences(recorded: dict, current: dict, labels: tuple[str, str] = ("in the file", "now"),
+                         ignore: tuple[str, ...] = VOLATILE_ENV) -> list[str]:
+    """``key: recorded <label> , current <label>`` for every setting that differs (keys in ``ignore`` aside).
+
+    ``--resume`` uses it to refuse a file measured otherwise; ``poolbench report A B`` to show how files differ.
+    """
     differences = []
     for key, value in current.items():
-        if key in VOLATILE_ENV or key not in recorded:
+        if key in ignore or key not in recorded:
             continue
         if str(recorded[key]) != str(value):
-            differences.append(f"{key}: {recorded[key]} in the file, {value} now")
+            differences.append(f"{key}: {recorded[key]} {labels[0]}, {value} {labels[1]}")
     return differences
 
 
-def _move_aside(*paths: Path) -> list[Path]:
+def move_aside(*paths: Path) -> list[Path]:
     """Rename existing, non-empty files to ``<stem>.<timestamp><suffix>``; return the new paths."""
     stamp = _datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     moved = []
@@ -221,7 +232,7 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _results_file(path: Path) -> Path:
-    candidates = [path] if path.suffix in (".jsonl", ".csv") else [path.with_suffix(".jsonl"), path.with_suffix(".csv")]
+    candidates = [path] if path.suffix in (".jsonl", ".csv") else [stem_file(path, ".jsonl"), stem_file(path, ".csv")]
     for candidate in candidates:
         if candidate.exists():
             return candidate
@@ -266,11 +277,13 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """Rows of a results file (``.jsonl`` or ``.csv``; a stem finds either), last attempt per cell kept.
 
     A resumed run may hold a cell twice (an error, then its retry); the later
-    attempt wins.
+    attempt wins.  A file merged from several hosts or device models keeps each
+    one's cells (and baseline) apart.
     """
     frame = read_rows(path)
     if "attempt" in frame.columns:
-        last = frame.groupby(list(CELL_COLUMNS), sort=False)["attempt"].transform("last")
+        keys = list(CELL_COLUMNS) + [column for column in DEVICE_COLUMNS if column in frame.columns]
+        last = frame.groupby(keys, sort=False, dropna=False)["attempt"].transform("last")
         frame = frame[frame["attempt"] == last]
     return frame.reset_index(drop=True)
 
@@ -280,7 +293,8 @@ def measured_cells(path: str | Path) -> set[tuple[str, ...]]:
 
     Errors are retried; so is a cell whose rows were cut short by a crash.
     """
-    path = Path(path).with_suffix(".jsonl")
+    path = Path(path)
+    path = path if path.suffix == ".jsonl" else stem_file(path, ".jsonl")
     if not path.exists() or path.stat().st_size == 0:
         return set()
     try:

@@ -20,7 +20,9 @@ class RunLock:
     """Exclusive, non-blocking lock on ``<stem>.lock``; a second holder gets a ValueError naming the first."""
 
     def __init__(self, stem: Path):
-        self.path = Path(stem).with_suffix(".lock")
+        stem = Path(stem)
+        self.path = stem.with_name(stem.name + ".lock")  # not with_suffix: a stem may hold dots (run.rank1)
+        self._results = stem.with_name(stem.name + ".jsonl")
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
@@ -33,7 +35,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ValueError(f"{self.path.with_suffix('.jsonl')} is being written by another poolbench run "
+            raise ValueError(f"{self._results} is being written by another poolbench run "
                              f"(pid {holder}); wait for it to finish or choose another --name") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -19,12 +19,14 @@ from typing import Iterator
 import torch
 
 from . import metrics as metrics_module
-from . import models, registry
+from . import distributed, models, registry
 from .metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings, Subject
 from .placement_authors import PLACEMENTS, placed_name, split_placement
 from .results import ResultsWriter, check_run_name, environment, measured_cells
+from .shards import merge_shards, move_shards_aside
 
-__all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "plan", "run"]
+__all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "grid_cells", "measure_groups", "plan",
+           "plan_network", "run"]
 
 #: The ``--quick`` subset: the baselines, Lite/Full-DPP and two learned-weight poolers.
 QUICK_POOLERS = ("max", "avg", "dpp_lite_sym", "dpp_full_sym", "softpool", "lip")
@@ -62,6 +64,7 @@ class RunConfig:
     dtype: torch.dtype = torch.float32
     threads: int | None = None  # CPU threads for the run (None: torch's default)
     placement: str = "paper"  # "paper", "authors" or "both": ResNet sites (poolbench.placement_authors)
+    rank_timeout_s: float = 1800.0  # under torchrun: how long a silent rank is waited for before it counts as dead
 
     def __post_init__(self):
         self.device = str(self.device)
@@ -105,6 +108,9 @@ class RunConfig:
                                  f"{', '.join(registry.names())}{broken}")
         if self.name is not None:
             check_run_name(self.name)
+        if isinstance(self.rank_timeout_s, bool) or not isinstance(self.rank_timeout_s, (int, float)) \
+                or not 0 < self.rank_timeout_s < float("inf"):
+            raise ValueError(f"rank_timeout_s must be a positive number of seconds, got {self.rank_timeout_s!r}")
         self.out = Path(self.out)
 
     @property
@@ -154,6 +160,7 @@ class RunResult:
     errors: int
     skipped: int
     moved_aside: list[Path] = field(default_factory=list)  # an earlier run's files, kept under new names
+    missing: list[tuple[str, ...]] = field(default_factory=list)  # cells no rank measured (torchrun runs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,35 +244,39 @@ def _metric_list(config: RunConfig, scope: str) -> list[str]:
 def plan(config: RunConfig) -> list[Group]:
     """Every cell group of the run, baseline first in each network, in measuring order."""
     registry.load_plugins()
-    known = set(registry.names())
     poolers = list(config.poolers) if config.poolers is not None else registry.names()
-    groups: list[Group] = []
+    return [group for model in config.models for group in plan_network(config, model, poolers)]
+
+
+def plan_network(config: RunConfig, model: str, poolers: list[str], *, baseline: bool = True) -> list[Group]:
+    """The cell groups of ``poolers`` in one network (the max-pool baseline's first unless ``baseline=False``)."""
+    known = set(registry.names())
     network_metrics, layer_metrics = _metric_list(config, "network"), _metric_list(config, "layer")
-    for model in config.models:
-        try:
-            layer_groups = _layer_groups(model, config) if config.layers else []
-            layer_error = None
-        except Exception as exc:  # e.g. a resolution too small for the network
-            layer_groups, layer_error = [], f"{type(exc).__name__}: {exc}"
-        candidates = [(BASELINE_POOLER, BASELINE_TIER, None)]
-        for pooler in poolers:
-            if pooler not in known:
-                candidates.append((pooler, "none", f"pooler {pooler!r} is not registered "
-                                                   f"(registered: {', '.join(sorted(known))})"))
-                continue
-            candidates.extend((pooler, tier, reason) for tier, reason in _selected_tiers(pooler, config))
-        for pooler, tier, reason in candidates:
-            if reason is not None:
-                status = "error" if isinstance(reason, TierFailure) else "skipped"
-                groups.append(Group(model, pooler, tier, "network", metrics=["all"], skip_reason=reason,
-                                    skip_status=status))
-                continue
-            groups.append(Group(model, pooler, tier, "network", metrics=network_metrics))
-            if layer_error is not None:
-                groups.append(Group(model, pooler, tier, "layer", layer="all", metrics=["all"],
-                                    skip_reason=layer_error))
-            for label, sites, shape in layer_groups:
-                groups.append(Group(model, pooler, tier, "layer", label, sites, shape, layer_metrics))
+    try:
+        layer_groups = _layer_groups(model, config) if config.layers else []
+        layer_error = None
+    except Exception as exc:  # e.g. a resolution too small for the network
+        layer_groups, layer_error = [], f"{type(exc).__name__}: {exc}"
+    candidates = [(BASELINE_POOLER, BASELINE_TIER, None)] if baseline else []
+    for pooler in poolers:
+        if pooler not in known:
+            candidates.append((pooler, "none", f"pooler {pooler!r} is not registered "
+                                               f"(registered: {', '.join(sorted(known))})"))
+            continue
+        candidates.extend((pooler, tier, reason) for tier, reason in _selected_tiers(pooler, config))
+    groups: list[Group] = []
+    for pooler, tier, reason in candidates:
+        if reason is not None:
+            status = "error" if isinstance(reason, TierFailure) else "skipped"
+            groups.append(Group(model, pooler, tier, "network", metrics=["all"], skip_reason=reason,
+                                skip_status=status))
+            continue
+        groups.append(Group(model, pooler, tier, "network", metrics=network_metrics))
+        if layer_error is not None:
+            groups.append(Group(model, pooler, tier, "layer", layer="all", metrics=["all"],
+                                skip_reason=layer_error))
+        for label, sites, shape in layer_groups:
+            groups.append(Group(model, pooler, tier, "layer", label, sites, shape, layer_metrics))
     return groups
 
 
@@ -273,15 +284,23 @@ def plan(config: RunConfig) -> list[Group]:
 # running
 # ----------------------------------------------------------------------------------------------
 
-def _cells(groups: list[Group]) -> Iterator[tuple[Group, str]]:
+def grid_cells(groups: list[Group]) -> Iterator[tuple[Group, str]]:
+    """(group, metric) for every cell of ``groups``, in measuring order."""
     for group in groups:
         for name in group.metrics:
             yield group, name
 
 
 def run(config: RunConfig, *, progress: bool = True, report: bool = True) -> RunResult:
-    """Measure the grid, append every cell to ``<out>/<name>.jsonl/.csv``, then write the report."""
+    """Measure the grid, append every cell to ``<out>/<name>.jsonl/.csv``, then write the report.
 
+    Under torchrun each rank measures the units of work it claims (see :mod:`poolbench.distributed_run`).
+    """
+    launch = distributed.detect()
+    if launch is not None:
+        from .distributed_run import run_rank
+
+        return run_rank(config, launch, report=report)
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -294,20 +313,26 @@ def run(config: RunConfig, *, progress: bool = True, report: bool = True) -> Run
 def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
     groups = plan(config)
     env = environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
+    # a torchrun launch's shards: merged before resuming, kept aside by a new run (never merged into it)
+    shards_aside = [] if config.resume else move_shards_aside(config.stem)
+    if config.resume:
+        merge_shards(config.stem)
     # the writer locks the file and cuts a torn tail before the measured cells are read
     with ResultsWriter(config.stem, env, resume=config.resume) as writer:
         done = measured_cells(config.stem) if config.resume else set()
-        counts = _measure(groups, done, config, writer, progress)
+        counts = measure_groups(groups, done, config, writer, progress)
     report_path = None
     if report:
         from .report import write_report
 
         report_path = write_report(writer.jsonl, config.out)
     return RunResult(writer.jsonl, writer.csv, report_path, counts["rows"], counts["error"], counts["skipped"],
-                     writer.moved_aside)
+                     writer.moved_aside + shards_aside)
 
 
-def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsWriter, progress: bool) -> dict:
+def measure_groups(groups: list[Group], done: set, config: RunConfig, writer: ResultsWriter,
+                   progress: bool) -> dict:
+    """Measure every cell of ``groups`` not in ``done``, each appended through ``writer``; row counts by status."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     counts = {"rows": 0, "error": 0, "skipped": 0}
@@ -319,7 +344,7 @@ def _measure(groups: list[Group], done: set, config: RunConfig, writer: ResultsW
             if row.status in counts:
                 counts[row.status] += 1
 
-    todo = [(g, m) for g, m in _cells(groups)
+    todo = [(g, m) for g, m in grid_cells(groups)
             if metrics_module.cell_key(g.model, g.pooler, g.tier, g.scope, g.layer, m) not in done]
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())

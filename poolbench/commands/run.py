@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
                         "processes on a shared CPU; default: 3 on cpu, 1 on cuda)")
     parser.add_argument("--threads", type=bounded_int(1, 1024), help="CPU threads (default: torch's; --quick: 1, because on a shared "
                         "machine multi-threaded timings swing 10x)")
+    parser.add_argument("--rank-timeout", type=bounded_float(0, 7 * 86400), default=1800.0,
+                        help="under torchrun: seconds rank 0 waits for a rank that neither finishes nor claims work "
+                             "before it counts as dead and its cells are listed as missing (default: 1800)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -72,6 +75,7 @@ def run(args) -> int:
         "resume": args.resume or None,
         "threads": args.threads,
         "placement": args.placement,
+        "rank_timeout_s": args.rank_timeout,
     }
     if args.quick:
         base = QUICK["settings"]
@@ -96,4 +100,11 @@ def run(args) -> int:
         console.print(f"the previous run's results were kept as {path}")
     if result.report is not None:
         console.print(f"report: {result.report}")
+    if result.missing:
+        for model, pooler, tier, scope, layer, metric in result.missing[:10]:
+            console.print(f"not measured: {model} {pooler}[{tier}] {layer or scope} {metric}", highlight=False)
+        more = f" ({len(result.missing) - 10} more in the report)" if len(result.missing) > 10 else ""
+        console.print(f"{len(result.missing)} cell(s) were not measured{more}: rerun the same command with "
+                      "--resume to measure exactly those")
+        return 1
     return 0

@@ -1,0 +1,190 @@
+"""One rank of ``torchrun … -m poolbench run``: claim units of work, measure them into a shard, merge at the end.
+
+Work is handed out dynamically: every rank orders the same list of units
+(one network × one pooler, all its tiers, metrics and layers) by estimated
+cost, largest first, and takes the next one from an atomic counter in the
+c10d store whenever it is free, so a slow unit never leaves the other ranks
+idle.  Before its first unit of a network a rank measures that network's
+max-pool baseline on its own device (unless its shard already has it): a
+ratio is never formed between two devices.  Rank 0 waits at the finish
+line (a rank silent for the timeout counts as dead), merges the shards into
+``<stem>.jsonl``, lists the cells nobody measured and renders the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from . import registry
+from .distributed import (Launch, RankStore, available_cores, cpu_threads, device_healthy, exit_if_told,
+                          rank_device)
+from .linefile import read_jsonl_records
+from .metrics import cell_key
+from .placement_authors import split_placement
+from .results import (CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results,
+                      measured_cells, move_aside, settings_differences, stem_file)
+from .runner import SLOW_TIERS, RunConfig, RunResult, grid_cells, measure_groups, plan, plan_network
+from .runlock import RunLock
+from .shards import merge_shards, move_shards_aside, shard_stem
+
+__all__ = ["Unit", "missing_cells", "run_rank", "units"]
+
+#: Multiply-accumulates per 224² image in GMACs (torchvision's model cards): only to order work largest first.
+GMACS_224 = {"vgg16": 15.47, "resnet50": 4.09, "resnet101": 7.80}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a rank claims at once: one pooler (``None``: the baseline alone) in one network."""
+
+    model: str
+    pooler: str | None
+    cost: float
+
+
+def units(config: RunConfig) -> list[Unit]:
+    """Every unit of the run, the costliest first (network size × tiers measured); ties keep the grid order."""
+    poolers = list(config.poolers) if config.poolers is not None else registry.names()
+    work = []
+    for model in config.models:
+        size = GMACS_224.get(split_placement(model)[0], 1.0) * config.batch * (config.resolution / 224) ** 2
+        for pooler in poolers or [None]:
+            work.append(Unit(model, pooler, size * _tier_count(pooler, config)))
+    return sorted(work, key=lambda unit: -unit.cost)
+
+
+def _tier_count(pooler: str | None, config: RunConfig) -> int:
+    if pooler is None or pooler not in registry.names():
+        return 1
+    registered = registry.tiers(pooler)
+    if config.tiers is None:
+        return max(1, sum(tier not in SLOW_TIERS for tier in registered))
+    return max(1, sum(tier in registered for tier in config.tiers) + ("fastest" in config.tiers))
+
+
+def run_rank(config: RunConfig, launch: Launch, *, report: bool = True) -> RunResult:
+    """This rank's part of the run; rank 0 also merges the shards and renders the report."""
+    device = rank_device(config.device, launch)
+    threads = config.threads
+    if threads is None and device == "cpu":
+        threads = cpu_threads(available_cores(), launch.local_world_size)
+    # torchrun --max-restarts starts the command again after a failure: it resumes, never starts over
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    config = dataclasses.replace(config, device=device, threads=threads, resume=config.resume or restarted)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        store = RankStore(launch, config.run_name, config.rank_timeout_s)
+        moved = _prepare(config, store) if launch.rank == 0 else []
+        store.wait("prepared")
+        store.mark_arrived("start")
+        store.wait_for_all("start", starting=True)
+        shard, counts = _measure_units(config, launch, store)
+        store.mark_arrived("finish")
+        if launch.rank != 0:
+            return RunResult(stem_file(shard, ".jsonl"), stem_file(shard, ".csv"), None, **counts)
+        dead = store.wait_for_all("finish")
+        if dead:
+            print(f"poolbench run: rank(s) {', '.join(map(str, dead))} did not finish (died, or silent for "
+                  f"{config.rank_timeout_s:g} s); merging what the others measured", file=sys.stderr)
+        return _merge_and_report(config, counts, moved, report)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _prepare(config: RunConfig, store: RankStore) -> list:
+    """Rank 0, before anyone measures: merge the shards to resume, or keep an earlier run's files aside."""
+    try:
+        if config.resume:
+            merge_shards(config.stem)
+            return []
+        with RunLock(config.stem):  # a single-process run on the same files is refused, not moved under it
+            return move_aside(stem_file(config.stem, ".jsonl"), stem_file(config.stem, ".csv")) + \
+                move_shards_aside(config.stem)
+    finally:
+        store.set("prepared")  # even on failure: the others then fail on their own instead of waiting
+
+
+def _measure_units(config: RunConfig, launch: Launch, store: RankStore):
+    env = {**environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings),
+           "rank": launch.rank}
+    shard = shard_stem(config.stem, launch.rank)
+    counts = {"rows": 0, "errors": 0, "skipped": 0}
+    with ResultsWriter(shard, env, resume=True) as writer:
+        _check_merged_settings(config, env)
+        done, own = measured_cells(config.stem) | measured_cells(shard), measured_cells(shard)
+        work, baselines, claimed = units(config), set(), 0
+        while (index := store.claim()) < len(work):
+            exit_if_told(launch, claimed)
+            claimed += 1
+            store.heartbeat()
+            unit = work[index]
+            groups = [] if unit.pooler is None else plan_network(config, unit.model, [unit.pooler], baseline=False)
+            if unit.pooler is not None and all(_key(g, metric) in done for g, metric in grid_cells(groups)):
+                continue  # measured before (a resume): nothing to do, not even the baseline
+            errors_before = counts["errors"]
+            if unit.model not in baselines:  # this device's own baseline for the network
+                _add(counts, measure_groups(plan_network(config, unit.model, []), own, config, writer, False))
+                baselines.add(unit.model)
+            _add(counts, measure_groups(groups, done, config, writer, False))
+            print(f"rank {launch.rank}: {unit.model} {unit.pooler or 'baseline'} done "
+                  f"(unit {index + 1} of {len(work)})", file=sys.stderr, flush=True)
+            if counts["errors"] > errors_before and not device_healthy(config.device):
+                print(f"rank {launch.rank}: {config.device} no longer runs a kernel; this rank stops taking work "
+                      "(its errors are recorded, the other ranks go on)", file=sys.stderr, flush=True)
+                break
+            store.heartbeat()
+    return shard, counts
+
+
+def _key(group, metric: str) -> tuple[str, ...]:
+    return cell_key(group.model, group.pooler, group.tier, group.scope, group.layer, metric)
+
+
+def _add(counts: dict, measured: dict) -> None:
+    counts["rows"] += measured["rows"]
+    counts["errors"] += measured["error"]
+    counts["skipped"] += measured["skipped"]
+
+
+def _check_merged_settings(config: RunConfig, env: dict) -> None:
+    """Refuse to resume into a merged file measured with other settings (each shard is checked by its writer)."""
+    merged = stem_file(config.stem, ".jsonl")
+    if not config.resume or not merged.exists() or merged.stat().st_size == 0:
+        return
+    records = read_jsonl_records(merged).records
+    if not records:
+        return
+    first = records[0]
+    # ranks on other hosts or GPU models (and their thread counts) legitimately differ; what they measure may not
+    differences = settings_differences(first, env, ignore=VOLATILE_ENV + DEVICE_COLUMNS + ("threads",))
+    if differences:
+        raise ValueError(f"cannot resume {merged}: it was measured with other settings ({'; '.join(differences)}); "
+                         "rerun with the file's settings, or drop --resume to start a new run")
+
+
+def missing_cells(config: RunConfig, results) -> list[tuple[str, ...]]:
+    """Cells of the grid with no complete row in ``results`` (a rank died holding them), in grid order."""
+    present: set[tuple[str, ...]] = set()
+    if results is not None and results.exists() and results.stat().st_size > 0:
+        frame = load_results(results)
+        present = {tuple(str(part) for part in key) for key in frame[list(CELL_COLUMNS)].itertuples(index=False)}
+    planned = [_key(group, metric) for group, metric in grid_cells(plan(config))]
+    return [cell for cell in dict.fromkeys(planned) if cell not in present]
+
+
+def _merge_and_report(config: RunConfig, counts: dict, moved: list, report: bool) -> RunResult:
+    merged = merge_shards(config.stem) or stem_file(config.stem, ".jsonl")
+    missing = missing_cells(config, merged)
+    report_path = None
+    if report and merged.exists() and merged.stat().st_size > 0:
+        from .report import write_report
+
+        report_path = write_report(merged, config.out, missing=missing)
+    return RunResult(merged, stem_file(config.stem, ".csv"), report_path, **counts, moved_aside=moved,
+                     missing=missing)
