@@ -258,3 +258,20 @@ def test_gate_end_to_end(tmp_path):
                for m in slower.messages), slower.messages
     assert not any("igate_twin" in m for m in slower.messages)
     assert "Instruction-count gate: FAIL" in slower.report_path.read_text()
+
+
+def test_measured_process_caps_blas_isa_but_keeps_a_users_choice(monkeypatch, tmp_path):
+    """MKL's and oneDNN's AVX2 kernels crawl under valgrind; the worker asks for their SSE kernels unless told."""
+    import platform
+
+    from poolbench.gate.instructions import VALGRIND_BLAS_ISA, worker_environment
+
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    env = worker_environment(tmp_path)
+    if platform.machine() not in ("x86_64", "AMD64"):
+        assert "MKL_ENABLE_INSTRUCTIONS" not in env
+        return
+    assert env["MKL_ENABLE_INSTRUCTIONS"] == VALGRIND_BLAS_ISA["MKL_ENABLE_INSTRUCTIONS"] == "SSE4_2"
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert env["PYTHONPATH"].split(":")[0] == str(tmp_path) and env["OMP_NUM_THREADS"] == "1"

@@ -40,6 +40,12 @@ INSTRUCTION_CONFIG = BenchConfig(batch=1, resolution=64, threads=1)
 #: valgrind cannot decode AVX-512, which -march=native emits on such hosts; x86-64-v3 (AVX2,
 #: FMA) is what valgrind emulates and what torch's own kernels dispatch to under it.
 VALGRIND_MARCH = {"x86_64": "x86-64-v3", "AMD64": "x86-64-v3"}
+#: Instruction sets for torch's BLAS (MKL) and oneDNN in the measured process.  Their AVX2
+#: kernels crawl under valgrind (measured: a 512³ matmul 6.8 s with MKL's AVX2 kernels,
+#: 0.085 s with its SSE4.2 ones; a 64→64 3×3 convolution's forward+backward at 64², 22 s
+#: through oneDNN's AVX2 kernels, 0.37 s through its SSE4.1 ones), which made LIP's
+#: convolution alone take most of the gate.  Counts stay exact; they are the SSE kernels'.
+VALGRIND_BLAS_ISA = {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 #: Tiers left out unless ``tiers`` names them, and why.  torch.compile's first call per shape
 #: traces and compiles in the measured process, where valgrind runs Python ~9x slower: measured
 #: here, 36 s of CPU for the first and several seconds for every other specialisation, so the
@@ -114,6 +120,8 @@ def worker_environment(root: Path, env: dict | None = None) -> dict:
     if march:
         process_env.setdefault("POOLBENCH_CPP_MARCH", march)
         process_env.setdefault("TORCHINDUCTOR_CPP_MARCH", march)
+        for variable, isa in VALGRIND_BLAS_ISA.items():
+            process_env.setdefault(variable, isa)
     # The measured process imports poolbench and impls from the same tree as this one.
     process_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), process_env.get("PYTHONPATH", "")) if p)
     return process_env
