@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from impls.dpp_vectorized import compute_dtype
+from poolbench.base import compute_dtype
 from poolbench.validation import pooled_size
 
 __all__ = ["Windows", "compute_dtype", "max_avg_blend", "softmax_pool", "unfold_windows"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from poolbench.dpp import register_dpp_tier
+from poolbench.validation import pooled_size
 
 
 def _window(size: int, index: int, kernel_size: int, stride: int, padding: int) -> slice:
@@ -35,8 +36,8 @@ def dpp_reference(x, alpha, lam, guide, args):
     x64 = x.double()
     alpha64, lam64 = alpha.double().view(1, -1, 1, 1), lam.double().view(1, -1, 1, 1)
     height, width = x.shape[-2:]
-    out_h = (height + 2 * padding - kernel_size) // stride + 1
-    out_w = (width + 2 * padding - kernel_size) // stride + 1
+    out_h = pooled_size(height, kernel_size, stride, padding)
+    out_w = pooled_size(width, kernel_size, stride, padding)
     rows = []
     for i in range(out_h):
         cols = []

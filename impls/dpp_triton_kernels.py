@@ -73,6 +73,9 @@ import torch
 import triton
 import triton.language as tl
 
+from poolbench.base import compute_dtype
+from poolbench.validation import pooled_size
+
 #: True when the kernels run in Triton's interpreter (CPU tensors, slow, for testing).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -495,16 +498,7 @@ class Launch:
         self.kernel[self.grid](*self.args, **self.constexprs)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 (and fp32) accumulate in float32; float64 stays float64 (for gradcheck)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
-def _pooled(size: int, kernel_size: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel_size) // stride + 1
 
 
 def _params(x, alpha, lam, weight, bias):
@@ -518,7 +512,7 @@ def _params(x, alpha, lam, weight, bias):
 
 def _geometry(x, kernel_size, stride, padding):
     n, c, h, w = x.shape
-    oh, ow = _pooled(h, kernel_size, stride, padding), _pooled(w, kernel_size, stride, padding)
+    oh, ow = pooled_size(h, kernel_size, stride, padding), pooled_size(w, kernel_size, stride, padding)
     if triton.cdiv(max(h * w, oh * ow), MIN_BLOCK) > MAX_GRID_Y:
         # One grid row per (n, c) plane, blocks of a plane along the grid's y axis.
         raise ValueError(f"the triton DPP tier handles planes of at most {MAX_GRID_Y * MIN_BLOCK} pixels, "
@@ -631,4 +625,4 @@ def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, as
     return plan.gx, g_alpha, g_lam, g_weight, g_bias
 
 
-__all__ = ["INTERPRET", "Launch", "backward", "backward_plan", "compute_dtype", "forward", "forward_plan"]
+__all__ = ["INTERPRET", "Launch", "backward", "backward_plan", "forward", "forward_plan"]

@@ -18,12 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from poolbench.base import compute_dtype
 from poolbench.dpp import register_dpp_tier
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half-precision inputs accumulate in float32."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 #: |d| above which d² would overflow (or come close) in the compute dtype: log(d² + ε²) is then

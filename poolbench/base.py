@@ -11,7 +11,17 @@ from torch import nn
 
 from .validation import check_geometry, check_input, pooled_size
 
-__all__ = ["Pool2d"]
+__all__ = ["Pool2d", "compute_dtype"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision a pooler computes in for ``dtype`` input: half precision (fp16, bf16) in float32.
+
+    Exponentials, logs and window sums lose too much in 8–11 mantissa bits;
+    every tier and baseline accumulates in float32 and casts the result back.
+    float32 and float64 (gradcheck) compute in their own precision.
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class Pool2d(nn.Module):

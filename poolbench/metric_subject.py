@@ -1,7 +1,9 @@
 """What a metric measures: a network or one pooling layer, with its input, on a device.
 
 :class:`Subject` builds the module lazily and once (every metric of a cell
-group shares it) and hands out the zero-argument closures the metrics time.
+group shares it); its passes — inference, training step, training forward —
+are the measurement core's :class:`poolbench.bench.PassSubject`, the same
+closures the per-layer benchmark and the regression gates time.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from . import models, registry
+from .bench import PassSubject
 from .metrics import BASELINE_POOLER, BASELINE_TIER, SCOPES, MetricRow, Settings
 
 __all__ = ["Subject"]
@@ -42,7 +45,7 @@ class Subject:
         self.baselines = baselines if baselines is not None else {}
         self._module: nn.Module | None = None
         self._inputs: torch.Tensor | None = None
-        self._grad: torch.Tensor | None = None
+        self._passes: PassSubject | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -107,38 +110,29 @@ class Subject:
         return self._inputs if batch is None else self._inputs[:batch]
 
     # -- closures (zero-argument, set-up outside) -------------------------------------------
+    @property
+    def passes(self) -> PassSubject:
+        """The module's passes on this subject's input (a layer's training step includes the input gradient)."""
+        if self._passes is None:
+            module = self.module
+            params = [p for p in module.parameters() if p.requires_grad]
+            self._passes = PassSubject(module, self.inputs(), params, module, seed=self.seed,
+                                       input_grad=self.scope == "layer")
+        return self._passes
+
     def forward_fn(self) -> Callable[[], object]:
         """Inference: eval mode, no autograd."""
-        module, x = self.module.eval(), self.inputs()
-
-        def forward():
-            with torch.no_grad():
-                return module(x)
-
-        return forward
+        return self.passes.closure("forward")
 
     def train_fn(self) -> Callable[[], object]:
         """One training step without the optimizer: train-mode forward and backward (input grads for layers)."""
-        module = self.module.train()
-        x = self.inputs().detach().requires_grad_(self.scope == "layer")
-        if self._grad is None:
-            with torch.no_grad():
-                self._grad = torch.randn_like(module(x))
-
-        def step():
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            module(x).backward(self._grad)
-
-        return step
+        return self.passes.closure("forward_backward")
 
     def training_forward_fn(self) -> Callable[[], object]:
         """A train-mode forward with autograd recording (what a training step keeps for backward)."""
-        module = self.module.train()
-        x = self.inputs().detach().requires_grad_(self.scope == "layer")
-        return lambda: module(x)
+        return self.passes.training_forward
 
     def release(self) -> None:
-        self._module = self._inputs = self._grad = None
+        self._module = self._inputs = self._passes = None
 
 

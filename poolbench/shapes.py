@@ -1,40 +1,46 @@
-"""The pooling-layer input shapes the benchmarks are run at.
+"""The pooling-layer input shapes the per-layer benchmarks run at, read off the networks themselves.
 
-VGG-16 pools five times (the per-layer targets are set at batch 32, 224²); the
-per-layer benchmarks use the same shapes at a batch that fits the device.
+Every shape comes from :func:`poolbench.models.layer_input_shapes` (a
+meta-device forward of the registered network with max pooling at each
+site), so a network registered with :func:`poolbench.models.register_model`
+gets per-layer benchmarks without a hand-kept shape table, and the tables
+cannot drift from the placement the network benchmarks use.
 """
 from __future__ import annotations
 
-__all__ = ["POOL_LAYER_MODELS", "RESNET50_POOL_LAYERS", "VGG16_POOL_CHANNELS", "pool_layers", "vgg16_pool_shapes"]
+import functools
 
-#: Channels entering VGG-16's five MaxPool2d(2, 2) layers.
-VGG16_POOL_CHANNELS = (64, 128, 256, 512, 512)
+from . import models
 
+__all__ = ["pool_layer_models", "pool_layers", "vgg16_pool_shapes"]
 
-def vgg16_pool_shapes(batch: int = 32, resolution: int = 224) -> list[tuple[int, int, int, int]]:
-    """(N, C, H, W) at the input of each VGG-16 pooling layer for a ``resolution``² image."""
-    shapes, size = [], resolution
-    for channels in VGG16_POOL_CHANNELS:
-        shapes.append((batch, channels, size, size))
-        size //= 2
-    return shapes
+Shape = tuple[int, ...]
+Window = tuple[int, int, int]
 
 
-#: ResNet-50's distinct pooling layers at the paper's placement, for a 224² image:
-#: (channels, size, kernel_size, stride, padding).  The stem's 3×3/2 pad 1 max pool, then the
-#: 2×2/2 pooler on the input of the first block of layer2-4 (main path and shortcut see the same
-#: shape, so each shape is listed once).
-RESNET50_POOL_LAYERS = ((64, 112, 3, 2, 1), (256, 56, 2, 2, 0), (512, 28, 2, 2, 0), (1024, 14, 2, 2, 0))
-
-#: Networks whose pooling layers the per-layer benchmark knows.
-POOL_LAYER_MODELS = ("vgg16", "resnet50")
+def pool_layer_models() -> list[str]:
+    """Networks whose pooling layers can be benchmarked one by one: every registered network."""
+    return models.names()
 
 
-def pool_layers(model: str = "vgg16", batch: int = 32, resolution: int = 224):
-    """[(shape (N, C, H, W), (kernel_size, stride, padding))] of each distinct pooling layer of ``model``."""
-    if model == "vgg16":
-        return [(shape, (2, 2, 0)) for shape in vgg16_pool_shapes(batch, resolution)]
-    if model == "resnet50":
-        return [((batch, channels, size * resolution // 224, size * resolution // 224), (k, s, p))
-                for channels, size, k, s, p in RESNET50_POOL_LAYERS]
-    raise ValueError(f"unknown model {model!r}; per-layer shapes are known for {', '.join(POOL_LAYER_MODELS)}")
+@functools.lru_cache(maxsize=64)
+def _distinct_layers(model: str, batch: int, resolution: int) -> tuple[tuple[Shape, Window], ...]:
+    layers = ((shape, site.geometry) for site, shape in models.layer_input_shapes(model, batch, resolution))
+    return tuple(dict.fromkeys(layers))  # forward order, each (shape, window) once
+
+
+def pool_layers(model: str = "vgg16", batch: int = 32, resolution: int = 224) -> list[tuple[Shape, Window]]:
+    """[(input shape (N, C, H, W), (kernel_size, stride, padding))] of each distinct pooling layer of ``model``.
+
+    Distinct: a ResNet block's main path and shortcut pool the same input with
+    the same window, which is one layer to benchmark, not two.
+    """
+    known = pool_layer_models()
+    if model not in known:
+        raise ValueError(f"unknown model {model!r}; per-layer shapes are known for {', '.join(known)}")
+    return list(_distinct_layers(model, batch, resolution))
+
+
+def vgg16_pool_shapes(batch: int = 32, resolution: int = 224) -> list[Shape]:
+    """(N, C, H, W) at the input of each of VGG-16's five pooling layers for a ``resolution``² image."""
+    return [shape for shape, _ in pool_layers("vgg16", batch, resolution)]

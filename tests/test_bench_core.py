@@ -26,6 +26,31 @@ def test_subject_closures_do_the_pooler_work_only():
         subject.closure("backward")
 
 
+def test_network_training_step_is_the_parameter_gradients_of_backward():
+    """``poolbench run``'s network cells time the core's subject: parameter gradients only, as ``.backward()``."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              poolbench.create("dpp_lite_sym", 4, tier="vectorized"), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 4 * 4, 5))
+    x = torch.randn(2, 3, 8, 8)
+    subject = bench.PassSubject(net, x, list(net.parameters()), net, input_grad=False)
+    grads = subject.train_step()
+    assert not subject.x_train.requires_grad and len(grads) == len(list(net.parameters()))
+    net(x).backward(subject.grad_out)
+    for grad, param in zip(grads, net.parameters()):
+        torch.testing.assert_close(grad, param.grad)
+    assert subject.saved_bytes(exclude=net.parameters()) < subject.saved_bytes()  # the weights left out
+
+
+def test_inference_only_subject_never_runs_a_training_forward():
+    """Batch 1 at a 1×1 map: BatchNorm refuses train mode; inference must still be measurable."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    subject = bench.PassSubject(net, torch.randn(1, 3, 1, 1), list(net.parameters()), net, input_grad=False)
+    subject.closure("forward")()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        subject.closure("forward_backward")
+
+
 def test_paired_ratio_is_the_median_of_per_round_ratios():
     assert bench.paired_ratio([2.0, 4.0, 30.0], [1.0, 2.0, 3.0]) == 2.0  # one disturbed round does not move it
     assert math.isnan(bench.paired_ratio([1.0, 2.0], [1.0]))

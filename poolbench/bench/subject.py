@@ -22,40 +22,67 @@ PASSES = ("forward", "forward_backward")
 
 
 class PassSubject:
-    """``fn`` (a pooler module or function) on input ``x``, with closures for each pass.
+    """``fn`` (a pooler module, a function or a whole network) on input ``x``, with closures for each pass.
 
-    ``forward_backward`` computes the gradients of the input and ``params``
-    with ``torch.autograd.grad`` against a fixed random upstream gradient (no
-    ``.grad`` accumulation, which would add work the pooler does not own).
+    ``forward_backward`` computes the gradients of ``params`` and, with
+    ``input_grad`` (a layer inside a network), of the input, with
+    ``torch.autograd.grad`` against a fixed random upstream gradient (no
+    ``.grad`` accumulation, which would add work the module does not own).
+    A network's training step has no input gradient: ``input_grad=False``.
     ``module``, when given, is put in eval mode for ``forward`` and train mode
     for ``forward_backward``.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                 params: Sequence[torch.Tensor] = (), module: torch.nn.Module | None = None, seed: int = 7):
+                 params: Sequence[torch.Tensor] = (), module: torch.nn.Module | None = None, seed: int = 7,
+                 *, input_grad: bool = True):
         self.fn, self.module, self.params = fn, module, list(params)
         self.x = x
-        self.x_train = x.detach().clone().requires_grad_(True)
-        with torch.no_grad():
-            out_shape = fn(x).shape
-        generator = torch.Generator().manual_seed(seed)
-        self.grad_out = torch.randn(out_shape, generator=generator).to(device=x.device, dtype=x.dtype)
+        self.x_train = x.detach().clone().requires_grad_(input_grad)
+        self.differentiated = ([self.x_train] if input_grad else []) + self.params
+        self.seed = seed
+        self._grad_out: torch.Tensor | None = None
+
+    @property
+    def grad_out(self) -> torch.Tensor:
+        """The fixed upstream gradient, made on first use: an inference-only subject never runs a training forward."""
+        if self._grad_out is None:
+            if self.module is not None:
+                self.module.train()
+            with torch.no_grad():
+                out_shape = self.fn(self.x).shape
+            generator = torch.Generator().manual_seed(self.seed)
+            self._grad_out = torch.randn(out_shape, generator=generator).to(device=self.x.device, dtype=self.x.dtype)
+        return self._grad_out
 
     def forward(self) -> torch.Tensor:
         with torch.no_grad():
             return self.fn(self.x)
 
     def train_step(self) -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(self.fn(self.x_train), [self.x_train, *self.params], self.grad_out)
+        # allow_unused: a plugin may hold a parameter its forward does not use (its gradient is None)
+        return torch.autograd.grad(self.fn(self.x_train), self.differentiated, self.grad_out, allow_unused=True)
 
-    def saved_bytes(self) -> int:
-        """Bytes autograd saves for backward in one training forward (exact on any device)."""
-        return saved_tensor_bytes(lambda: self.fn(self.x_train))
+    def training_forward(self) -> torch.Tensor:
+        """A train-mode forward with autograd recording: what a training step keeps for backward."""
+        if self.module is not None:
+            self.module.train()
+        return self.fn(self.x_train)
+
+    def saved_bytes(self, exclude: Sequence[torch.Tensor] = ()) -> int:
+        """Bytes autograd saves for backward in one training forward (exact on any device).
+
+        Tensors sharing storage with ``exclude`` (a network's weights, which
+        exist anyway) are not counted.
+        """
+        return saved_tensor_bytes(self.training_forward, exclude=exclude)
 
     def closure(self, pass_: str) -> Callable[[], None]:
         """A zero-argument closure running one ``pass_`` and waiting for the device (for timers)."""
         if pass_ not in PASSES:
             raise ValueError(f"pass must be one of {', '.join(PASSES)}, got {pass_!r}")
+        if pass_ == "forward_backward":
+            self.grad_out  # noqa: B018 -- made here, outside the timed calls
         if self.module is not None:
             self.module.train(pass_ == "forward_backward")
         step, device = (self.forward if pass_ == "forward" else self.train_step), self.x.device

@@ -9,7 +9,7 @@ import torch
 
 from ..layerbench import run_layerbench, to_markdown
 from ..results import check_output_file
-from ..shapes import POOL_LAYER_MODELS
+from ..shapes import pool_layer_models
 from ..tolerances import DTYPES
 from ._options import bounded_float, bounded_int
 
@@ -30,8 +30,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tiers", nargs="+", help="only these DPP tiers (default: every available one but reference)")
     parser.add_argument("--variants", nargs="+", default=["dpp_lite_sym"],
                         help="DPP variants (default dpp_lite_sym; e.g. dpp_full_asym)")
-    parser.add_argument("--model", default="vgg16", choices=POOL_LAYER_MODELS,
-                        help="whose pooling layers: vgg16 (five 2x2/2) or resnet50 (3x3/2 pad 1 stem + three 2x2/2)")
+    parser.add_argument("--model", default="vgg16", choices=pool_layer_models(),
+                        help="whose pooling layers, any registered network: e.g. vgg16 (five 2x2/2) or resnet50 "
+                             "(3x3/2 pad 1 stem + three 2x2/2)")
     parser.add_argument("--layers", nargs="+", type=bounded_int(1, 16),
                         help="pooling layers of --model, 1-based (default all)")
     parser.add_argument("--resolution", type=bounded_int(32, 8192), default=224, help="input image size (default 224)")
