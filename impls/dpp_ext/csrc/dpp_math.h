@@ -332,9 +332,10 @@ DPP_UNROLL
 
 template <int N = 0, typename T>
 DPP_HD T lite_centre(const T* v, int n) {
+  const int taps = tap_bound<N>(n);  // a plain bound: GCC drops the unroll pragma otherwise
   T sum = 0;
 DPP_UNROLL
-  for (int i = 0; i < tap_bound<N>(n); ++i)
+  for (int i = 0; i < taps; ++i)
     if (tap_valid<N>(i, n)) sum += v[i];
   return sum / static_cast<T>(n);
 }
@@ -420,9 +421,10 @@ DPP_HD T deviation(T v, T centre, T asym) {
 // e[i] = 2^(ℓ_i − M) for the backward; both may be discarded by a forward-only caller.
 template <int N = 0, typename T>
 DPP_HD WindowStats<T> window_forward(const T* v, int n, T centre, const Params<T>& p, T* lc, T* e) {
+  const int taps = tap_bound<N>(n);  // a plain bound: GCC drops the unroll pragma otherwise
   T sum_c = 0;
 DPP_UNROLL
-  for (int i = 0; i < tap_bound<N>(n); ++i) {
+  for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
     const T d = deviation(v[i], centre, p.asym);
     lc[i] = log2_charbonnier(d, p.eps2);
@@ -434,7 +436,7 @@ DPP_UNROLL
   const T log2_mean = p.scale_invariant * dpp_log2(mean_c);
   T shift = p.log2_alpha;
 DPP_UNROLL
-  for (int i = 0; i < tap_bound<N>(n); ++i) {
+  for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
     lc[i] -= log2_mean;
     shift = dpp_max(shift, p.half_lam * lc[i]);
@@ -442,7 +444,7 @@ DPP_UNROLL
   const T alpha_w = dpp_exp2(p.log2_alpha - shift);  // log2 α = −inf (α = 0) gives 0
   T sum_e = 0, sum_ev = 0, sum_v = 0;
 DPP_UNROLL
-  for (int i = 0; i < tap_bound<N>(n); ++i) {
+  for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
     e[i] = dpp_exp2(p.half_lam * lc[i] - shift);
     sum_e += e[i];
@@ -471,10 +473,11 @@ struct WindowGrads {
 template <int N = 0, typename T>
 DPP_HD WindowGrads<T> window_backward(T g, const T* v, int n, T centre, const Params<T>& p, const WindowStats<T>& s,
                                       const T* lc, const T* e, T* gv) {
+  const int taps = tap_bound<N>(n);
   const T gs = g / s.sum_w;
   T sum_h = 0, sum_hlc = 0, sum_dv = 0;
 DPP_UNROLL
-  for (int i = 0; i < tap_bound<N>(n); ++i) {
+  for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
     const T dv = v[i] - s.out;
     const T h = dv * e[i];
@@ -485,7 +488,7 @@ DPP_UNROLL
   const T correction = p.scale_invariant * (sum_h / s.sum_c);
   T g_centre = 0;
 DPP_UNROLL
-  for (int i = 0; i < tap_bound<N>(n); ++i) {
+  for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
     const T d = deviation(v[i], centre, p.asym);
     const T h = (v[i] - s.out) * e[i];
