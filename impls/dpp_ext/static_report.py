@@ -29,7 +29,7 @@ import torch
 
 from poolbench.toolchain import cpp_extension, cuda_home
 
-from .build import CSRC, CUDA_CFLAGS, CUDA_SOURCES, HEADERS, build_directory
+from .build import CSRC, CUDA_CFLAGS, CUDA_SOURCES, HEADERS, BuildError, build_directory
 
 __all__ = ["cuda_kernel_rows", "find_tool", "is_cached", "parse_ptxas", "sass_loop_instructions", "to_markdown"]
 
@@ -74,7 +74,10 @@ def _cubin_path(arch: str, float32_only: bool) -> Path:
 
 def is_cached(arch: str = "sm_90", float32_only: bool = False) -> bool:
     """Whether the current CUDA source was compiled for ``arch`` already (the report then takes seconds)."""
-    cubin = _cubin_path(_normalise_arch(arch), float32_only)
+    try:
+        cubin = _cubin_path(_normalise_arch(arch), float32_only)
+    except BuildError:  # no usable cache directory: nothing can be cached
+        return False
     return cubin.exists() and cubin.with_suffix(".ptxas.log").exists()
 
 
