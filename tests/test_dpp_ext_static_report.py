@@ -38,14 +38,22 @@ def test_bad_arch_is_rejected_with_the_expected_form():
         static_report.cuda_kernel_rows("hopper")
 
 
-@pytest.mark.slow
-def test_cuda_kernels_compile_for_sm90_without_spills_and_interior_forward_without_local_memory():
-    """nvcc -cubin for sm_90 (minutes on 2 cores): every kernel compiles, no forward kernel spills, and the
-    interior forward kernels (the fast path of every 2×2 and 3×3 layer) use no local memory at all."""
-    if cuda_home() is None or static_report.find_tool("cuobjdump") is None:
-        pytest.skip("no CUDA toolkit (nvcc) or cuobjdump on this machine")
-    rows = static_report.cuda_kernel_rows("sm_90")
+_NO_TOOLKIT = cuda_home() is None or static_report.find_tool("cuobjdump") is None
+_FLOAT32_COMPUTED = ("float32", "bfloat16", "float16")
+
+
+def assert_fast_paths_clean(rows):
+    """Every kernel compiles; no instantiation with a 2×2 or 3×3 fast path spills or uses local memory
+    when it computes in float32 (fp32, bf16, fp16: the VGG-16 and ResNet path), forward and backward;
+    no forward kernel spills in any dtype; the interior forward uses no local memory in any dtype."""
     assert all(row["compiled"] for row in rows), rows[0]["error"]
+    fast = [row for row in rows if row["config"].startswith(("k2", "k3")) and row["dtype"] in _FLOAT32_COMPUTED]
+    kernels = {row["kernel"] for row in fast}
+    assert kernels == {"dpp_forward_interior_kernel", "dpp_forward_border_kernel", "dpp_backward_window_kernel",
+                       "dpp_backward_gather_kernel"}, kernels
+    bad = [row for row in fast if row["spill_bytes"] != 0 or row["stack_bytes"] != 0]
+    assert not bad, [(r["kernel"], r["variant"], r["dtype"], r["config"], r["spill_bytes"], r["stack_bytes"])
+                     for r in bad]
     forward = [row for row in rows if row["kernel"].startswith("dpp_forward")]
     assert forward and all(row["spill_bytes"] == 0 for row in forward), [r for r in forward if r["spill_bytes"]]
     interior = [row for row in rows if row["kernel"] == "dpp_forward_interior_kernel"]
@@ -53,3 +61,19 @@ def test_cuda_kernels_compile_for_sm90_without_spills_and_interior_forward_witho
     assert len(interior) == 16, [(r["variant"], r["dtype"], r["config"]) for r in interior]
     assert all(row["stack_bytes"] == 0 for row in interior), [r for r in interior if r["stack_bytes"]]
     assert all(row["sass_per_window"] for row in interior)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_NO_TOOLKIT, reason="no CUDA toolkit (nvcc) or cuobjdump on this machine")
+def test_cuda_kernels_compile_for_sm90_without_spills_or_local_memory_on_the_fast_paths():
+    """nvcc -cubin for sm_90 (minutes on 2 cores), then the checks of assert_fast_paths_clean."""
+    assert_fast_paths_clean(static_report.cuda_kernel_rows("sm_90"))
+
+
+@pytest.mark.skipif(_NO_TOOLKIT, reason="no CUDA toolkit (nvcc) or cuobjdump on this machine")
+def test_cached_sm90_compile_has_no_spills_or_local_memory_on_the_fast_paths():
+    """The same checks in the default suite, from the cached compile of the current source (seconds);
+    `python -m impls.dpp_ext.static_report sm_90` or the slow test above makes that cache."""
+    if not static_report.is_cached("sm_90"):
+        pytest.skip("the current CUDA source has no cached sm_90 compile (the slow test makes one in minutes)")
+    assert_fast_paths_clean(static_report.cuda_kernel_rows("sm_90"))

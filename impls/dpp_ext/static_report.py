@@ -10,7 +10,8 @@ template instantiation the host code launches is one row: kernel × variant
 (NOPs excluded) of the kernels that handle one output window per loop iteration
 (forward, backward window kernel); it is a proxy for the issue rate of a
 memory-bound kernel, not a timing.  ``stack_bytes`` is the per-thread stack frame
-(local memory): 0 on the interior forward path.
+(local memory): 0 for every 2×2 and 3×3 instantiation that computes in float32 (fp32,
+bf16, fp16), forward and backward.
 
 The cubin and ptxas log are cached per architecture and source content (the
 compile takes minutes on a small machine).
@@ -28,9 +29,9 @@ import torch
 
 from poolbench.toolchain import cpp_extension, cuda_home
 
-from .build import CSRC, CUDA_CFLAGS, CUDA_SOURCES, HEADERS, build_directory
+from .build import CSRC, CUDA_CFLAGS, CUDA_SOURCES, HEADERS, BuildError, build_directory
 
-__all__ = ["cuda_kernel_rows", "find_tool", "parse_ptxas", "sass_loop_instructions", "to_markdown"]
+__all__ = ["cuda_kernel_rows", "find_tool", "is_cached", "parse_ptxas", "sass_loop_instructions", "to_markdown"]
 
 #: scalar_t spelled by the demangler → poolbench dtype name
 _DTYPES = {"float": "float32", "double": "float64", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}
@@ -62,16 +63,30 @@ def _normalise_arch(arch: str) -> str:
     return digits
 
 
-def _compile(arch: str) -> tuple[Path, str]:
-    """(cubin, ptxas log) of the CUDA source for sm_<arch>, cached by architecture and source content."""
-    nvcc = find_tool("nvcc")
-    if nvcc is None:
-        raise RuntimeError("nvcc not found (set CUDA_HOME to a CUDA toolkit)")
+def _cubin_path(arch: str, float32_only: bool) -> Path:
+    """Where the cubin of the current CUDA source for sm_<arch> is cached (keyed by source content and mode)."""
     digest = hashlib.sha1()
     for path in (*CUDA_SOURCES, *HEADERS):
         digest.update(path.read_bytes())
-    directory = build_directory("static_report")
-    cubin = directory / f"dpp_kernel-sm{arch}-{digest.hexdigest()[:12]}.cubin"
+    mode = "-f32" if float32_only else ""
+    return build_directory("static_report") / f"dpp_kernel-sm{arch}{mode}-{digest.hexdigest()[:12]}.cubin"
+
+
+def is_cached(arch: str = "sm_90", float32_only: bool = False) -> bool:
+    """Whether the current CUDA source was compiled for ``arch`` already (the report then takes seconds)."""
+    try:
+        cubin = _cubin_path(_normalise_arch(arch), float32_only)
+    except BuildError:  # no usable cache directory: nothing can be cached
+        return False
+    return cubin.exists() and cubin.with_suffix(".ptxas.log").exists()
+
+
+def _compile(arch: str, float32_only: bool = False) -> tuple[Path, str]:
+    """(cubin, ptxas log) of the CUDA source for sm_<arch>, cached by architecture, source content and mode."""
+    nvcc = find_tool("nvcc")
+    if nvcc is None:
+        raise RuntimeError("nvcc not found (set CUDA_HOME to a CUDA toolkit)")
+    cubin = _cubin_path(arch, float32_only)
     log_path = cubin.with_suffix(".ptxas.log")
     if cubin.exists() and log_path.exists():
         return cubin, log_path.read_text(encoding="utf-8")
@@ -80,6 +95,7 @@ def _compile(arch: str) -> tuple[Path, str]:
         nvcc, "-cubin", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-std=c++20", "-Xptxas", "-v",
         *CUDA_CFLAGS, *cpp_extension().COMMON_NVCC_FLAGS,
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *include,
+        *(["-DPOOLBENCH_DPP_FLOAT32_ONLY"] if float32_only else []),
         "-o", str(cubin), str(CUDA_SOURCES[0]),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
@@ -186,8 +202,11 @@ def _describe(name: str, args: list[str]) -> dict:
     return {"kernel": name, "variant": "full" if full else "lite", "dtype": dtypes[0], "config": config}
 
 
-def cuda_kernel_rows(arch: str = "sm_90") -> list[dict]:
+def cuda_kernel_rows(arch: str = "sm_90", float32_only: bool = False) -> list[dict]:
     """One dict per CUDA kernel instantiation compiled for ``arch`` (e.g. "sm_90", "sm_80").
+
+    ``float32_only`` compiles the float32 instantiations only (about a quarter of the
+    compile time; for iterating on one kernel's register use, not for the report).
 
     Keys: tier ("cuda"), kernel, variant, dtype, config, compiled, registers, spill_bytes,
     shared_bytes, sass_instructions, sass_per_window, error, stack_bytes.  When the source
@@ -195,7 +214,7 @@ def cuda_kernel_rows(arch: str = "sm_90") -> list[dict]:
     """
     digits = _normalise_arch(arch)
     try:
-        cubin, log = _compile(digits)
+        cubin, log = _compile(digits, float32_only)
         resources = parse_ptxas(log)
         sass = _sass_functions(cubin)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -246,8 +265,12 @@ if __name__ == "__main__":  # python -m impls.dpp_ext.static_report sm_90 [--md 
     parser = argparse.ArgumentParser(description="Static report of the CUDA DPP kernels (no GPU needed).")
     parser.add_argument("arch", nargs="?", default="sm_90")
     parser.add_argument("--md", type=Path, help="write a markdown table here instead of JSON to stdout")
+    parser.add_argument("--float32-only", action="store_true",
+                        help="compile the float32 instantiations only (quick iteration, ~4x faster)")
+    parser.add_argument("--kernel", default="", help="keep only rows whose kernel name contains this text")
     options = parser.parse_args()
-    report_rows = cuda_kernel_rows(options.arch)
+    report_rows = [row for row in cuda_kernel_rows(options.arch, options.float32_only)
+                   if options.kernel in row["kernel"]]
     if options.md:
         options.md.write_text(to_markdown(report_rows, options.arch), encoding="utf-8")
     else:

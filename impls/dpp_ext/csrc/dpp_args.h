@@ -33,6 +33,16 @@ inline Geometry make_geometry(const at::Tensor& x, int64_t kernel_size, int64_t 
   return g;
 }
 
+// The backward's upstream gradient in x's dtype, contiguous, checked against the output shape.
+inline at::Tensor upstream_grad(const at::Tensor& grad_in, const at::Tensor& x, const Geometry& g) {
+  const at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1) &&
+                  grad.size(2) == g.out_height && grad.size(3) == g.out_width,
+              "dpp_backward: grad has shape ", grad.sizes(), ", expected the output shape (", x.size(0), ", ",
+              x.size(1), ", ", g.out_height, ", ", g.out_width, ")");
+  return grad;
+}
+
 // Per-channel parameters in the accumulation dtype, contiguous, on x's device:
 // alpha, log2(alpha), lam, F (C, 9), b (C).  Tiny tensors: converting them is free.
 struct ChannelParams {

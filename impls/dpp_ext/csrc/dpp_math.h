@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define DPP_HD __host__ __device__ __forceinline__
@@ -70,25 +71,25 @@ namespace poolbench_dpp {
 // float64 uses libm everywhere (gradcheck only; speed does not matter).
 // ---------------------------------------------------------------------------
 
-DPP_HD float bits_to_float(uint32_t u) {
+// The bits of a float as uint32_t or back (a bit cast: the CUDA intrinsic, or memcpy on the host).
+template <typename To, typename From>
+DPP_HD To bit_cast_32(From from) {
+  static_assert(sizeof(To) == 4 && sizeof(From) == 4, "32-bit values only");
 #if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
+  if constexpr (std::is_same<To, float>::value) {
+    return __uint_as_float(from);
+  } else {
+    return __float_as_uint(from);
+  }
 #else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
 #endif
 }
 
-DPP_HD uint32_t float_to_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
+DPP_HD float bits_to_float(uint32_t u) { return bit_cast_32<float>(u); }
+DPP_HD uint32_t float_to_bits(float f) { return bit_cast_32<uint32_t>(f); }
 
 // log2(x) for x ≥ 0 (x = 0 → −inf, inf → inf, NaN/negative → NaN), subnormals included.
 DPP_HD float poly_log2(float x) {
@@ -145,39 +146,19 @@ DPP_HD float poly_exp2(float x) {
   return result;
 }
 
-DPP_HD float dpp_log2(float x) {
 #if defined(__CUDA_ARCH__)
-  // One MUFU.LG2 (≤ 2 ulp; abs. error 2^-22 on [0.5, 2]) instead of log2f's ~40-instruction
-  // precise routine; its inputs are never subnormal (c ≥ ε², or ε²-scaled sums).
-  return __log2f(x);
+// One MUFU.LG2 (≤ 2 ulp; abs. error 2^-22 on [0.5, 2]) instead of log2f's ~40-instruction
+// precise routine; its inputs are never subnormal (c ≥ ε², or ε²-scaled sums).
+DPP_HD float dpp_log2(float x) { return __log2f(x); }
+DPP_HD float dpp_exp2(float x) { return exp2f(x); }
+DPP_HD double dpp_log2(double x) { return ::log2(x); }
+DPP_HD double dpp_exp2(double x) { return ::exp2(x); }
 #else
-  return poly_log2(x);
+DPP_HD float dpp_log2(float x) { return poly_log2(x); }
+DPP_HD float dpp_exp2(float x) { return poly_exp2(x); }
+DPP_HD double dpp_log2(double x) { return std::log2(x); }
+DPP_HD double dpp_exp2(double x) { return std::exp2(x); }
 #endif
-}
-
-DPP_HD float dpp_exp2(float x) {
-#if defined(__CUDA_ARCH__)
-  return exp2f(x);
-#else
-  return poly_exp2(x);
-#endif
-}
-
-DPP_HD double dpp_log2(double x) {
-#if defined(__CUDA_ARCH__)
-  return ::log2(x);
-#else
-  return std::log2(x);
-#endif
-}
-
-DPP_HD double dpp_exp2(double x) {
-#if defined(__CUDA_ARCH__)
-  return ::exp2(x);
-#else
-  return std::exp2(x);
-#endif
-}
 
 template <typename T>
 DPP_HD T dpp_max(T a, T b) {
@@ -290,15 +271,44 @@ DPP_HD void touching_outputs(int64_t i, int kernel_size, int stride, int padding
   hi = dpp_min<int64_t>(hi, out_size - 1);
 }
 
+// ---------------------------------------------------------------------------
+// Tap loops.  N is the most taps a caller's windows can have when it is known at compile
+// time (K×K for a fixed kernel size), else 0.  With N > 0 every per-tap loop has a constant
+// trip count (taps ≥ n are skipped), so it unrolls completely and a GPU keeps the window's
+// arrays in registers; a runtime trip count would index them dynamically and put them in
+// local memory.  N = 0 loops over the n taps (any kernel size).
+// ---------------------------------------------------------------------------
+
+template <int N>
+DPP_HD int tap_bound(int n) {
+  return N > 0 ? N : n;
+}
+
+template <int N>
+DPP_HD bool tap_valid(int i, int n) {
+  return N == 0 || i < n;
+}
+
 // Gather the valid taps of output (oh, ow) from one (H, W) plane, row-major; returns n.
-template <typename scalar_t, typename T>
+template <int N = 0, typename scalar_t, typename T>
 DPP_HD int gather_window(const scalar_t* plane, const Geometry& g, int64_t oh, int64_t ow, T* v) {
   int64_t h0, h1, w0, w1;
   window_span(oh, g.kernel_size, g.stride, g.padding, g.height, h0, h1);
   window_span(ow, g.kernel_size, g.stride, g.padding, g.width, w0, w1);
-  int n = 0;
-  for (int64_t h = h0; h < h1; ++h)
-    for (int64_t w = w0; w < w1; ++w) v[n++] = static_cast<T>(plane[h * g.width + w]);
+  const int span = static_cast<int>(w1 - w0), n = static_cast<int>(h1 - h0) * span;
+  const scalar_t* origin = plane + h0 * g.width + w0;
+  if constexpr (N > 0) {  // constant tap indices; row and column of each tap from the clipped width
+DPP_UNROLL
+    for (int t = 0; t < N; ++t) {
+      if (t >= n) continue;
+      const int row = t / span;
+      v[t] = static_cast<T>(origin[row * g.width + (t - row * span)]);
+    }
+  } else {
+    int t = 0;
+    for (int64_t h = 0; h < h1 - h0; ++h)
+      for (int w = 0; w < span; ++w) v[t++] = static_cast<T>(origin[h * g.width + w]);
+  }
   return n;
 }
 
@@ -320,11 +330,13 @@ DPP_UNROLL
 // The guide (centre)
 // ---------------------------------------------------------------------------
 
-template <typename T>
+template <int N = 0, typename T>
 DPP_HD T lite_centre(const T* v, int n) {
+  const int taps = tap_bound<N>(n);  // a plain bound: GCC drops the unroll pragma otherwise
   T sum = 0;
 DPP_UNROLL
-  for (int i = 0; i < n; ++i) sum += v[i];
+  for (int i = 0; i < taps; ++i)
+    if (tap_valid<N>(i, n)) sum += v[i];
   return sum / static_cast<T>(n);
 }
 
@@ -407,11 +419,13 @@ DPP_HD T deviation(T v, T centre, T asym) {
 
 // Forward of one window.  Fills lc[i] = log2 c_i (scale-normalised) and
 // e[i] = 2^(ℓ_i − M) for the backward; both may be discarded by a forward-only caller.
-template <typename T>
+template <int N = 0, typename T>
 DPP_HD WindowStats<T> window_forward(const T* v, int n, T centre, const Params<T>& p, T* lc, T* e) {
+  const int taps = tap_bound<N>(n);  // a plain bound: GCC drops the unroll pragma otherwise
   T sum_c = 0;
 DPP_UNROLL
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < taps; ++i) {
+    if (!tap_valid<N>(i, n)) continue;
     const T d = deviation(v[i], centre, p.asym);
     lc[i] = log2_charbonnier(d, p.eps2);
     sum_c += d * d + p.eps2;  // scale-invariant option only (inf for huge deviations)
@@ -422,14 +436,16 @@ DPP_UNROLL
   const T log2_mean = p.scale_invariant * dpp_log2(mean_c);
   T shift = p.log2_alpha;
 DPP_UNROLL
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < taps; ++i) {
+    if (!tap_valid<N>(i, n)) continue;
     lc[i] -= log2_mean;
     shift = dpp_max(shift, p.half_lam * lc[i]);
   }
   const T alpha_w = dpp_exp2(p.log2_alpha - shift);  // log2 α = −inf (α = 0) gives 0
   T sum_e = 0, sum_ev = 0, sum_v = 0;
 DPP_UNROLL
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < taps; ++i) {
+    if (!tap_valid<N>(i, n)) continue;
     e[i] = dpp_exp2(p.half_lam * lc[i] - shift);
     sum_e += e[i];
     sum_ev += e[i] * v[i];
@@ -454,13 +470,15 @@ struct WindowGrads {
 // Backward of one window for upstream gradient g: gv[i] = ∂L/∂v_i through the
 // weights and the weighted sum (not through the centre — the caller adds
 // centre.grad's share, which depends on the guide).
-template <typename T>
+template <int N = 0, typename T>
 DPP_HD WindowGrads<T> window_backward(T g, const T* v, int n, T centre, const Params<T>& p, const WindowStats<T>& s,
                                       const T* lc, const T* e, T* gv) {
+  const int taps = tap_bound<N>(n);
   const T gs = g / s.sum_w;
   T sum_h = 0, sum_hlc = 0, sum_dv = 0;
 DPP_UNROLL
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < taps; ++i) {
+    if (!tap_valid<N>(i, n)) continue;
     const T dv = v[i] - s.out;
     const T h = dv * e[i];
     sum_h += h;
@@ -470,7 +488,8 @@ DPP_UNROLL
   const T correction = p.scale_invariant * (sum_h / s.sum_c);
   T g_centre = 0;
 DPP_UNROLL
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < taps; ++i) {
+    if (!tap_valid<N>(i, n)) continue;
     const T d = deviation(v[i], centre, p.asym);
     const T h = (v[i] - s.out) * e[i];
     const T g_d = gs * p.half_lam * T(2) * (h * deviation_over_charbonnier(d, p.eps2) - correction * d);

@@ -242,6 +242,20 @@ struct Simd {
     }
   }
 
+  // Window j of a packed block: its K×K taps into v, and returns its centre c̃ (Full-DPP: the
+  // guide over the stencil, read from the window's own taps where the two overlap; Lite: the mean).
+  // Inlined into the vectorised loops over windows.
+  template <typename T>
+  DPP_HD static T load_packed(const T* taps, const T* sten, int64_t cap, int64_t j, const T* f9, T bias, T* v) {
+    DPP_UNROLL
+    for (int t = 0; t < kTaps; ++t) v[t] = taps[t * cap + j];
+    if (!FULL) return lite_centre(v, kTaps);
+    T v9[9];
+    DPP_UNROLL
+    for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
+    return full_centre(v9, f9, bias);
+  }
+
   template <typename T>
   static void forward_block(Scratch<T>& s, int64_t count, const Params<T>& p_in, const T* f9_in, T bias) {
     const Params<T> p = p_in;  // local copies: provably not aliased by the stores below
@@ -254,17 +268,7 @@ struct Simd {
     DPP_VECTORIZE
     for (int64_t j = 0; j < count; ++j) {
       T v[kTaps], lc[kTaps], e[kTaps];
-      DPP_UNROLL
-      for (int t = 0; t < kTaps; ++t) v[t] = taps[t * cap + j];
-      T centre;
-      if (FULL) {
-        T v9[9];
-        DPP_UNROLL
-        for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
-        centre = full_centre(v9, f9, bias);
-      } else {
-        centre = lite_centre(v, kTaps);
-      }
+      const T centre = load_packed(taps, sten, cap, j, f9, bias, v);
       out[j] = window_forward(v, kTaps, centre, p, lc, e).out;
     }
   }
@@ -286,17 +290,7 @@ struct Simd {
     DPP_VECTORIZE
     for (int64_t j = 0; j < count; ++j) {
       T v[kTaps], lc[kTaps], e[kTaps], gv[kTaps];
-      DPP_UNROLL
-      for (int t = 0; t < kTaps; ++t) v[t] = taps[t * cap + j];
-      T centre;
-      if (FULL) {
-        T v9[9];
-        DPP_UNROLL
-        for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
-        centre = full_centre(v9, f9, bias);
-      } else {
-        centre = lite_centre(v, kTaps);
-      }
+      const T centre = load_packed(taps, sten, cap, j, f9, bias, v);
       const WindowStats<T> st = window_forward(v, kTaps, centre, p, lc, e);
       const WindowGrads<T> gr = window_backward(gy[j], v, kTaps, centre, p, st, lc, e, gv);
       const T share = FULL ? T(0) : gr.centre * T(1.0 / kTaps);  // Lite: c̃ is the window mean
@@ -511,10 +505,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
   TORCH_CHECK(x_in.device().is_cpu() && grad_in.device().is_cpu(), "dpp_backward (CPU kernel): tensors must be on the CPU");
   const at::Tensor x = x_in.contiguous();
   const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
-  const at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
-  TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == g.out_height &&
-                  grad.size(3) == g.out_width,
-              "dpp_backward: grad has shape ", grad.sizes(), ", expected the output shape");
+  const at::Tensor grad = upstream_grad(grad_in, x, g);
   const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias);
   const int64_t batch = x.size(0), channels = x.size(1);
   const int slots = channel_grad_slots(g.full);

@@ -44,12 +44,29 @@
 #include <limits>
 #include <type_traits>
 
+// The static report's quick mode (`python -m impls.dpp_ext.static_report --float32-only`)
+// compiles the float32 instantiations only: a quarter of the compile while tuning register use.
+#ifdef POOLBENCH_DPP_FLOAT32_ONLY
+#define DPP_DISPATCH_FLOATING_TYPES(type, name, ...) \
+  AT_DISPATCH_SWITCH(type, name, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__))
+#else
+#define DPP_DISPATCH_FLOATING_TYPES(type, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
+#endif
+
 #include "../dpp_args.h"
 
 namespace poolbench_dpp {
 namespace {
 
 constexpr int kThreads = 256;
+// Blocks per SM that __launch_bounds__ promises: 2 caps a thread at 128 registers, which every
+// float32-computed kernel fits without spilling except the 3×3 backward (up to ~200 registers live
+// for a window's taps, weights and gradients); those and float64 get 1 (255).  Without a minimum,
+// ptxas spills a few bytes to reach the next occupancy step (64, 80, 128 registers) instead of
+// using a few more registers.
+template <int K, typename T>
+constexpr int kMinBlocks = K == 3 || sizeof(T) > 4 ? 1 : 2;
 constexpr int kMaxKernelSize = 8;           // generic windows live in local memory: ≤ 8×8 taps
 constexpr int kGenericTaps = kMaxKernelSize * kMaxKernelSize;
 constexpr int64_t kMaxReduceBlocks = 1024;  // per channel, in the window kernel
@@ -82,7 +99,14 @@ __device__ __forceinline__ bool interior_window(const Geometry& g, int64_t oh, i
 }
 
 // One window, loaded and pushed through the shared maths.  FIXED: an interior K×K window
-// with compile-time tap indices (registers); otherwise a gathered window of up to N taps.
+// with compile-time tap offsets; otherwise a gathered (clipped) window of up to N taps.  For
+// K ∈ {2, 3} both stay in registers: every per-tap loop runs to the constant bound
+// kTapBound = K·K (taps past n skipped), so no array is indexed at run time.  The generic
+// kernels (K = 0, any size up to 8×8) keep their windows in local memory, and so do float64's
+// clipped windows (gradcheck only): unrolled, they need more than 255 registers.
+template <int K, bool FIXED, typename T>
+constexpr int kTapBound = K > 0 && (FIXED || sizeof(T) <= 4) ? K * K : 0;
+
 template <int N, typename T>
 struct Window {
   T v[N], lc[N], e[N], gv[N];
@@ -103,13 +127,13 @@ __device__ __forceinline__ void load_window(const scalar_t* __restrict__ plane, 
       for (int j = 0; j < K; ++j) w.v[i * K + j] = static_cast<T>(base[i * g.width + j]);
     w.n = K * K;
   } else {
-    w.n = gather_window(plane, g, oh, ow, w.v);
+    w.n = gather_window<kTapBound<K, FIXED, T>>(plane, g, oh, ow, w.v);
   }
   if constexpr (FULL) {
     gather_stencil(plane, g, oh, ow, w.v9);
     w.centre = full_centre(w.v9, f9, bias);
   } else {
-    w.centre = lite_centre(w.v, FIXED ? K * K : w.n);
+    w.centre = lite_centre<kTapBound<K, FIXED, T>>(w.v, w.n);
   }
 }
 
@@ -118,22 +142,22 @@ __device__ __forceinline__ T forward_window(const scalar_t* __restrict__ plane, 
                                             int64_t ow, const Params<T>& p, const T* f9, T bias) {
   Window<N, T> w;
   load_window<K, FIXED, FULL>(plane, g, oh, ow, f9, bias, w);
-  return window_forward(w.v, FIXED ? K * K : w.n, w.centre, p, w.lc, w.e).out;
+  return window_forward<kTapBound<K, FIXED, T>>(w.v, w.n, w.centre, p, w.lc, w.e).out;
 }
 
 template <int K, bool FIXED, bool FULL, int N, typename scalar_t, typename T>
 __device__ __forceinline__ WindowGrads<T> backward_window(const scalar_t* __restrict__ plane, const Geometry& g,
                                                           int64_t oh, int64_t ow, T gy, const Params<T>& p,
                                                           const T* f9, T bias, Window<N, T>& w) {
+  constexpr int B = kTapBound<K, FIXED, T>;
   load_window<K, FIXED, FULL>(plane, g, oh, ow, f9, bias, w);
-  const int n = FIXED ? K * K : w.n;
-  w.stats = window_forward(w.v, n, w.centre, p, w.lc, w.e);
-  WindowGrads<T> gr = window_backward(gy, w.v, n, w.centre, p, w.stats, w.lc, w.e, w.gv);
+  w.stats = window_forward<B>(w.v, w.n, w.centre, p, w.lc, w.e);
+  WindowGrads<T> gr = window_backward<B>(gy, w.v, w.n, w.centre, p, w.stats, w.lc, w.e, w.gv);
   if constexpr (!FULL) {  // Lite: c̃ is the window mean, so every tap gets ∂c̃/n
-    const T share = gr.centre / static_cast<T>(n);
+    const T share = gr.centre / static_cast<T>(w.n);
 #pragma unroll
-    for (int t = 0; t < (FIXED ? K * K : N); ++t)
-      if (FIXED || t < n) w.gv[t] += share;
+    for (int t = 0; t < tap_bound<B>(w.n); ++t)
+      if (tap_valid<B>(t, w.n)) w.gv[t] += share;
   }
   return gr;
 }
@@ -162,37 +186,52 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Index i of a plane's windows outside the interior region → (oh, ow): the rows above it, the
-// columns left and right of it, then the rows below it.
-__device__ __forceinline__ void border_window(int64_t i, const Geometry& g, const InteriorRegion& r, int64_t& oh,
+// columns left and right of it, then the rows below it.  I: uint32_t when every index fits (64-bit
+// divisions are subroutine calls on GPUs), else int64_t.
+template <typename I>
+__device__ __forceinline__ void border_window(I i, const Geometry& g, const InteriorRegion& r, int64_t& oh,
                                               int64_t& ow) {
-  const int64_t top = r.row0 * g.out_width, side = g.out_width - r.cols, middle = r.rows * side;
+  const I width = static_cast<I>(g.out_width), row0 = static_cast<I>(r.row0), rows = static_cast<I>(r.rows),
+          col0 = static_cast<I>(r.col0), cols = static_cast<I>(r.cols);
+  const I top = row0 * width, side = width - cols, middle = rows * side;
+  I row, col;
   if (i < top) {
-    oh = i / g.out_width;
-    ow = i - oh * g.out_width;
+    row = i / width;
+    col = i - row * width;
   } else if (i - top < middle) {
-    const int64_t j = i - top, row = j / side, k = j - row * side;
-    oh = r.row0 + row;
-    ow = k < r.col0 ? k : k + r.cols;
+    const I j = i - top, k = j - (j / side) * side;
+    row = row0 + j / side;
+    col = k < col0 ? k : k + cols;
   } else {
-    const int64_t j = i - top - middle, row = j / g.out_width;
-    oh = r.row0 + r.rows + row;
-    ow = j - row * g.out_width;
+    const I j = i - top - middle;
+    row = row0 + rows + j / width;
+    col = j - (j / width) * width;
   }
+  oh = static_cast<int64_t>(row);
+  ow = static_cast<int64_t>(col);
 }
 
 // Every other window (border windows; every window for kernel sizes without a fast path):
-// taps gathered with bounds checks into a local array of up to N taps.
+// taps gathered with bounds checks (registers for K ∈ {2, 3}, a local array for the generic K = 0).
 template <int K, bool FULL, typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
     dpp_forward_border_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, Geometry g,
                               ChannelArgs<T> args, InteriorRegion r, int64_t channels, int64_t per_plane,
-                              int64_t total) {
+                              int64_t total, bool small) {
   constexpr int kTaps = K > 0 ? K * K : kGenericTaps;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = idx / per_plane, c = plane % channels;
-    int64_t oh, ow;
-    border_window(idx - plane * per_plane, g, r, oh, ow);
+    int64_t plane, c, oh, ow;
+    if (small) {  // 32-bit index arithmetic when the sizes fit
+      const uint32_t i = static_cast<uint32_t>(idx), pp = static_cast<uint32_t>(per_plane), p = i / pp;
+      plane = p;
+      c = p % static_cast<uint32_t>(channels);
+      border_window<uint32_t>(i - p * pp, g, r, oh, ow);
+    } else {
+      plane = idx / per_plane;
+      c = plane % channels;
+      border_window<int64_t>(idx - plane * per_plane, g, r, oh, ow);
+    }
     T f9[9], bias;
     args.guide(c, f9, bias);
     const T out = forward_window<K, false, FULL, kTaps>(x + plane * g.height * g.width, g, oh, ow, args.params(c), f9,
@@ -225,7 +264,7 @@ __device__ __forceinline__ void block_reduce_store(T (&acc)[SLOTS], T* __restric
 }
 
 template <int K, bool FULL, bool WRITE_TAPS, typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
     dpp_backward_window_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                scalar_t* __restrict__ grad_x, T* __restrict__ centre_grad, T* __restrict__ partial,
                                Geometry g, ChannelArgs<T> args, int64_t channels, int64_t batch, bool small) {
@@ -361,23 +400,28 @@ __device__ __forceinline__ T pixel_share(const scalar_t* __restrict__ src, const
                                          const Params<T>& p, const T* f9, T bias) {
   Window<N, T> win;
   const WindowGrads<T> gr = backward_window<K, FIXED, FULL>(src, g, oh, ow, gy, p, f9, bias, win);
+  // Select with compile-time indices (a run-time index would put the arrays in local memory).
   T sum = 0;
   if (in_window) {
     int64_t h0, h1, w0, w1;
     window_span(oh, g.kernel_size, g.stride, g.padding, g.height, h0, h1);
     window_span(ow, g.kernel_size, g.stride, g.padding, g.width, w0, w1);
     const int tap = static_cast<int>((h - h0) * (w1 - w0) + (w - w0));
-    // select with compile-time indices so a FIXED window stays in registers
 #pragma unroll
     for (int t = 0; t < N; ++t)
       if (t == tap) sum += win.gv[t];
   }
-  if (FULL && in_stencil) sum += gr.centre * f9[(h - oh * g.stride + 1) * 3 + (w - ow * g.stride + 1)];
+  if (FULL && in_stencil) {
+    const int tap = static_cast<int>((h - oh * g.stride + 1) * 3 + (w - ow * g.stride + 1));
+#pragma unroll
+    for (int t = 0; t < 9; ++t)
+      if (t == tap) sum += gr.centre * f9[t];
+  }
   return sum;
 }
 
 template <int K, bool FULL, typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
     dpp_backward_gather_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                scalar_t* __restrict__ grad_x, Geometry g, ChannelArgs<T> args, int64_t channels,
                                int64_t total, bool small) {
@@ -464,7 +508,7 @@ at::Tensor dpp_forward_cuda(const at::Tensor& x_in, const at::Tensor& alpha, con
   const int64_t planes = batch * channels, inner = planes * region.rows * region.cols;
   const int64_t per_plane_border = g.out_height * g.out_width - region.rows * region.cols;
   auto stream = DPP_STREAM();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_forward_cuda", [&] {
+  DPP_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpp_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
     dispatch_kernel_size(g.kernel_size, [&](auto k) {
@@ -484,7 +528,7 @@ at::Tensor dpp_forward_cuda(const at::Tensor& x_in, const at::Tensor& alpha, con
           auto kernel = dpp_forward_border_kernel<K, FULL, scalar_t, T>;
           DPP_LAUNCH(kernel, blocks_for(planes * per_plane_border), kThreads, stream)(
               x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g, args, region, channels, per_plane_border,
-              planes * per_plane_border);
+              planes * per_plane_border, planes * per_plane_border < std::numeric_limits<int32_t>::max());
           DPP_LAUNCH_CHECK();
         }
       });
@@ -503,10 +547,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
   const at::Tensor x = x_in.contiguous();
   const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
   check_kernel_size(g);
-  const at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
-  TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == g.out_height &&
-                  grad.size(3) == g.out_width,
-              "dpp_backward: grad has shape ", grad.sizes(), ", expected the output shape");
+  const at::Tensor grad = upstream_grad(grad_in, x, g);
   const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias);
   const int64_t batch = x.size(0), channels = x.size(1);
   const int slots = channel_grad_slots(g.full);
@@ -526,7 +567,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
   const bool small = x.numel() < std::numeric_limits<int32_t>::max();  // 32-bit index arithmetic suffices
   const int64_t reduce_blocks = std::min<int64_t>(blocks_for(per_channel), kMaxReduceBlocks);
   auto stream = DPP_STREAM();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_backward_cuda", [&] {
+  DPP_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpp_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
     at::Tensor partial = at::empty({channels, reduce_blocks, slots}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
