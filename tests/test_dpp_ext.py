@@ -36,9 +36,11 @@ from poolbench.validation import pooled_size
 from dpp_custom_op_tester import DPPCustomOpTester
 from dpp_tester import DPPTierTester, random_dpp_parameters
 from impls.dpp_ext import ops
+from poolbench.dpp import DPP_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("dpp_lite_sym", "dpp_lite_asym", "dpp_full_sym", "dpp_full_asym")
+#: The four deterministic DPP variants (S3DPP is DPP behind a random grid: tested with the stochastic poolers).
+VARIANTS = tuple(variant.name for variant in DPP_VARIANTS if not variant.stochastic)
 
 # (shape, kernel_size, stride, padding): the VGG window, the ResNet stem window, odd sizes,
 # batch 1, overlapping windows (stride 1, as S3DPP), padding with k = 2, the generic path (k = 4, 5).
