@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 import poolbench
-from poolbench import check, flops, gate, layerbench, models, registry, runner
+from poolbench import check, flops, gate, layerbench, models, registry, runner, shapes
 from plugin_helpers import load_plugin_file
 
 POOLER_FILE = '''
@@ -120,6 +120,8 @@ def test_a_new_network_is_one_file(monkeypatch, tmp_path):
     assert [site.channels for site in models.pool_sites("plugin_tinynet")] == [8, 16]
     assert models.param_overhead_analytic("plugin_tinynet", "dpp_lite_sym") == 2 * (8 + 16)
     assert [shape for _, shape in models.layer_input_shapes("plugin_tinynet", 1, 16)] == [(1, 8, 16, 16), (1, 16, 8, 8)]
+    # the per-layer benchmark knows its pooling layers without a shape table
+    assert shapes.pool_layers("plugin_tinynet", 1, 16) == [((1, 8, 16, 16), (2, 2, 0)), ((1, 16, 8, 8), (2, 2, 0))]
     result = runner.run(runner.RunConfig(models=("plugin_tinynet",), poolers=("dpp_lite_sym",), tiers=("vectorized",),
                                          metrics=("params",), batch=1, resolution=16, out=tmp_path), progress=False)
     assert result.errors == 0
