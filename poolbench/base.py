@@ -11,7 +11,7 @@ from torch import nn
 
 from .validation import check_geometry, check_input, pooled_size
 
-__all__ = ["Pool2d", "compute_dtype"]
+__all__ = ["Pool2d", "check_output_shape", "compute_dtype"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -22,6 +22,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     float32 and float64 (gradcheck) compute in their own precision.
     """
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_output_shape(what: str, x: torch.Tensor, y, channels: int, kernel_size: int, stride: int,
+                       padding: int) -> None:
+    """Raise if ``y`` is not what a k/s/p pooling layer must return for ``x``: wrong maths is never measured."""
+    expected = (x.shape[0], channels, pooled_size(x.shape[2], kernel_size, stride, padding),
+                pooled_size(x.shape[3], kernel_size, stride, padding))
+    shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
+    if shape != expected:
+        got = f"shape {shape}" if shape is not None else f"a {type(y).__name__}, not a tensor,"
+        raise RuntimeError(f"{what} returned {got} for input {tuple(x.shape)}; a k={kernel_size}, s={stride}, "
+                           f"p={padding} pooling layer must return {expected} (H_out = (H + 2p - k) // s + 1)")
 
 
 class Pool2d(nn.Module):
@@ -42,11 +54,8 @@ class Pool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.channels, self.kernel_size, self.stride, self.padding)
         y = self.pool(x)
-        expected = (x.shape[0], self.channels, *self.output_size(x.shape[2], x.shape[3]))
-        if tuple(y.shape) != expected:  # a plugin's maths is wrong: never let it be measured as if it were right
-            raise RuntimeError(f"{type(self).__name__}.pool returned shape {tuple(y.shape)} for input "
-                               f"{tuple(x.shape)}; a k={self.kernel_size}, s={self.stride}, p={self.padding} pooling "
-                               f"layer must return {expected} (H_out = (H + 2p - k) // s + 1)")
+        check_output_shape(f"{type(self).__name__}.pool", x, y, self.channels, self.kernel_size, self.stride,
+                           self.padding)
         return y
 
     def __prepare_scriptable__(self):

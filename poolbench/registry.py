@@ -17,6 +17,7 @@ Poolers come from two places:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from .base import Pool2d, check_output_shape
 
 if TYPE_CHECKING:
     from .macs import PoolGeometry
@@ -304,6 +307,10 @@ def unavailable_reason(name: str, tier: str, device: str | torch.device) -> str 
     return get_spec(name, tier).unavailable_reason(device)
 
 
+def _check_output_hook(label: str, geometry: tuple[int, int, int, int], module, args, output) -> None:
+    check_output_shape(label, args[0], output, *geometry)
+
+
 def create(
     name: str,
     channels: int,
@@ -329,6 +336,9 @@ def create(
     if reason is not None:
         raise ValueError(f"{name}[{spec.tier}] cannot run on {torch.device(target).type}: {reason}")
     module = spec.factory(channels, kernel_size, stride, padding, **options)
+    if not isinstance(module, Pool2d):  # a plugin's bare nn.Module: check its output as Pool2d checks its own
+        module.register_forward_hook(functools.partial(_check_output_hook, f"{name}[{spec.tier}]",
+                                                       (channels, kernel_size, stride, padding)))
     module.pooler_name = name
     module.tier = spec.tier
     module.pooler_options = dict(options)  # what its MAC formula reads (e.g. a blur's filter_size)

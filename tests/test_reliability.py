@@ -220,6 +220,26 @@ def test_plugin_returning_the_wrong_shape_is_an_error_not_a_measurement():
         WrongShape(2, 2, 2)(torch.zeros(1, 2, 8, 8))
 
 
+def test_bare_module_plugin_returning_the_wrong_shape_is_an_error(monkeypatch):
+    """A plugin may register any nn.Module; what ``create`` hands the harness is shape-checked all the same."""
+    from poolbench import registry
+
+    class Identity(torch.nn.Module):  # not a Pool2d: forgets to pool
+        def __init__(self, channels, kernel_size=2, stride=2, padding=0):
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register("bare_identity", "vectorized", params="0", param_count=lambda c, k: 0,
+                      macs=lambda g, o: 0)(Identity)
+    module = poolbench.create("bare_identity", 2, 3, 2, 1)
+    with pytest.raises(RuntimeError, match=r"bare_identity\[vectorized\] returned shape \(1, 2, 7, 7\) .* "
+                                           r"must return \(1, 2, 4, 4\)"):
+        module(torch.zeros(1, 2, 7, 7))
+
+
 # ---------------------------------------------------------------------------------------------
 # fault injection: SIGKILL at a random moment, tear the last line, resume
 # ---------------------------------------------------------------------------------------------
