@@ -443,39 +443,63 @@ struct Simd {
     }
   }
 
-  // Add a segment's input gradients into grad_plane, row by row and tap by tap: for one
-  // tap the windows of a row write distinct columns, so overlapping windows are fine.
+  // Add a segment's input gradients into grad_plane, one loop per output row over its windows
+  // (all taps per iteration: short rows pay one loop, not one per tap).  Windows overlap when
+  // K > S, so only K ≤ S lets the loop run vectorised; otherwise it runs in order.
   template <typename T>
   static void unpack_grads(const Scratch<T>& s, const Geometry& g, const Interior& in, const Segment& seg,
                            const T* f9, T* grad_plane) {
-    const int64_t lo = in.lo, hi = in.hi, cap = s.capacity, W = g.width;
-    const int pad = g.padding;
+    const int64_t cap = s.capacity, W = g.width;
     for (int64_t oh = seg.oh0; oh < seg.oh1; ++oh) {
-      const int64_t base = seg.offset + (oh - seg.oh0) * in.width - lo;
-      for (int i = 0; i < K; ++i) {
-        T* dst = grad_plane + (oh * S - pad + i) * W - pad;
-        for (int j = 0; j < K; ++j) {
-          const T* src = s.tap_grads.data() + (i * K + j) * cap + base;
-          DPP_VECTORIZE
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow * S + j] += src[ow];
+      const int64_t base = seg.offset + (oh - seg.oh0) * in.width - in.lo;
+      T* row[K];
+      for (int i = 0; i < K; ++i) row[i] = grad_plane + (oh * S - g.padding + i) * W - g.padding;
+      const T* src = s.tap_grads.data() + base;
+      if (K <= S) {
+        DPP_VECTORIZE
+        for (int64_t ow = in.lo; ow < in.hi; ++ow) {
+          DPP_UNROLL
+          for (int t = 0; t < kTaps; ++t) row[t / K][ow * S + t % K] += src[t * cap + ow];
+        }
+      } else {
+        for (int64_t ow = in.lo; ow < in.hi; ++ow) {
+          DPP_UNROLL
+          for (int t = 0; t < kTaps; ++t) row[t / K][ow * S + t % K] += src[t * cap + ow];
         }
       }
-      if (FULL) {
-        const T* src = s.centre_grad.data() + base;
-        for (int dy = 0; dy < 3; ++dy) {
-          const int64_t h = oh * S - 1 + dy;
-          if (h < 0 || h >= g.height) continue;
-          for (int dx = 0; dx < 3; ++dx) {
-            int64_t a, b;
-            stencil_columns(g, lo, hi, dx, a, b);
-            if (a >= b) continue;
-            T* dst = grad_plane + h * W - 1 + dx;
-            const T f = f9[dy * 3 + dx];
-            DPP_VECTORIZE
-            for (int64_t ow = a; ow < b; ++ow) dst[ow * S] += src[ow] * f;
-          }
+      if (FULL) unpack_stencil_grads(s.centre_grad.data() + base, g, in, oh, f9, grad_plane);
+    }
+  }
+
+  // Full-DPP: ∂c̃·F into the 3×3 stencil of each window of output row oh (stencil rows inside the
+  // image only); unchecked where the whole stencil row lies inside, checked at the edges.
+  template <typename T>
+  static void unpack_stencil_grads(const T* centre_grad, const Geometry& g, const Interior& in, int64_t oh,
+                                   const T* f9, T* grad_plane) {
+    int64_t a, b, a2, b2;
+    stencil_columns(g, in.lo, in.hi, 0, a, b);
+    stencil_columns(g, in.lo, in.hi, 2, a2, b2);
+    a = std::max(a, a2);
+    b = std::max(a, std::min(b, b2));
+    for (int dy = 0; dy < 3; ++dy) {
+      const int64_t h = oh * S - 1 + dy;
+      if (h < 0 || h >= g.height) continue;
+      T* dst = grad_plane + h * g.width - 1;
+      const T f0 = f9[dy * 3], f1 = f9[dy * 3 + 1], f2 = f9[dy * 3 + 2];
+      auto checked = [&](int64_t ow) {
+        for (int dx = 0; dx < 3; ++dx) {
+          const int64_t w = ow * S - 1 + dx;
+          if (w >= 0 && w < g.width) dst[w + 1] += centre_grad[ow] * f9[dy * 3 + dx];
         }
+      };
+      for (int64_t ow = in.lo; ow < a; ++ow) checked(ow);
+      for (int64_t ow = a; ow < b; ++ow) {
+        const T c = centre_grad[ow];
+        dst[ow * S] += c * f0;
+        dst[ow * S + 1] += c * f1;
+        dst[ow * S + 2] += c * f2;
       }
+      for (int64_t ow = b; ow < in.hi; ++ow) checked(ow);
     }
   }
 
