@@ -96,6 +96,7 @@ struct Scratch {
   std::vector<T> out, upstream, centre_grad, alpha_grad, lam_grad;  // capacity each
   std::vector<T> log2_alpha, half_lam, inv_alpha, centre;           // per window: its channel's λ, α; c̃
   std::vector<T> plane_grad;    // H·W (fp16/bf16 backward accumulates in T)
+  std::vector<T> row_buffer;    // a segment's input rows, end to end (flat packing)
 
   explicit Scratch(const Geometry& g) {
     const size_t n = static_cast<size_t>(g.kernel_size) * g.kernel_size;
@@ -111,6 +112,7 @@ struct Scratch {
     taps.resize(n * capacity);
     if (g.full) stencil.resize(9 * capacity);
     for (std::vector<T>* a : {&out, &log2_alpha, &half_lam, &inv_alpha, &centre}) a->resize(capacity);
+    row_buffer.resize(static_cast<size_t>(g.stride) * capacity + g.width);
     if (backward) {
       tap_grads.resize(n * capacity);
       for (std::vector<T>* a : {&upstream, &centre_grad, &alpha_grad, &lam_grad}) a->resize(capacity);
@@ -273,6 +275,7 @@ struct Simd {
   // one pass instead of one per tap is what keeps the packing cheaper than the window maths).
   template <typename scalar_t, typename T>
   static void pack(const scalar_t* plane, const Geometry& g, const Interior& in, const Segment& seg, Scratch<T>& s) {
+    if (flat_rows(g, in)) return pack_flat(plane, g, in, seg, s);
     const int64_t cap = s.capacity, W = g.width;
     for (int64_t oh = seg.oh0; oh < seg.oh1; ++oh) {
       T* dst = s.taps.data() + seg.offset + (oh - seg.oh0) * in.width - in.lo;
@@ -285,6 +288,62 @@ struct Simd {
       }
       if (FULL) pack_stencil(plane, g, in, oh, s.stencil.data() + (dst - s.taps.data()), cap);
     }
+  }
+
+  // Non-overlapping windows that tile whole input rows (K = S, no padding, W = S·OW): window m of
+  // a segment reads row i of its window at S·m + j of the segment's rows i copied end to end, so
+  // each tap is one long strided loop over the segment (vectorised) instead of one per output row
+  // (7 windows at 14², too short for the vector path).
+  static bool flat_rows(const Geometry& g, const Interior& in) {
+    return K == S && g.padding == 0 && in.lo == 0 && in.hi == g.out_width && g.width == S * g.out_width;
+  }
+
+  template <typename scalar_t, typename T>
+  static void pack_flat(const scalar_t* plane, const Geometry& g, const Interior& in, const Segment& seg,
+                        Scratch<T>& s) {
+    const int64_t cap = s.capacity, W = g.width, rows = seg.oh1 - seg.oh0, n = rows * in.width;
+    T* taps = s.taps.data() + seg.offset;
+    T* line = s.row_buffer.data();  // rows·W
+    for (int i = 0; i < K; ++i) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* src = plane + ((seg.oh0 + r) * S + i) * W;
+        T* dst = line + r * W;
+        for (int64_t w = 0; w < W; ++w) dst[w] = static_cast<T>(src[w]);
+      }
+      for (int j = 0; j < K; ++j) {
+        T* dst = taps + (i * K + j) * cap;
+        DPP_VECTORIZE
+        for (int64_t m = 0; m < n; ++m) dst[m] = line[m * S + j];
+      }
+    }
+    if (!FULL) return;
+    if (seg.oh0 != 0) {  // the stencil reaches the row above the segment: per-row packing
+      for (int64_t oh = seg.oh0; oh < seg.oh1; ++oh) {
+        const int64_t base = seg.offset + (oh - seg.oh0) * in.width;
+        pack_stencil(plane, g, in, oh, s.stencil.data() + base, cap);
+      }
+      return;
+    }
+    // K = S = 2: stencil rows 2·oh − 1 + dy, columns 2·ow − 1 + dx.  The taps outside the window
+    // (dy = 0 or dx = 0) are the window taps of the row above (m − OW) or the window on the left
+    // (m − 1): shifted copies, zero in the first row (conv padding above) and first column.
+    static_assert(!FULL || K == 2 || K != S, "Full-DPP's flat stencil is for 2x2/2 windows");
+    const int64_t OW = in.width;
+    T* sten = s.stencil.data() + seg.offset;
+    auto shifted = [&](int t, int tap, int64_t shift) {
+      T* dst = sten + t * cap;
+      const T* src = taps + tap * cap - shift;
+      for (int64_t m = 0; m < std::min(shift, n); ++m) dst[m] = T(0);
+      DPP_VECTORIZE
+      for (int64_t m = shift; m < n; ++m) dst[m] = src[m];
+    };
+    shifted(0, 3, OW + 1);  // (dy, dx) = (0, 0): tap (1, 1) of the window above-left
+    shifted(1, 2, OW);      // (0, 1): tap (1, 0) of the window above
+    shifted(2, 3, OW);      // (0, 2): tap (1, 1) of the window above
+    shifted(3, 1, 1);       // (1, 0): tap (0, 1) of the window on the left
+    shifted(6, 3, 1);       // (2, 0): tap (1, 1) of the window on the left
+    for (int t : {0, 3, 6})
+      for (int64_t r = 0; r < rows; ++r) sten[t * cap + r * OW] = T(0);  // first column: padding
   }
 
   // Full-DPP's stencil taps outside the window for output row oh (zeros where the stencil is conv
