@@ -9,9 +9,12 @@
 // fp16/bf16 computed in float32) the windows that lie inside the image are
 // processed in blocks: their taps are packed tap-major into small buffers, then
 // one auto-vectorised loop runs the dpp_math.h window maths across the block
-// with unit-stride loads (hundreds of windows per loop even where a row has only
-// 7 outputs).  Border windows and every other geometry/dtype take the generic
-// one-window-at-a-time path, which calls the same dpp_math.h functions.
+// with unit-stride loads.  A block spans planes (each window carries its
+// channel's parameters), so a thread's small planes (49 windows at 14²) share
+// one loop of hundreds of windows instead of paying the setup, the short
+// packing loops and a scalar remainder plane by plane.  Border windows and every
+// other geometry/dtype take the generic one-window-at-a-time path, which calls
+// the same dpp_math.h functions.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -75,16 +78,25 @@ class FlushSubnormals {
   unsigned saved_ = 0;
 };
 
+// Rows of one plane that go into a packed block together, and where they start in it.
+struct Segment {
+  int64_t plane, oh0, oh1, offset;
+};
+
 // Per-thread scratch: window arrays for the generic path, packed tap buffers for the SIMD path.
 template <typename T>
 struct Scratch {
   std::vector<T> v, lc, e, gv;  // k² each (generic path)
   int64_t capacity = 0;         // windows per SIMD block
+  int64_t used = 0;             // windows queued in the block
+  std::vector<Segment> segments;
   std::vector<T> taps;          // k² × capacity, tap-major: taps[t·capacity + j]
   std::vector<T> stencil;       // 9 × capacity (Full-DPP guide inputs)
   std::vector<T> tap_grads;     // k² × capacity
   std::vector<T> out, upstream, centre_grad, alpha_grad, lam_grad;  // capacity each
+  std::vector<T> log2_alpha, half_lam, inv_alpha, centre;           // per window: its channel's λ, α; c̃
   std::vector<T> plane_grad;    // H·W (fp16/bf16 backward accumulates in T)
+  std::vector<T> row_buffer;    // a segment's input rows, end to end (flat packing)
 
   explicit Scratch(const Geometry& g) {
     const size_t n = static_cast<size_t>(g.kernel_size) * g.kernel_size;
@@ -94,56 +106,52 @@ struct Scratch {
     gv.resize(n);
   }
 
-  void reserve_simd(const Geometry& g, int64_t row_width, bool backward) {
-    capacity = std::max<int64_t>(kBlockWindows, row_width);
+  void reserve_simd(const Geometry& g, int64_t windows, bool backward) {
+    capacity = windows;
     const size_t n = static_cast<size_t>(g.kernel_size) * g.kernel_size;
     taps.resize(n * capacity);
     if (g.full) stencil.resize(9 * capacity);
-    out.resize(capacity);
+    for (std::vector<T>* a : {&out, &log2_alpha, &half_lam, &inv_alpha, &centre}) a->resize(capacity);
+    row_buffer.resize(static_cast<size_t>(g.stride) * capacity + g.width);
     if (backward) {
       tap_grads.resize(n * capacity);
-      upstream.resize(capacity);
-      centre_grad.resize(capacity);
-      alpha_grad.resize(capacity);
-      lam_grad.resize(capacity);
+      for (std::vector<T>* a : {&upstream, &centre_grad, &alpha_grad, &lam_grad}) a->resize(capacity);
     }
   }
 };
 
 // ---------------------------------------------------------------------------
-// Generic path: one window at a time (any k, s, padding).
+// Generic path: one window at a time (any k, s, padding).  N = the window's most taps when
+// known at compile time (the SIMD path's border windows), else 0.
 // ---------------------------------------------------------------------------
 
-template <typename scalar_t, typename T>
+template <int N, typename scalar_t, typename T>
+T window_centre(const scalar_t* plane, const Geometry& g, int64_t oh, int64_t ow, const T* v, int n, const T* f9,
+                T bias, T* v9) {
+  if (!g.full) return lite_centre<N>(v, n);
+  gather_stencil(plane, g, oh, ow, v9);
+  return full_centre(v9, f9, bias);
+}
+
+template <int N, typename scalar_t, typename T>
 T generic_forward(const scalar_t* plane, const Geometry& g, int64_t oh, int64_t ow, const Params<T>& p, const T* f9,
                   T bias, Scratch<T>& s) {
-  const int n = gather_window(plane, g, oh, ow, s.v.data());
-  T centre;
-  if (g.full) {
-    T v9[9];
-    gather_stencil(plane, g, oh, ow, v9);
-    centre = full_centre(v9, f9, bias);
-  } else {
-    centre = lite_centre(s.v.data(), n);
-  }
-  return window_forward(s.v.data(), n, centre, p, s.lc.data(), s.e.data()).out;
+  const int n = gather_window<N>(plane, g, oh, ow, s.v.data());
+  T v9[9];
+  const T centre = window_centre<N>(plane, g, oh, ow, s.v.data(), n, f9, bias, v9);
+  return window_forward<N>(s.v.data(), n, centre, p, s.lc.data(), s.e.data()).out;
 }
 
 // Adds this window's input gradient into `grad_plane` and its parameter gradients into `acc`.
-template <typename scalar_t, typename T>
+template <int N, typename scalar_t, typename T>
 void generic_backward(const scalar_t* plane, T* grad_plane, const Geometry& g, int64_t oh, int64_t ow, T gy,
                       const Params<T>& p, const T* f9, T bias, Scratch<T>& s, double* acc) {
-  const int n = gather_window(plane, g, oh, ow, s.v.data());
+  const int n = gather_window<N>(plane, g, oh, ow, s.v.data());
   T v9[9];
-  T centre;
-  if (g.full) {
-    gather_stencil(plane, g, oh, ow, v9);
-    centre = full_centre(v9, f9, bias);
-  } else {
-    centre = lite_centre(s.v.data(), n);
-  }
-  const WindowStats<T> st = window_forward(s.v.data(), n, centre, p, s.lc.data(), s.e.data());
-  const WindowGrads<T> gr = window_backward(gy, s.v.data(), n, centre, p, st, s.lc.data(), s.e.data(), s.gv.data());
+  const T centre = window_centre<N>(plane, g, oh, ow, s.v.data(), n, f9, bias, v9);
+  const WindowStats<T> st = window_forward<N>(s.v.data(), n, centre, p, s.lc.data(), s.e.data());
+  const WindowGrads<T> gr =
+      window_backward<N>(gy, s.v.data(), n, centre, p, st, s.lc.data(), s.e.data(), s.gv.data());
   const T share = g.full ? T(0) : gr.centre / static_cast<T>(n);
   int64_t h0, h1, w0, w1;
   window_span(oh, g.kernel_size, g.stride, g.padding, g.height, h0, h1);
@@ -165,14 +173,40 @@ void generic_backward(const scalar_t* plane, T* grad_plane, const Geometry& g, i
   }
 }
 
+// One call's planes and what each needs: pointers, the channel's parameters and guide.
+template <typename scalar_t, typename T>
+struct PlaneSet {
+  const Geometry& g;
+  const ChannelArgs<T>& args;
+  int64_t channels;
+  const scalar_t* x;
+  const scalar_t* gy;  // backward only
+  scalar_t* y;         // forward: the output; backward: ∂x
+
+  int64_t in_size() const { return g.height * g.width; }
+  int64_t out_size() const { return g.out_height * g.out_width; }
+  const scalar_t* input(int64_t plane) const { return x + plane * in_size(); }
+  Params<T> params(int64_t plane) const { return args.params(plane % channels); }
+  void guide(int64_t plane, T* f9, T& bias) const { args.guide(plane % channels, f9, bias); }
+};
+
 // ---------------------------------------------------------------------------
 // SIMD path: windows inside the image, K×K window, stride S.
 //
-// A block of output rows × interior columns is packed tap-major (taps[t][j] for
-// window j), one vectorised loop runs the window maths over the block with
-// unit-stride loads, and the results are unpacked.  Packing is a strided copy
-// (plus the dtype conversion); the loop it feeds does the transcendental work.
+// Rows of interior windows are packed tap-major (taps[t][j] for window j) into a block, one
+// vectorised loop runs the window maths over the block with unit-stride loads, and the results
+// are unpacked.  A block spans planes: small planes (a 14² plane has 49 windows) share one block,
+// so the loop, the packing and the unpacking run over hundreds of windows whatever the plane size;
+// each window carries its channel's α and λ (and Full-DPP's guide value c̃, computed per segment
+// with the channel's filter while the stencil is in cache).  Border windows take the generic path.
 // ---------------------------------------------------------------------------
+
+// A block has room for kBlockWindows windows plus one segment (rows of one plane, about
+// kSegmentWindows windows), so it runs once it holds ≥ kBlockWindows: several small planes
+// or a few row bands of a large one.
+// Segments depend on the geometry only, so the per-plane parameter-gradient sums (float32 per
+// segment, then float64 in row order) are the same for any thread count.
+constexpr int64_t kSegmentWindows = 256;
 
 template <int K, int S, bool FULL>
 struct Simd {
@@ -190,6 +224,37 @@ struct Simd {
                : -1;
   }
 
+  // The interior windows of every plane: rows [row_lo, row_hi) × columns [lo, hi), cut into
+  // segments of seg_rows rows.
+  struct Interior {
+    int64_t row_lo, row_hi, lo, hi, width, seg_rows;
+    bool inner(int64_t oh, int64_t ow) const { return oh >= row_lo && oh < row_hi && ow >= lo && ow < hi; }
+  };
+
+  static Interior interior(const Geometry& g) {
+    Interior in;
+    interior_span(g.height, g.out_height, g.kernel_size, g.stride, g.padding, in.row_lo, in.row_hi);
+    interior_span(g.width, g.out_width, g.kernel_size, g.stride, g.padding, in.lo, in.hi);
+    in.width = in.hi - in.lo;
+    if (in.width == 0) in.row_hi = in.row_lo;
+    in.seg_rows = std::max<int64_t>(1, kSegmentWindows / std::max<int64_t>(in.width, 1));
+    return in;
+  }
+
+  static int64_t block_capacity(const Interior& in) {
+    return kBlockWindows + in.seg_rows * in.width;
+  }
+
+  // Calls fn(oh, ow) for every window of a plane that is not interior.
+  template <typename Fn>
+  static void for_each_border(const Geometry& g, const Interior& in, Fn&& fn) {
+    for (int64_t oh = 0; oh < g.out_height; ++oh) {
+      const bool inner_row = oh >= in.row_lo && oh < in.row_hi;
+      for (int64_t ow = 0; ow < g.out_width; ++ow)
+        if (!inner_row || ow < in.lo || ow >= in.hi) fn(oh, ow);
+    }
+  }
+
   // Packed row of stencil tap t for a block: inside the window's taps, or its own stencil row.
   template <typename T>
   static const T* stencil_source(const Scratch<T>& s, int t) {
@@ -205,92 +270,197 @@ struct Simd {
     while (b > a && (b - 1) * S - 1 + dx >= g.width) --b;
   }
 
-  // Pack windows of rows [oh0, oh1) × columns [lo, hi); window j = (oh − oh0)·(hi − lo) + (ow − lo).
+  // Pack the windows of rows [seg.oh0, seg.oh1) × [lo, hi); window j = offset + (oh − oh0)·width + (ow − lo).
+  // One loop per output row writes all of a window's taps (the row is short on small planes, so
+  // one pass instead of one per tap is what keeps the packing cheaper than the window maths).
   template <typename scalar_t, typename T>
-  static void pack(const scalar_t* plane, const Geometry& g, int64_t oh0, int64_t oh1, int64_t lo, int64_t hi,
-                   Scratch<T>& s) {
-    const int64_t width = hi - lo, cap = s.capacity, W = g.width;
-    const int pad = g.padding;
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      const int64_t base = (oh - oh0) * width - lo;
-      for (int i = 0; i < K; ++i) {
-        const scalar_t* src = plane + (oh * S - pad + i) * W - pad;
-        for (int j = 0; j < K; ++j) {
-          T* dst = s.taps.data() + (i * K + j) * cap + base;
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = static_cast<T>(src[ow * S + j]);
-        }
+  static void pack(const scalar_t* plane, const Geometry& g, const Interior& in, const Segment& seg, Scratch<T>& s) {
+    if (flat_rows(g, in)) return pack_flat(plane, g, in, seg, s);
+    const int64_t cap = s.capacity, W = g.width;
+    for (int64_t oh = seg.oh0; oh < seg.oh1; ++oh) {
+      T* dst = s.taps.data() + seg.offset + (oh - seg.oh0) * in.width - in.lo;
+      const scalar_t* row[K];
+      for (int i = 0; i < K; ++i) row[i] = plane + (oh * S - g.padding + i) * W - g.padding;
+      DPP_VECTORIZE
+      for (int64_t ow = in.lo; ow < in.hi; ++ow) {
+        DPP_UNROLL
+        for (int t = 0; t < kTaps; ++t) dst[t * cap + ow] = static_cast<T>(row[t / K][ow * S + t % K]);
       }
-      if (FULL) {
-        for (int dy = 0; dy < 3; ++dy) {
-          const int64_t h = oh * S - 1 + dy;
-          const bool row_inside = h >= 0 && h < g.height;
-          for (int dx = 0; dx < 3; ++dx) {
-            if (window_tap(dy * 3 + dx) >= 0) continue;  // read from the window's taps
-            T* dst = s.stencil.data() + (dy * 3 + dx) * cap + base;
-            int64_t a, b;
-            stencil_columns(g, lo, hi, dx, a, b);
-            if (!row_inside) a = b = hi;  // the whole row is conv padding
-            for (int64_t ow = lo; ow < a; ++ow) dst[ow] = T(0);
-            if (a < b) {
-              const scalar_t* src = plane + h * W - 1 + dx;
-              for (int64_t ow = a; ow < b; ++ow) dst[ow] = static_cast<T>(src[ow * S]);
-            }
-            for (int64_t ow = std::max(a, b); ow < hi; ++ow) dst[ow] = T(0);
-          }
-        }
-      }
+      if (FULL) pack_stencil(plane, g, in, oh, s.stencil.data() + (dst - s.taps.data()), cap);
     }
   }
 
-  // Window j of a packed block: its K×K taps into v, and returns its centre c̃ (Full-DPP: the
-  // guide over the stencil, read from the window's own taps where the two overlap; Lite: the mean).
-  // Inlined into the vectorised loops over windows.
-  template <typename T>
-  DPP_HD static T load_packed(const T* taps, const T* sten, int64_t cap, int64_t j, const T* f9, T bias, T* v) {
-    DPP_UNROLL
-    for (int t = 0; t < kTaps; ++t) v[t] = taps[t * cap + j];
-    if (!FULL) return lite_centre(v, kTaps);
-    T v9[9];
-    DPP_UNROLL
-    for (int t = 0; t < 9; ++t) v9[t] = window_tap(t) >= 0 ? v[window_tap(t)] : sten[t * cap + j];
-    return full_centre(v9, f9, bias);
+  // Non-overlapping windows that tile whole input rows (K = S, no padding, W = S·OW): window m of
+  // a segment reads row i of its window at S·m + j of the segment's rows i copied end to end, so
+  // each tap is one long strided loop over the segment (vectorised) instead of one per output row
+  // (7 windows at 14², too short for the vector path).
+  static bool flat_rows(const Geometry& g, const Interior& in) {
+    return K == S && g.padding == 0 && in.lo == 0 && in.hi == g.out_width && g.width == S * g.out_width;
   }
 
+  template <typename scalar_t, typename T>
+  static void pack_flat(const scalar_t* plane, const Geometry& g, const Interior& in, const Segment& seg,
+                        Scratch<T>& s) {
+    const int64_t cap = s.capacity, W = g.width, rows = seg.oh1 - seg.oh0, n = rows * in.width;
+    T* taps = s.taps.data() + seg.offset;
+    T* line = s.row_buffer.data();  // rows·W
+    for (int i = 0; i < K; ++i) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* src = plane + ((seg.oh0 + r) * S + i) * W;
+        T* dst = line + r * W;
+        for (int64_t w = 0; w < W; ++w) dst[w] = static_cast<T>(src[w]);
+      }
+      for (int j = 0; j < K; ++j) {
+        T* dst = taps + (i * K + j) * cap;
+        DPP_VECTORIZE
+        for (int64_t m = 0; m < n; ++m) dst[m] = line[m * S + j];
+      }
+    }
+    if (!FULL) return;
+    if (seg.oh0 != 0) {  // the stencil reaches the row above the segment: per-row packing
+      for (int64_t oh = seg.oh0; oh < seg.oh1; ++oh) {
+        const int64_t base = seg.offset + (oh - seg.oh0) * in.width;
+        pack_stencil(plane, g, in, oh, s.stencil.data() + base, cap);
+      }
+      return;
+    }
+    // K = S = 2: stencil rows 2·oh − 1 + dy, columns 2·ow − 1 + dx.  The taps outside the window
+    // (dy = 0 or dx = 0) are the window taps of the row above (m − OW) or the window on the left
+    // (m − 1): shifted copies, zero in the first row (conv padding above) and first column.
+    static_assert(!FULL || K == 2 || K != S, "Full-DPP's flat stencil is for 2x2/2 windows");
+    const int64_t OW = in.width;
+    T* sten = s.stencil.data() + seg.offset;
+    auto shifted = [&](int t, int tap, int64_t shift) {
+      T* dst = sten + t * cap;
+      const T* src = taps + tap * cap - shift;
+      for (int64_t m = 0; m < std::min(shift, n); ++m) dst[m] = T(0);
+      DPP_VECTORIZE
+      for (int64_t m = shift; m < n; ++m) dst[m] = src[m];
+    };
+    shifted(0, 3, OW + 1);  // (dy, dx) = (0, 0): tap (1, 1) of the window above-left
+    shifted(1, 2, OW);      // (0, 1): tap (1, 0) of the window above
+    shifted(2, 3, OW);      // (0, 2): tap (1, 1) of the window above
+    shifted(3, 1, 1);       // (1, 0): tap (0, 1) of the window on the left
+    shifted(6, 3, 1);       // (2, 0): tap (1, 1) of the window on the left
+    for (int t : {0, 3, 6})
+      for (int64_t r = 0; r < rows; ++r) sten[t * cap + r * OW] = T(0);  // first column: padding
+  }
+
+  // Full-DPP's stencil taps outside the window for output row oh (zeros where the stencil is conv
+  // padding): one unchecked loop over the columns whose stencil lies inside the image, checked
+  // windows at the edges, and rows outside the image zeroed afterwards.
+  template <typename scalar_t, typename T>
+  static void pack_stencil(const scalar_t* plane, const Geometry& g, const Interior& in, int64_t oh, T* dst,
+                           int64_t cap) {
+    int64_t a, b, a2, b2;
+    stencil_columns(g, in.lo, in.hi, 0, a, b);
+    stencil_columns(g, in.lo, in.hi, 2, a2, b2);
+    a = std::max(a, a2);
+    b = std::max(a, std::min(b, b2));
+    const scalar_t* row[3];
+    bool inside[3];
+    for (int dy = 0; dy < 3; ++dy) {
+      const int64_t h = oh * S - 1 + dy;
+      inside[dy] = h >= 0 && h < g.height;
+      row[dy] = plane + (inside[dy] ? h : 0) * g.width - 1;  // any valid row where it is padding
+    }
+    auto checked = [&](int64_t ow) {
+      for (int t = 0; t < 9; ++t) {
+        const int64_t w = ow * S - 1 + t % 3;
+        if (window_tap(t) < 0)
+          dst[t * cap + ow] = inside[t / 3] && w >= 0 && w < g.width ? static_cast<T>(row[t / 3][w + 1]) : T(0);
+      }
+    };
+    for (int64_t ow = in.lo; ow < a; ++ow) checked(ow);
+    DPP_VECTORIZE
+    for (int64_t ow = a; ow < b; ++ow) {
+      DPP_UNROLL
+      for (int t = 0; t < 9; ++t)
+        if (window_tap(t) < 0) dst[t * cap + ow] = static_cast<T>(row[t / 3][ow * S + t % 3]);
+    }
+    for (int64_t ow = b; ow < in.hi; ++ow) checked(ow);
+    for (int t = 0; t < 9; ++t)
+      if (window_tap(t) < 0 && !inside[t / 3]) std::fill(dst + t * cap + a, dst + t * cap + b, T(0));
+  }
+
+  // Queue rows [oh0, oh1) of a plane into the block: its taps, its channel's α and λ per window,
+  // and (Full-DPP) each window's guide value c̃ = b + Σ F·x, summed in full_centre's order.
+  template <typename scalar_t, typename T>
+  static void enqueue(const PlaneSet<scalar_t, T>& ps, const Interior& in, int64_t plane, int64_t oh0, int64_t oh1,
+                      Scratch<T>& s) {
+    const Segment seg{plane, oh0, oh1, s.used};
+    const int64_t n = (oh1 - oh0) * in.width;
+    pack(ps.input(plane), ps.g, in, seg, s);
+    const Params<T> p = ps.params(plane);
+    std::fill_n(s.log2_alpha.data() + seg.offset, n, p.log2_alpha);
+    std::fill_n(s.half_lam.data() + seg.offset, n, p.half_lam);
+    std::fill_n(s.inv_alpha.data() + seg.offset, n, p.inv_alpha);
+    if (FULL) {
+      T f9[9], bias;
+      ps.guide(plane, f9, bias);
+      T* centre = s.centre.data() + seg.offset;
+      std::fill_n(centre, n, bias);
+      for (int t = 0; t < 9; ++t) {
+        const T* src = stencil_source(s, t) + seg.offset;
+        const T f = f9[t];
+        DPP_VECTORIZE
+        for (int64_t j = 0; j < n; ++j) centre[j] += f * src[j];
+      }
+    }
+    s.segments.push_back(seg);
+    s.used += n;
+  }
+
+  // A block's packed inputs as plain pointers (a local copy the loops' stores cannot alias).
   template <typename T>
-  static void forward_block(Scratch<T>& s, int64_t count, const Params<T>& p_in, const T* f9_in, T bias) {
-    const Params<T> p = p_in;  // local copies: provably not aliased by the stores below
-    T f9[9];
-    for (int t = 0; t < 9; ++t) f9[t] = FULL ? f9_in[t] : T(0);
-    const int64_t cap = s.capacity;
-    const T* taps = s.taps.data();
-    const T* sten = FULL ? s.stencil.data() : nullptr;
+  struct Packed {
+    const T *taps, *log2_alpha, *half_lam, *inv_alpha, *centre;
+    int64_t cap;
+    explicit Packed(const Scratch<T>& s)
+        : taps(s.taps.data()), log2_alpha(s.log2_alpha.data()), half_lam(s.half_lam.data()),
+          inv_alpha(s.inv_alpha.data()), centre(s.centre.data()), cap(s.capacity) {}
+
+    // Window j: its K×K taps into v, its channel's α and λ into p; returns its centre c̃
+    // (Full-DPP: computed by enqueue; Lite: the mean).  Inlined into the vectorised loops.
+    DPP_HD T load(int64_t j, T* v, Params<T>& p) const {
+      DPP_UNROLL
+      for (int t = 0; t < kTaps; ++t) v[t] = taps[t * cap + j];
+      p.log2_alpha = log2_alpha[j];
+      p.half_lam = half_lam[j];
+      p.inv_alpha = inv_alpha[j];
+      return FULL ? centre[j] : lite_centre(v, kTaps);
+    }
+  };
+
+  // base: the call's ε² and flags (any channel's Params; α and λ come per window).
+  template <typename T>
+  static void forward_block(Scratch<T>& s, const Params<T>& base) {
+    const Packed<T> in(s);
     T* out = s.out.data();
+    const int64_t count = s.used;
     DPP_VECTORIZE
     for (int64_t j = 0; j < count; ++j) {
       T v[kTaps], lc[kTaps], e[kTaps];
-      const T centre = load_packed(taps, sten, cap, j, f9, bias, v);
+      Params<T> p = base;
+      const T centre = in.load(j, v, p);
       out[j] = window_forward(v, kTaps, centre, p, lc, e).out;
     }
   }
 
   template <typename T>
-  static void backward_block(Scratch<T>& s, int64_t count, const Params<T>& p_in, const T* f9_in, T bias,
-                             double* acc) {
-    const Params<T> p = p_in;
-    T f9[9];
-    for (int t = 0; t < 9; ++t) f9[t] = FULL ? f9_in[t] : T(0);
-    const int64_t cap = s.capacity;
-    const T* taps = s.taps.data();
-    const T* sten = FULL ? s.stencil.data() : nullptr;
+  static void backward_block(Scratch<T>& s, const Params<T>& base) {
+    const Packed<T> in(s);
     const T* gy = s.upstream.data();
     T* tap_grads = s.tap_grads.data();
     T* centre_grad = s.centre_grad.data();
     T* alpha_grad = s.alpha_grad.data();
     T* lam_grad = s.lam_grad.data();
+    const int64_t count = s.used, cap = s.capacity;
     DPP_VECTORIZE
     for (int64_t j = 0; j < count; ++j) {
       T v[kTaps], lc[kTaps], e[kTaps], gv[kTaps];
-      const T centre = load_packed(taps, sten, cap, j, f9, bias, v);
+      Params<T> p = base;
+      const T centre = in.load(j, v, p);
       const WindowStats<T> st = window_forward(v, kTaps, centre, p, lc, e);
       const WindowGrads<T> gr = window_backward(gy[j], v, kTaps, centre, p, st, lc, e, gv);
       const T share = FULL ? T(0) : gr.centre * T(1.0 / kTaps);  // Lite: c̃ is the window mean
@@ -300,10 +470,18 @@ struct Simd {
       alpha_grad[j] = gr.alpha;
       lam_grad[j] = gr.lam;
     }
-    // Per-channel sums in a fixed order (vectorised within the block, then added in float64).
+  }
+
+  // One segment's per-channel parameter gradients, summed in a fixed order (vectorised within
+  // the segment, then added in float64).
+  template <typename T>
+  static void segment_param_grads(const Scratch<T>& s, const Segment& seg, int64_t n, double* acc) {
+    const T* alpha_grad = s.alpha_grad.data() + seg.offset;
+    const T* lam_grad = s.lam_grad.data() + seg.offset;
+    const T* centre_grad = s.centre_grad.data() + seg.offset;
     T g_alpha = 0, g_lam = 0;
 #pragma omp simd reduction(+ : g_alpha, g_lam)
-    for (int64_t j = 0; j < count; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       g_alpha += alpha_grad[j];
       g_lam += lam_grad[j];
     }
@@ -312,131 +490,219 @@ struct Simd {
     if (FULL) {
       T g_bias = 0;
 #pragma omp simd reduction(+ : g_bias)
-      for (int64_t j = 0; j < count; ++j) g_bias += centre_grad[j];
+      for (int64_t j = 0; j < n; ++j) g_bias += centre_grad[j];
       acc[11] += g_bias;
       for (int t = 0; t < 9; ++t) {
-        const T* src = stencil_source(s, t);
+        const T* src = stencil_source(s, t) + seg.offset;
         T g_f = 0;
 #pragma omp simd reduction(+ : g_f)
-        for (int64_t j = 0; j < count; ++j) g_f += centre_grad[j] * src[j];
+        for (int64_t j = 0; j < n; ++j) g_f += centre_grad[j] * src[j];
         acc[2 + t] += g_f;
       }
     }
   }
 
-  // Add the block's input gradients into grad_plane, row by row and tap by tap: for one
-  // tap the windows of a row write distinct columns, so overlapping windows are fine.
+  // Add a segment's input gradients into grad_plane, one loop per output row over its windows
+  // (all taps per iteration: short rows pay one loop, not one per tap).  Windows overlap when
+  // K > S, so only K ≤ S lets the loop run vectorised; otherwise it runs in order.
   template <typename T>
-  static void unpack_grads(const Scratch<T>& s, const Geometry& g, int64_t oh0, int64_t oh1, int64_t lo, int64_t hi,
+  static void unpack_grads(const Scratch<T>& s, const Geometry& g, const Interior& in, const Segment& seg,
                            const T* f9, T* grad_plane) {
-    const int64_t width = hi - lo, cap = s.capacity, W = g.width;
-    const int pad = g.padding;
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      const int64_t base = (oh - oh0) * width - lo;
-      for (int i = 0; i < K; ++i) {
-        T* dst = grad_plane + (oh * S - pad + i) * W - pad;
-        for (int j = 0; j < K; ++j) {
-          const T* src = s.tap_grads.data() + (i * K + j) * cap + base;
-          DPP_VECTORIZE
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow * S + j] += src[ow];
+    const int64_t cap = s.capacity, W = g.width;
+    for (int64_t oh = seg.oh0; oh < seg.oh1; ++oh) {
+      const int64_t base = seg.offset + (oh - seg.oh0) * in.width - in.lo;
+      T* row[K];
+      for (int i = 0; i < K; ++i) row[i] = grad_plane + (oh * S - g.padding + i) * W - g.padding;
+      const T* src = s.tap_grads.data() + base;
+      if (K <= S) {
+        DPP_VECTORIZE
+        for (int64_t ow = in.lo; ow < in.hi; ++ow) {
+          DPP_UNROLL
+          for (int t = 0; t < kTaps; ++t) row[t / K][ow * S + t % K] += src[t * cap + ow];
+        }
+      } else {
+        for (int64_t ow = in.lo; ow < in.hi; ++ow) {
+          DPP_UNROLL
+          for (int t = 0; t < kTaps; ++t) row[t / K][ow * S + t % K] += src[t * cap + ow];
         }
       }
-      if (FULL) {
-        const T* src = s.centre_grad.data() + base;
-        for (int dy = 0; dy < 3; ++dy) {
-          const int64_t h = oh * S - 1 + dy;
-          if (h < 0 || h >= g.height) continue;
-          for (int dx = 0; dx < 3; ++dx) {
-            int64_t a, b;
-            stencil_columns(g, lo, hi, dx, a, b);
-            if (a >= b) continue;
-            T* dst = grad_plane + h * W - 1 + dx;
-            const T f = f9[dy * 3 + dx];
-            DPP_VECTORIZE
-            for (int64_t ow = a; ow < b; ++ow) dst[ow * S] += src[ow] * f;
-          }
-        }
-      }
+      if (FULL) unpack_stencil_grads(s.centre_grad.data() + base, g, in, oh, f9, grad_plane);
     }
   }
 
-  template <typename scalar_t, typename T>
-  static void forward_plane(const scalar_t* plane, scalar_t* out_plane, const Geometry& g, const Params<T>& p,
-                            const T* f9, T bias, Scratch<T>& s) {
-    int64_t row_lo, row_hi, lo, hi;
-    interior_span(g.height, g.out_height, g.kernel_size, g.stride, g.padding, row_lo, row_hi);
-    interior_span(g.width, g.out_width, g.kernel_size, g.stride, g.padding, lo, hi);
-    const int64_t width = hi - lo;
-    const bool any_inner = row_hi > row_lo && width > 0;
-    for (int64_t oh = 0; oh < g.out_height; ++oh) {
-      const bool inner = any_inner && oh >= row_lo && oh < row_hi;
-      for (int64_t ow = 0; ow < g.out_width; ++ow)
-        if (!inner || ow < lo || ow >= hi)
-          out_plane[oh * g.out_width + ow] = static_cast<scalar_t>(generic_forward(plane, g, oh, ow, p, f9, bias, s));
-    }
-    if (!any_inner) return;
-    if (s.capacity < width) s.reserve_simd(g, width, false);
-    const int64_t rows_per_block = std::max<int64_t>(1, s.capacity / width);
-    for (int64_t oh0 = row_lo; oh0 < row_hi; oh0 += rows_per_block) {
-      const int64_t oh1 = std::min(oh0 + rows_per_block, row_hi);
-      pack(plane, g, oh0, oh1, lo, hi, s);
-      forward_block(s, (oh1 - oh0) * width, p, f9, bias);
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        const T* src = s.out.data() + (oh - oh0) * width - lo;
-        scalar_t* dst = out_plane + oh * g.out_width;
-        for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = static_cast<scalar_t>(src[ow]);
+  // Full-DPP: ∂c̃·F into the 3×3 stencil of each window of output row oh (stencil rows inside the
+  // image only); unchecked where the whole stencil row lies inside, checked at the edges.
+  template <typename T>
+  static void unpack_stencil_grads(const T* centre_grad, const Geometry& g, const Interior& in, int64_t oh,
+                                   const T* f9, T* grad_plane) {
+    int64_t a, b, a2, b2;
+    stencil_columns(g, in.lo, in.hi, 0, a, b);
+    stencil_columns(g, in.lo, in.hi, 2, a2, b2);
+    a = std::max(a, a2);
+    b = std::max(a, std::min(b, b2));
+    for (int dy = 0; dy < 3; ++dy) {
+      const int64_t h = oh * S - 1 + dy;
+      if (h < 0 || h >= g.height) continue;
+      T* dst = grad_plane + h * g.width - 1;
+      const T f0 = f9[dy * 3], f1 = f9[dy * 3 + 1], f2 = f9[dy * 3 + 2];
+      auto checked = [&](int64_t ow) {
+        for (int dx = 0; dx < 3; ++dx) {
+          const int64_t w = ow * S - 1 + dx;
+          if (w >= 0 && w < g.width) dst[w + 1] += centre_grad[ow] * f9[dy * 3 + dx];
+        }
+      };
+      for (int64_t ow = in.lo; ow < a; ++ow) checked(ow);
+      for (int64_t ow = a; ow < b; ++ow) {
+        const T c = centre_grad[ow];
+        dst[ow * S] += c * f0;
+        dst[ow * S + 1] += c * f1;
+        dst[ow * S + 2] += c * f2;
       }
+      for (int64_t ow = b; ow < in.hi; ++ow) checked(ow);
     }
   }
 
+  // Run the queued block forward and write each segment's outputs.
   template <typename scalar_t, typename T>
-  static void backward_plane(const scalar_t* plane, const scalar_t* gy_plane, T* grad_plane, const Geometry& g,
-                             const Params<T>& p, const T* f9, T bias, Scratch<T>& s, double* acc) {
-    int64_t row_lo, row_hi, lo, hi;
-    interior_span(g.height, g.out_height, g.kernel_size, g.stride, g.padding, row_lo, row_hi);
-    interior_span(g.width, g.out_width, g.kernel_size, g.stride, g.padding, lo, hi);
-    const int64_t width = hi - lo;
-    const bool any_inner = row_hi > row_lo && width > 0;
-    if (any_inner) {
-      if (s.capacity < width || s.tap_grads.empty()) s.reserve_simd(g, width, true);
-      const int64_t rows_per_block = std::max<int64_t>(1, s.capacity / width);
-      for (int64_t oh0 = row_lo; oh0 < row_hi; oh0 += rows_per_block) {
-        const int64_t oh1 = std::min(oh0 + rows_per_block, row_hi);
-        pack(plane, g, oh0, oh1, lo, hi, s);
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const scalar_t* src = gy_plane + oh * g.out_width;
-          T* dst = s.upstream.data() + (oh - oh0) * width - lo;
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = static_cast<T>(src[ow]);
-        }
-        backward_block(s, (oh1 - oh0) * width, p, f9, bias, acc);
-        unpack_grads(s, g, oh0, oh1, lo, hi, f9, grad_plane);
+  static void flush_forward(const PlaneSet<scalar_t, T>& ps, const Interior& in, const Params<T>& base,
+                            Scratch<T>& s) {
+    if (s.used == 0) return;
+    forward_block(s, base);
+    for (const Segment& seg : s.segments) {
+      for (int64_t oh = seg.oh0; oh < seg.oh1; ++oh) {
+        const T* src = s.out.data() + seg.offset + (oh - seg.oh0) * in.width - in.lo;
+        scalar_t* dst = ps.y + seg.plane * ps.out_size() + oh * ps.g.out_width;
+        for (int64_t ow = in.lo; ow < in.hi; ++ow) dst[ow] = static_cast<scalar_t>(src[ow]);
       }
     }
-    for (int64_t oh = 0; oh < g.out_height; ++oh) {
-      const bool inner = any_inner && oh >= row_lo && oh < row_hi;
-      for (int64_t ow = 0; ow < g.out_width; ++ow)
-        if (!inner || ow < lo || ow >= hi)
-          generic_backward(plane, grad_plane, g, oh, ow, static_cast<T>(gy_plane[oh * g.out_width + ow]), p, f9,
-                           bias, s, acc);
+    s.segments.clear();
+    s.used = 0;
+  }
+
+  template <typename scalar_t, typename T>
+  static void forward_planes(const PlaneSet<scalar_t, T>& ps, int64_t begin, int64_t end, Scratch<T>& s) {
+    const Geometry& g = ps.g;
+    const Interior in = interior(g);
+    s.reserve_simd(g, block_capacity(in), false);
+    const Params<T> base = ps.params(0);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const Params<T> p = ps.params(plane);
+      T f9[9], bias;
+      ps.guide(plane, f9, bias);
+      scalar_t* out_plane = ps.y + plane * ps.out_size();
+      for_each_border(g, in, [&](int64_t oh, int64_t ow) {
+        out_plane[oh * g.out_width + ow] =
+            static_cast<scalar_t>(generic_forward<kTaps>(ps.input(plane), g, oh, ow, p, f9, bias, s));
+      });
+      for (int64_t oh0 = in.row_lo; oh0 < in.row_hi; oh0 += in.seg_rows) {
+        const int64_t oh1 = std::min(oh0 + in.seg_rows, in.row_hi);
+        if (s.used + (oh1 - oh0) * in.width > s.capacity) flush_forward(ps, in, base, s);
+        enqueue(ps, in, plane, oh0, oh1, s);
+      }
     }
+    flush_forward(ps, in, base, s);
+  }
+
+  // Run the queued block backward: parameter gradients into each segment's plane slots of
+  // `partial`, input gradients into grad_of(plane).
+  template <typename scalar_t, typename T, typename GradOf>
+  static void flush_backward(const PlaneSet<scalar_t, T>& ps, const Interior& in, const Params<T>& base,
+                             Scratch<T>& s, double* partial, GradOf&& grad_of) {
+    if (s.used == 0) return;
+    backward_block(s, base);
+    const int slots = channel_grad_slots(FULL);
+    for (const Segment& seg : s.segments) {
+      segment_param_grads(s, seg, (seg.oh1 - seg.oh0) * in.width, partial + seg.plane * slots);
+      T f9[9], bias;
+      ps.guide(seg.plane, f9, bias);
+      unpack_grads(s, ps.g, in, seg, f9, grad_of(seg.plane));
+    }
+    s.segments.clear();
+    s.used = 0;
+  }
+
+  // Backward over planes [begin, end).  float32 planes accumulate straight into ∂x and share
+  // blocks; fp16/bf16 planes accumulate in one float32 plane, so their blocks end with the plane.
+  template <typename scalar_t, typename T>
+  static void backward_planes(const PlaneSet<scalar_t, T>& ps, int64_t begin, int64_t end, Scratch<T>& s,
+                              double* partial) {
+    constexpr bool same = std::is_same<scalar_t, T>::value;
+    const Geometry& g = ps.g;
+    const Interior in = interior(g);
+    s.reserve_simd(g, block_capacity(in), true);
+    if (!same) s.plane_grad.resize(ps.in_size());
+    const Params<T> base = ps.params(0);
+    const int slots = channel_grad_slots(FULL);
+    auto grad_of = [&](int64_t plane) {
+      return same ? reinterpret_cast<T*>(ps.y + plane * ps.in_size()) : s.plane_grad.data();
+    };
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const Params<T> p = ps.params(plane);
+      T f9[9], bias;
+      ps.guide(plane, f9, bias);
+      T* grad_plane = grad_of(plane);
+      std::fill(grad_plane, grad_plane + ps.in_size(), T(0));
+      const scalar_t* gy_plane = ps.gy + plane * ps.out_size();
+      for_each_border(g, in, [&](int64_t oh, int64_t ow) {
+        generic_backward<kTaps>(ps.input(plane), grad_plane, g, oh, ow, static_cast<T>(gy_plane[oh * g.out_width + ow]),
+                                p, f9, bias, s, partial + plane * slots);
+      });
+      for (int64_t oh0 = in.row_lo; oh0 < in.row_hi; oh0 += in.seg_rows) {
+        const int64_t oh1 = std::min(oh0 + in.seg_rows, in.row_hi);
+        if (s.used + (oh1 - oh0) * in.width > s.capacity) flush_backward(ps, in, base, s, partial, grad_of);
+        T* dst = s.upstream.data() + s.used - in.lo;
+        for (int64_t oh = oh0; oh < oh1; ++oh, dst += in.width)
+          for (int64_t ow = in.lo; ow < in.hi; ++ow) dst[ow] = static_cast<T>(gy_plane[oh * g.out_width + ow]);
+        enqueue(ps, in, plane, oh0, oh1, s);
+      }
+      if (!same) {
+        flush_backward(ps, in, base, s, partial, grad_of);
+        scalar_t* gx_plane = ps.y + plane * ps.in_size();
+        for (int64_t i = 0; i < ps.in_size(); ++i) gx_plane[i] = static_cast<scalar_t>(grad_plane[i]);
+      }
+    }
+    flush_backward(ps, in, base, s, partial, grad_of);
   }
 };
 
 struct Generic {
   template <typename scalar_t, typename T>
-  static void forward_plane(const scalar_t* plane, scalar_t* out_plane, const Geometry& g, const Params<T>& p,
-                            const T* f9, T bias, Scratch<T>& s) {
-    for (int64_t oh = 0; oh < g.out_height; ++oh)
-      for (int64_t ow = 0; ow < g.out_width; ++ow)
-        out_plane[oh * g.out_width + ow] = static_cast<scalar_t>(generic_forward(plane, g, oh, ow, p, f9, bias, s));
+  static void forward_planes(const PlaneSet<scalar_t, T>& ps, int64_t begin, int64_t end, Scratch<T>& s) {
+    const Geometry& g = ps.g;
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const Params<T> p = ps.params(plane);
+      T f9[9], bias;
+      ps.guide(plane, f9, bias);
+      scalar_t* out_plane = ps.y + plane * ps.out_size();
+      for (int64_t oh = 0; oh < g.out_height; ++oh)
+        for (int64_t ow = 0; ow < g.out_width; ++ow)
+          out_plane[oh * g.out_width + ow] =
+              static_cast<scalar_t>(generic_forward<0>(ps.input(plane), g, oh, ow, p, f9, bias, s));
+    }
   }
 
   template <typename scalar_t, typename T>
-  static void backward_plane(const scalar_t* plane, const scalar_t* gy_plane, T* grad_plane, const Geometry& g,
-                             const Params<T>& p, const T* f9, T bias, Scratch<T>& s, double* acc) {
-    for (int64_t oh = 0; oh < g.out_height; ++oh)
-      for (int64_t ow = 0; ow < g.out_width; ++ow)
-        generic_backward(plane, grad_plane, g, oh, ow, static_cast<T>(gy_plane[oh * g.out_width + ow]), p, f9, bias, s, acc);
+  static void backward_planes(const PlaneSet<scalar_t, T>& ps, int64_t begin, int64_t end, Scratch<T>& s,
+                              double* partial) {
+    constexpr bool same = std::is_same<scalar_t, T>::value;
+    const Geometry& g = ps.g;
+    const int slots = channel_grad_slots(g.full);
+    if (!same) s.plane_grad.resize(ps.in_size());
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const Params<T> p = ps.params(plane);
+      T f9[9], bias;
+      ps.guide(plane, f9, bias);
+      scalar_t* gx_plane = ps.y + plane * ps.in_size();
+      T* grad_plane = same ? reinterpret_cast<T*>(gx_plane) : s.plane_grad.data();
+      std::fill(grad_plane, grad_plane + ps.in_size(), T(0));
+      const scalar_t* gy_plane = ps.gy + plane * ps.out_size();
+      for (int64_t oh = 0; oh < g.out_height; ++oh)
+        for (int64_t ow = 0; ow < g.out_width; ++ow)
+          generic_backward<0>(ps.input(plane), grad_plane, g, oh, ow, static_cast<T>(gy_plane[oh * g.out_width + ow]),
+                              p, f9, bias, s, partial + plane * slots);
+      if (!same)
+        for (int64_t i = 0; i < ps.in_size(); ++i) gx_plane[i] = static_cast<scalar_t>(grad_plane[i]);
+    }
   }
 };
 
@@ -477,21 +743,13 @@ at::Tensor dpp_forward_cpu(const at::Tensor& x_in, const at::Tensor& alpha, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_forward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    scalar_t* y_data = y.data_ptr<scalar_t>();
+    const PlaneSet<scalar_t, T> ps{g, args, channels, x.const_data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>()};
     dispatch_path<T>(g, [&](auto path) {
       using Path = decltype(path);
       at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
         const FlushSubnormals flush(std::is_same<T, float>::value);
         Scratch<T> s(g);
-        for (int64_t plane = begin; plane < end; ++plane) {
-          const int64_t c = plane % channels;
-          const Params<T> p = args.params(c);
-          const T* f9 = args.weight ? args.weight + c * 9 : nullptr;
-          const T b = args.bias ? args.bias[c] : T(0);
-          Path::forward_plane(x_data + plane * g.height * g.width, y_data + plane * g.out_height * g.out_width, g, p,
-                              f9, b, s);
-        }
+        Path::forward_planes(ps, begin, end, s);
       });
     });
   });
@@ -515,31 +773,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dpp_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    const scalar_t* gy_data = grad.const_data_ptr<scalar_t>();
-    scalar_t* gx_data = grad_x.data_ptr<scalar_t>();
-    const int64_t plane_size = g.height * g.width;
+    const PlaneSet<scalar_t, T> ps{g, args, channels, x.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+                                   grad_x.data_ptr<scalar_t>()};
     dispatch_path<T>(g, [&](auto path) {
       using Path = decltype(path);
       at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
         const FlushSubnormals flush(std::is_same<T, float>::value);
         Scratch<T> s(g);
-        constexpr bool same = std::is_same<scalar_t, T>::value;
-        if (!same) s.plane_grad.resize(plane_size);
-        for (int64_t plane = begin; plane < end; ++plane) {
-          const int64_t c = plane % channels;
-          const Params<T> p = args.params(c);
-          const T* f9 = args.weight ? args.weight + c * 9 : nullptr;
-          const T b = args.bias ? args.bias[c] : T(0);
-          scalar_t* gx_plane = gx_data + plane * plane_size;
-          T* acc_plane = same ? reinterpret_cast<T*>(gx_plane) : s.plane_grad.data();
-          std::fill(acc_plane, acc_plane + plane_size, T(0));
-          Path::backward_plane(x_data + plane * plane_size, gy_data + plane * g.out_height * g.out_width, acc_plane, g,
-                               p, f9, b, s, partial.data() + plane * slots);
-          if (!same) {
-            for (int64_t i = 0; i < plane_size; ++i) gx_plane[i] = static_cast<scalar_t>(acc_plane[i]);
-          }
-        }
+        Path::backward_planes(ps, begin, end, s, partial.data());
       });
     });
   });
