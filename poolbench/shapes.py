@@ -24,9 +24,9 @@ def pool_layer_models() -> list[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _distinct_layers(spec: models.ModelSpec, model: str, batch: int, resolution: int) -> tuple[tuple[Shape, Window], ...]:
-    # keyed by the spec too: a network registered again under the same name gets its own shapes
-    layers = ((shape, site.geometry) for site, shape in models.layer_input_shapes(model, batch, resolution))
+def _distinct_layers(spec: models.ModelSpec, batch: int, resolution: int) -> tuple[tuple[Shape, Window], ...]:
+    # keyed by the spec, not its name: a network registered again under the same name gets its own shapes
+    layers = ((shape, site.geometry) for site, shape in models.layer_input_shapes(spec.name, batch, resolution))
     return tuple(dict.fromkeys(layers))  # forward order, each (shape, window) once
 
 
@@ -39,7 +39,7 @@ def pool_layers(model: str = "vgg16", batch: int = 32, resolution: int = 224) ->
     known = pool_layer_models()
     if model not in known:
         raise ValueError(f"unknown model {model!r}; per-layer shapes are known for {', '.join(known)}")
-    return list(_distinct_layers(models.MODELS[model], model, batch, resolution))
+    return list(_distinct_layers(models.MODELS[model], batch, resolution))
 
 
 def vgg16_pool_shapes(batch: int = 32, resolution: int = 224) -> list[Shape]:

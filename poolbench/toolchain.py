@@ -14,9 +14,10 @@ import functools
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
-__all__ = ["cpp_extension", "cuda_home"]
+__all__ = ["cpp_extension", "cuda_home", "load_extension"]
 
 
 @functools.cache
@@ -55,3 +56,19 @@ def cpp_extension():
     finally:
         extension_log.setLevel(level)
     return module
+
+
+#: torch's JIT loader is not thread-safe within a process: a second thread sees the
+#: first one's version bump, skips the build and imports a library not yet linked.
+_BUILD_LOCK = threading.Lock()
+
+
+def load_extension(**kwargs):
+    """``torch.utils.cpp_extension.load(**kwargs)``, one build at a time in this process.
+
+    Processes are kept apart by torch's own lock file in the build directory.
+    The compiler's output is shown when ``$POOLBENCH_VERBOSE_BUILD`` is set.
+    """
+    kwargs.setdefault("verbose", os.environ.get("POOLBENCH_VERBOSE_BUILD", "") not in ("", "0"))
+    with _BUILD_LOCK:
+        return cpp_extension().load(**kwargs)

@@ -23,12 +23,11 @@ import platform
 import re
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 import torch
 
-from poolbench.toolchain import cpp_extension, cuda_home
+from poolbench.toolchain import cpp_extension, cuda_home, load_extension
 
 __all__ = [
     "CSRC",
@@ -159,30 +158,19 @@ def _fail(kind: str, cause: str, exc: BaseException | None = None) -> BuildError
     return error
 
 
-#: torch's JIT loader is not thread-safe within a process: a second thread sees the
-#: first one's version bump, skips the build and imports a library not yet linked.
-_BUILD_LOCK = threading.RLock()
-
-
 def _load(name: str, sources, kind: str, **kwargs) -> None:
-    with _BUILD_LOCK:
-        _load_locked(name, sources, kind, **kwargs)
-
-
-def _load_locked(name: str, sources, kind: str, **kwargs) -> None:
     if kind in _LOADED:
         return
     if kind in _BUILD_ERRORS:
         raise BuildError(_BUILD_ERRORS[kind])
     try:
         directory = build_directory(kind)
-        cpp_extension().load(
+        load_extension(
             name=name,
             sources=[str(s) for s in sources],
             extra_include_paths=[str(CSRC)],
             build_directory=str(directory),
             is_python_module=False,
-            verbose=os.environ.get("POOLBENCH_VERBOSE_BUILD", "") not in ("", "0"),
             **kwargs,
         )
     except BuildError as exc:

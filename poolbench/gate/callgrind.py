@@ -24,12 +24,11 @@ import os
 import re
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 import torch
 
-from ..toolchain import cpp_extension
+from ..toolchain import load_extension
 
 __all__ = ["DUMP_PREFIX", "callgrind_command", "client_requests", "read_dumps", "unavailable_reason"]
 
@@ -80,11 +79,6 @@ def _build_directory() -> Path:
     return path
 
 
-#: torch's JIT loader is not thread-safe within a process: a second thread sees the
-#: first one's version bump, skips the build and imports a library not yet linked.
-_BUILD_LOCK = threading.Lock()
-
-
 @functools.cache
 def client_requests():
     """The ``poolbench_callgrind`` module: ``start_instrumentation()``, ``count(fn, label)``, ...
@@ -96,15 +90,9 @@ def client_requests():
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    with _BUILD_LOCK:
-        return _load_client_requests()
-
-
-def _load_client_requests():
-    return cpp_extension().load(
+    return load_extension(
         name="poolbench_callgrind", sources=[str(SOURCE)], extra_include_paths=[str(_header_dir())],
         extra_cflags=["-O2"], build_directory=str(_build_directory()),
-        verbose=os.environ.get("POOLBENCH_VERBOSE_BUILD", "") not in ("", "0"),
     )
 
 
