@@ -23,7 +23,6 @@ from . import registry
 from .distributed import (Launch, RankStore, available_cores, cpu_threads, device_healthy, exit_if_told,
                           rank_device)
 from .linefile import read_jsonl_records
-from .metrics import cell_key
 from .placement_authors import split_placement
 from .results import (CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results,
                       measured_cells, move_aside, settings_differences, stem_file)
@@ -125,7 +124,7 @@ def _measure_units(config: RunConfig, launch: Launch, store: RankStore):
             store.heartbeat()
             unit = work[index]
             groups = [] if unit.pooler is None else plan_network(config, unit.model, [unit.pooler], baseline=False)
-            if unit.pooler is not None and all(_key(g, metric) in done for g, metric in grid_cells(groups)):
+            if unit.pooler is not None and all(g.cell_key(metric) in done for g, metric in grid_cells(groups)):
                 continue  # measured before (a resume): nothing to do, not even the baseline
             errors_before = counts["errors"]
             if unit.model not in baselines:  # this device's own baseline for the network
@@ -140,10 +139,6 @@ def _measure_units(config: RunConfig, launch: Launch, store: RankStore):
                 break
             store.heartbeat()
     return shard, counts
-
-
-def _key(group, metric: str) -> tuple[str, ...]:
-    return cell_key(group.model, group.pooler, group.tier, group.scope, group.layer, metric)
 
 
 def _add(counts: dict, measured: dict) -> None:
@@ -174,7 +169,7 @@ def missing_cells(config: RunConfig, results) -> list[tuple[str, ...]]:
     if results is not None and results.exists() and results.stat().st_size > 0:
         frame = load_results(results)
         present = {tuple(str(part) for part in key) for key in frame[list(CELL_COLUMNS)].itertuples(index=False)}
-    planned = [_key(group, metric) for group, metric in grid_cells(plan(config))]
+    planned = [group.cell_key(metric) for group, metric in grid_cells(plan(config))]
     return [cell for cell in dict.fromkeys(planned) if cell not in present]
 
 

@@ -145,6 +145,10 @@ class Group:
     skip_reason: str | None = None  # the whole (model, pooler, tier) cannot run here
     skip_status: str = "skipped"  # "error" when the tier is available but failed when tried
 
+    def cell_key(self, metric: str) -> tuple[str, ...]:
+        """The key of this group's ``metric`` cell in a results file (what ``--resume`` looks up)."""
+        return metrics_module.cell_key(self.model, self.pooler, self.tier, self.scope, self.layer, metric)
+
     def subject(self, config: RunConfig, baselines: dict | None = None) -> Subject:
         return Subject(self.model, self.pooler, self.tier, self.scope, device=config.device, batch=config.batch,
                        resolution=config.resolution, sites=self.sites, shape=self.shape, layer=self.layer,
@@ -344,8 +348,7 @@ def measure_groups(groups: list[Group], done: set, config: RunConfig, writer: Re
             if row.status in counts:
                 counts[row.status] += 1
 
-    todo = [(g, m) for g, m in grid_cells(groups)
-            if metrics_module.cell_key(g.model, g.pooler, g.tier, g.scope, g.layer, m) not in done]
+    todo = [(g, m) for g, m in grid_cells(groups) if g.cell_key(m) not in done]
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
