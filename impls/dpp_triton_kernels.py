@@ -59,7 +59,7 @@ Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
 
 Every launch is described by a :class:`Launch` (kernel, grid, arguments), built
 by :func:`forward_plan` / :func:`backward_plan`; the static kernel report
-(:mod:`poolbench.kernel_report`) compiles exactly those specialisations.
+(:mod:`poolbench.measure.kernel_report`) compiles exactly those specialisations.
 """
 from __future__ import annotations
 

@@ -25,20 +25,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import models
 from .base import Pool2d
 from .macs import dpp_macs
-from .registry import Availability, register
+from .registry import Availability, load_plugins, register
 from .stochastic import Seeded, s3_sample
 from .validation import pooled_size
 
 __all__ = [
+    "AUTHORS_EPS",
     "DPP_VARIANTS",
+    "AverageDownSample",
     "DPPArgs",
     "DPPKernel",
     "DetailPreservingPool2d",
     "S3DetailPreservingPool2d",
     "check_dpp_params",
     "check_eps2",
+    "build_authors_resnet",
     "check_full_guide",
     "dpid_filter",
     "get_kernel",
@@ -176,8 +180,6 @@ def check_dpp_params(x: torch.Tensor, alpha, lam, guide, eps2: float) -> tuple[t
 def get_kernel(tier: str) -> DPPKernel:
     """The DPP kernel registered for ``tier`` (importing the plugins if needed)."""
     if tier not in _KERNELS:
-        from .registry import load_plugins
-
         load_plugins()
     if tier not in _KERNELS:
         raise ValueError(f"no DPP kernel for tier {tier!r}; available: {', '.join(sorted(_KERNELS))}")
@@ -372,3 +374,52 @@ def _dpp_factory(variant: DPPVariant, kernel: DPPKernel) -> Callable[..., nn.Mod
 
     factory.__name__ = f"{variant.name}_factory"
     return factory
+
+
+# ----------------------------------------------------------------------------------------------
+# the authors' own ResNet pooling layer (visinf/dpp), a fixed-guide Full-DPP
+# ----------------------------------------------------------------------------------------------
+
+#: The authors' CUDA kernel's ε (``float epsilon = 0.001f``), added to the squared difference.
+AUTHORS_EPS = 1e-3
+
+
+class AverageDownSample(Pool2d):
+    """The authors' ResNet-50/101 pooling layer (visinf/dpp ``models/cudads.lua``, ``AverageDownSample``).
+
+    w_q = ((d_q² + ε) / Σ_window (d² + ε))^(λ/2) + α,  d = I − Ĩ,  Ĩ = avg_pool2d(I, 3, 2, 1) (padding
+    counted), y = Σ w·I / Σ w over each 2×2 window at stride 2, α = e^θα, λ = e^θλ learned per channel.
+    Computed by the DPP kernels of ``tier`` as a Full-DPP with the fixed guide F = 1/9, b = 0,
+    ``scale_invariant=True`` and α′ = α·4^(λ/2): the window-sum normalisation of the authors' CUDA kernel
+    is the window-mean form (the Lua layers') with α scaled, since (y/Σy)^(λ/2) = 4^(−λ/2)·(y/mean y)^(λ/2)
+    and the weights are normalised (see :mod:`poolbench.models.authors`).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 2, stride: int = 2, padding: int = 0, *,
+                 tier: str = "vectorized"):
+        super().__init__(channels, kernel_size, stride, padding)
+        if (self.kernel_size, self.stride, self.padding) != (2, 2, 0):
+            raise ValueError("AverageDownSample pools 2x2 windows at stride 2 without padding (the authors' CUDA "
+                             f"kernel's only geometry), got kernel_size={kernel_size}, stride={stride}, "
+                             f"padding={padding}")
+        self.tier = tier
+        self.log_alpha = nn.Parameter(torch.zeros(channels))
+        self.log_lam = nn.Parameter(torch.zeros(channels))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        check_full_guide(x.shape[-2], x.shape[-1], 2, 2, 0)
+        lam = self.log_lam.exp()
+        alpha = self.log_alpha.exp() * torch.pow(4.0, lam / 2)
+        weight = x.new_full((self.channels, 1, 3, 3), 1.0 / 9.0)
+        args = DPPArgs(2, 2, 0, asym=False, eps2=AUTHORS_EPS, scale_invariant=True)
+        return get_kernel(self.tier)(x, alpha, lam, (weight, x.new_zeros(self.channels)), args)
+
+
+def build_authors_resnet(model_name: str, tier: str = "vectorized") -> nn.Module:
+    """The authors' own ResNet-50/101: :class:`AverageDownSample` at the authors' sites (random weights)."""
+    base, _ = models.split_placement(model_name)
+    if base not in ("resnet50", "resnet101"):
+        raise ValueError(f"the authors' AverageDownSample network is a bottleneck ResNet (resnet50, resnet101), "
+                         f"got {model_name!r}")
+    return models.build_with(models.placed_name(base, "authors"), lambda site: AverageDownSample(site.channels,
+                                                                                                   tier=tier))

@@ -1,6 +1,6 @@
 """Named metrics: each a function of a :class:`Subject`, added with ``@metric``, producing :class:`MetricRow`\\ s.
 
-A *subject* (:mod:`poolbench.metric_subject`) is what gets measured: a whole network (VGG-16, ResNet-50/101 with
+A *subject* (:mod:`poolbench.measure.metric_subject`) is what gets measured: a whole network (VGG-16, ResNet-50/101 with
 a pooler swapped in) or one pooling layer at the input shape it has inside
 that network.  A metric returns :class:`Quantity` values; :func:`measure`
 turns them into rows of one type and turns a failure (out of memory, a kernel
@@ -15,18 +15,17 @@ Conventions: latency in milliseconds (median; q20/q80 in ``detail``); memory
 in bytes; FLOPs as multiply-accumulates per image (fvcore's convention);
 parameters as counts.  Ratios against the max-pool baseline are computed in
 the report, from rows measured in the same run.  The metrics poolbench ships
-live in :mod:`poolbench.builtin_metrics`.
+live in :mod:`poolbench.measure.builtin_metrics`.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 
-if TYPE_CHECKING:
-    from .metric_subject import Subject
+from . import registry
 
 __all__ = [
     "Column",
@@ -37,9 +36,6 @@ __all__ = [
     "Quantity",
     "MetricRow",
     "Settings",
-    "Subject",
-    "activation_bytes",
-    "baseline_params",
     "measure",
     "metric",
     "metric_names",
@@ -161,7 +157,8 @@ class Column:
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    function: Callable[["Subject"], list[Quantity]]
+    #: ``function(subject)``, ``subject`` a :class:`poolbench.measure.metric_subject.Subject`.
+    function: Callable[[object], list[Quantity]]
     scopes: tuple[str, ...]
     devices: tuple[str, ...]
     description: str
@@ -174,7 +171,15 @@ class MetricSpec:
         return None
 
 
+#: Metric name -> spec, in registration order: poolbench's built-in metrics load first, as a plugin
+#: (:func:`poolbench.registry.load_plugins`), then plugins' own.  Read it through :func:`registered`.
 METRICS: dict[str, MetricSpec] = {}
+
+
+def registered() -> dict[str, MetricSpec]:
+    """Every metric, built-in and plugins' (loading the plugins first if needed), in registration order."""
+    registry.load_plugins()
+    return METRICS
 
 
 def metric(name: str, *, scopes: Iterable[str] = SCOPES, devices: Iterable[str] = ("cpu", "cuda"),
@@ -199,21 +204,22 @@ def metric(name: str, *, scopes: Iterable[str] = SCOPES, devices: Iterable[str] 
 
 def report_columns(scope: str) -> list[Column]:
     """Every registered metric's report columns for ``scope`` ("network" or "layer"), in registration order."""
-    return [column for spec in METRICS.values() for column in spec.columns if scope in column.scopes]
+    return [column for spec in registered().values() for column in spec.columns if scope in column.scopes]
 
 
 def metric_names(scope: str | None = None) -> list[str]:
     """Registered metric names (for ``scope`` only, if given), in registration order."""
-    return [name for name, spec in METRICS.items() if scope is None or scope in spec.scopes]
+    return [name for name, spec in registered().items() if scope is None or scope in spec.scopes]
 
 
 # ----------------------------------------------------------------------------------------------
 # running one metric
 # ----------------------------------------------------------------------------------------------
 
-def measure(subject: Subject, name: str) -> list[MetricRow]:
-    """Rows of metric ``name`` on ``subject``; a failure becomes one ``error`` row, never an exception."""
-    spec = METRICS.get(name)
+def measure(subject, name: str) -> list[MetricRow]:
+    """Rows of metric ``name`` on ``subject`` (a :class:`poolbench.measure.metric_subject.Subject`); a failure
+    becomes one ``error`` row, never an exception."""
+    spec = registered().get(name)
     if spec is None:
         raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
     if subject.scope not in spec.scopes:
@@ -236,21 +242,6 @@ def measure(subject: Subject, name: str) -> list[MetricRow]:
     return rows
 
 
-def skipped_rows(subject: Subject, names: Iterable[str], reason: str, status: str = "skipped") -> list[MetricRow]:
+def skipped_rows(subject, names: Iterable[str], reason: str, status: str = "skipped") -> list[MetricRow]:
     """One row per metric saying why the whole cell group did not run."""
     return [subject.row(name, name, None, "", status, reason) for name in names]
-
-
-# The metrics poolbench ships register themselves on import.
-from . import builtin_metrics  # noqa: E402,F401
-
-_REEXPORTS = {"Subject": "metric_subject", "activation_bytes": "builtin_metrics", "baseline_params": "builtin_metrics"}
-
-
-def __getattr__(name: str):
-    """``Subject`` and the built-in metric helpers, resolved lazily (either module may be imported first)."""
-    if name in _REEXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_REEXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

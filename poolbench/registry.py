@@ -52,6 +52,10 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "poolbench.impls"
+#: poolbench's own metrics, loaded first and like any plugin (so they come first in the report's columns).
+BUILTIN_PLUGINS = ("poolbench.measure.builtin_metrics",)
+#: The in-tree plugin package: every module in it is imported.
+IN_TREE_PLUGINS = "impls"
 
 #: The tiers poolbench ships, in display order.  Tiers are open names: a plugin that
 #: registers under a new tier name appends it to :func:`known_tiers`.
@@ -208,9 +212,10 @@ def load_plugins(force: bool = False) -> dict[str, str]:
     if _PLUGINS_LOADED and not force:
         return dict(_PLUGIN_ERRORS)
     _PLUGINS_LOADED = True
-    import impls  # the in-tree plugin package
-
-    for module in pkgutil.iter_modules(impls.__path__, prefix="impls."):
+    for name in BUILTIN_PLUGINS:
+        _import_plugin(name, lambda n=name: importlib.import_module(n))
+    impls = importlib.import_module(IN_TREE_PLUGINS)
+    for module in pkgutil.iter_modules(impls.__path__, prefix=f"{IN_TREE_PLUGINS}."):
         _import_plugin(module.name, lambda n=module.name: importlib.import_module(n))
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         _import_plugin(f"{entry_point.name} ({entry_point.value})", entry_point.load)

@@ -12,7 +12,7 @@ import torch
 
 import poolbench
 from poolbench import functional as PF
-from poolbench.check import CASES, GRADCHECK_CASES, check_equivalence, check_gradients
+from poolbench.verify.check import CASES, GRADCHECK_CASES, check_equivalence, check_gradients
 from poolbench.dpp import check_full_guide
 from poolbench.tolerances import assert_close
 

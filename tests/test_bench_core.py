@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import poolbench
-from poolbench import bench
+from poolbench import measure as bench
 
 
 def test_subject_closures_do_the_pooler_work_only():

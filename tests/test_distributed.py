@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from poolbench import cli, distributed, models, report, runner, shards
+from poolbench import cli, models, report
+from poolbench.run import distributed, runner, shards, sweep
 from poolbench.metrics import BASELINE_POOLER, Settings
-from poolbench.results import CELL_COLUMNS
+from poolbench.run.results import CELL_COLUMNS
 
 from test_plugin_contract import NETWORK_FILE
 
@@ -68,7 +69,7 @@ def single(tmp_path_factory):
         config = runner.RunConfig(models=(MODEL,), poolers=POOLERS, tiers=("fastest",),
                                   metrics=("params", "latency_forward"), batch=1, resolution=32, threads=1,
                                   settings=Settings(min_run_time=0.005), out=out, name="single")
-        result = runner.run(config, progress=False, report=False)
+        result = sweep.run(config, progress=False, report=False)
     return _records(result.results)
 
 
@@ -133,7 +134,7 @@ def test_one_process_resume_merges_the_shards_first(single, launched, tmp_path):
         config = runner.RunConfig(models=(MODEL,), poolers=POOLERS, tiers=("fastest",),
                                   metrics=("params", "latency_forward"), batch=1, resolution=32, threads=1,
                                   settings=Settings(min_run_time=0.005), out=tmp_path, name="grid", resume=True)
-        result = runner.run(config, progress=False, report=False)
+        result = sweep.run(config, progress=False, report=False)
     assert result.rows == 0  # nothing left to measure
     assert _comparable(_records(result.results)) == _comparable(single)
 
@@ -161,7 +162,7 @@ def test_cpu_ranks_share_the_cores():
 def test_units_are_ordered_costliest_first():
     config = runner.RunConfig(models=("resnet50", "vgg16"), poolers=("avg", "dpp_lite_sym"), tiers=("fastest",),
                               resolution=32, batch=1)
-    from poolbench.distributed_run import units
+    from poolbench.run.rank import units
 
     order = [(unit.model, unit.pooler) for unit in units(config)]
     assert order == [("vgg16", "avg"), ("vgg16", "dpp_lite_sym"), ("resnet50", "avg"), ("resnet50", "dpp_lite_sym")]
@@ -240,7 +241,8 @@ class _Counter:
 
 
 def test_a_rank_whose_device_fails_records_errors_and_stops_taking_work(tmp_path, monkeypatch):
-    from poolbench import distributed_run, metrics
+    from poolbench.run import rank as distributed_run
+    from poolbench import metrics
 
     monkeypatch.delenv(distributed.FAULT_VARIABLE, raising=False)
     monkeypatch.setattr(models, "MODELS", dict(models.MODELS))

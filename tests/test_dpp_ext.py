@@ -314,7 +314,7 @@ def test_import_builds_nothing_and_cuda_availability_is_cheap(tmp_path):
 
 def test_layerbench_runs_and_reports_ratios(cpu_ext, monkeypatch):
     """Every requested tier gets a row with ratios to both baselines; a failing cell keeps its error and the run goes on."""
-    from poolbench import layerbench
+    from poolbench.run import layerbench
 
     real_create = layerbench.registry.create
 
@@ -343,8 +343,8 @@ def test_layerbench_runs_and_reports_ratios(cpu_ext, monkeypatch):
 
 def test_layerbench_resnet50_layers_use_their_own_windows(cpu_ext):
     """--model resnet50: the stem is pooled 3×3/2 pad 1 (baselines included), block inputs 2×2/2."""
-    from poolbench import layerbench
-    from poolbench.shapes import pool_layers
+    from poolbench.run import layerbench
+    from poolbench.measure.shapes import pool_layers
 
     specs = pool_layers("resnet50", batch=1, resolution=224)
     assert specs[0] == ((1, 64, 112, 112), (3, 2, 1))
@@ -361,7 +361,7 @@ def test_layerbench_resnet50_layers_use_their_own_windows(cpu_ext):
 
 
 def test_layerbench_peak_bandwidth_lookup():
-    from poolbench.layerbench import peak_bandwidth, peak_bandwidth_for
+    from poolbench.run.layerbench import peak_bandwidth, peak_bandwidth_for
 
     assert peak_bandwidth_for("NVIDIA H100 80GB HBM3") == 3.35e12
     assert peak_bandwidth_for("NVIDIA H100 PCIe") == 2.0e12

@@ -2,7 +2,7 @@
 import pytest
 
 from dpp_tester import DPPTierTester
-from poolbench.check import CASES, GRADCHECK_CASES
+from poolbench.verify.check import CASES, GRADCHECK_CASES
 
 
 class TestVectorized(DPPTierTester):

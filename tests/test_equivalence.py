@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from poolbench import check, equivalence, gate, registry
+from poolbench.verify import check, equivalence
+from poolbench import gate, registry
 from poolbench.base import Pool2d
 
 
@@ -32,13 +33,13 @@ class _Scaled(Pool2d):
 def probes(monkeypatch):
     registry.load_plugins()
     monkeypatch.setattr(registry, "_REGISTRY", {k: dict(v) for k, v in registry._REGISTRY.items()})
-    gate._EQUIVALENCE_CACHE.clear(), gate._REFERENCE_CACHE.clear()
+    gate.clear_equivalence_cache()
     registry.register("eq_probe", "reference")(lambda c, k, s, p: _Scaled(c, k, s, p))
     registry.register("eq_probe", "vectorized")(lambda c, k, s, p: _Scaled(c, k, s, p))
     registry.register("eq_probe", "compiled")(lambda c, k, s, p: _Scaled(c, k, s, p, offset=1e-2))
     registry.register("eq_probe", "cpp")(lambda c, k, s, p: _Scaled(c, k, s, p, grad_skew=0.05))
     yield
-    gate._EQUIVALENCE_CACHE.clear(), gate._REFERENCE_CACHE.clear()
+    gate.clear_equivalence_cache()
 
 
 @pytest.mark.parametrize("tier, ok, problem", (("vectorized", True, None), ("compiled", False, "output differs"),

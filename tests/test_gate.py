@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from poolbench import equivalence, gate, registry
+from poolbench.verify import equivalence
+from poolbench import gate, registry
 from poolbench.base import Pool2d
 
 LAYERS = range(1, 6)
@@ -183,9 +184,9 @@ def probe_registry(monkeypatch):
     """A private copy of the registry, so test poolers vanish after the test."""
     registry.load_plugins()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    gate._EQUIVALENCE_CACHE.clear(), gate._REFERENCE_CACHE.clear()
+    gate.clear_equivalence_cache()
     yield registry
-    gate._EQUIVALENCE_CACHE.clear(), gate._REFERENCE_CACHE.clear()
+    gate.clear_equivalence_cache()
 
 
 def test_cases_follow_the_registry(probe_registry):

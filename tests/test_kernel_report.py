@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from poolbench import kernel_report
+from poolbench.measure import kernel_report
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

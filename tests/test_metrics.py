@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from poolbench import flops, metrics, models, registry
 from poolbench.base import Pool2d
-from poolbench.metrics import Quantity, Subject
+from poolbench.measure.builtin_metrics import activation_bytes
+from poolbench.measure.metric_subject import Subject
+from poolbench.metrics import Quantity
 
 #: fvcore traces with torch.jit, FlopCounterMode sees dispatched ops: dead code the tracer drops (a window count
 #: a pooler computes but does not use) and size arithmetic can differ by a few percent, no more.
@@ -223,7 +225,7 @@ def test_activation_bytes_counts_activations_not_weights_and_leaks_nothing():
 
     module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
     x = torch.randn(4, 64)
-    counted = metrics.activation_bytes(lambda: module(x), module)
+    counted = activation_bytes(lambda: module(x), module)
     # saved: x (first linear), the ReLU output (for the second linear and for ReLU itself); weights left out
     assert counted == 2 * 4 * 64 * 4
     weight = weakref.ref(module[0].weight)

@@ -11,14 +11,10 @@ from torch import nn
 
 from poolbench import functional as PF
 from poolbench import models
-from poolbench.placement_authors import (
-    AverageDownSample,
-    build_authors_resnet,
-    placed_name,
-    placement_comparison,
-    split_placement,
-)
-from poolbench.runner import RunConfig
+from poolbench.dpp import AverageDownSample, build_authors_resnet
+from poolbench.models import placed_name, split_placement
+from poolbench.report.placement import placement_comparison
+from poolbench.run.runner import RunConfig
 from poolbench.tolerances import assert_close
 
 
@@ -96,8 +92,12 @@ def test_authors_own_resnet_uses_average_downsample():
         build_authors_resnet("vgg16")
 
 
-def test_vgg_has_the_same_sites_in_both_placements():
-    assert models.pool_sites("vgg16") == models.pool_sites("vgg16@authors")
+def test_vgg_declares_only_the_paper_placement():
+    """The authors' code has no VGG: asking for VGG-16's authors' placement is an error naming what it has."""
+    assert models.placements_of("vgg16") == ("paper",)
+    assert models.placements_of("resnet50") == ("paper", "authors")
+    with pytest.raises(ValueError, match="network 'vgg16' declares no 'authors' placement; it has paper"):
+        models.pool_sites("vgg16@authors")
 
 
 def test_placement_names_and_errors():
@@ -110,9 +110,10 @@ def test_placement_names_and_errors():
 
 
 def test_run_config_expands_placements():
+    # only networks that declare a second placement are expanded: VGG-16 is measured once
     assert RunConfig(models=("resnet50", "vgg16"), placement="both").models == (
-        "resnet50", "resnet50@authors", "vgg16", "vgg16@authors")
-    assert RunConfig(models=("resnet50",), placement="authors").models == ("resnet50@authors",)
+        "resnet50", "resnet50@authors", "vgg16")
+    assert RunConfig(models=("resnet50", "vgg16"), placement="authors").models == ("resnet50@authors", "vgg16")
     with pytest.raises(ValueError, match="placement must be one of paper, authors, both"):
         RunConfig(placement="sideways")
 

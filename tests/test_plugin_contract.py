@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 
 import poolbench
-from poolbench import check, flops, gate, layerbench, models, registry, runner, shapes
+from poolbench.verify import check
+from poolbench import flops, gate, models, registry
+from poolbench.run import layerbench, runner, sweep
+from poolbench.measure import shapes
 from plugin_helpers import load_plugin_file
 
 POOLER_FILE = '''
@@ -122,7 +125,7 @@ def test_a_new_network_is_one_file(monkeypatch, tmp_path):
     assert [shape for _, shape in models.layer_input_shapes("plugin_tinynet", 1, 16)] == [(1, 8, 16, 16), (1, 16, 8, 8)]
     # the per-layer benchmark knows its pooling layers without a shape table
     assert shapes.pool_layers("plugin_tinynet", 1, 16) == [((1, 8, 16, 16), (2, 2, 0)), ((1, 16, 8, 8), (2, 2, 0))]
-    result = runner.run(runner.RunConfig(models=("plugin_tinynet",), poolers=("dpp_lite_sym",), tiers=("vectorized",),
+    result = sweep.run(runner.RunConfig(models=("plugin_tinynet",), poolers=("dpp_lite_sym",), tiers=("vectorized",),
                                          metrics=("params",), batch=1, resolution=16, out=tmp_path), progress=False)
     assert result.errors == 0
     assert "## TinyNet" in result.report.read_text()
@@ -131,7 +134,7 @@ def test_a_new_network_is_one_file(monkeypatch, tmp_path):
 def test_a_new_metric_is_one_file(monkeypatch, tmp_path):
     assert load_plugin_file(monkeypatch, tmp_path, "poolbench_plugin_metric", METRIC_FILE) == {}
 
-    result = runner.run(runner.RunConfig(models=("vgg16",), poolers=("max",), tiers=("vectorized",),
+    result = sweep.run(runner.RunConfig(models=("vgg16",), poolers=("max",), tiers=("vectorized",),
                                          metrics=("pooler_count",), batch=1, resolution=32, layers=False,
                                          out=tmp_path), progress=False)
     assert result.errors == 0

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 import poolbench
-from poolbench import cli, results, runner
-from poolbench.linefile import read_csv_records, read_jsonl_records, repair_torn_tail
+from poolbench import cli
+from poolbench.run import results, runner, sweep
+from poolbench.run.linefile import read_csv_records, read_jsonl_records, repair_torn_tail
 from poolbench.metrics import MetricRow as Row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def test_second_writer_on_the_same_file_is_refused(tmp_path):
 
 def test_lock_of_a_killed_run_is_released_by_the_kernel(tmp_path):
     stem = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from poolbench.runlock import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from poolbench.run.runlock import RunLock; "
                                f"RunLock({str(stem)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
@@ -199,7 +200,7 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run", interrupted)
+    monkeypatch.setattr(sweep, "run", interrupted)
     assert cli.main(["run", "--models", "vgg16", "--poolers", "avg", "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
@@ -281,9 +282,9 @@ def test_sigkill_torn_line_and_resume_give_every_cell_exactly_once(tmp_path):
 # checks and gates that checked nothing fail; clear errors at create
 # ---------------------------------------------------------------------------------------------
 def _baseline_dir(tmp_path, text: str) -> Path:
-    from poolbench.gate.baselines import _machine_id
+    from poolbench.gate.baselines import machine_id
 
-    folder = tmp_path / "baselines" / _machine_id()
+    folder = tmp_path / "baselines" / machine_id()
     folder.mkdir(parents=True)
     (folder / "0001_cpu.json").write_text(text)
     return tmp_path / "baselines"

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from poolbench import cli, registry, report, results, runner
+from poolbench import cli, registry, report
+from poolbench.run import results, runner, sweep
 from poolbench.metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings
 
 FAST = Settings(warmup=0, min_run_time=0.005)
@@ -24,7 +25,7 @@ def failing_run(tmp_path_factory):
     config = runner.RunConfig(device="cpu", models=("resnet50",), poolers=("dpp_lite_sym", "dpp_full_sym"),
                               tiers=("vectorized",), metrics=("params", "latency_forward"), batch=1,
                               resolution=40, out=out, name="failing", settings=FAST, threads=1)
-    return config, runner.run(config, progress=False)
+    return config, sweep.run(config, progress=False)
 
 
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(failing_run):
@@ -57,7 +58,7 @@ def test_resume_skips_measured_cells_and_retries_errors(failing_run):
     config, first = failing_run
     before = _rows(first.results)
     errors = sum(1 for r in before if r["status"] == "error")
-    again = runner.run(runner.RunConfig(**{**config.__dict__, "resume": True}), progress=False, report=False)
+    again = sweep.run(runner.RunConfig(**{**config.__dict__, "resume": True}), progress=False, report=False)
     after = _rows(again.results)
     assert len(after) == len(before) + errors  # only the failed cells ran again
     frame = results.load_results(again.results)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from poolbench import gate
-from poolbench.bench import BenchConfig, torch_threads
+from poolbench.measure import BenchConfig, torch_threads
 from poolbench.benchmarks.fixtures import add_device_options, device  # noqa: F401  (fixture)
 
 _DEFAULTS = BenchConfig()

@@ -8,8 +8,8 @@ import torch
 from rich.progress import Progress
 from rich.table import Table
 
-from ..console import console, print_table
-from ..check import CheckPlan, checked_nothing, run_checks, summarise
+from ._console import console, print_table
+from ..verify.check import CheckPlan, checked_nothing, run_checks, summarise
 from ..tolerances import DTYPES
 
 

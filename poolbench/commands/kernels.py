@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     if not re.fullmatch(r"sm_\d{2,3}a?", args.arch):
         raise ValueError(f"--arch must look like sm_90 or sm_80, got {args.arch!r}")
-    from ..kernel_report import ROW_KEYS, kernel_rows, write_reports
+    from ..measure.kernel_report import ROW_KEYS, kernel_rows, write_reports
 
     rows, notes = kernel_rows(args.arch.removesuffix("a"),
                               progress=lambda label: print(f"[kernels] {label}", file=sys.stderr, flush=True))

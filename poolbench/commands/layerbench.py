@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..layerbench import run_layerbench, to_markdown
-from ..results import check_output_file
-from ..shapes import pool_layer_models
+from ..run.layerbench import run_layerbench, to_markdown
+from ..run.results import check_output_file
+from ..measure.shapes import pool_layer_models
 from ..tolerances import DTYPES
 from ._options import bounded_float, bounded_int
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from .. import registry
-from ..console import console, print_table
+from ._console import console, print_table
 
 
 def add_parser(subparsers) -> None:

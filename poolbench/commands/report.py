@@ -27,8 +27,8 @@ def run(args) -> int:
 
         print(write_report(args.results[0], args.out, args.name))
         return 0
-    from ..report_devices import write_merged_report
-    from ..results import check_output_file
+    from ..report.devices import write_merged_report
+    from ..run.results import check_output_file
 
     if args.name is not None:
         raise ValueError("--name applies to one results file; with several, give the report's path with --out")

@@ -59,7 +59,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..runner import QUICK, RunConfig, run as run_grid
+    from ..run.runner import QUICK, RunConfig
+    from ..run.sweep import run as run_grid
 
     options = {
         "device": args.device,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import registry
 from .fvcore_counter import HAS_FVCORE, fvcore_count
 from .rules import (ELEMENTWISE_OPS, OPAQUE_NAMESPACES, POOLING_OPS, REDUCTION_OPS, FlopCount, analytic_macs,
                     has_analytic_formula, layer_analytic_macs, opaque_namespaces, pooling_scopes)
@@ -69,8 +70,6 @@ COUNTED_AS = {"compiled": "vectorized"}
 
 def counting_tier(pooler: str, tier: str) -> str:
     """The tier whose modules are traced to count ``pooler[tier]``'s FLOPs."""
-    from .. import registry
-
     substitute = COUNTED_AS.get(tier)
     return substitute if substitute is not None and substitute in registry.tiers(pooler) else tier
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .rules import (ADAPTIVE_POOLING_OPS, ELEMENTWISE_OPS, MOVEMENT_OPS, POOLING_OPS, REDUCTION_OPS, FlopCount,
-                    _combine, _eager_compiled, _is_opaque, _record_input_shapes, pooling_scopes)
+                    combine_counts, eager_compiled, is_opaque, record_input_shapes, pooling_scopes)
 
 try:  # fvcore is optional (the GPU machine lacks it)
     with warnings.catch_warnings():  # fvcore's focal loss uses torch.jit.script, deprecated in torch ≥ 2.10
@@ -97,10 +97,10 @@ class _Handles(dict):
     """fvcore's op-handle table, plus a fallback for opaque kernels whose names are not known in advance."""
 
     def __contains__(self, kind) -> bool:
-        return dict.__contains__(self, kind) or _is_opaque(kind)
+        return dict.__contains__(self, kind) or is_opaque(kind)
 
     def __missing__(self, kind):
-        if _is_opaque(kind):
+        if is_opaque(kind):
             return _fv_opaque(kind)
         raise KeyError(kind)
 
@@ -130,13 +130,13 @@ def fvcore_count(model: nn.Module, inputs: torch.Tensor) -> FlopCount:
     if FlopCountAnalysis is None:
         raise RuntimeError("fvcore is not installed (pip install fvcore); it is optional")
     scopes = pooling_scopes(model)
-    shapes, hooks = _record_input_shapes(scopes)
+    shapes, hooks = record_input_shapes(scopes)
     try:
         analysis = FlopCountAnalysis(model, (inputs,))
         analysis._op_handles = _Handles(analysis._op_handles)  # opaque kernels by namespace / PythonOp
         analysis.set_op_handle(**_fvcore_handles())
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        with torch.no_grad(), _eager_compiled():
+        with torch.no_grad(), eager_compiled():
             by_module = analysis.by_module_and_operator()
     finally:
         for hook in hooks:
@@ -146,4 +146,4 @@ def fvcore_count(model: nn.Module, inputs: torch.Tensor) -> FlopCount:
     uncounted: Counter = Counter()
     for name in scopes:
         uncounted.update(analysis.unsupported_ops(name))
-    return _combine(per_scope, root, scopes, shapes, "fvcore", dict(uncounted))
+    return combine_counts(per_scope, root, scopes, shapes, "fvcore", dict(uncounted))

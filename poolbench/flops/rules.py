@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import registry
+from ..base import Pool2d
 from ..macs import PoolGeometry
+from ..models import SITE_ATTRIBUTE
 
 
 #: Namespaces of custom ops whose kernels the counters cannot see into: poolbench's own prefix,
@@ -23,9 +26,7 @@ OPAQUE_NAMESPACES = ("poolbench_",)
 
 def opaque_namespaces() -> tuple[str, ...]:
     """Every custom-op namespace prefix a FLOP counter must treat as one opaque kernel."""
-    from ..registry import specs
-
-    return tuple(dict.fromkeys((*OPAQUE_NAMESPACES, *(ns for spec in specs() for ns in spec.op_namespaces))))
+    return tuple(dict.fromkeys((*OPAQUE_NAMESPACES, *(ns for spec in registry.specs() for ns in spec.op_namespaces))))
 
 #: Elementwise ops: cost per output element (1 unless listed otherwise).
 ELEMENTWISE_OPS: dict[str, int] = {
@@ -101,11 +102,9 @@ def analytic_macs(pooler: str, shape: tuple[int, int, int, int], kernel_size: in
 
     ``None`` when the pooler declares no formula (only its module's ops can be counted then).
     """
-    from ..registry import get_spec
-
     if len(shape) != 4:
         raise ValueError(f"shape must be (N, C, H, W), got {tuple(shape)}")
-    formula = get_spec(pooler, tier).macs
+    formula = registry.get_spec(pooler, tier).macs
     if formula is None:
         return None
     geometry = PoolGeometry(*map(int, shape), int(kernel_size), int(stride), int(padding))
@@ -113,9 +112,7 @@ def analytic_macs(pooler: str, shape: tuple[int, int, int, int], kernel_size: in
 
 
 def has_analytic_formula(pooler: str) -> bool:
-    from ..registry import get_spec
-
-    return get_spec(pooler).macs is not None
+    return registry.get_spec(pooler).macs is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,9 +124,6 @@ _TORCH_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d, nn.FractionalMaxPool2d)
 
 def pooling_scopes(model: nn.Module) -> dict[str, nn.Module]:
     """Qualified name -> module of every pooling layer: swapped-in poolers and torch's own pooling modules."""
-    from ..base import Pool2d
-    from ..models import SITE_ATTRIBUTE
-
     scopes = {}
     for name, module in model.named_modules():
         if hasattr(module, SITE_ATTRIBUTE) or isinstance(module, (Pool2d, *_TORCH_POOLS)):
@@ -149,7 +143,7 @@ def layer_analytic_macs(module: nn.Module, shape: tuple[int, ...]) -> int | None
                          **getattr(module, "pooler_options", {}))
 
 
-def _record_input_shapes(scopes: dict[str, nn.Module]):
+def record_input_shapes(scopes: dict[str, nn.Module]):
     shapes: dict[str, tuple[int, ...]] = {}
 
     def hook_for(name: str):
@@ -162,7 +156,7 @@ def _record_input_shapes(scopes: dict[str, nn.Module]):
 
 
 @contextlib.contextmanager
-def _eager_compiled():
+def eager_compiled():
     """Run ``torch.compile``\\ d tiers eagerly: neither tracer can count through Dynamo; the maths is the same."""
     import torch._dynamo
 
@@ -170,11 +164,11 @@ def _eager_compiled():
         yield
 
 
-def _is_opaque(op_name: str) -> bool:
+def is_opaque(op_name: str) -> bool:
     return op_name.startswith(opaque_namespaces()) or op_name.startswith("prim::PythonOp")
 
 
-def _combine(per_scope: dict[str, Counter], root: Counter, scopes: dict[str, nn.Module],
+def combine_counts(per_scope: dict[str, Counter], root: Counter, scopes: dict[str, nn.Module],
              shapes: dict[str, tuple[int, ...]], counter: str, uncounted: dict[str, int]) -> FlopCount:
     """Apply the scoping rules: elementwise/reductions count only inside pooling layers; opaque layers analytic."""
     layers, opaque = {}, []

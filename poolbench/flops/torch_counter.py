@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .rules import (ADAPTIVE_POOLING_OPS, BATCH_NORM_OPS, ELEMENTWISE_OPS, POOLING_OPS, REDUCTION_OPS, FlopCount,
-                    _combine, _eager_compiled, _record_input_shapes, opaque_namespaces, pooling_scopes)
+                    combine_counts, eager_compiled, record_input_shapes, opaque_namespaces, pooling_scopes)
 
 # ----------------------------------------------------------------------------------------------
 # torch.utils.flop_counter.FlopCounterMode
@@ -134,11 +134,11 @@ def flop_counter_count(model: nn.Module, inputs: torch.Tensor) -> FlopCount:
 
     mapping = _flop_counter_mapping()
     scopes = pooling_scopes(model)
-    shapes, hooks = _record_input_shapes(scopes)
+    shapes, hooks = record_input_shapes(scopes)
     mode = FlopCounterMode(display=False, custom_mapping={packet: formula for packet, (_, formula) in mapping.items()})
     mode.flop_registry = _Formulas(mode.flop_registry)
     try:
-        with torch.no_grad(), _eager_compiled(), mode:
+        with torch.no_grad(), eager_compiled(), mode:
             model(inputs)
     finally:
         for hook in hooks:
@@ -159,4 +159,4 @@ def flop_counter_count(model: nn.Module, inputs: torch.Tensor) -> FlopCount:
 
     per_scope = {name: categorised(counts.get(f"{prefix}.{name}", {})) for name in scopes}
     root = categorised(counts.get("Global", {}))
-    return _combine(per_scope, root, scopes, shapes, "FlopCounterMode", {})
+    return combine_counts(per_scope, root, scopes, shapes, "FlopCounterMode", {})

@@ -15,7 +15,7 @@ load from another process slows both sides alike, so it cancels.
 
 Equivalence: before a tier is timed, its output (and, when differentiable,
 the gradients of input and parameters) must match the pooler's reference
-by :mod:`poolbench.equivalence` (the rules ``poolbench check`` uses); a mismatch fails the test and the gate.
+by :mod:`poolbench.verify.equivalence` (the rules ``poolbench check`` uses); a mismatch fails the test and the gate.
 
 The pieces, one job per module:
 
@@ -40,12 +40,12 @@ from __future__ import annotations
 
 from .baselines import (DEFAULT_BASELINE_DIR, baseline_name, config_mismatch, find_baseline, merge_runs,
                         save_baseline)
-from ..bench.closures import build_module, case_closures, comparator, make_input, pass_closure
-from ..bench.cases import BenchCase, bench_cases, comparator_cases, group_name
+from ..measure.closures import build_module, case_closures, comparator, make_input, pass_closure
+from ..measure.cases import BenchCase, bench_cases, comparator_cases, group_name
 from .comparison import (DEFAULT_THRESHOLD, Comparison, GroupRow, CaseChange, compare, group_regression_message,
                          regression_message)
-from ..bench.config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
-from .equivalence import _EQUIVALENCE_CACHE, _REFERENCE_CACHE, Equivalence, equivalence_at
+from ..measure.config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig
+from .equivalence import Equivalence, clear_equivalence_cache, equivalence_at
 from .measure import time_case
 from .report import render_markdown
 from .results import BaselineError, CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks

@@ -7,13 +7,13 @@ import statistics
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..bench.config import BenchConfig
+from ..measure.config import BenchConfig
 from .results import CaseResult
 
 DEFAULT_BASELINE_DIR = Path("benchmarks") / "baselines"
 
 
-def _machine_id() -> str:
+def machine_id() -> str:
     from pytest_benchmark.utils import get_machine_id
 
     return get_machine_id()
@@ -31,7 +31,7 @@ def find_baseline(directory: str | Path, name: str) -> Path | None:
     for path in directory.glob("*/*.json"):
         match = pattern.match(path.name)
         if match:
-            found.append((path.parent.name == _machine_id(), int(match.group(1)), path))
+            found.append((path.parent.name == machine_id(), int(match.group(1)), path))
     return max(found)[2] if found else None
 
 
@@ -44,7 +44,7 @@ def save_baseline(data: dict, directory: str | Path, name: str, *, previous: dic
     ``--poolers``/``--tiers`` keeps the other poolers' ratios).  Older files of
     the same name in that folder are removed: git keeps the history.
     """
-    folder = Path(directory) / _machine_id()
+    folder = Path(directory) / machine_id()
     folder.mkdir(parents=True, exist_ok=True)
     data = json.loads(json.dumps(data))
     for bench in data.get("benchmarks", []):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import registry
-from ..bench.cases import _fmt_shape
-from ..bench.config import COMPARATOR, PASSES
+from ..measure.cases import format_shape
+from ..measure.config import COMPARATOR, PASSES
 from .results import CaseResult
 
 DEFAULT_THRESHOLD = 0.10
@@ -112,7 +112,7 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
             rows.append(CaseChange(key, cur.label, "new", None, cur.ratio, "no baseline"))
             continue
         if tuple(base.shape) != tuple(cur.shape):
-            raise ValueError(f"{cur.label}: the baseline measured shape {_fmt_shape(base.shape)}; run at the "
+            raise ValueError(f"{cur.label}: the baseline measured shape {format_shape(base.shape)}; run at the "
                              "baseline's batch/resolution or refresh the baseline")
         change = cur.ratio / base.ratio - 1
         status = ("regressed" if change > case_threshold else "slower" if change > threshold

@@ -2,7 +2,7 @@
 
 A tier's output (and, when differentiable, the gradients of input and
 parameters) must match its reference tier by the one equivalence contract of
-:mod:`poolbench.equivalence` (the same rules as ``poolbench check``); a
+:mod:`poolbench.verify.equivalence` (the same rules as ``poolbench check``); a
 mismatch fails the test and the gate, so a fast but wrong tier never passes.
 What is particular to the gate is only *where* it compares: on the full
 benchmark shape, against the reference run on a corner of it.
@@ -15,11 +15,11 @@ from typing import Sequence
 import torch
 
 from .. import registry
-from ..equivalence import compare, reference_tier
+from ..verify.equivalence import compare, reference_tier
 from ..validation import pooled_size
-from ..bench.closures import build_module, make_input
-from ..bench.cases import _fmt_shape
-from ..bench.config import KERNEL_SIZE, PADDING, STRIDE, BenchConfig
+from ..measure.closures import build_module, make_input
+from ..measure.cases import format_shape
+from ..measure.config import KERNEL_SIZE, PADDING, STRIDE, BenchConfig
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class Equivalence:
 
 _REFERENCE_CACHE: dict[tuple, tuple] = {}
 _EQUIVALENCE_CACHE: dict[tuple, Equivalence] = {}
+
+
+def clear_equivalence_cache() -> None:
+    """Forget every cached equivalence verdict and reference output (tests that re-register poolers)."""
+    _EQUIVALENCE_CACHE.clear()
+    _REFERENCE_CACHE.clear()
 
 
 def equivalence_at(pooler: str, tier: str, shape: Sequence[int], config: BenchConfig) -> Equivalence:
@@ -78,13 +84,13 @@ def _check_equivalence(pooler: str, tier: str, shape: tuple, config: BenchConfig
             problem, error = _compare_region(pooler, tier, ref_tier, shape, crop, differentiable, config)
     except Exception as exc:  # a tier that crashes is not equivalent; say how it crashed
         return Equivalence(False, label, "crashed",
-                           message=f"{pooler}[{tier}] at {_fmt_shape(shape)} crashed: {type(exc).__name__}: {exc}")
+                           message=f"{pooler}[{tier}] at {format_shape(shape)} crashed: {type(exc).__name__}: {exc}")
     what = ("output+grads" if differentiable else "output") + (
         f" on the {crop}x{crop} corner" if crop < height else " on the full input")
     if problem is None:
         return Equivalence(True, label, what, error)
     return Equivalence(False, label, what, error,
-                       f"{pooler}[{tier}] at {_fmt_shape(shape)} does not match {pooler}[{label}] "
+                       f"{pooler}[{tier}] at {format_shape(shape)} does not match {pooler}[{label}] "
                        f"({what}, {config.dtype} tolerances): {problem}")
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..bench import BenchConfig
+from ..measure import BenchConfig
 from .results import BaselineError
 from .instructions import InstructionCount, InstructionRun
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..bench import bench_cases
-from ..bench.cases import _split
+from ..measure import bench_cases
+from ..measure.cases import split_names
 from .comparison import CaseChange, Comparison, GroupRow, compare
-from ..bench import COMPARATOR
+from ..measure import COMPARATOR
 from .instruction_baseline import (RECORD_COMMAND, BaselineError, baseline_key, baseline_path, candidate_baselines,
                                    load_baseline, save_baseline)
 from .instructions import INSTRUCTION_CONFIG, InstructionRun, count_instructions
@@ -59,7 +59,7 @@ class InstructionGateOptions:
     echo: bool = True
 
     def selected(self, key: tuple) -> bool:
-        poolers, tiers = _split(self.poolers), _split(self.tiers)
+        poolers, tiers = split_names(self.poolers), split_names(self.tiers)
         return (not poolers or key[0] in poolers) and (not tiers or key[1] in tiers)
 
 

@@ -32,7 +32,7 @@ WARMUP_CALLS = 2
 
 def comparator_label(layer: int, pass_: str) -> str:
     """Dump label of ``avg_pool2d``'s count at VGG-16 pooling layer ``layer`` and ``pass_``."""
-    from ..bench import COMPARATOR
+    from ..measure import COMPARATOR
 
     return f"{COMPARATOR}-layer{layer}-{pass_}"
 
@@ -52,7 +52,7 @@ def _error(exc: BaseException) -> str:
 
 def _warmed_closures(plan: dict, config) -> tuple[list[dict], list[tuple[str, object]]]:
     """Every case's record and the (label, closure) pairs to count: comparators first, then the cases."""
-    from ..bench import bench_cases, case_closures, comparator, make_input, pass_closure
+    from ..measure import bench_cases, case_closures, comparator, make_input, pass_closure
 
     records, to_count = [], []
     comparators: dict[str, object] = {}
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from .. import registry
-    from ..bench import BenchConfig
+    from ..measure import BenchConfig
 
     torch.set_num_threads(plan["threads"])
     requests = _load_requests(plan["client_requests"])

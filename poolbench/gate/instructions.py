@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import callgrind
-from ..bench import BenchCase, BenchConfig
-from ..bench.cases import _fmt_shape, _split
+from ..measure import BenchCase, BenchConfig
+from ..measure.cases import format_shape, split_names
 from .suite import SUITE_ENV
 
 __all__ = ["INSTRUCTION_CONFIG", "UNCOUNTED_TIERS", "InstructionCount", "InstructionRun", "count_instructions", "worker_environment"]
@@ -80,7 +80,7 @@ class InstructionCount:
     @property
     def label(self) -> str:
         case = self.case
-        return f"{case.pooler}[{case.tier}] layer{case.layer} {_fmt_shape(case.shape)} {case.pass_}"
+        return f"{case.pooler}[{case.tier}] layer{case.layer} {format_shape(case.shape)} {case.pass_}"
 
     def as_dict(self) -> dict:
         case = self.case
@@ -128,8 +128,8 @@ def worker_environment(root: Path, env: dict | None = None) -> dict:
 
 
 def _plan(config: BenchConfig, poolers, tiers, plugins: Sequence[str], result: Path) -> dict:
-    uncounted = {tier: reason for tier, reason in UNCOUNTED_TIERS.items() if tier not in (_split(tiers) or ())}
-    return {"poolers": _split(poolers), "tiers": _split(tiers), "uncounted": uncounted, "plugins": list(plugins),
+    uncounted = {tier: reason for tier, reason in UNCOUNTED_TIERS.items() if tier not in (split_names(tiers) or ())}
+    return {"poolers": split_names(poolers), "tiers": split_names(tiers), "uncounted": uncounted, "plugins": list(plugins),
             "batch": config.batch,
             "resolution": config.resolution, "threads": config.threads, "seed": config.seed,
             "client_requests": callgrind.client_requests().__file__, "result": str(result)}

@@ -13,8 +13,8 @@ import statistics
 import time
 from typing import Callable
 
-from ..bench.config import BenchConfig
-from ..bench.subject import paired_ratio
+from ..measure.config import BenchConfig
+from ..measure.subject import paired_ratio
 
 
 class _ComparatorSampler:

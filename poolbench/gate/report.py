@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from .comparison import Comparison
-from ..bench.config import COMPARATOR, BenchConfig
+from ..measure.config import COMPARATOR, BenchConfig
 from .results import SuiteRun
 
 
@@ -21,7 +21,7 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}×"
 
 
-def _rel(path: Path | None, root: Path | None) -> str:
+def relative_path(path: Path | None, root: Path | None) -> str:
     if path is None:
         return "–"
     try:
@@ -45,7 +45,7 @@ def render_markdown(comparison: Comparison | None, *, passed: bool, messages: Se
         lines.append(f"- measured on {config.device}, {config.dtype}, VGG-16 pooling shapes at batch {config.batch} "
                      f"and {config.resolution}², {config.threads} thread(s), {config.clock} clock, "
                      f"~{config.budget_s:g} s per case")
-    lines.append(f"- baseline: `{_rel(baseline_path, root)}`" + (f"; saved: `{_rel(saved_path, root)}`" if saved_path else ""))
+    lines.append(f"- baseline: `{relative_path(baseline_path, root)}`" + (f"; saved: `{relative_path(saved_path, root)}`" if saved_path else ""))
     if runs:
         lines.append(f"- suite runs: {', '.join(f'{r.duration_s:.0f} s' for r in runs)}"
                      + (f"; gate total {duration_s:.0f} s" if duration_s is not None else ""))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..bench.cases import BenchCase, _fmt_shape
-from ..bench.config import COMPARATOR, BenchConfig
+from ..measure.cases import BenchCase, format_shape
+from ..measure.config import COMPARATOR, BenchConfig
 from .equivalence import Equivalence
 
 
@@ -40,7 +40,7 @@ class CaseResult:
 
     @property
     def label(self) -> str:
-        return f"{self.pooler}[{self.tier}] layer{self.layer} {_fmt_shape(self.shape)} {self.pass_}"
+        return f"{self.pooler}[{self.tier}] layer{self.layer} {format_shape(self.shape)} {self.pass_}"
 
 
 def load_benchmarks(data: dict | str | Path, source: str | None = None) -> dict[tuple, CaseResult]:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .baselines import (DEFAULT_BASELINE_DIR, _machine_id, baseline_name, config_mismatch, find_baseline, merge_runs,
+from .baselines import (DEFAULT_BASELINE_DIR, machine_id, baseline_name, config_mismatch, find_baseline, merge_runs,
                         save_baseline)
-from ..bench.cases import _split, bench_cases
+from ..measure.cases import split_names, bench_cases
 from .comparison import DEFAULT_THRESHOLD, Comparison, compare
-from ..bench.config import COMPARATOR, BenchConfig
-from .report import _rel, render_markdown
+from ..measure.config import COMPARATOR, BenchConfig
+from .report import relative_path, render_markdown
 from .results import BaselineError, SuiteRun, load_benchmarks, read_json
 from .suite import run_suite
 
@@ -85,7 +85,7 @@ class GateResult:
 
 
 def _selected(options: GateOptions) -> Callable[[tuple], bool]:
-    poolers, tiers = _split(options.poolers), _split(options.tiers)
+    poolers, tiers = split_names(options.poolers), split_names(options.tiers)
     return lambda key: (not poolers or key[0] in poolers) and (not tiers or key[1] in tiers)
 
 
@@ -174,10 +174,10 @@ def run_once(options: GateOptions, baseline: StoredBaseline) -> tuple[SuiteRun, 
     """(the run to judge, every suite run made, failure messages); with ``--repeat`` the per-case median run."""
     messages: list[str] = []
     compare_with = None
-    if baseline.path is not None and baseline.path.parent.name == _machine_id() and not options.save_baseline:
+    if baseline.path is not None and baseline.path.parent.name == machine_id() and not options.save_baseline:
         compare_with = baseline.path.stem.split("_", 1)[0]
     if options.compare_fail and not compare_with and not options.save_baseline:
-        messages.append(f"note: --compare-fail not applied: the baseline is not from machine id {_machine_id()} "
+        messages.append(f"note: --compare-fail not applied: the baseline is not from machine id {machine_id()} "
                         "(absolute times only compare on the machine that recorded them)")
     suite = _suite_kwargs(options)
     run = run_suite(options.config, storage=options.resolve(options.baseline_dir), compare_with=compare_with,
@@ -211,7 +211,7 @@ def _save(options: GateOptions, run: SuiteRun, baseline: StoredBaseline, failed:
     if failed:
         messages.append("baseline NOT saved: the run had failures")
         return None
-    partial = bool(_split(options.poolers) or _split(options.tiers)) and baseline.data is not None
+    partial = bool(split_names(options.poolers) or split_names(options.tiers)) and baseline.data is not None
     selected = _selected(options)
 
     def keep(bench: dict) -> bool:
@@ -222,7 +222,7 @@ def _save(options: GateOptions, run: SuiteRun, baseline: StoredBaseline, failed:
 
     path = save_baseline(run.data, options.resolve(options.baseline_dir), options.name,
                          previous=baseline.data if partial else None, keep=keep if partial else None)
-    messages.append(f"baseline saved: {_rel(path, options.workdir)}")
+    messages.append(f"baseline saved: {relative_path(path, options.workdir)}")
     return path
 
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..bench.cases import _split
-from ..bench.config import BenchConfig
+from ..measure.cases import split_names
+from ..measure.config import BenchConfig
 from .results import Outcome, SuiteRun
 
 #: The folder of the pytest-benchmark suite, inside the installed package.
@@ -49,10 +49,10 @@ def suite_arguments(config: BenchConfig, poolers=None, tiers=None) -> list[str]:
             f"--bench-min-rounds={config.min_rounds}", f"--bench-max-rounds={config.max_rounds}",
             f"--bench-crop={config.crop}", f"--bench-seed={config.seed}", f"--bench-clock={config.clock}",
             f"--benchmark-timer={config.timer_name}"]
-    if _split(poolers):
-        args.append(f"--bench-poolers={','.join(_split(poolers))}")
-    if _split(tiers):
-        args.append(f"--bench-tiers={','.join(_split(tiers))}")
+    if split_names(poolers):
+        args.append(f"--bench-poolers={','.join(split_names(poolers))}")
+    if split_names(tiers):
+        args.append(f"--bench-tiers={','.join(split_names(tiers))}")
     return args
 
 

@@ -25,8 +25,9 @@ from typing import Iterable
 import pandas as pd
 import torch
 
+from .. import __version__
 from .linefile import append_text, read_csv_records, read_jsonl_records, repair_torn_tail
-from .metrics import MetricRow
+from ..metrics import MetricRow
 from .runlock import RunLock
 
 __all__ = ["ENV_COLUMNS", "ResultsWriter", "check_run_name", "environment", "git_commit", "load_results",
@@ -69,8 +70,6 @@ def environment(device: torch.device | str, dtype: torch.dtype, batch: int, reso
 
     Every column but :data:`VOLATILE_ENV` must match for ``--resume`` to append to a file.
     """
-    from . import __version__
-
     return {
         "torch": torch.__version__,
         "device": torch.device(device).type,
@@ -92,7 +91,7 @@ def environment(device: torch.device | str, dtype: torch.dtype, batch: int, reso
 class ResultsWriter:
     """Appends each measured cell to ``<stem>.jsonl`` and ``<stem>.csv``, safe against crashes and rivals.
 
-    * It holds ``<stem>.lock`` for its lifetime (:class:`~poolbench.runlock.RunLock`): a second
+    * It holds ``<stem>.lock`` for its lifetime (:class:`~poolbench.run.runlock.RunLock`): a second
       run on the same files is refused instead of mixing rows into them.
     * ``resume=False`` keeps an earlier run's files: they are moved aside to
       ``<stem>.<timestamp>.jsonl/.csv`` (listed in :attr:`moved_aside`), never deleted.

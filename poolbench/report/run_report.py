@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import models
-from .dpp import DPP_VARIANTS
-from .metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD, Column, report_columns
-from .results import DEVICE_COLUMNS, load_results
+from .. import models
+from ..dpp import DPP_VARIANTS
+from ..metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD
+from .placement import placement_section
+from . import tables
 
-__all__ = ["PAPER", "build_report", "missing_section", "paper_vs_measured", "write_report"]
+__all__ = ["PAPER", "build_report", "paper_vs_measured", "write_plots"]
 
 #: The slides' figures (Saeedan et al., CVPR 2018) the report checks.
 PAPER = {
@@ -34,69 +35,10 @@ DPP_POOLERS = tuple(variant.name for variant in DPP_VARIANTS)
 # tidy helpers
 # ----------------------------------------------------------------------------------------------
 
-def _label(pooler: str, tier: str) -> str:
-    return f"{pooler}[{tier}]"
-
-
-def _values(frame: pd.DataFrame, scope: str) -> pd.DataFrame:
-    """ok rows of ``scope`` pivoted to one row per (model, pooler, tier, layer) and one column per quantity."""
-    ok = frame[(frame["status"] == "ok") & (frame["scope"] == scope)]
-    if ok.empty:
-        return pd.DataFrame()
-    return ok.pivot_table(index=["model", "pooler", "tier", "layer", "shape"], columns="quantity", values="value",
-                          aggfunc="last").reset_index()
-
-
-def _ratio(table: pd.DataFrame, column: str, keys: list[str]) -> pd.Series:
-    """``column`` divided by the baseline row's ``column`` with the same ``keys``."""
-    if column not in table:
-        return pd.Series(float("nan"), index=table.index)
-    base = table[(table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)]
-    base = base.set_index(keys)[column]
-    denominators = table.set_index(keys).index.map(lambda key: base.get(key, float("nan")))
-    return table[column] / pd.Series(list(denominators), index=table.index)
-
-
-def _fmt(value, digits: int = 2, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}{suffix}"
-
-
-def _fmt_int(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{int(round(value)):,}"
-
-
-def _scaled(value, scale: float, digits: int = 2) -> str:
-    return _fmt(value / scale if value is not None else None, digits)
-
-
-def _order(table: pd.DataFrame) -> pd.DataFrame:
-    is_base = (table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)
-    return table.assign(_base=~is_base).sort_values(["_base", "pooler", "tier"]).drop(columns="_base")
-
-
-def _markdown(rows: list[dict]) -> str:
-    if not rows:
-        return "_no measurements_\n"
-    table = pd.DataFrame(rows)
-    # columns no cell of this run has (e.g. CUDA peak memory in a CPU run) only add noise
-    empty = [c for c in table.columns if (table[c].astype(str) == "–").all()]
-    return table.drop(columns=empty).to_markdown(index=False) + "\n"
-
 
 # ----------------------------------------------------------------------------------------------
 # sections
 # ----------------------------------------------------------------------------------------------
-
-def _number(value, digits: int = 2) -> str:
-    """A float rounded for prose (0.47, not 0.47000000000000003); anything else as is."""
-    try:
-        return f"{float(value):.{digits}f}"
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def _header(frame: pd.DataFrame, name: str) -> str:
@@ -109,7 +51,7 @@ def _header(frame: pd.DataFrame, name: str) -> str:
         f"- device: **{get('device')}** ({get('device_name')}), {get('threads')} threads, dtype {get('dtype')}",
         f"- batch {get('batch')}, input {get('resolution')}², torch {get('torch')}, poolbench {get('poolbench')}, "
         f"commit `{get('commit')}`, {get('timestamp')}",
-        f"- load average at start: {_number(get('load_avg'))} (CPU timings are only as good as the machine is quiet); "
+        f"- load average at start: {tables.number(get('load_avg'))} (CPU timings are only as good as the machine is quiet); "
         f"measuring took {frame['seconds'].sum() if 'seconds' in frame else float('nan'):.0f} s",
         f"- rows: {statuses.get('ok', 0)} ok, {statuses.get('skipped', 0)} skipped, {statuses.get('error', 0)} errors "
         "(see *Cells that did not run*)",
@@ -131,58 +73,38 @@ def _header(frame: pd.DataFrame, name: str) -> str:
     return "\n".join(lines)
 
 
-def _with_ratios(table: pd.DataFrame, scope: str, keys: list[str]) -> pd.DataFrame:
-    """``table`` plus a ``<quantity>/baseline`` column for every ratio column a metric declares."""
-    ratios = {f"{q}/baseline": _ratio(table, q, keys)
-              for column in report_columns(scope) if column.kind == "ratio" for q in column.quantities}
-    return table.assign(**ratios)
-
-
-def _cell(r: pd.Series, column: Column) -> str:
-    names = [f"{q}/baseline" if column.kind == "ratio" else q for q in column.quantities]
-    value = next((r.get(name) for name in names if name in r and not pd.isna(r.get(name))), None)
-    if column.kind == "int":
-        return _fmt_int(value)
-    return _scaled(value, column.scale, column.digits)
-
-
-def _metric_cells(r: pd.Series, scope: str) -> dict[str, str]:
-    """One table row's metric cells: the columns every registered metric declares for ``scope``."""
-    return {column.header: _cell(r, column) for column in report_columns(scope)}
-
-
 def _network_section(frame: pd.DataFrame, model: str) -> str:
-    table = _values(frame[frame["model"] == model], "network")
+    table = tables.values(frame[frame["model"] == model], "network")
     if table.empty:
         return f"## {models.title(model)}\n\n_no network measurements_\n"
-    table = _with_ratios(table, "network", ["model"])
-    rows = [{"pooler[tier]": _label(r["pooler"], r["tier"]), **_metric_cells(r, "network")}
-            for _, r in _order(table).iterrows()]
+    table = tables.with_ratios(table, "network", ["model"])
+    rows = [{"pooler[tier]": tables.label(r["pooler"], r["tier"]), **tables.metric_cells(r, "network")}
+            for _, r in tables.order(table).iterrows()]
     baseline = table[(table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)]
     note = ""
     if not baseline.empty:
         b = baseline.iloc[0]
-        note = (f"Baseline: forward {_fmt(b.get('latency_forward'), 3)} ms, train {_fmt(b.get('latency_train'), 3)} ms "
+        note = (f"Baseline: forward {tables.fmt(b.get('latency_forward'), 3)} ms, train {tables.fmt(b.get('latency_train'), 3)} ms "
                 f"(absolute times for orientation only).\n\n")
-    return f"## {models.title(model)}\n\n{note}" + _markdown(rows)
+    return f"## {models.title(model)}\n\n{note}" + tables.markdown(rows)
 
 
 def _layer_section(frame: pd.DataFrame, model: str) -> str:
-    table = _values(frame[frame["model"] == model], "layer")
+    table = tables.values(frame[frame["model"] == model], "layer")
     if table.empty:
         return ""
-    table = _with_ratios(table, "layer", ["model", "layer"])
+    table = tables.with_ratios(table, "layer", ["model", "layer"])
     # network order (as measured), not alphabetical
     raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
     layer_order = {layer: i for i, layer in enumerate(dict.fromkeys(raw["layer"]))}
-    table = _order(table).assign(_layer=lambda t: t["layer"].map(layer_order)).sort_values("_layer", kind="stable")
-    rows = [{"layer": r["layer"], "input": r["shape"], "pooler[tier]": _label(r["pooler"], r["tier"]),
-             **_metric_cells(r, "layer")} for _, r in table.iterrows()]
-    return f"### {models.title(model)}: per layer\n\n" + _markdown(rows)
+    table = tables.order(table).assign(_layer=lambda t: t["layer"].map(layer_order)).sort_values("_layer", kind="stable")
+    rows = [{"layer": r["layer"], "input": r["shape"], "pooler[tier]": tables.label(r["pooler"], r["tier"]),
+             **tables.metric_cells(r, "layer")} for _, r in table.iterrows()]
+    return f"### {models.title(model)}: per layer\n\n" + tables.markdown(rows)
 
 
 def _flop_check_section(frame: pd.DataFrame) -> str:
-    layers = _values(frame, "layer")
+    layers = tables.values(frame, "layer")
     if layers.empty or "macs_flop_counter" not in layers:
         return ""
     rows = []
@@ -191,24 +113,24 @@ def _flop_check_section(frame: pd.DataFrame) -> str:
         fv = group["macs_fvcore"].sum() if "macs_fvcore" in group else float("nan")
         analytic = group["macs_analytic"].sum() if "macs_analytic" in group else float("nan")
         rows.append({
-            "pooler[tier]": _label(pooler, tier),
+            "pooler[tier]": tables.label(pooler, tier),
             "layers": len(group),
-            "MMACs FlopCounterMode": _scaled(fc, 1e6, 3),
-            "MMACs fvcore": _scaled(fv, 1e6, 3),
-            "FlopCounterMode / fvcore": _fmt(fc / fv if fv else float("nan"), 3),
-            "counted / analytic": _fmt(fc / analytic if analytic else float("nan"), 2),
+            "MMACs FlopCounterMode": tables.scaled(fc, 1e6, 3),
+            "MMACs fvcore": tables.scaled(fv, 1e6, 3),
+            "FlopCounterMode / fvcore": tables.fmt(fc / fv if fv else float("nan"), 3),
+            "counted / analytic": tables.fmt(fc / analytic if analytic else float("nan"), 2),
             "non-zero": "yes" if fc > 0 and (math.isnan(fv) or fv > 0) else "**no**",
         })
     return ("## FLOP cross-check (pooling layers, all networks)\n\n"
             "Both counters use poolbench's handles; *counted / analytic* > 1 is the masking and bookkeeping "
             "arithmetic of plain-PyTorch tiers beyond the pooler's definition; fused kernels (custom ops) are "
-            "priced by the formula (= 1).\n\n" + _markdown(rows))
+            "priced by the formula (= 1).\n\n" + tables.markdown(rows))
 
 
 def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
     """Rows comparing the slides' figures with this run's measurements."""
     rows: list[dict] = []
-    net = _values(frame, "network")
+    net = tables.values(frame, "network")
 
     def lookup(model: str, pooler: str, quantity: str):
         if net.empty or quantity not in net:
@@ -251,7 +173,7 @@ def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
         for tier, ratio_train, ratio_fwd in _vgg_time_ratios(net, pooler):
             overhead = 100 * (ratio_train - 1)
             rows.append({
-                "figure": f"VGG-16 time overhead, {_label(pooler, tier)} (train step)",
+                "figure": f"VGG-16 time overhead, {tables.label(pooler, tier)} (train step)",
                 "paper": f"≤ {PAPER['vgg16_max_time_overhead_pct']:.0f}%",
                 "measured": f"{overhead:+.0f}% (forward {100 * (ratio_fwd - 1):+.0f}%)",
                 "agrees": "yes" if overhead <= PAPER["vgg16_max_time_overhead_pct"] else "no",
@@ -279,33 +201,15 @@ def _paper_section(frame: pd.DataFrame) -> str:
     note = (f"Time overheads are this run's train-step (forward+backward) latency ratio vs max pooling on VGG-16, "
             f"{env.get('device', '?')} ({env.get('device_name', '?')}), batch {env.get('batch', '?')}, "
             f"{env.get('resolution', '?')}²; the paper timed its own GPU implementation.\n\n")
-    from .placement_authors import placement_section
-
-    placements = placement_section(_values(frame, "network"), (BASELINE_POOLER, BASELINE_TIER), _markdown)
-    return "## Paper vs measured\n\n" + note + _markdown(paper_vs_measured(frame)) + "\n\n" + placements
-
-
-def _failures_section(frame: pd.DataFrame) -> str:
-    bad = frame[frame["status"] != "ok"]
-    if bad.empty:
-        return "## Cells that did not run\n\nnone\n"
-    bad = bad.assign(reason=bad["error"].str.slice(0, 200), label=[_label(p, t) for p, t in zip(bad["pooler"],
-                                                                                                  bad["tier"])])
-    grouped = (bad.groupby(["status", "reason"], sort=True)
-               .agg(cells=("metric", "size"), models=("model", lambda m: ", ".join(sorted(set(m)))),
-                    poolers=("label", lambda p: ", ".join(sorted(set(p)))))
-               .reset_index())
-    rows = [{"status": r["status"], "cells": r["cells"], "reason": r["reason"].replace("|", "\\|").replace("\n", " "),
-             "pooler[tier]": r["poolers"], "models": r["models"]}
-            for _, r in grouped.iterrows()]
-    return "## Cells that did not run\n\n" + _markdown(rows)
+    placements = placement_section(tables.values(frame, "network"), (BASELINE_POOLER, BASELINE_TIER), tables.markdown)
+    return "## Paper vs measured\n\n" + note + tables.markdown(paper_vs_measured(frame)) + "\n\n" + placements
 
 
 # ----------------------------------------------------------------------------------------------
 # plots
 # ----------------------------------------------------------------------------------------------
 
-def _plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Path], str | None]:
+def write_plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Path], str | None]:
     try:
         import matplotlib
 
@@ -327,18 +231,18 @@ def _plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Path], s
 
 def _plot_network_latency(plt, frame: pd.DataFrame):
     """Bars: each pooler's network latency / the max-pool network's, forward and train step, per model."""
-    net = _values(frame, "network")
+    net = tables.values(frame, "network")
     if net.empty or "latency_train" not in net:
         return None
-    net = net.assign(train_ratio=_ratio(net, "latency_train", ["model"]),
-                     fwd_ratio=_ratio(net, "latency_forward", ["model"]))
+    net = net.assign(train_ratio=tables.ratio(net, "latency_train", ["model"]),
+                     fwd_ratio=tables.ratio(net, "latency_forward", ["model"]))
     models_present = [m for m in models.MODELS if m in set(net["model"])] + sorted(set(net["model"]) - set(models.MODELS))
-    labels = [_label(p, t) for p, t in dict.fromkeys(zip(_order(net)["pooler"], _order(net)["tier"]))]
+    labels = [tables.label(p, t) for p, t in dict.fromkeys(zip(tables.order(net)["pooler"], tables.order(net)["tier"]))]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(labels) + 4), 4.5), sharey=False)
     width = 0.8 / max(len(models_present), 1)
     for ax, column, title in ((axes[0], "fwd_ratio", "forward (inference)"), (axes[1], "train_ratio", "train step")):
         for i, model in enumerate(models_present):
-            sel = net[net["model"] == model].assign(label=lambda t: [_label(p, q) for p, q in zip(t["pooler"], t["tier"])])
+            sel = net[net["model"] == model].assign(label=lambda t: [tables.label(p, q) for p, q in zip(t["pooler"], t["tier"])])
             values = [sel.loc[sel["label"] == lab, column].mean() if (sel["label"] == lab).any() else float("nan")
                       for lab in labels]
             ax.bar([x + i * width for x in range(len(labels))], values, width, label=models.title(model))
@@ -353,10 +257,10 @@ def _plot_network_latency(plt, frame: pd.DataFrame):
 
 def _plot_layer_latency(plt, frame: pd.DataFrame):
     """Lines: each pooler's train-step latency / nn.MaxPool2d's, layer by layer, one panel per model."""
-    layers = _values(frame, "layer")
+    layers = tables.values(frame, "layer")
     if layers.empty or "latency_train" not in layers:
         return None
-    layers = layers.assign(train_ratio=_ratio(layers, "latency_train", ["model", "layer"]))
+    layers = layers.assign(train_ratio=tables.ratio(layers, "latency_train", ["model", "layer"]))
     models_present = [m for m in models.MODELS if m in set(layers["model"])]
     if not models_present:
         return None
@@ -365,11 +269,11 @@ def _plot_layer_latency(plt, frame: pd.DataFrame):
         sel = layers[layers["model"] == model]
         raw = frame[(frame["model"] == model) & (frame["scope"] == "layer")]
         order = [layer for layer in dict.fromkeys(raw["layer"]) if layer in set(sel["layer"])]
-        for (pooler, tier), group in _order(sel).groupby(["pooler", "tier"], sort=False):
+        for (pooler, tier), group in tables.order(sel).groupby(["pooler", "tier"], sort=False):
             if pooler == BASELINE_POOLER and tier == BASELINE_TIER:
                 continue
             group = group.set_index("layer").reindex(order)
-            ax.plot(range(len(order)), group["train_ratio"], marker="o", label=_label(pooler, tier))
+            ax.plot(range(len(order)), group["train_ratio"], marker="o", label=tables.label(pooler, tier))
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xticks(range(len(order)))
@@ -383,17 +287,6 @@ def _plot_layer_latency(plt, frame: pd.DataFrame):
 # ----------------------------------------------------------------------------------------------
 # assembling
 # ----------------------------------------------------------------------------------------------
-
-def missing_section(missing) -> str:
-    """The cells of the grid that no complete row holds (a torchrun rank died holding them), if any."""
-    if not missing:
-        return ""
-    shown = [{"model": m, "pooler[tier]": _label(p, t), "scope": s, "layer": layer or "–", "metric": metric}
-             for m, p, t, s, layer, metric in list(missing)[:50]]
-    more = f"\n… and {len(missing) - 50} more\n" if len(missing) > 50 else ""
-    return (f"## Cells not measured\n\n{len(missing)} cell(s) of the grid have no result (a rank died or went "
-            "silent while holding them); `poolbench run … --resume` measures exactly these.\n\n"
-            + _markdown(shown) + more)
 
 
 def build_report(frame: pd.DataFrame, name: str, plots: list[Path] = (), plot_note: str | None = None,
@@ -416,31 +309,6 @@ def build_report(frame: pd.DataFrame, name: str, plots: list[Path] = (), plot_no
                      "In ResNets a block's main path and shortcut pool the same tensor shape and are measured once.\n")
         parts.extend(p for p in layer_parts if p)
     parts.append(_flop_check_section(frame))
-    parts.append(missing_section(missing))
-    parts.append(_failures_section(frame))
+    parts.append(tables.missing_section(missing))
+    parts.append(tables.failures_section(frame))
     return "\n".join(p for p in parts if p)
-
-
-def write_report(results: str | Path, out_dir: str | Path | None = None, name: str | None = None, *,
-                 missing=()) -> Path:
-    """Render ``<out_dir>/<name>.md`` (+ PNG plots) from a results file; returns the markdown path.
-
-    A file measured on several hosts or device models (a multi-host torchrun
-    run) gets the side-by-side layout of :mod:`poolbench.report_devices`.
-    """
-    results = Path(results)
-    frame = load_results(results)
-    out_dir = Path(out_dir) if out_dir is not None else results.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = name or results.stem
-    path = out_dir / f"{name}.md"
-    devices = [column for column in DEVICE_COLUMNS if column in frame.columns]
-    if devices and len(frame[devices].drop_duplicates()) > 1:
-        from .report_devices import build_device_report
-
-        path.write_text(build_device_report(frame, name, missing), encoding="utf-8")
-        return path
-    plots, plot_note = _plots(frame, out_dir, name)
-    path.write_text(build_report(frame, name, plots, plot_note, missing), encoding="utf-8")
-    return path
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from . import models
+from .. import models
 
 __all__ = ["pool_layer_models", "pool_layers", "vgg16_pool_shapes"]
 

@@ -8,7 +8,7 @@ idle.  Before its first unit of a network a rank measures that network's
 max-pool baseline on its own device (unless its shard already has it): a
 ratio is never formed between two devices.  Rank 0 waits at the finish
 line (a rank silent for the timeout counts as dead), merges the shards into
-``<stem>.jsonl``, lists the cells nobody measured and renders the report.
+``<stem>.jsonl`` and lists the cells nobody measured (the caller renders the report).
 """
 from __future__ import annotations
 
@@ -17,15 +17,12 @@ import os
 import sys
 from dataclasses import dataclass
 
-import torch
-
-from . import registry
-from .distributed import (Launch, RankStore, available_cores, cpu_threads, device_healthy, exit_if_told,
-                          rank_device)
+from .. import registry
+from ..measure.subject import torch_threads
+from .distributed import Launch, RankStore, available_cores, cpu_threads, device_healthy, exit_if_told, rank_device
 from .linefile import read_jsonl_records
-from .placement_authors import split_placement
-from .results import (CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results,
-                      measured_cells, move_aside, settings_differences, stem_file)
+from ..models import split_placement
+from .results import CELL_COLUMNS, DEVICE_COLUMNS, VOLATILE_ENV, ResultsWriter, environment, load_results, measured_cells, move_aside, settings_differences, stem_file
 from .runner import SLOW_TIERS, RunConfig, RunResult, grid_cells, measure_groups, plan, plan_network
 from .runlock import RunLock
 from .shards import merge_shards, move_shards_aside, shard_stem
@@ -65,8 +62,8 @@ def _tier_count(pooler: str | None, config: RunConfig) -> int:
     return max(1, sum(tier in registered for tier in config.tiers) + ("fastest" in config.tiers))
 
 
-def run_rank(config: RunConfig, launch: Launch, *, report: bool = True) -> RunResult:
-    """This rank's part of the run; rank 0 also merges the shards and renders the report."""
+def run_rank(config: RunConfig, launch: Launch) -> RunResult:
+    """This rank's part of the run; rank 0 also merges the shards and lists the cells nobody measured."""
     device = rank_device(config.device, launch)
     threads = config.threads
     if threads is None and device == "cpu":
@@ -74,10 +71,7 @@ def run_rank(config: RunConfig, launch: Launch, *, report: bool = True) -> RunRe
     # torchrun --max-restarts starts the command again after a failure: it resumes, never starts over
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
     config = dataclasses.replace(config, device=device, threads=threads, resume=config.resume or restarted)
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         store = RankStore(launch, config.run_name, config.rank_timeout_s)
         moved = _prepare(config, store) if launch.rank == 0 else []
         store.wait("prepared")
@@ -91,9 +85,7 @@ def run_rank(config: RunConfig, launch: Launch, *, report: bool = True) -> RunRe
         if dead:
             print(f"poolbench run: rank(s) {', '.join(map(str, dead))} did not finish (died, or silent for "
                   f"{config.rank_timeout_s:g} s); merging what the others measured", file=sys.stderr)
-        return _merge_and_report(config, counts, moved, report)
-    finally:
-        torch.set_num_threads(previous_threads)
+        return _merge(config, counts, moved)
 
 
 def _prepare(config: RunConfig, store: RankStore) -> list:
@@ -173,13 +165,7 @@ def missing_cells(config: RunConfig, results) -> list[tuple[str, ...]]:
     return [cell for cell in dict.fromkeys(planned) if cell not in present]
 
 
-def _merge_and_report(config: RunConfig, counts: dict, moved: list, report: bool) -> RunResult:
+def _merge(config: RunConfig, counts: dict, moved: list) -> RunResult:
     merged = merge_shards(config.stem) or stem_file(config.stem, ".jsonl")
-    missing = missing_cells(config, merged)
-    report_path = None
-    if report and merged.exists() and merged.stat().st_size > 0:
-        from .report import write_report
-
-        report_path = write_report(merged, config.out, missing=missing)
-    return RunResult(merged, stem_file(config.stem, ".csv"), report_path, **counts, moved_aside=moved,
-                     missing=missing)
+    return RunResult(merged, stem_file(config.stem, ".csv"), None, **counts, moved_aside=moved,
+                     missing=missing_cells(config, merged))

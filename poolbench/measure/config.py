@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..shapes import vgg16_pool_shapes
+from .shapes import vgg16_pool_shapes
 from .subject import PASSES
 
 #: What every ratio is relative to: ATen's average pooling on the same input and pass.
@@ -26,7 +26,7 @@ class BenchConfig:
     """How the suite measures; stored in every benchmark's ``extra_info`` and compared.
 
     ``batch`` and ``resolution`` pick the VGG-16 pooling shapes
-    (:func:`poolbench.shapes.vgg16_pool_shapes`); ``threads`` is the CPU
+    (:func:`poolbench.measure.shapes.vgg16_pool_shapes`); ``threads`` is the CPU
     thread count (1 by default: on a shared 2-core machine a second thread
     mostly measures the neighbours); ``budget_s`` is the time one case may
     spend timing (pooler + comparator), within ``min_rounds``–``max_rounds``;

@@ -2,7 +2,7 @@
 
 :class:`Subject` builds the module lazily and once (every metric of a cell
 group shares it); its passes — inference, training step, training forward —
-are the measurement core's :class:`poolbench.bench.PassSubject`, the same
+are the measurement core's :class:`poolbench.measure.PassSubject`, the same
 closures the per-layer benchmark and the regression gates time.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import models, registry
-from .bench import PassSubject
-from .metrics import BASELINE_POOLER, BASELINE_TIER, SCOPES, MetricRow, Settings
+from .. import models, registry
+from .subject import PassSubject
+from ..metrics import BASELINE_POOLER, BASELINE_TIER, SCOPES, MetricRow, Settings
 
 __all__ = ["Subject"]
 

@@ -5,7 +5,7 @@ fastest per device), plus the baseline — torchvision's unmodified network and
 ``nn.MaxPool2d`` per layer.  A tier that cannot run on the device is recorded
 as ``skipped`` with the registry's reason; a cell that fails is recorded with
 its error; either way the run goes on.  Each finished cell is appended to the
-results files at once (see :mod:`poolbench.results`), so ``resume=True`` skips
+results files at once (see :mod:`poolbench.run.results`), so ``resume=True`` skips
 what an interrupted run already measured.
 """
 from __future__ import annotations
@@ -18,10 +18,12 @@ from typing import Iterator
 
 import torch
 
-from . import metrics as metrics_module
-from . import distributed, models, registry
-from .metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings, Subject
-from .placement_authors import PLACEMENTS, placed_name, split_placement
+from .. import metrics as metrics_module
+from .. import models, registry
+from ..measure.metric_subject import Subject
+from ..measure.subject import torch_threads
+from ..metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings
+from ..models import PLACEMENTS, placed_name, split_placement
 from .results import ResultsWriter, check_run_name, environment, measured_cells
 from .shards import merge_shards, move_shards_aside
 
@@ -63,7 +65,7 @@ class RunConfig:
     settings: Settings = field(default_factory=Settings)
     dtype: torch.dtype = torch.float32
     threads: int | None = None  # CPU threads for the run (None: torch's default)
-    placement: str = "paper"  # "paper", "authors" or "both": ResNet sites (poolbench.placement_authors)
+    placement: str = "paper"  # "paper", "authors" or "both": where the network declares it (poolbench.models)
     rank_timeout_s: float = 1800.0  # under torchrun: how long a silent rank is waited for before it counts as dead
 
     def __post_init__(self):
@@ -81,15 +83,17 @@ class RunConfig:
                 raise ValueError(f"unknown model {name!r}; expected some of {', '.join(known)}")
         if self.placement not in PLACEMENTS + ("both",):
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, both; got {self.placement!r}")
-        # a network name carries its placement ("resnet50@authors"): rows of both placements live side by side
-        placements = PLACEMENTS if self.placement == "both" else (self.placement,)
-        self.models = tuple(dict.fromkeys(name if "@" in name else placed_name(name, placement)
-                                          for name in self.models for placement in placements))
+        # a network name carries its placement ("resnet50@authors"): rows of both placements live side by side.
+        # A network measured at a placement it does not declare keeps its paper placement, under its bare name.
+        wanted = PLACEMENTS if self.placement == "both" else (self.placement,)
+        self.models = tuple(dict.fromkeys(
+            name if "@" in name else placed_name(name, placement if placement in models.placements_of(name) else "paper")
+            for name in self.models for placement in wanted))
         if self.metrics is not None:
             registry.load_plugins()  # a plugin may register metrics too
             for name in self.metrics:
-                if name not in metrics_module.METRICS:
-                    raise ValueError(f"unknown metric {name!r}; known: {', '.join(metrics_module.METRICS)}")
+                if name not in metrics_module.registered():
+                    raise ValueError(f"unknown metric {name!r}; known: {', '.join(metrics_module.registered())}")
         if self.tiers is not None:
             for tier in self.tiers:
                 registry.check_tier_names([tier], extra=(FASTEST,))
@@ -295,42 +299,24 @@ def grid_cells(groups: list[Group]) -> Iterator[tuple[Group, str]]:
             yield group, name
 
 
-def run(config: RunConfig, *, progress: bool = True, report: bool = True) -> RunResult:
-    """Measure the grid, append every cell to ``<out>/<name>.jsonl/.csv``, then write the report.
+def run_local(config: RunConfig, *, progress: bool = True) -> RunResult:
+    """Measure the grid in this process, appending every cell to ``<out>/<name>.jsonl/.csv``.
 
-    Under torchrun each rank measures the units of work it claims (see :mod:`poolbench.distributed_run`).
+    The report is rendered by the caller (:func:`poolbench.run.sweep.run`); a torchrun rank runs
+    :func:`poolbench.run.rank.run_rank` instead.
     """
-    launch = distributed.detect()
-    if launch is not None:
-        from .distributed_run import run_rank
-
-        return run_rank(config, launch, report=report)
-    previous_threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
-        return _run(config, progress, report)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _run(config: RunConfig, progress: bool, report: bool) -> RunResult:
-    groups = plan(config)
-    env = environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
-    # a torchrun launch's shards: merged before resuming, kept aside by a new run (never merged into it)
-    shards_aside = [] if config.resume else move_shards_aside(config.stem)
-    if config.resume:
-        merge_shards(config.stem)
-    # the writer locks the file and cuts a torn tail before the measured cells are read
-    with ResultsWriter(config.stem, env, resume=config.resume) as writer:
-        done = measured_cells(config.stem) if config.resume else set()
-        counts = measure_groups(groups, done, config, writer, progress)
-    report_path = None
-    if report:
-        from .report import write_report
-
-        report_path = write_report(writer.jsonl, config.out)
-    return RunResult(writer.jsonl, writer.csv, report_path, counts["rows"], counts["error"], counts["skipped"],
+    with torch_threads(config.threads):
+        groups = plan(config)
+        env = environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
+        # a torchrun launch's shards: merged before resuming, kept aside by a new run (never merged into it)
+        shards_aside = [] if config.resume else move_shards_aside(config.stem)
+        if config.resume:
+            merge_shards(config.stem)
+        # the writer locks the file and cuts a torn tail before the measured cells are read
+        with ResultsWriter(config.stem, env, resume=config.resume) as writer:
+            done = measured_cells(config.stem) if config.resume else set()
+            counts = measure_groups(groups, done, config, writer, progress)
+    return RunResult(writer.jsonl, writer.csv, None, counts["rows"], counts["error"], counts["skipped"],
                      writer.moved_aside + shards_aside)
 
 

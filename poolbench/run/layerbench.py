@@ -1,7 +1,7 @@
 """Per-layer DPP benchmark: every DPP tier against ``avg_pool2d`` and ``max_pool2d``.
 
 At the pooling shapes of VGG-16 (five 2×2/2 layers) or ResNet-50 (the 3×3/2
-pad 1 stem and three 2×2/2 block inputs; :func:`poolbench.shapes.pool_layers`)
+pad 1 stem and three 2×2/2 block inputs; :func:`poolbench.measure.shapes.pool_layers`)
 and for every registered DPP tier that can run on the device (so tiers added later join automatically), one run measures:
 
 * forward and forward+backward latency, reported only as ratios to
@@ -29,12 +29,12 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import models, registry
-from .dpp import DPP_VARIANTS
-from .shapes import pool_layers
-from .bench.subject import PassSubject, paired_ratio, torch_threads
-from .timing import measure_latency, peak_memory_bytes
-from .validation import pooled_size
+from .. import models, registry
+from ..dpp import DPP_VARIANTS
+from ..measure.shapes import pool_layers
+from ..measure.subject import PassSubject, paired_ratio, torch_threads
+from ..measure.timing import measure_latency, peak_memory_bytes
+from ..validation import pooled_size
 
 __all__ = [
     "BASELINES",
@@ -226,7 +226,7 @@ def run_layerbench(
             performance targets use).
         layers: 1-based pooling layers of ``model`` to run (default all).
         model: whose pooling layers: "vgg16" (five 2×2/2 layers) or "resnet50" (the 3×3/2 pad 1
-            stem and three 2×2/2 block inputs); see :func:`poolbench.shapes.pool_layers`.
+            stem and three 2×2/2 block inputs); see :func:`poolbench.measure.shapes.pool_layers`.
         min_run_time: seconds of timing per measurement.
         repeats: rounds per layer; each round times every subject (baselines
             and tiers, interleaved) once and the median over rounds is kept, so

@@ -28,17 +28,20 @@ baseline every overhead is measured against.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from . import registry
+from .. import registry
+from .authors import swap_authors_resnet
+from .paper import swap_resnet, swap_vgg
+from .sites import SITE_ATTRIBUTE, PoolSite, tag
 
 __all__ = [
     "MODELS",
+    "PLACEMENTS",
     "ModelSpec",
     "names",
     "PoolSite",
@@ -50,38 +53,16 @@ __all__ = [
     "param_overhead_analytic",
     "pool_sites",
     "place",
+    "placed_name",
+    "placements_of",
     "pooler_modules",
     "register_model",
     "replace_poolers",
+    "split_placement",
     "swap",
     "swap_in",
     "title",
 ]
-
-#: Attribute set on every pooler placed by :func:`build_with`, so it can be found again.
-SITE_ATTRIBUTE = "poolbench_site"
-
-
-@dataclass(frozen=True)
-class PoolSite:
-    """One place in a network where a pooler goes.
-
-    ``name`` is the pooler's qualified module name in the swapped network
-    (what ``named_modules`` and the FLOP counters report); ``role`` is
-    ``"vgg"``, ``"stem"``, ``"main"`` (a block's main path) or ``"shortcut"``.
-    """
-
-    name: str
-    channels: int
-    kernel_size: int
-    stride: int
-    padding: int
-    role: str
-
-    @property
-    def geometry(self) -> tuple[int, int, int]:
-        return self.kernel_size, self.stride, self.padding
-
 
 Swap = Callable[[nn.Module, Callable[[PoolSite], nn.Module]], "list[PoolSite]"]
 
@@ -93,33 +74,76 @@ class ModelSpec:
     ``constructor()`` builds the unmodified network with random weights (the
     baseline); ``swap(model, make)`` places ``make(site)`` at every
     :class:`PoolSite` of such a network, in place, and returns the sites in
-    forward order; ``title`` is the report's name for it.
+    forward order (the paper's placement); ``placements`` maps the name of any
+    other placement the network declares (``"authors"``) to its swap;
+    ``title`` is the report's name for it.
     """
 
     name: str
     title: str
     constructor: Callable[[], nn.Module]
     swap: Swap
+    placements: Mapping[str, Swap] = field(default_factory=dict, hash=False)
+
+    def swap_for(self, placement: str) -> Swap:
+        """The swap of ``placement`` (``"paper"`` or one this network declares); ValueError otherwise."""
+        if placement == "paper":
+            return self.swap
+        if placement not in self.placements:
+            raise ValueError(f"network {self.name!r} declares no {placement!r} placement; it has "
+                             f"{', '.join(('paper', *self.placements))}")
+        return self.placements[placement]
 
 
 #: Network name -> :class:`ModelSpec`; plugins add theirs with :func:`register_model`.
 MODELS: dict[str, ModelSpec] = {}
 
+#: Every placement name a network may declare ("paper" is every network's).
+PLACEMENTS = ("paper", "authors")
+SEPARATOR = "@"
 
-def register_model(name: str, title: str, constructor: Callable[[], nn.Module], swap: Swap) -> ModelSpec:
-    """Make ``name`` a network every command and the report can use (one file: a plugin module calls this)."""
+
+def register_model(name: str, title: str, constructor: Callable[[], nn.Module], swap: Swap,
+                   placements: Mapping[str, Swap] | None = None) -> ModelSpec:
+    """Make ``name`` a network every command and the report can use (one file: a plugin module calls this).
+
+    ``swap`` is the paper's placement; ``placements`` optionally adds others by name (see :data:`PLACEMENTS`).
+    """
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"model name must be a non-empty identifier, got {name!r}")
     if name in MODELS and MODELS[name].constructor is not constructor:
         raise ValueError(f"model {name!r} is already registered")
-    MODELS[name] = ModelSpec(name, title, constructor, swap)
+    extra = dict(placements or {})
+    for placement in extra:
+        if placement not in PLACEMENTS or placement == "paper":
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS[1:])}, got {placement!r}")
+    MODELS[name] = ModelSpec(name, title, constructor, swap, extra)
     return MODELS[name]
+
+
+def split_placement(model_name: str) -> tuple[str, str]:
+    """``"resnet50@authors"`` → ("resnet50", "authors"); a bare name is the paper's placement."""
+    base, _, placement = model_name.partition(SEPARATOR)
+    placement = placement or "paper"
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r} in {model_name!r}; expected one of {', '.join(PLACEMENTS)}")
+    return base, placement
+
+
+def placed_name(model_name: str, placement: str) -> str:
+    """The network name a run records for ``model_name`` at ``placement`` (the paper's keeps the bare name)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    return model_name if placement == "paper" else f"{model_name}{SEPARATOR}{placement}"
+
+
+def placements_of(model_name: str) -> tuple[str, ...]:
+    """The placements ``model_name`` declares: ``"paper"`` first, then its others."""
+    return ("paper", *_check_model(model_name).placements)
 
 
 def _check_model(model_name: str) -> ModelSpec:
     """The network of ``model_name``, which may name a placement (``"resnet50@authors"``)."""
-    from .placement_authors import split_placement
-
     base, _ = split_placement(model_name)
     if base not in MODELS:
         registry.load_plugins()  # a plugin may register networks too
@@ -136,8 +160,6 @@ def names() -> list[str]:
 
 def title(model_name: str) -> str:
     """The report's name for ``model_name`` (the name itself if unknown), with a non-default placement."""
-    from .placement_authors import split_placement
-
     base, placement = split_placement(model_name)
     spec = MODELS.get(base)
     if spec is None:
@@ -150,63 +172,9 @@ def build_baseline(model_name: str) -> nn.Module:
     return _check_model(model_name).constructor()
 
 
-def _pooled(pooler: nn.Module, conv: nn.Module) -> nn.Sequential:
-    # A named Sequential keeps the pooler visible to named_modules, forward
-    # hooks and both FLOP counters' per-module breakdowns.
-    return nn.Sequential(OrderedDict(pool=pooler, conv=conv))
-
-
-def _swap_vgg(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> list[PoolSite]:
-    sites, channels = [], None
-    for index, layer in enumerate(model.features):
-        if isinstance(layer, nn.Conv2d):
-            channels = layer.out_channels
-        elif isinstance(layer, nn.MaxPool2d):
-            site = PoolSite(f"features.{index}", channels, 2, 2, 0, "vgg")
-            model.features[index] = _tag(make(site), site)
-            sites.append(site)
-    return sites
-
-
-def _strided_convs(block: nn.Module) -> list[nn.Conv2d]:
-    main = [getattr(block, name) for name in ("conv1", "conv2", "conv3") if hasattr(block, name)]
-    return [conv for conv in main if isinstance(conv, nn.Conv2d) and conv.stride != (1, 1)]
-
-
-def _swap_resnet(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> list[PoolSite]:
-    stem = PoolSite("maxpool", model.conv1.out_channels, 3, 2, 1, "stem")
-    model.maxpool = _tag(make(stem), stem)
-    sites = [stem]
-    for layer_name in ("layer1", "layer2", "layer3", "layer4"):
-        for block_index, block in enumerate(getattr(model, layer_name)):
-            strided = _strided_convs(block)
-            if not strided:
-                continue
-            for conv in strided:
-                if conv.stride != (2, 2):
-                    raise ValueError(f"{layer_name}.{block_index} has stride {conv.stride}; only stride 2 is swapped")
-                conv.stride = (1, 1)
-            prefix = f"{layer_name}.{block_index}"
-            main = PoolSite(f"{prefix}.conv1.pool", block.conv1.in_channels, 2, 2, 0, "main")
-            block.conv1 = _pooled(_tag(make(main), main), block.conv1)
-            sites.append(main)
-            shortcut_conv = block.downsample[0] if block.downsample is not None else None
-            if shortcut_conv is not None and shortcut_conv.stride == (2, 2):
-                shortcut_conv.stride = (1, 1)
-                shortcut = PoolSite(f"{prefix}.downsample.0.pool", shortcut_conv.in_channels, 2, 2, 0, "shortcut")
-                block.downsample[0] = _pooled(_tag(make(shortcut), shortcut), shortcut_conv)
-                sites.append(shortcut)
-    return sites
-
-
-def _tag(module: nn.Module, site: PoolSite) -> nn.Module:
-    setattr(module, SITE_ATTRIBUTE, site)
-    return module
-
-
 def place(make: Callable[[PoolSite], nn.Module], site: PoolSite) -> nn.Module:
     """``make(site)``, marked as the pooler of ``site`` (what a model's ``swap`` puts in the network)."""
-    return _tag(make(site), site)
+    return tag(make(site), site)
 
 
 def swap(model: nn.Module, model_name: str, make: Callable[[PoolSite], nn.Module]) -> list[PoolSite]:
@@ -214,14 +182,10 @@ def swap(model: nn.Module, model_name: str, make: Callable[[PoolSite], nn.Module
 
     Returns the sites in forward order.  The network must be ``model_name``
     as built (a second swap would find no max pools to replace).
-    ``"<model>@authors"`` uses the authors' placement (:mod:`poolbench.placement_authors`).
+    ``"<model>@authors"`` uses the authors' placement (:mod:`poolbench.models.authors`) where the
+    network declares one.
     """
-    from .placement_authors import split_placement, swap_authors
-
-    spec = _check_model(model_name)
-    if split_placement(model_name)[1] == "authors":
-        return swap_authors(model, spec.name, make)
-    return spec.swap(model, make)
+    return _check_model(model_name).swap_for(split_placement(model_name)[1])(model, make)
 
 
 def _torchvision(constructor_name: str) -> Callable[[], nn.Module]:
@@ -232,9 +196,10 @@ def _torchvision(constructor_name: str) -> Callable[[], nn.Module]:
     return construct
 
 
-register_model("vgg16", "VGG-16", _torchvision("vgg16"), _swap_vgg)
-register_model("resnet50", "ResNet-50", _torchvision("resnet50"), _swap_resnet)
-register_model("resnet101", "ResNet-101", _torchvision("resnet101"), _swap_resnet)
+# The authors' code (visinf/dpp) has no VGG: VGG-16 has the paper's placement only.
+register_model("vgg16", "VGG-16", _torchvision("vgg16"), swap_vgg)
+register_model("resnet50", "ResNet-50", _torchvision("resnet50"), swap_resnet, {"authors": swap_authors_resnet})
+register_model("resnet101", "ResNet-101", _torchvision("resnet101"), swap_resnet, {"authors": swap_authors_resnet})
 
 
 def build_with(model_name: str, make: Callable[[PoolSite], nn.Module]) -> nn.Module:
@@ -260,8 +225,6 @@ def build(
     go to every pooler's factory (e.g. ``alpha``, ``lam``, ``seed``).  Raises
     ``ValueError`` (with the registry's reason) if the tier cannot run there.
     """
-    from .placement_authors import placed_name
-
     if placement != "paper":
         model_name = placed_name(_check_model(model_name).name, placement)
     model = build_baseline(model_name)
@@ -291,7 +254,7 @@ def replace_poolers(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> 
         parent_name, _, attribute = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         site = getattr(old, SITE_ATTRIBUTE)
-        setattr(parent, attribute, _tag(make(site), site))
+        setattr(parent, attribute, tag(make(site), site))
 
 
 def pool_sites(model_name: str) -> list[PoolSite]:

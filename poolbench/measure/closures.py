@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import registry
-from ..equivalence import perturb_parameters
+from ..verify.equivalence import perturb_parameters
 from .subject import PassSubject
 from .cases import BenchCase
 from .config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, BenchConfig

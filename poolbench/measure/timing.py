@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .toolchain import cpp_extension
+from ..toolchain import cpp_extension
 
 __all__ = ["Latency", "measure_latency", "peak_memory_bytes", "saved_tensor_bytes", "synchronize"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import models
-from .report import _failures_section, _label, _metric_cells, _order, _values, _with_ratios, missing_section
-from .results import DEVICE_COLUMNS, ENV_COLUMNS, load_results, settings_differences
+from .. import models
+from . import tables
+from ..run.results import DEVICE_COLUMNS, ENV_COLUMNS, load_results, settings_differences
 
 __all__ = ["DeviceGroup", "build_device_report", "device_groups", "write_merged_report"]
 
@@ -58,16 +58,16 @@ def _side_by_side(groups: list[DeviceGroup], model: str, scope: str, keys: list[
     """One table: a row per (layer,) pooler[tier], a column group per device; ratios inside each device only."""
     rows: dict[tuple, dict] = {}
     for group in groups:
-        table = _values(group.frame[group.frame["model"] == model], scope)
+        table = tables.values(group.frame[group.frame["model"] == model], scope)
         if table.empty:
             continue
-        table = _order(_with_ratios(table, scope, keys))
+        table = tables.order(tables.with_ratios(table, scope, keys))
         for _, r in table.iterrows():
-            label = _label(r["pooler"], r["tier"])
+            label = tables.label(r["pooler"], r["tier"])
             key = (r["layer"], label) if scope == "layer" else (label,)
             row = rows.setdefault(key, {"layer": key[0], "pooler[tier]": key[-1]} if scope == "layer"
                                   else {"pooler[tier]": key[0]})
-            row.update({f"{header} · {group.label}": value for header, value in _metric_cells(r, scope).items()})
+            row.update({f"{header} · {group.label}": value for header, value in tables.metric_cells(r, scope).items()})
     if not rows:
         return ""
     table = pd.DataFrame(list(rows.values())).fillna("–")
@@ -104,8 +104,8 @@ def build_device_report(frame: pd.DataFrame, name: str, missing=()) -> str:
     if any(table for _, table in layer_tables):
         parts.append("# Per layer\n")
         parts.extend(f"### {models.title(model)}: per layer\n\n{table}" for model, table in layer_tables if table)
-    parts.append(missing_section(missing))
-    parts.append(_failures_section(frame))
+    parts.append(tables.missing_section(missing))
+    parts.append(tables.failures_section(frame))
     return "\n".join(part for part in parts if part)
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..timing import saved_tensor_bytes, synchronize
+from .timing import saved_tensor_bytes, synchronize
 
 __all__ = ["PASSES", "PassSubject", "paired_ratio", "torch_threads"]
 

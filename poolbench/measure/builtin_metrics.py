@@ -6,8 +6,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import flops, models, registry
-from .metrics import CPU_MEMORY_METHOD, Column, Quantity, metric
+from .. import flops, models, registry
+from ..metrics import CPU_MEMORY_METHOD, Column, Quantity, metric
 from .metric_subject import Subject
 from .timing import measure_latency, peak_memory_bytes, saved_tensor_bytes
 

@@ -26,8 +26,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from . import registry
-from .tolerances import tolerance
+from .. import registry
+from ..tolerances import tolerance
 
 __all__ = ["PARAMETER_NOISE", "Verdict", "compare", "input_error", "parameter_grad_error", "perturb_parameters",
            "reference_tier"]

@@ -1,7 +1,7 @@
 """Per-rank results shards and their merge into one results file.
 
 Why shards: under torchrun every rank appends its cells to its own
-``<stem>.rank<r>.jsonl`` (through its own :class:`~poolbench.results.ResultsWriter`
+``<stem>.rank<r>.jsonl`` (through its own :class:`~poolbench.run.results.ResultsWriter`
 and lock), so no two processes ever write one file.  Merging rewrites
 ``<stem>.jsonl/.csv`` from the earlier merged file and every shard: complete
 attempts only (a rank killed mid-cell leaves a cut attempt), one attempt per

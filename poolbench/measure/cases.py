@@ -42,7 +42,7 @@ def group_name(layer: int, shape: Sequence[int], pass_: str) -> str:
     return f"layer{layer} {'x'.join(map(str, shape))} {pass_}"
 
 
-def _split(values: Iterable[str] | None) -> list[str] | None:
+def split_names(values: Iterable[str] | None) -> list[str] | None:
     if values is None:
         return None
     if isinstance(values, str):
@@ -61,7 +61,7 @@ def bench_cases(config: BenchConfig, poolers: Iterable[str] | None = None,
     report says why they were not measured.  Unknown names in ``poolers`` or
     ``tiers`` raise ``ValueError``.
     """
-    poolers, tiers = _split(poolers), _split(tiers)
+    poolers, tiers = split_names(poolers), split_names(tiers)
     known = registry.names()
     for name in poolers or ():
         if name not in known:
@@ -87,5 +87,5 @@ def comparator_cases(config: BenchConfig) -> list[BenchCase]:
             for layer, shape in enumerate(config.shapes(), start=1) for pass_ in PASSES]
 
 
-def _fmt_shape(shape: Sequence[int]) -> str:
+def format_shape(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape))

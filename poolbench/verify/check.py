@@ -4,7 +4,7 @@ For every pooler registered with more than one tier, each tier available on
 the device other than its reference tier is run beside that reference
 (float64, on the CPU) on random inputs over :data:`CASES` (odd sizes,
 padding, k=3/s=2/pad=1, batch 1), and judged by the one equivalence contract
-of :mod:`poolbench.equivalence` (the gate and the tests use the same):
+of :mod:`poolbench.verify.equivalence` (the gate and the tests use the same):
 output and input gradient element-wise, parameter gradients norm-wise.  Both
 modules share the same perturbed parameters and, for stochastic poolers, the same seed.
 
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from . import registry
+from .. import registry
 from .equivalence import compare, perturb_parameters, reference_tier
-from .stochastic import Seeded
+from ..stochastic import Seeded
 
 __all__ = ["CASES", "Case", "CheckPlan", "CheckResult", "check_equivalence", "check_gradients", "run_checks", "summarise"]
 
@@ -91,7 +91,7 @@ def _options_for(spec: registry.PoolerSpec) -> dict:
 
 
 def check_equivalence(name: str, tier: str, case: Case, device="cpu", dtype=torch.float32, seed: int = 0) -> CheckResult:
-    """Compare ``name[tier]`` on ``device``/``dtype`` with its reference tier in float64 (:mod:`poolbench.equivalence`)."""
+    """Compare ``name[tier]`` on ``device``/``dtype`` with its reference tier in float64 (:mod:`poolbench.verify.equivalence`)."""
     spec = registry.get_spec(name, tier)
     result = CheckResult(name, tier, "equivalence", str(case), "pass", dtype=str(dtype).replace("torch.", ""),
                          device=str(device))
