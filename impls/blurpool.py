@@ -49,7 +49,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from impls._window import compute_dtype
+from poolbench.impls._window import compute_dtype
 from poolbench.base import Pool2d
 from poolbench.registry import register
 from poolbench.validation import pooled_size

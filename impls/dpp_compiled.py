@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from impls.dpp_vectorized import dpp_vectorized
+from poolbench.impls.dpp_vectorized import dpp_vectorized
 from poolbench.dpp import register_dpp_tier
 
 #: Distinct compiled specialisations kept per function before torch falls back to eager.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from impls.dpp_ext import ops
+from poolbench.impls.dpp_ext import ops
 from poolbench.dpp import register_dpp_tier
 
 for tier, device_type, available, description in (

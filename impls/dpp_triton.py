@@ -31,14 +31,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from impls.dpp_vectorized import dpp_vectorized
+from poolbench.impls.dpp_vectorized import dpp_vectorized
 from poolbench.dpp import DPPArgs, register_dpp_tier
 from poolbench.dpp_custom_op import call_forward, register_dpp_op
 
 __all__ = ["dpp_backward", "dpp_forward", "dpp_triton", "interpreting", "triton_unavailable_reason"]
 
 NAMESPACE = "poolbench_triton"
-_KERNELS_MODULE = "impls.dpp_triton_kernels"
+_KERNELS_MODULE = "poolbench.impls.dpp_triton_kernels"
 
 
 def interpreting() -> bool:
@@ -68,7 +68,7 @@ def triton_unavailable_reason(device: str) -> str | None:
 def _kernels(x: Tensor):
     """The kernel module, after checking that it can run on ``x``'s device."""
     try:
-        from impls import dpp_triton_kernels as kernels
+        from poolbench.impls import dpp_triton_kernels as kernels
     except ImportError as exc:
         raise RuntimeError(f"the triton DPP tier needs triton: {exc}") from exc
     if x.device.type == "cpu" and not kernels.INTERPRET:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impls._window import compute_dtype, max_avg_blend
+from poolbench.impls._window import compute_dtype, max_avg_blend
 from poolbench.base import Pool2d
 from poolbench.registry import register
 

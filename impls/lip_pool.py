@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impls._window import compute_dtype, softmax_pool, unfold_windows
+from poolbench.impls._window import compute_dtype, softmax_pool, unfold_windows
 from poolbench.base import Pool2d
 from poolbench.registry import register
 

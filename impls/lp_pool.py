@@ -24,7 +24,7 @@ import numbers
 
 import torch
 
-from impls._window import compute_dtype, unfold_windows
+from poolbench.impls._window import compute_dtype, unfold_windows
 from poolbench.base import Pool2d
 from poolbench.registry import register
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from impls._window import compute_dtype, max_avg_blend
+from poolbench.impls._window import compute_dtype, max_avg_blend
 from poolbench.base import Pool2d
 from poolbench.registry import register
 

@@ -9,7 +9,7 @@ max.  Padded positions get weight 0.  Half precision runs in float32.
 """
 from __future__ import annotations
 
-from impls._window import compute_dtype, softmax_pool, unfold_windows
+from poolbench.impls._window import compute_dtype, softmax_pool, unfold_windows
 from poolbench.base import Pool2d
 from poolbench.registry import register
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from impls._window import Windows, compute_dtype, unfold_windows
+from poolbench.impls._window import Windows, compute_dtype, unfold_windows
 from poolbench.base import Pool2d
 from poolbench.registry import register
 from poolbench.stochastic import Seeded

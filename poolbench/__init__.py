@@ -6,9 +6,36 @@ Public API::
     poolbench.names(), poolbench.tiers(name)
     poolbench.functional.dpp(x, alpha, lam, ...)
 """
-from . import functional, macs
-from .base import Pool2d
-from .registry import TIERS, create, get_spec, load_plugins, names, register, specs, tiers
+import importlib.util as _importlib_util
+import sys as _sys
+from pathlib import Path as _Path
+
+
+def _map_in_tree_plugins() -> None:
+    """Make the repository's ``impls/`` folder importable as ``poolbench.impls`` in a source checkout.
+
+    An install maps the folder there (``pyproject.toml``'s package-dir); a run from the source tree
+    (``PYTHONPATH=. python -m poolbench``, as on a machine without the package installed) has no
+    install, so the same name is given to the folder beside this package.
+    """
+    if _importlib_util.find_spec(f"{__name__}.impls") is not None:
+        return
+    folder = _Path(__file__).resolve().parent.parent / "impls"
+    if not (folder / "__init__.py").is_file():
+        return
+    spec = _importlib_util.spec_from_file_location(f"{__name__}.impls", folder / "__init__.py",
+                                                   submodule_search_locations=[str(folder)])
+    module = _importlib_util.module_from_spec(spec)
+    _sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    globals()["impls"] = module
+
+
+_map_in_tree_plugins()
+
+from . import functional, macs  # noqa: E402
+from .base import Pool2d  # noqa: E402
+from .registry import TIERS, create, get_spec, load_plugins, names, register, specs, tiers  # noqa: E402
 
 __version__ = "0.1.0"
 

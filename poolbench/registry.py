@@ -11,7 +11,7 @@ MACs it adds, which tests it gets) is read from the registry.
 
 Poolers come from two places:
 
-* the in-tree plugin package ``impls`` (every module in it is imported), and
+* the in-tree plugin package ``poolbench.impls`` (the repository's ``impls/`` folder; every module in it is imported), and
 * the entry-point group ``poolbench.impls`` of installed distributions: an
   entry point names a module (or an object) whose import runs ``@register``.
 """
@@ -55,7 +55,7 @@ ENTRY_POINT_GROUP = "poolbench.impls"
 #: poolbench's own metrics, loaded first and like any plugin (so they come first in the report's columns).
 BUILTIN_PLUGINS = ("poolbench.measure.builtin_metrics",)
 #: The in-tree plugin package: every module in it is imported.
-IN_TREE_PLUGINS = "impls"
+IN_TREE_PLUGINS = "poolbench.impls"
 
 #: The tiers poolbench ships, in display order.  Tiers are open names: a plugin that
 #: registers under a new tier name appends it to :func:`known_tiers`.

@@ -3,7 +3,7 @@
 Shows whether small layers are bound by per-plane overhead: run from the repository root.
 """
 import torch, time, statistics
-from impls.dpp_ext import ops
+from poolbench.impls.dpp_ext import ops
 from poolbench.dpp import dpid_filter
 ops.load_cpu(); torch.set_num_threads(1); P = torch.ops.poolbench_dpp
 def t(fn, n=15):

@@ -73,7 +73,7 @@ PYEOF
 build() {  # build KIND
     "$PY" -c "
 import time
-from impls.dpp_ext import ops
+from poolbench.impls.dpp_ext import ops
 started = time.time()
 getattr(ops, 'load_$1')()
 print('$1 library built in', round(time.time() - started, 1), 's')"

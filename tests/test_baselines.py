@@ -419,7 +419,7 @@ def test_adapool_blends_edscw_and_softpool_per_channel():
 
 
 def test_dice_sorensen_coefficient_is_overflow_free_with_dsc00_one():
-    from impls.adapool import dice_sorensen
+    from poolbench.impls.adapool import dice_sorensen
 
     a = torch.tensor([2.0, -1.0, 0.0, 1e30, 3.0])
     b = torch.tensor([1.0, 1.0, 0.0, 1e30, 0.0])

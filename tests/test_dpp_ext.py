@@ -35,7 +35,7 @@ from poolbench.validation import pooled_size
 
 from dpp_custom_op_tester import DPPCustomOpTester
 from dpp_tester import DPPTierTester, random_dpp_parameters
-from impls.dpp_ext import ops
+from poolbench.impls.dpp_ext import ops
 from poolbench.dpp import DPP_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,8 +295,8 @@ def test_import_builds_nothing_and_cuda_availability_is_cheap(tmp_path):
     """Importing the tiers compiles nothing, and asking the cuda tier's `available` builds nothing either
     (the CUDA build takes minutes; the cpp tier's hook does try its build, see test_dpp_ext_build.py)."""
     code = (
-        "import impls.dpp_cpp_cuda\n"
-        "from impls.dpp_ext import ops\n"
+        "import poolbench.impls.dpp_cpp_cuda\n"
+        "from poolbench.impls.dpp_ext import ops\n"
         "print(repr(ops.cuda_unavailable_reason('cuda')))\n"
     )
     env = dict(os.environ, POOLBENCH_CACHE_DIR=str(tmp_path), PYTHONPATH=str(ROOT))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from impls.dpp_ext.build import summarise_build_failure
+from poolbench.impls.dpp_ext.build import summarise_build_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from impls.dpp_ext import static_report
+from poolbench.impls.dpp_ext import static_report
 from poolbench.toolchain import cuda_home
 
 PTXAS_LOG = """\
@@ -73,7 +73,7 @@ def test_cuda_kernels_compile_for_sm90_without_spills_or_local_memory_on_the_fas
 @pytest.mark.skipif(_NO_TOOLKIT, reason="no CUDA toolkit (nvcc) or cuobjdump on this machine")
 def test_cached_sm90_compile_has_no_spills_or_local_memory_on_the_fast_paths():
     """The same checks in the default suite, from the cached compile of the current source (seconds);
-    `python -m impls.dpp_ext.static_report sm_90` or the slow test above makes that cache."""
+    `python -m poolbench.impls.dpp_ext.static_report sm_90` or the slow test above makes that cache."""
     if not static_report.is_cached("sm_90"):
         pytest.skip("the current CUDA source has no cached sm_90 compile (the slow test makes one in minutes)")
     assert_fast_paths_clean(static_report.cuda_kernel_rows("sm_90"))

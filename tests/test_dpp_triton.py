@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - only while the shared tester is absent
     DPPTierTester = None
 
 from dpp_custom_op_tester import GRADCHECK_GEOMETRIES, DPPCustomOpTester
-from impls import dpp_triton
+from poolbench.impls import dpp_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

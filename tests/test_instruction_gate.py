@@ -185,7 +185,7 @@ def test_read_dumps_maps_labels_to_totals(tmp_path):
 
 
 def test_cpp_tier_march_can_be_overridden_for_valgrind(monkeypatch):
-    from impls.dpp_ext import build
+    from poolbench.impls.dpp_ext import build
 
     monkeypatch.setenv("POOLBENCH_CPP_MARCH", "x86-64-v3")
     if any(flag.startswith("-march") for flag in build.cpu_flags()):

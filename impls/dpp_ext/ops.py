@@ -8,7 +8,7 @@ so the formulas the GPU runs are the ones the CPU tests check.  The fake
 kernels and the autograd formula (backward is its own op) are registered by
 :mod:`poolbench.dpp_custom_op`, shared with the triton tier.
 
-Building is lazy and lives in :mod:`impls.dpp_ext.build` (cache, compiler,
+Building is lazy and lives in :mod:`poolbench.impls.dpp_ext.build` (cache, compiler,
 one-line failure reasons); :func:`load_cpu` / :func:`load_cuda` build on first
 use and then register the Python side.
 """
@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-from impls.dpp_vectorized import dpp_vectorized
+from poolbench.impls.dpp_vectorized import dpp_vectorized
 from poolbench.dpp import DPPArgs
 from poolbench.dpp_custom_op import call_forward, register_dpp_op
 

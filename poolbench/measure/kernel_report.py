@@ -2,7 +2,7 @@
 
 For each Triton kernel of the DPP ``triton`` tier × variant × dtype × autotune
 config, :func:`triton_kernel_rows` builds the launch exactly as the tier's
-launchers do (:func:`impls.dpp_triton_kernels.forward_plan` /
+launchers do (:func:`poolbench.impls.dpp_triton_kernels.forward_plan` /
 ``backward_plan`` on *meta* tensors of a VGG-16 / ResNet pooling shape), binds
 the arguments with Triton's own specialisation rules, and compiles them with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``.  No GPU is
@@ -17,7 +17,7 @@ needed: the cubin comes from ptxas.  From it we read
   and multiplies by the pixels per output window (s²).
 
 Instruction counts are a proxy for the issue rate of a memory-bound kernel, not a timing.
-CUDA kernel rows (same keys) come from ``impls.dpp_ext.static_report.cuda_kernel_rows`` when
+CUDA kernel rows (same keys) come from ``poolbench.impls.dpp_ext.static_report.cuda_kernel_rows`` when
 that module exists.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def vgg_cases() -> list[KernelCase]:
 
 def _launches(case: KernelCase):
     """The tier's own launches for ``case``, built on meta tensors (no memory, no GPU)."""
-    from impls import dpp_triton_kernels as kernels
+    from poolbench.impls import dpp_triton_kernels as kernels
 
     if kernels.INTERPRET:
         raise RuntimeError("the kernel report compiles for a GPU; unset TRITON_INTERPRET")
@@ -201,7 +201,7 @@ def _compile_config(case: KernelCase, launch_index: int, config_index: int, arch
 
 def _largest_kept(launch) -> int:
     """Index of the config with the most windows per thread that the autotune prune keeps for ``launch``."""
-    from impls.dpp_triton_kernels import windows_per_thread
+    from poolbench.impls.dpp_triton_kernels import windows_per_thread
 
     kernel = launch.kernel
     kept = kernel.early_config_prune(kernel.configs, dict(zip(kernel.fn.arg_names, launch.args)),
@@ -236,7 +236,7 @@ def triton_kernel_rows(arch: str = "sm_90", selected: list[KernelCase] | None = 
 def cuda_rows(arch: str) -> tuple[list[dict], str]:
     """CUDA kernel rows from the C++/CUDA tier's own static report, and a note when it is absent."""
     try:
-        from impls.dpp_ext.static_report import cuda_kernel_rows
+        from poolbench.impls.dpp_ext.static_report import cuda_kernel_rows
     except ImportError as exc:
         return [], f"CUDA kernels not reported: {exc}"
     return cuda_kernel_rows(arch), ""
