@@ -17,7 +17,19 @@ import shutil
 import threading
 from pathlib import Path
 
-__all__ = ["cpp_extension", "cuda_home", "load_extension"]
+__all__ = ["cache_root", "cpp_extension", "cuda_home", "load_extension"]
+
+
+def cache_root() -> Path:
+    """The one folder every poolbench build caches under: ``$POOLBENCH_CACHE_DIR``, else the XDG cache.
+
+    The DPP extension, the callgrind counter and any other JIT build keep their
+    versioned subfolders here, so one variable moves (or clears) them all.
+    """
+    root = os.environ.get("POOLBENCH_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poolbench"
 
 
 @functools.cache

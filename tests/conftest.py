@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from poolbench import registry
 from poolbench.benchmarks.fixtures import add_device_options, device, dtype  # noqa: F401  (fixtures)
+from plugin_helpers import isolate_registries
 
 
 def pytest_addoption(parser):
@@ -17,6 +19,17 @@ def pytest_addoption(parser):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def isolated_registries(monkeypatch):
+    """Let a test register poolers, tiers, kernels, networks and metrics without leaking them into others.
+
+    The in-tree plugins are loaded first, so the copies hold them and only what the test adds is undone.
+    """
+    registry.load_plugins()
+    isolate_registries(monkeypatch)
+    return registry
 
 
 def pytest_collection_modifyitems(config, items):

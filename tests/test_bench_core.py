@@ -66,10 +66,24 @@ def test_thread_context_restores_the_count():
             pass
 
 
-def test_case_closures_time_the_case_and_the_comparator_on_one_input():
+def test_case_closures_time_the_case_and_the_comparator_on_one_input(monkeypatch):
+    """The pooler's closure and the avg_pool2d comparator's closure run on the very same input tensor."""
+    from poolbench.measure import closures
+
     config = bench.BenchConfig(resolution=32)
     case = next(c for c in bench.bench_cases(config, poolers=["avg"]) if c.pass_ == "forward_backward")
-    pooler, comparator = bench.case_closures(case, config)
+    seen = {}
+
+    def comparator_spy(x):
+        seen["comparator"] = x
+        return F.avg_pool2d(x, 2, 2)
+
+    monkeypatch.setattr(closures, "comparator", comparator_spy)
+    module = bench.build_module(case.pooler, case.tier, case.shape[1], config)
+    module.register_forward_pre_hook(lambda m, args: seen.__setitem__("pooler", args[0]))
+    pooler, comparator = bench.case_closures(case, config, module=module)
     pooler(), comparator()
-    x = bench.make_input(case.shape, config)
-    torch.testing.assert_close(bench.comparator(x), F.avg_pool2d(x, 2, 2))
+    # each closure owns a leaf copy (its own input gradient), of one input: equal values, the layer's input
+    assert torch.equal(seen["pooler"], seen["comparator"])
+    assert torch.equal(seen["pooler"], bench.make_input(case.shape, config))
+    torch.testing.assert_close(bench.comparator(seen["pooler"]), F.avg_pool2d(seen["pooler"], 2, 2))

@@ -39,8 +39,7 @@ class Average(Pool2d):
         return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=False)
 
 
-def test_check_fails_on_a_tier_that_differs_from_reference(monkeypatch, capsys):
-    monkeypatch.setattr(registry, "_REGISTRY", {k: dict(v) for k, v in registry._REGISTRY.items()})
+def test_check_fails_on_a_tier_that_differs_from_reference(isolated_registries, capsys):
     registry.register("avg_for_check", "reference")(lambda c, k, s, p: Average(c, k, s, p))
     registry.register("avg_for_check", "vectorized")(lambda c, k, s, p: OffByOne(c, k, s, p))
     code = main(["check", "--poolers", "avg_for_check", "--no-gradcheck", "--json"])

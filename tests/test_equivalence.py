@@ -30,9 +30,7 @@ class _Scaled(Pool2d):
 
 
 @pytest.fixture
-def probes(monkeypatch):
-    registry.load_plugins()
-    monkeypatch.setattr(registry, "_REGISTRY", {k: dict(v) for k, v in registry._REGISTRY.items()})
+def probes(isolated_registries):
     gate.clear_equivalence_cache()
     registry.register("eq_probe", "reference")(lambda c, k, s, p: _Scaled(c, k, s, p))
     registry.register("eq_probe", "vectorized")(lambda c, k, s, p: _Scaled(c, k, s, p))

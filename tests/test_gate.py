@@ -180,10 +180,8 @@ class _Probe(Pool2d):
 
 
 @pytest.fixture
-def probe_registry(monkeypatch):
+def probe_registry(isolated_registries):
     """A private copy of the registry, so test poolers vanish after the test."""
-    registry.load_plugins()
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     gate.clear_equivalence_cache()
     yield registry
     gate.clear_equivalence_cache()

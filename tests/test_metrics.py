@@ -213,11 +213,6 @@ def test_network_params_metric_reports_overhead_vs_max_pool():
     assert rows["params"] == 25_557_032 + 43_776
 
 
-def test_quantity_is_a_plain_record():
-    q = Quantity("x", 1.0, "ms", {"q20_ms": 0.9})
-    assert q.name == "x" and q.detail["q20_ms"] == 0.9
-
-
 def test_activation_bytes_counts_activations_not_weights_and_leaks_nothing():
     """Guards against the pack hook returning the tensor: ReLU saves its output, a C++ reference cycle."""
     import gc

@@ -13,9 +13,8 @@ DPP_NAMES = {"dpp_lite_sym", "dpp_lite_asym", "dpp_full_sym", "dpp_full_asym", "
 
 
 @pytest.fixture
-def clean_registry(monkeypatch):
+def clean_registry(isolated_registries):
     """Let a test register poolers without leaking them into the others."""
-    monkeypatch.setattr(registry, "_REGISTRY", {k: dict(v) for k, v in registry._REGISTRY.items()})
     yield registry._REGISTRY
 
 

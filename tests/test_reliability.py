@@ -221,9 +221,9 @@ def test_plugin_returning_the_wrong_shape_is_an_error_not_a_measurement():
         WrongShape(2, 2, 2)(torch.zeros(1, 2, 8, 8))
 
 
-def test_bare_module_plugin_returning_the_wrong_shape_is_an_error(monkeypatch):
+def test_bare_module_plugin_returning_the_wrong_shape_is_an_error(isolated_registries):
     """A plugin may register any nn.Module; what ``create`` hands the harness is shape-checked all the same."""
-    from poolbench import registry
+    registry = isolated_registries
 
     class Identity(torch.nn.Module):  # not a Pool2d: forgets to pool
         def __init__(self, channels, kernel_size=2, stride=2, padding=0):
@@ -232,7 +232,6 @@ def test_bare_module_plugin_returning_the_wrong_shape_is_an_error(monkeypatch):
         def forward(self, x):
             return x
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     registry.register("bare_identity", "vectorized", params="0", param_count=lambda c, k: 0,
                       macs=lambda g, o: 0)(Identity)
     module = poolbench.create("bare_identity", 2, 3, 2, 1)

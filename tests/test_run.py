@@ -89,7 +89,7 @@ def test_plan_covers_every_registered_pooler_and_skips_the_reference_tier():
 
 
 @pytest.fixture
-def flaky_pooler():
+def flaky_pooler(isolated_registries):
     """A pooler whose preferred CPU tier fails on first use (like a C++ build that breaks) and whose next one works."""
     from poolbench.base import Pool2d
 
@@ -103,8 +103,7 @@ def flaky_pooler():
 
     registry.register("flaky_test_pooler", "cpp", priority=50)(Broken)  # preferred over vectorized (0)
     registry.register("flaky_test_pooler", "vectorized")(Works)
-    yield "flaky_test_pooler"
-    registry._REGISTRY.pop("flaky_test_pooler", None)
+    return "flaky_test_pooler"
 
 
 def test_fastest_tier_falls_back_when_the_preferred_one_fails(flaky_pooler):

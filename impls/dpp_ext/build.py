@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from poolbench.toolchain import cpp_extension, cuda_home, load_extension
+from poolbench.toolchain import cache_root, cpp_extension, cuda_home, load_extension
 
 __all__ = [
     "CSRC",
@@ -57,13 +57,6 @@ _LOADED: set[str] = set()
 
 class BuildError(RuntimeError):
     """A library of the extension cannot be built or loaded; the message is one line, cause first."""
-
-
-def _cache_root() -> Path:
-    root = os.environ.get("POOLBENCH_CACHE_DIR")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poolbench"
 
 
 @functools.cache
@@ -98,11 +91,11 @@ def build_directory(kind: str) -> Path:
         tag += f"-march{cpu_march()}"
     # and by source tree, so two checkouts sharing a home directory do not rebuild each other's library
     tag += f"-src{hashlib.sha1(str(CSRC).encode()).hexdigest()[:8]}"
-    path = _cache_root() / "torch_extensions" / f"dpp_{kind}-{tag.replace('+', '_')}"
+    path = cache_root() / "torch_extensions" / f"dpp_{kind}-{tag.replace('+', '_')}"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BuildError(f"build cache directory {str(_cache_root())!r} is unusable ({exc.strerror or exc}); "
+        raise BuildError(f"build cache directory {str(cache_root())!r} is unusable ({exc.strerror or exc}); "
                          "set POOLBENCH_CACHE_DIR to a writable directory") from exc
     if not os.access(path, os.W_OK):
         raise BuildError(f"build cache directory {str(path)!r} is not writable; "

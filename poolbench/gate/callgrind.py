@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..toolchain import load_extension
+from ..toolchain import cache_root, load_extension
 
 __all__ = ["DUMP_PREFIX", "callgrind_command", "client_requests", "read_dumps", "unavailable_reason"]
 
@@ -71,10 +71,9 @@ def unavailable_reason() -> str | None:
 
 def _build_directory() -> Path:
     """Cached per torch/Python version and source tree, like the ``cpp`` DPP tier's library."""
-    root = os.environ.get("POOLBENCH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poolbench"
     tag = (f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
            f"-src{hashlib.sha1(str(SOURCE).encode()).hexdigest()[:8]}").replace("+", "_")
-    path = Path(root) / "torch_extensions" / f"callgrind-{tag}"
+    path = cache_root() / "torch_extensions" / f"callgrind-{tag}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

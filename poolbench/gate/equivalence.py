@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 from .. import registry
-from ..verify.equivalence import compare, reference_tier
+from ..verify.equivalence import reference_tier
+from ..verify.harness import judge, run_pass, share_parameters
 from ..validation import pooled_size
 from ..measure.closures import build_module, make_input
 from ..measure.cases import format_shape
@@ -95,51 +96,41 @@ def _check_equivalence(pooler: str, tier: str, shape: tuple, config: BenchConfig
 
 
 def _compare_region(pooler, tier, ref_tier, shape, crop, differentiable, config) -> tuple[str | None, float | None]:
-    """(None, max |output error|) when tier and reference agree on the region ``crop`` gives, else (why not, ...)."""
+    """(None, max |output error|) when tier and reference agree on the region ``crop`` gives, else (why not, ...).
+
+    The tier runs on the full input (a wrong output shape is refused by the pooler contract's own check);
+    only the region the reference covers is compared.
+    """
     module = build_module(pooler, tier, shape[1], config).eval()
+    reference, grad_out, region = _reference(pooler, ref_tier, module, shape, crop, differentiable, config)
     x = make_input(shape, config).requires_grad_(differentiable)
-    out = module(x)
-    expected = (shape[0], shape[1], pooled_size(shape[2], KERNEL_SIZE, STRIDE, PADDING),
-                pooled_size(shape[3], KERNEL_SIZE, STRIDE, PADDING))
-    if tuple(out.shape) != expected:
-        return f"output shape {tuple(out.shape)}, expected {expected}", None
-    ref_out, ref_x_grad, ref_param_grads, grad_out, rows, cols = _reference(
-        pooler, ref_tier, module, shape, crop, differentiable, config)
-    region = (..., slice(0, rows), slice(0, cols))
-    actual = out[region].detach().cpu()
-    grads = []
-    if differentiable:
-        params = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-        tier_grads = torch.autograd.grad(out[region], [x, *(p for _, p in params)],
-                                         grad_out.to(out.device, out.dtype), allow_unused=True)
-        grads = [("input", tier_grads[0][..., :crop, :crop], ref_x_grad)]
-        grads += [(name, grad, ref_param_grads[name]) for (name, _), grad in zip(params, tier_grads[1:])
-                  if name in ref_param_grads and grad is not None]
-    verdict = compare((actual, ref_out), grads, config.torch_dtype)
+    actual = run_pass(module, x, grad_out, region)
+    if "input" in actual.grads:
+        actual.grads["input"] = actual.grads["input"][..., :crop, :crop]
+    actual.output = actual.output.cpu()
+    verdict = judge(actual, reference, config.torch_dtype)
     return verdict.problem, verdict.max_abs_output_error
 
 
 def _reference(pooler, ref_tier, module, shape, crop, differentiable, config):
+    """(reference pass on the ``crop`` corner, upstream gradient, compared region), cached per case."""
     key = (pooler, ref_tier, tuple(shape), crop, differentiable, config)
     if key in _REFERENCE_CACHE:
         return _REFERENCE_CACHE[key]
     reference = build_module(pooler, ref_tier, shape[1], config, device="cpu").double().eval()
-    try:  # same parameters as the tier, whatever their initialisation
-        reference.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()})
-    except (RuntimeError, KeyError):
-        pass  # different layouts: both were built from the same seed, so identical modules agree anyway
+    # same parameters as the tier, whatever their initialisation; if the layouts differ, both
+    # were built from the same seed, so identical modules agree anyway
+    share_parameters(module, reference)
     x = make_input(shape, config, device="cpu")[..., :crop, :crop].double().requires_grad_(differentiable)
-    out = reference(x)
+    # the reference's output covers the corner; away from its far edges (a margin of 2 outputs, enough for
+    # the 3x3 guides and blurs at stride 2) it equals the full input's
     margin = 2 if crop < shape[2] else 0
-    rows, cols = out.shape[-2] - margin, out.shape[-1] - margin
+    rows, cols = (pooled_size(size, KERNEL_SIZE, STRIDE, PADDING) - margin for size in x.shape[-2:])
     region = (..., slice(0, rows), slice(0, cols))
-    grad_out = torch.randn(out[region].shape, generator=torch.Generator().manual_seed(config.seed + 2), dtype=torch.float64)
-    x_grad, param_grads = None, {}
+    grad_out = None
     if differentiable:
-        params = [(name, p) for name, p in reference.named_parameters() if p.requires_grad]
-        grads = torch.autograd.grad(out[region], [x, *(p for _, p in params)], grad_out, allow_unused=True)
-        x_grad = grads[0]
-        param_grads = {name: g for (name, _), g in zip(params, grads[1:]) if g is not None}
-    result = (out[region].detach(), x_grad, param_grads, grad_out, rows, cols)
+        grad_out = torch.randn((*shape[:2], rows, cols), generator=torch.Generator().manual_seed(config.seed + 2),
+                               dtype=torch.float64)
+    result = (run_pass(reference, x, grad_out, region), grad_out, region)
     _REFERENCE_CACHE[key] = result
     return result

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from .. import registry
-from .equivalence import compare, perturb_parameters, reference_tier
+from .equivalence import perturb_parameters, reference_tier
+from .harness import build_pair, judge, run_pass
 from ..stochastic import Seeded
+from ..validation import pooled_size
 
 __all__ = ["CASES", "Case", "CheckPlan", "CheckResult", "check_equivalence", "check_gradients", "run_checks", "summarise"]
 
@@ -76,12 +78,6 @@ class CheckResult:
         return asdict(self)
 
 
-def _forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, Seeded):
-        module.reseed()
-    return module(x)
-
-
 def _build(name: str, tier: str, case: Case, options: dict) -> nn.Module:
     return registry.create(name, case.shape[1], case.kernel_size, case.stride, case.padding, tier=tier, **options)
 
@@ -95,35 +91,26 @@ def check_equivalence(name: str, tier: str, case: Case, device="cpu", dtype=torc
     spec = registry.get_spec(name, tier)
     result = CheckResult(name, tier, "equivalence", str(case), "pass", dtype=str(dtype).replace("torch.", ""),
                          device=str(device))
+    options = _options_for(spec)
     try:
-        reference = _build(name, reference_tier(name) or tier, case, _options_for(spec)).double()
+        candidate, reference = build_pair(lambda t: _build(name, t, case, options), name, tier, seed, device, dtype)
     except ValueError as exc:
         result.status, result.detail = "n/a", str(exc)
         return result
     try:
-        perturb_parameters(reference, seed)
-        candidate = _build(name, tier, case, _options_for(spec))
-        candidate.load_state_dict(reference.state_dict())
-        candidate = candidate.to(device=device, dtype=dtype)
         generator = torch.Generator().manual_seed(seed)
         x64 = torch.randn(case.shape, generator=generator, dtype=torch.float64)
-        x_ref = x64.clone().requires_grad_()
-        x_new = x64.to(device=device, dtype=dtype).requires_grad_()
+        x_ref = x64.clone().requires_grad_(spec.differentiable)
+        x_new = x64.to(device=device, dtype=dtype).requires_grad_(spec.differentiable)
+        n, c, h, w = case.shape
+        out_shape = (n, c, *(pooled_size(size, case.kernel_size, case.stride, case.padding) for size in (h, w)))
+        grad_out = torch.randn(out_shape, generator=generator, dtype=torch.float64) if spec.differentiable else None
         try:
-            expected = _forward(reference, x_ref)
+            expected = run_pass(reference, x_ref, grad_out)
         except ValueError as exc:  # the case does not apply to this pooler (e.g. Full-DPP geometry)
             result.status, result.detail = "n/a", str(exc)
             return result
-        actual = _forward(candidate, x_new)
-        grads = []
-        if spec.differentiable:
-            grad_out = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
-            expected.backward(grad_out)
-            actual.backward(grad_out.to(device=device, dtype=dtype))
-            new_params = dict(candidate.named_parameters())
-            grads = [("input", x_new.grad, x_ref.grad)]
-            grads += [(pname, new_params[pname].grad, p.grad) for pname, p in reference.named_parameters()]
-        verdict = compare((actual, expected), grads, dtype)
+        verdict = judge(run_pass(candidate, x_new, grad_out), expected, dtype)
         result.output_error, result.max_abs_output_error = verdict.output_error, verdict.max_abs_output_error
         if spec.differentiable:
             result.grad_error, result.max_abs_grad_error = verdict.grad_error, verdict.max_abs_grad_error
