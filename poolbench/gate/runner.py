@@ -127,11 +127,12 @@ def _read_baseline(path: Path | None, *, must_hold_cases: bool) -> StoredBaselin
     """The stored baseline; an unreadable, empty, crafted or foreign one is a BaselineError (the gate fails, exit 1)."""
     if path is None:
         return StoredBaseline(None, None, {})
+    data = read_json(path)  # the validating loader: its refusals name the file and the record command
     try:
-        data = read_json(path)
         cases = load_benchmarks(data, source=str(path), baseline=True)
     except ValueError as exc:
-        raise BaselineError(f"cannot use the baseline: {exc}") from None
+        raise BaselineError(f"cannot use the baseline: {exc}; restore it from git or record a fresh one with "
+                            f"`{RECORD_COMMAND}`") from None
     if must_hold_cases and not any(case.ratio is not None for case in cases.values()):
         raise BaselineError(f"baseline {path} holds no poolbench benchmark cases (empty or foreign); restore it "
                             f"from git or record one with `{RECORD_COMMAND}`")
