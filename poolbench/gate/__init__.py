@@ -19,10 +19,11 @@ by :mod:`poolbench.verify.equivalence` (the rules ``poolbench check`` uses); a m
 
 The pieces, one job per module:
 
-* :mod:`.config` – :class:`BenchConfig` and the shared constants (comparator, passes, VGG-16 geometry);
-* :mod:`.cases` – :func:`bench_cases`, the registry-driven case list (pooler × tier × VGG-16
-  layer × pass); new poolers and tiers join automatically;
-* :mod:`.build` – inputs, modules and :func:`pass_closure` / :func:`case_closures`;
+* :mod:`poolbench.measure.config` – :class:`BenchConfig` and the shared constants (comparator, passes,
+  VGG-16 geometry);
+* :mod:`poolbench.measure.cases` – :func:`bench_cases`, the registry-driven case list (pooler × tier ×
+  VGG-16 layer × pass); new poolers and tiers join automatically;
+* :mod:`poolbench.measure.closures` – inputs, modules and :func:`pass_closure` / :func:`case_closures`;
 * :mod:`.measure` – :func:`time_case`, the interleaved ratio measurement;
 * :mod:`.equivalence` – :func:`equivalence_at`, the equivalence contract at a benchmark shape;
 * :mod:`.results` – :func:`load_benchmarks`, :func:`extra_info`, a suite run's outcomes;
