@@ -140,6 +140,18 @@ def test_the_loader_caps_the_size_and_accepts_a_symlink_to_a_regular_file(tmp_pa
         baseline_file.read_baseline_json(tmp_path / "absent.json", "record")
 
 
+def test_save_baseline_over_a_refused_one_records_a_fresh_one(tmp_path):
+    """The refusal says to record a fresh baseline, so --save-baseline must not be refused by the bad one."""
+    time_baseline_file(tmp_path, json.dumps(time_baseline()).replace('"ratio": 2.0', '"ratio": NaN'))
+    options = gate.GateOptions(baseline_dir=tmp_path / "baselines", poolers=["max"], save_baseline=True)
+    assert gate.load_baseline(options).path is None
+    with pytest.raises(gate.BaselineError, match="non-finite number"):
+        gate.load_baseline(gate.GateOptions(baseline_dir=tmp_path / "baselines", poolers=["max"]))
+    fresh = gate.save_baseline(time_baseline(), tmp_path / "baselines", "cpu")
+    assert fresh.name == "0002_cpu.json" and gate.load_baseline(gate.GateOptions(
+        baseline_dir=tmp_path / "baselines", poolers=["max"])).path == fresh
+
+
 @pytest.mark.parametrize("text", ["inf", "Infinity", "1e400", "0", "-1", "nan"])
 def test_threshold_must_be_finite_and_positive(tmp_path, capsys, text):
     """``--threshold inf`` used to be accepted: a gate that can never fail."""
@@ -254,6 +266,18 @@ def test_instruction_gate_refuses_a_fifo_baseline(tmp_path, capsys, counted):
     os.mkfifo(path)
     code, out = instruction_cli(tmp_path, capsys)
     assert code == 1 and f"{path} is not a regular file" in out, out
+
+
+def test_instruction_save_replaces_a_fifo_or_broken_file_instead_of_blocking(tmp_path, capsys, counted):
+    path = baseline_path(tmp_path, baseline_key("AVX2"))
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)  # a plain write would wait for a reader forever
+    code, out = instruction_cli(tmp_path, capsys, "--save-baseline")
+    assert code == 0 and path.is_file() and "baseline saved:" in out, out
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+    path.write_text('{"kind": "poolbench instruction counts", "version": 1, "cases": "garbage"}')
+    code, out = instruction_cli(tmp_path, capsys, "--save-baseline", "--poolers", "dpp_lite_sym")
+    assert code == 0 and len(json.loads(path.read_text())["cases"]) == 5, out
 
 
 @pytest.mark.slow

@@ -16,8 +16,10 @@ the wrong numbers is worse than one that fails.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -135,7 +137,12 @@ def save_baseline(run: InstructionRun, directory: str | Path, config: BenchConfi
     document = {"kind": KIND, "version": FORMAT_VERSION, "key": key, "config": _config_identity(config),
                 "cases": [count.as_dict() for count in _sorted(counts.values())]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1) + "\n")
+    # Written beside and renamed over: a reader never sees half a file, and whatever sits at the
+    # path (a broken file, a FIFO that a plain write would block on) is replaced, not written into.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as handle:
+        handle.write(json.dumps(document, indent=1) + "\n")
+    os.replace(handle.name, path)
     return path
 
 

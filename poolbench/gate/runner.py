@@ -105,10 +105,17 @@ class TimeMeter:
 
 def load_baseline(options: GateOptions) -> StoredBaseline:
     """The stored baseline named by ``options``; :class:`BaselineError` if a comparison needs one that is missing,
-    unreadable or measured with other settings."""
+    unreadable or measured with other settings.  ``--save-baseline`` over an unreadable one records a fresh
+    baseline (the next number) instead of refusing: that is what the refusal tells the user to do."""
     directory = options.resolve(options.baseline_dir)
     path = find_baseline(directory, options.name)
-    baseline = _read_baseline(path, must_hold_cases=not options.save_baseline)
+    try:
+        baseline = _read_baseline(path, must_hold_cases=not options.save_baseline)
+    except BaselineError:
+        if not options.save_baseline:
+            raise
+        baseline = StoredBaseline(None)  # recording a fresh baseline is the cure: it gets the next number
+        path = None
     if not options.plugins:  # reject unknown names before minutes of running (plugins load in the suite)
         bench_cases(options.config, options.poolers, options.tiers)
     mismatch = config_mismatch(baseline.results, options.config) if path is not None else None
