@@ -145,8 +145,12 @@ def test_save_and_find_baseline(tmp_path):
     first = gate.save_baseline(bench_json(ratios_for()), tmp_path, "cpu")
     assert first.name == "0001_cpu.json" and gate.find_baseline(tmp_path, "cpu") == first
     second = gate.save_baseline(bench_json(ratios_for()), tmp_path, "cpu")
-    assert second.name == "0002_cpu.json" and not first.exists()  # git keeps the history
-    assert gate.find_baseline(tmp_path, "cpu-r112") is None
+    assert second.name == "0002_cpu.json" and gate.find_baseline(tmp_path, "cpu") == second
+    assert first.exists()  # a user's older baselines are never deleted
+    other = gate.save_baseline(bench_json(ratios_for()), tmp_path, "cpu-r112")
+    assert other.name == "0003_cpu-r112.json"  # pytest-benchmark numbers across names in one machine folder
+    assert gate.find_baseline(tmp_path, "cpu") == second
+    assert gate.find_baseline(tmp_path, "cpu-r113") is None
     # a partial refresh (--poolers max) keeps the other poolers' ratios
     previous = json.loads(second.read_text())
     third = gate.save_baseline(bench_json(ratios_for("max")), tmp_path, "cpu", previous=previous,

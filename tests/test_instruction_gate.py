@@ -133,8 +133,8 @@ def test_foreign_baseline_fails_naming_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("", "not readable JSON"),
-    ("{not json", "not readable JSON"),
+    ("", "is empty"),  # the wording of the loader both gates share
+    ("{not json", "is not valid JSON"),
     ('{"benchmarks": []}', "is not a poolbench instruction baseline"),  # a time (pytest-benchmark) baseline
     ('[1, 2]', "is not a poolbench instruction baseline"),
 ])

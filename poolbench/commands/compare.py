@@ -15,6 +15,7 @@ grew by more than 3% (per pooler × tier × pass) or 10% (one layer).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .. import gate
@@ -26,8 +27,8 @@ def _fraction(text: str) -> float:
         value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a fraction such as 0.10 or 10%, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"the threshold must be > 0, got {text!r}")
+    if not (math.isfinite(value) and value > 0):  # --threshold inf would make a gate that can never fail
+        raise argparse.ArgumentTypeError(f"the threshold must be a finite number > 0, got {text!r}")
     return value
 
 
@@ -98,15 +99,10 @@ def run(args) -> int:
         config=config, threshold=args.threshold or gate.DEFAULT_THRESHOLD, case_threshold=args.case_threshold,
         poolers=flatten(args.poolers), tiers=flatten(args.tiers),
         save_baseline=args.save_baseline, baseline_dir=args.baseline_dir, baseline_name=args.baseline_name,
-        report=args.report or gate.DEFAULT_REPORT, confirm=args.confirm, repeat=args.repeat, compare_fail=args.compare_fail, plugins=args.plugins,
-        echo=not args.quiet,
+        report=args.report or gate.DEFAULT_REPORT, confirm=args.confirm, repeat=args.repeat,
+        compare_fail=args.compare_fail, plugins=args.plugins, echo=not args.quiet,
     )
-    try:
-        result = gate.run_gate(options)
-    except gate.BaselineError as exc:  # a gate that cannot compare has checked nothing: it fails
-        print(f"FAILED {exc}\nbenchmark gate: FAIL")
-        return 1
-    return _verdict("benchmark gate", result, f"{result.duration_s:.0f} s")
+    return _gate("benchmark gate", gate.run_gate, options, lambda result: f"{result.duration_s:.0f} s")
 
 
 def flatten(groups) -> list[str] | None:
@@ -121,28 +117,31 @@ def _run_instructions(args) -> int:
         raise ValueError("--metric instructions counts CPU float32 instructions only (valgrind sees no GPU)")
     options = instruction_gate.InstructionGateOptions(
         poolers=flatten(args.poolers), tiers=flatten(args.tiers), save_baseline=args.save_baseline,
-        baseline_dir=args.baseline_dir, report=args.report or instruction_gate.DEFAULT_REPORT, plugins=args.plugins, echo=not args.quiet,
-        threshold=args.threshold or instruction_gate.GROUP_THRESHOLD,
+        baseline_dir=args.baseline_dir, report=args.report or instruction_gate.DEFAULT_REPORT, plugins=args.plugins,
+        echo=not args.quiet, threshold=args.threshold or instruction_gate.GROUP_THRESHOLD,
         case_threshold=args.case_threshold or instruction_gate.CASE_THRESHOLD,
     )
+    return _gate("instruction gate", instruction_gate.run_instruction_gate, options,
+                 lambda result: f"{result.duration_s:.0f} s wall; valgrind {result.run.wall_s:.0f} s wall, "
+                                f"{result.run.cpu_s:.0f} s CPU")
+
+
+def _gate(gate_name: str, run_gate, options, timing) -> int:
+    """Run a gate; print its messages, its report and the PASS/FAIL line; the exit code (1 on FAIL).
+
+    A baseline that cannot be compared with (missing, unreadable, crafted,
+    other settings) means the gate checked nothing: it fails, exit 1; so
+    does a gate that cannot measure at all (no valgrind, valgrind died).
+    """
     try:
-        result = instruction_gate.run_instruction_gate(options)
-    except (instruction_gate.BaselineError, RuntimeError) as exc:  # no baseline / no valgrind / valgrind died
-        print(f"instruction gate: FAIL: {exc}")
+        result = run_gate(options)
+    except (gate.BaselineError, RuntimeError) as exc:
+        print(f"FAILED {exc}\n{gate_name}: FAIL")
         return 1
-    if result.saved_path is not None:
-        result.messages.append(f"baseline saved: {result.saved_path}")
-    run = result.run
-    return _verdict("instruction gate", result, f"{result.duration_s:.0f} s wall; valgrind {run.wall_s:.0f} s wall, "
-                                                f"{run.cpu_s:.0f} s CPU")
-
-
-def _verdict(gate_name: str, result, timing: str) -> int:
-    """Print a gate's messages, its report and the PASS/FAIL line; the exit code (1 on FAIL)."""
     print()
     for message in result.messages:
         print(message)
     if result.report_path is not None:
         print(f"report: {result.report_path}")
-    print(f"{gate_name}: {'PASS' if result.passed else 'FAIL'} ({timing})")
+    print(f"{gate_name}: {'PASS' if result.passed else 'FAIL'} ({timing(result)})")
     return 0 if result.passed else 1

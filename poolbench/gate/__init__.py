@@ -19,20 +19,26 @@ by :mod:`poolbench.verify.equivalence` (the rules ``poolbench check`` uses); a m
 
 The pieces, one job per module:
 
-* :mod:`.config` – :class:`BenchConfig` and the shared constants (comparator, passes, VGG-16 geometry);
-* :mod:`.cases` – :func:`bench_cases`, the registry-driven case list (pooler × tier × VGG-16
-  layer × pass); new poolers and tiers join automatically;
-* :mod:`.build` – inputs, modules and :func:`pass_closure` / :func:`case_closures`;
+* :mod:`poolbench.measure.config` – :class:`BenchConfig` and the shared constants (comparator, passes,
+  VGG-16 geometry);
+* :mod:`poolbench.measure.cases` – :func:`bench_cases`, the registry-driven case list (pooler × tier ×
+  VGG-16 layer × pass); new poolers and tiers join automatically;
+* :mod:`poolbench.measure.closures` – inputs, modules and :func:`pass_closure` / :func:`case_closures`;
 * :mod:`.measure` – :func:`time_case`, the interleaved ratio measurement;
 * :mod:`.equivalence` – :func:`equivalence_at`, the equivalence contract at a benchmark shape;
 * :mod:`.results` – :func:`load_benchmarks`, :func:`extra_info`, a suite run's outcomes;
 * :mod:`.suite` – :func:`run_suite` runs the packaged suite :mod:`poolbench.benchmarks` in a subprocess,
   collects its JSON;
-* :mod:`.baselines` – saving, finding, merging and naming baselines;
+* :mod:`.baseline_file` – :func:`read_baseline_json`, the one validating loader both gates read baselines
+  through (regular files of sane size and nesting, finite numbers), :class:`BaselineError`;
+* :mod:`.baselines` – saving (pytest-benchmark's own ``FileStorage``), finding, merging and naming time baselines;
 * :mod:`.comparison` – :func:`compare`, baseline ratios against current ratios;
 * :mod:`.report` – :func:`render_markdown`, the markdown summary;
-* :mod:`.runner` – :func:`run_gate`, the whole gate behind ``poolbench compare``: :func:`load_baseline`,
-  :func:`run_once`, :func:`confirm_suspects`, :func:`write_report`.
+* :mod:`.shell` – :func:`run_gate_with`, the gate shell both gates share (options, selection, verdict and
+  messages, report writing, subprocess streaming) with a :class:`Meter` plugged in;
+* :mod:`.runner` – :func:`run_gate`, the time gate behind ``poolbench compare``: the time meter
+  (:func:`load_baseline`, :func:`run_once`, :func:`confirm_suspects`) in the shell;
+* :mod:`.instruction_gate` – :func:`run_instruction_gate`, the instruction meter (callgrind) in the same shell.
 
 The names are re-exported here, so ``from poolbench import gate; gate.run_gate(...)`` is the API.
 """
@@ -48,9 +54,10 @@ from ..measure.config import COMPARATOR, KERNEL_SIZE, PADDING, PASSES, STRIDE, B
 from .equivalence import Equivalence, clear_equivalence_cache, equivalence_at
 from .measure import time_case
 from .report import render_markdown
-from .results import BaselineError, CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
-from .runner import (DEFAULT_REPORT, GateOptions, GateResult, StoredBaseline, confirm_suspects, load_baseline,
-                     run_gate, run_once, write_report)
+from .baseline_file import BaselineError, read_baseline_json
+from .results import CaseResult, Outcome, SuiteRun, extra_info, load_benchmarks
+from .runner import DEFAULT_REPORT, GateOptions, TimeMeter, confirm_suspects, load_baseline, run_gate, run_once
+from .shell import GateResult, Measurement, Meter, ShellOptions, StoredBaseline, run_gate_with, write_report
 from .suite import SUITE_DIR, SUITE_ENV, SUITE_FILE, run_suite, suite_arguments, suite_node
 
 __all__ = [
@@ -64,6 +71,11 @@ __all__ = [
     "GroupRow",
     "GateOptions",
     "GateResult",
+    "Meter",
+    "ShellOptions",
+    "TimeMeter",
+    "read_baseline_json",
+    "run_gate_with",
     "SuiteRun",
     "bench_cases",
     "equivalence_at",

@@ -1,7 +1,16 @@
-"""Baseline storage: saving, finding, merging and naming pytest-benchmark JSON baselines."""
+"""Time-gate baseline storage: pytest-benchmark's own ``FileStorage``, reading and merging baselines.
+
+A time baseline is a pytest-benchmark JSON document stored exactly where
+``pytest --benchmark-save`` would put it, ``<dir>/<machine id>/NNNN_<name>.json``,
+numbered by pytest-benchmark's own storage, so ``--benchmark-compare`` and
+``pytest-benchmark compare`` read it too.  A new baseline is a new number;
+older files are never deleted (they are the user's history; the newest one
+is used).
+"""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import statistics
 from pathlib import Path
@@ -11,6 +20,7 @@ from ..measure.config import BenchConfig
 from .results import CaseResult
 
 DEFAULT_BASELINE_DIR = Path("benchmarks") / "baselines"
+_LOG = logging.getLogger(__name__)
 
 
 def machine_id() -> str:
@@ -19,33 +29,40 @@ def machine_id() -> str:
     return get_machine_id()
 
 
+def _storage(directory: str | Path, machine: str | None):
+    from pytest_benchmark.storage.file import FileStorage
+
+    return FileStorage(Path(directory), _LOG, default_machine_id=machine)
+
+
+def _numbered(files, name: str) -> list[tuple[int, Path]]:
+    pattern = re.compile(rf"^(\d{{4}})_{re.escape(name)}\.json$")
+    return [(int(match.group(1)), path) for path in files if (match := pattern.match(path.name))]
+
+
 def find_baseline(directory: str | Path, name: str) -> Path | None:
     """The newest ``NNNN_<name>.json`` under ``directory/<machine id>/``; this machine's folder first.
 
     Ratios travel between machines, so a baseline saved under another machine
     id is used when this machine has none.
     """
-    directory = Path(directory)
-    pattern = re.compile(rf"^(\d+)_{re.escape(name)}\.json$")
-    found = []
-    for path in directory.glob("*/*.json"):
-        match = pattern.match(path.name)
-        if match:
-            found.append((path.parent.name == machine_id(), int(match.group(1)), path))
+    if not Path(directory).is_dir():
+        return None
+    here = machine_id()
+    found = [(path.parent.name == here, number, path)
+             for number, path in _numbered(_storage(directory, None).query(f"*/[0-9][0-9][0-9][0-9]_{name}"), name)]
     return max(found)[2] if found else None
 
 
 def save_baseline(data: dict, directory: str | Path, name: str, *, previous: dict | None = None,
                   keep: Callable[[dict], bool] | None = None) -> Path:
-    """Write ``data`` as pytest-benchmark storage ``directory/<machine id>/NNNN_<name>.json``.
+    """Save ``data`` through pytest-benchmark's storage as ``directory/<machine id>/NNNN_<name>.json``.
 
     ``previous``'s benchmarks for which ``keep(bench)`` is true and that
     ``data`` does not measure again are carried over (a partial refresh with
-    ``--poolers``/``--tiers`` keeps the other poolers' ratios).  Older files of
-    the same name in that folder are removed: git keeps the history.
+    ``--poolers``/``--tiers`` keeps the other poolers' ratios).  Nothing is
+    deleted: the number grows, and the newest file is the baseline.
     """
-    folder = Path(directory) / machine_id()
-    folder.mkdir(parents=True, exist_ok=True)
     data = json.loads(json.dumps(data))
     for bench in data.get("benchmarks", []):
         bench.get("stats", {}).pop("data", None)  # raw rounds: as --benchmark-save stores them, without
@@ -53,13 +70,14 @@ def save_baseline(data: dict, directory: str | Path, name: str, *, previous: dic
         measured = {b.get("fullname") for b in data["benchmarks"]}
         carried = [b for b in previous.get("benchmarks", []) if b.get("fullname") not in measured and keep(b)]
         data["benchmarks"] = sorted(data["benchmarks"] + carried, key=lambda b: b.get("fullname", ""))
-    numbers = [int(m.group(1)) for p in folder.glob("*.json") if (m := re.match(r"^(\d+)_", p.name))]
-    path = folder / f"{max(numbers, default=0) + 1:04d}_{name}.json"
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    for old in folder.glob(f"*_{name}.json"):
-        if old != path and re.match(rf"^\d+_{re.escape(name)}\.json$", old.name):
-            old.unlink()
-    return path
+    storage = _storage(directory, machine_id())
+    before = {path for _, path in _numbered(storage.query(f"[0-9][0-9][0-9][0-9]_{name}"), name)}
+    storage.save(data, name)
+    saved = [(number, path) for number, path in _numbered(storage.query(f"[0-9][0-9][0-9][0-9]_{name}"), name)
+             if path not in before]
+    if len(saved) != 1:
+        raise RuntimeError(f"pytest-benchmark's storage did not write one new {name} baseline under {storage}")
+    return saved[0][1]
 
 
 def merge_runs(documents: Sequence[dict]) -> dict:

@@ -14,20 +14,30 @@ from .results import CaseResult
 DEFAULT_THRESHOLD = 0.10
 
 
+class ShapeMismatch(ValueError):
+    """A case's baseline was measured at another shape: the baseline cannot be compared with this run."""
+
+
+def usable_ratio(value) -> bool:
+    """A ratio a comparison can rest on: a finite number > 0 (NaN compares as "unchanged" with anything)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and value > 0)
+
+
 @dataclass(frozen=True)
 class CaseChange:
     """One case (pooler × tier × layer × pass) in a comparison."""
 
     key: tuple
     label: str
-    status: str  # regressed (fails) | slower | faster | unchanged | new | missing
+    status: str  # regressed (fails) | slower | faster | unchanged | new | missing | unmeasured (fails)
     baseline_ratio: float | None = None
     current_ratio: float | None = None
     note: str = ""
 
     @property
     def change(self) -> float | None:
-        if self.baseline_ratio and self.current_ratio is not None:
+        if usable_ratio(self.baseline_ratio) and usable_ratio(self.current_ratio):
             return self.current_ratio / self.baseline_ratio - 1
         return None
 
@@ -60,6 +70,7 @@ class Comparison:
     case_threshold: float
     rows: list[CaseChange]
     groups: list[GroupRow]
+    quantity: str = "time"  # what the ratios are ratios of, for the messages: time | instruction
 
     def by_status(self, status: str) -> list[CaseChange]:
         return [row for row in self.rows if row.status == status]
@@ -71,8 +82,14 @@ class Comparison:
     @property
     def regressions(self) -> list[str]:
         """One message per failing pooler × tier × pass and per failing single case."""
-        messages = [group_regression_message(g, self.threshold) for g in self.regressed_groups]
-        return messages + [regression_message(r, self.case_threshold) for r in self.by_status("regressed")]
+        messages = [group_regression_message(g, self.threshold, self.quantity) for g in self.regressed_groups]
+        return messages + [regression_message(r, self.case_threshold, self.quantity)
+                           for r in self.by_status("regressed")]
+
+    @property
+    def compared(self) -> int:
+        """How many cases were actually compared (a gate that compared none has checked nothing)."""
+        return sum(row.change is not None for row in self.rows)
 
     @property
     def suspects(self) -> list[tuple]:
@@ -82,7 +99,8 @@ class Comparison:
 
 
 def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult], threshold: float = DEFAULT_THRESHOLD,
-            *, case_threshold: float | None = None, selected: Callable[[tuple], bool] | None = None) -> Comparison:
+            *, case_threshold: float | None = None, selected: Callable[[tuple], bool] | None = None,
+            quantity: str = "time") -> Comparison:
     """Compare ratios; the gate fails on ``Comparison.regressions``.
 
     Two levels, because a single layer's ratio is noisier than a pooler's:
@@ -94,10 +112,16 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
 
     ``selected(key)`` limits the baseline's cases that are expected in
     ``current`` (``--poolers``/``--tiers``); baseline cases outside it are ignored.
+
+    Only finite positive ratios are compared: a current ratio that is not
+    (a broken measurement) is ``unmeasured``, and the gates fail on it; a
+    baseline ratio that is not counts as no baseline (the gates' loader
+    refuses such a file before it gets here).  A shape that differs from the
+    baseline's is :class:`ShapeMismatch`.
     """
     for name, value in (("threshold", threshold), ("case_threshold", case_threshold)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise ValueError(f"{name} must be a positive fraction (0.10 = 10%), got {value!r}")
+        if value is not None and not usable_ratio(value):
+            raise ValueError(f"{name} must be a finite positive fraction (0.10 = 10%), got {value!r}")
     case_threshold = 3 * threshold if case_threshold is None else case_threshold
     rows = []
     for key in sorted(set(baseline) | set(current), key=_sort_key):
@@ -108,11 +132,15 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
             continue
         if cur.ratio is None:
             continue  # the comparator's own benchmarks carry no ratio
-        if base is None or base.ratio is None:
+        if not usable_ratio(cur.ratio):
+            rows.append(CaseChange(key, cur.label, "unmeasured", getattr(base, "ratio", None), None,
+                                   f"measured ratio {cur.ratio!r} is not a finite number > 0"))
+            continue
+        if base is None or not usable_ratio(base.ratio):
             rows.append(CaseChange(key, cur.label, "new", None, cur.ratio, "no baseline"))
             continue
         if tuple(base.shape) != tuple(cur.shape):
-            raise ValueError(f"{cur.label}: the baseline measured shape {format_shape(base.shape)}; run at the "
+            raise ShapeMismatch(f"{cur.label}: the baseline measured shape {format_shape(base.shape)}; run at the "
                              "baseline's batch/resolution or refresh the baseline")
         change = cur.ratio / base.ratio - 1
         status = ("regressed" if change > case_threshold else "slower" if change > threshold
@@ -127,7 +155,7 @@ def compare(baseline: dict[tuple, CaseResult], current: dict[tuple, CaseResult],
         change = math.exp(statistics.fmean(math.log1p(row.change) for row in members)) - 1
         status = "regressed" if change > threshold else "faster" if change < -threshold else "unchanged"
         groups.append(GroupRow(pooler, tier, pass_, change, tuple(members), status))
-    return Comparison(threshold, case_threshold, rows, groups)
+    return Comparison(threshold, case_threshold, rows, groups, quantity)
 
 
 def _sort_key(key: tuple) -> tuple:
@@ -137,15 +165,15 @@ def _sort_key(key: tuple) -> tuple:
     return (pooler, tier_order, tier, PASSES.index(pass_) if pass_ in PASSES else 9, layer)
 
 
-def regression_message(row: CaseChange, case_threshold: float) -> str:
+def regression_message(row: CaseChange, case_threshold: float, quantity: str = "time") -> str:
     """The line a failing gate prints for one case slower than the single-layer threshold."""
-    return (f"REGRESSION {row.label}: time ratio to {COMPARATOR} {row.baseline_ratio:.3f}x -> "
+    return (f"REGRESSION {row.label}: {quantity} ratio to {COMPARATOR} {row.baseline_ratio:.3f}x -> "
             f"{row.current_ratio:.3f}x ({row.change:+.1%}; single-layer threshold +{case_threshold:.0%})")
 
 
-def group_regression_message(group: GroupRow, threshold: float) -> str:
+def group_regression_message(group: GroupRow, threshold: float, quantity: str = "time") -> str:
     """The line a failing gate prints for a pooler × tier × pass whose ratio grew."""
     layers = ", ".join(f"layer{r.key[2]} {r.baseline_ratio:.3f}x -> {r.current_ratio:.3f}x ({r.change:+.1%})"
                        for r in group.rows)
-    return (f"REGRESSION {group.label}: time ratio to {COMPARATOR} up {group.change:+.1%} "
+    return (f"REGRESSION {group.label}: {quantity} ratio to {COMPARATOR} up {group.change:+.1%} "
             f"(geometric mean over {len(group.rows)} layers; threshold +{threshold:.0%}): {layers}")

@@ -7,23 +7,26 @@ most AVX2) runs different code.  So a baseline is only compared with a run
 of the same key, and each key has its own file
 ``<dir>/instructions/<machine>-torch<version>-<capability>.json``.
 
-A file that is empty, not JSON, not an instruction baseline, or recorded
-under another key (copied or renamed by hand) is refused with
+A file that is empty, not JSON, not an instruction baseline, recorded
+under another key (copied or renamed by hand), or crafted (not a regular
+file, huge, deeply nested, a count that is not a positive integer) is refused with
 :class:`BaselineError` naming the file: a gate that silently compares with
 the wrong numbers is worse than one that fails.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
 from ..measure import BenchConfig
-from .results import BaselineError
+from .baseline_file import BaselineError, positive_int, read_baseline_json
 from .instructions import InstructionCount, InstructionRun
 
 __all__ = ["BaselineError", "KIND", "baseline_key", "baseline_path", "load_baseline", "save_baseline",
@@ -66,30 +69,52 @@ def _config_identity(config: BenchConfig) -> dict:
 
 
 def load_baseline(path: str | Path, key: dict, config: BenchConfig) -> dict[tuple, InstructionCount]:
-    """The counts stored in ``path``, checked to be an instruction baseline for ``key`` and ``config``."""
+    """The counts stored in ``path``, checked to be an instruction baseline for ``key`` and ``config``.
+
+    Read through the gates' validating loader (a regular file of sane size,
+    sane nesting, finite numbers); every case's fields must have their types
+    and every count must be an integer > 0.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise BaselineError(f"no instruction baseline {path} for {_describe(key)}; record one with `{RECORD_COMMAND}`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaselineError(f"instruction baseline {path} is not readable JSON ({exc}); "
-                            f"re-record it with `{RECORD_COMMAND}`") from None
+    data = read_baseline_json(path, RECORD_COMMAND)
     if not isinstance(data, dict) or data.get("kind") != KIND or data.get("version") != FORMAT_VERSION:
         raise BaselineError(f"{path} is not a poolbench instruction baseline (format {KIND!r} v{FORMAT_VERSION}); "
                             f"re-record it with `{RECORD_COMMAND}`")
     for name, expected in (("key", key), ("config", _config_identity(config))):
         if data.get(name) != expected:
-            raise BaselineError(f"instruction baseline {path} was recorded for {name} {data.get(name)!r}, this run is "
-                                f"{expected!r}; record a baseline for it with `{RECORD_COMMAND}`")
-    try:
-        counts = [InstructionCount.from_dict(case) for case in data["cases"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BaselineError(f"instruction baseline {path} has a malformed case ({type(exc).__name__}: {exc}); "
-                            f"re-record it with `{RECORD_COMMAND}`") from None
-    if not counts or any(c.instructions <= 0 or c.comparator_instructions <= 0 for c in counts):
+            raise BaselineError(f"instruction baseline {path} was recorded for {name} {str(data.get(name))[:200]}, "
+                                f"this run is {expected!r}; record a baseline for it with `{RECORD_COMMAND}`")
+    cases = data.get("cases")
+    if not isinstance(cases, list) or not cases:
         raise BaselineError(f"instruction baseline {path} holds no usable counts; re-record it with `{RECORD_COMMAND}`")
-    return {count.key: count for count in counts}
+    counts = {}
+    for number, case in enumerate(cases, start=1):
+        try:
+            count = _checked_case(case)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BaselineError(f"instruction baseline {path} has a malformed case #{number} "
+                                f"({type(exc).__name__}: {exc}); re-record it with `{RECORD_COMMAND}`") from None
+        counts[count.key] = count
+    return counts
+
+
+def _checked_case(case) -> InstructionCount:
+    """One stored case, each field of its type: names are strings, layer, sizes and counts integers > 0."""
+    if not isinstance(case, dict):
+        raise TypeError(f"a case must be an object, got {str(case)[:80]}")
+    for name in ("pooler", "tier", "pass"):
+        if not isinstance(case[name], str):
+            raise TypeError(f"{name} must be a string, got {case[name]!r}")
+    if not isinstance(case["shape"], list) or not case["shape"]:
+        raise TypeError(f"shape must be a list of sizes, got {str(case['shape'])[:80]}")
+    for size in case["shape"]:
+        positive_int(size, "a size in shape")
+    positive_int(case["layer"], "layer")
+    positive_int(case["instructions"], "instructions")
+    positive_int(case["comparator_instructions"], "comparator_instructions")
+    return InstructionCount.from_dict(case)
 
 
 def save_baseline(run: InstructionRun, directory: str | Path, config: BenchConfig, *,
@@ -112,7 +137,12 @@ def save_baseline(run: InstructionRun, directory: str | Path, config: BenchConfi
     document = {"kind": KIND, "version": FORMAT_VERSION, "key": key, "config": _config_identity(config),
                 "cases": [count.as_dict() for count in _sorted(counts.values())]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1) + "\n")
+    # Written beside and renamed over: a reader never sees half a file, and whatever sits at the
+    # path (a broken file, a FIFO that a plain write would block on) is replaced, not written into.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as handle:
+        handle.write(json.dumps(document, indent=1) + "\n")
+    os.replace(handle.name, path)
     return path
 
 

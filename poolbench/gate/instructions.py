@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from typing import Sequence
 from . import callgrind
 from ..measure import BenchCase, BenchConfig
 from ..measure.cases import format_shape, split_names
+from .shell import stream
 from .suite import SUITE_ENV
 
 __all__ = ["INSTRUCTION_CONFIG", "UNCOUNTED_TIERS", "InstructionCount", "InstructionRun", "count_instructions", "worker_environment"]
@@ -138,12 +138,7 @@ def _plan(config: BenchConfig, poolers, tiers, plugins: Sequence[str], result: P
 def _stream(command: list[str], env: dict, log: Path, echo: bool) -> int:
     """Run ``command``; its stdout is echoed, valgrind's own chatter goes to ``log`` only."""
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
-        for line in process.stdout:
-            if echo:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        return process.wait()
+        return stream(command, env=env, echo=echo, stderr=stderr)[0]
 
 
 def _collect(result: dict, counts_by_label: dict[str, int]) -> InstructionRun:

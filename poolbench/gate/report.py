@@ -30,31 +30,10 @@ def relative_path(path: Path | None, root: Path | None) -> str:
         return str(path)
 
 
-def render_markdown(comparison: Comparison | None, *, passed: bool, messages: Sequence[str] = (),
-                    runs: Sequence[SuiteRun] = (), config: BenchConfig | None = None,
-                    baseline_path: Path | None = None, saved_path: Path | None = None, root: Path | None = None,
-                    duration_s: float | None = None) -> str:
-    """The markdown summary: verdict, failures, what got faster/slower and by how much."""
-    lines = [f"# Benchmark gate: {'PASS' if passed else 'FAIL'}", ""]
-    lines.append(f"- {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}")
-    if comparison is not None:
-        lines.append(f"- fails when a pooler's time ratio to `{COMPARATOR}` (geometric mean over the layers, per tier "
-                     f"and pass) grows by more than {comparison.threshold:.0%}, or one layer's by more than "
-                     f"{comparison.case_threshold:.0%}")
-    if config is not None:
-        lines.append(f"- measured on {config.device}, {config.dtype}, VGG-16 pooling shapes at batch {config.batch} "
-                     f"and {config.resolution}², {config.threads} thread(s), {config.clock} clock, "
-                     f"~{config.budget_s:g} s per case")
-    lines.append(f"- baseline: `{relative_path(baseline_path, root)}`" + (f"; saved: `{relative_path(saved_path, root)}`" if saved_path else ""))
-    if runs:
-        lines.append(f"- suite runs: {', '.join(f'{r.duration_s:.0f} s' for r in runs)}"
-                     + (f"; gate total {duration_s:.0f} s" if duration_s is not None else ""))
-        reasons: dict[str, int] = {}
-        for outcome in runs[0].skipped:
-            reasons[outcome.message] = reasons.get(outcome.message, 0) + 1
-        if reasons:
-            lines.append("- skipped: " + "; ".join(f"{n} × {reason}" for reason, n in sorted(reasons.items())))
-    lines.append("")
+def render_report(title: str, *, passed: bool, facts: Sequence[str], messages: Sequence[str] = (),
+                  comparison: Comparison | None = None) -> str:
+    """Either gate's markdown: ``# <title>: PASS|FAIL``, its facts as bullets, the messages, the comparison tables."""
+    lines = [f"# {title}: {'PASS' if passed else 'FAIL'}", "", *(f"- {fact}" for fact in facts), ""]
     if messages:
         lines += ["## Messages", "", *(f"- {m}" for m in messages), ""]
     if comparison is None:
@@ -62,10 +41,42 @@ def render_markdown(comparison: Comparison | None, *, passed: bool, messages: Se
     return "\n".join(lines + _comparison_sections(comparison))
 
 
+def thresholds_fact(comparison: Comparison) -> str:
+    """The line saying when the gate fails, in the comparison's own quantity."""
+    return (f"fails when a pooler's {comparison.quantity} ratio to `{COMPARATOR}` (geometric mean over the layers, "
+            f"per tier and pass) grows by more than {comparison.threshold:.0%}, or one layer's by more than "
+            f"{comparison.case_threshold:.0%}")
+
+
+def render_markdown(comparison: Comparison | None, *, passed: bool, messages: Sequence[str] = (),
+                    runs: Sequence[SuiteRun] = (), config: BenchConfig | None = None,
+                    baseline_path: Path | None = None, saved_path: Path | None = None, root: Path | None = None,
+                    duration_s: float | None = None) -> str:
+    """The time gate's markdown summary: verdict, failures, what got faster/slower and by how much."""
+    facts = [f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}"]
+    if comparison is not None:
+        facts.append(thresholds_fact(comparison))
+    if config is not None:
+        facts.append(f"measured on {config.device}, {config.dtype}, VGG-16 pooling shapes at batch {config.batch} "
+                     f"and {config.resolution}², {config.threads} thread(s), {config.clock} clock, "
+                     f"~{config.budget_s:g} s per case")
+    facts.append(f"baseline: `{relative_path(baseline_path, root)}`"
+                 + (f"; saved: `{relative_path(saved_path, root)}`" if saved_path else ""))
+    if runs:
+        facts.append(f"suite runs: {', '.join(f'{r.duration_s:.0f} s' for r in runs)}"
+                     + (f"; gate total {duration_s:.0f} s" if duration_s is not None else ""))
+        reasons: dict[str, int] = {}
+        for outcome in runs[0].skipped:
+            reasons[outcome.message] = reasons.get(outcome.message, 0) + 1
+        if reasons:
+            facts.append("skipped: " + "; ".join(f"{n} × {reason}" for reason, n in sorted(reasons.items())))
+    return render_report("Benchmark gate", passed=passed, facts=facts, messages=messages, comparison=comparison)
+
+
 def _comparison_sections(comparison: Comparison) -> list[str]:
     """The summary, the per-pooler changes and the per-layer tables of a comparison."""
     counts = {status: len(comparison.by_status(status))
-              for status in ("regressed", "slower", "faster", "unchanged", "new", "missing")}
+              for status in ("regressed", "slower", "faster", "unchanged", "new", "missing", "unmeasured")}
     lines = ["## Summary", "", "Cases: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ".", ""]
     if comparison.groups:
         changes = [g.change for g in comparison.groups]
@@ -89,7 +100,8 @@ def _comparison_sections(comparison: Comparison) -> list[str]:
             lines += [f"| {r.label} | {_ratio(r.baseline_ratio)} | {_ratio(r.current_ratio)} | {_pct(r.change)} |"
                       for r in rows]
             lines.append("")
-    for status, title in (("new", "New (no baseline yet)"), ("missing", "In the baseline but not measured")):
+    for status, title in (("new", "New (no baseline yet)"), ("missing", "In the baseline but not measured"),
+                          ("unmeasured", "Measured without a usable ratio")):
         rows = comparison.by_status(status)
         if rows:
             lines += [f"## {title}", "", *(f"- {r.label}: {r.note}" for r in rows), ""]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from typing import Sequence
 from ..measure.cases import split_names
 from ..measure.config import BenchConfig
 from .results import Outcome, SuiteRun
+from .shell import stream
 
 #: The folder of the pytest-benchmark suite, inside the installed package.
 SUITE_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -88,15 +88,7 @@ def run_suite(config: BenchConfig, *, poolers=None, tiers=None, select: Sequence
         process_env["PYTHONPATH"] = os.pathsep.join(
             dict.fromkeys(p for p in (str(cwd), package_root, process_env.get("PYTHONPATH", "")) if p))
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, env=process_env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if echo:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        returncode = process.wait()
+        returncode, output = stream(command, env=process_env, cwd=cwd, echo=echo)
         duration = time.perf_counter() - start
         # pytest-benchmark opens the JSON file while parsing options: a usage error leaves it empty.
         text = json_path.read_text() if json_path.exists() else ""
@@ -106,4 +98,4 @@ def run_suite(config: BenchConfig, *, poolers=None, tiers=None, select: Sequence
             for line in outcomes_path.read_text().splitlines():
                 record = json.loads(line)
                 outcomes.append(Outcome(record["nodeid"], record["outcome"], record.get("message", "")))
-    return SuiteRun(returncode, data, outcomes, duration, "".join(lines), command)
+    return SuiteRun(returncode, data, outcomes, duration, output, command)
