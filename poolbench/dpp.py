@@ -323,7 +323,11 @@ class DetailPreservingPool2d(Pool2d):
         """The call's settings (cached: a frozen DPPArgs per setting tuple, built once)."""
         key = (self.kernel_size, stride, self.padding, self.asym, self.eps2, self.scale_invariant,
                self.kernel_takes_logs)
-        cache = self.__dict__.setdefault("_args_cache", {})
+        if torch.compiler.is_compiling():  # a constant of the trace; no cache (older Dynamo cannot trace it)
+            return DPPArgs(*key)
+        cache = self.__dict__.get("_args_cache")
+        if cache is None:
+            cache = self.__dict__["_args_cache"] = {}
         args = cache.get(key)
         if args is None:
             args = cache[key] = DPPArgs(*key)
