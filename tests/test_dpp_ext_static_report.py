@@ -66,6 +66,9 @@ def assert_fast_paths_clean(rows):
     assert all(row["stack_bytes"] == 0 and row["sass_per_window"] for row in probes)
     (lite_k2,) = [r for r in probes if r["variant"] == "lite" and r["dtype"] == "float32" and r["config"].startswith("k2")]
     assert lite_k2["sass_per_window"] <= INTERIOR_FORWARD_BUDGET, lite_k2
+    backward_probes = [row for row in rows if row["kernel"] == "dpp_backward_window_kernel"
+                       and row["config"].endswith("(probe)")]
+    assert len(backward_probes) == 12 and all(row["sass_per_window"] for row in backward_probes)
     # 4 taps: one log2 and one exp2 per tap, exp2 of α, λ's exp: nothing like the IEEE routines' extra MUFUs
     assert lite_k2["mufu"] <= 12, lite_k2
 

@@ -227,8 +227,9 @@ def _describe(name: str, args: list[str]) -> dict:
         return {"kernel": name, "variant": "full", "dtype": dtypes[0], "config": "per input pixel"}
     k, full = args[0], args[1] == "true"
     config = f"k{k}" if k != "0" else "generic"
-    if name == "dpp_backward_window_kernel":
+    if name == "dpp_backward_window_kernel":  # <K, FULL, WRITE_TAPS, scalar_t, T, INTERIOR_ONLY>
         config += ", writes taps" if args[2] == "true" else ", parameter grads only"
+        config += ", interior path (probe)" if len(args) > 5 and args[5] == "true" else ""
     if name == "dpp_backward_gather_kernel":
         config += ", per input pixel"
     return {"kernel": name, "variant": "full" if full else "lite", "dtype": dtypes[0], "config": config}
@@ -266,13 +267,15 @@ def cuda_kernel_rows(arch: str = "sm_90", float32_only: bool = False) -> list[di
         usage = resources.get(mangled, {})
         described = _describe(name, args)
         probe = described["config"].endswith("(probe)")
+        if probe and name == "dpp_backward_window_kernel":  # a grid-stride loop: its body, trap excluded
+            loop = sass_loop_instructions([i for i in body if not i[1].startswith("BPT")])[1]
         rows.append({
             "tier": "cuda", **described, "compiled": True,
             "registers": usage.get("registers"), "spill_bytes": usage.get("spill_bytes"),
             "shared_bytes": usage.get("shared_bytes"), "sass_instructions": total,
             # a probe runs one interior window and exits: all its instructions are that window's path
-            "sass_per_window": interior_path_instructions(body) if probe else (
-                loop if name in _PER_WINDOW and "32-bit index" not in described["config"] else None),
+            "sass_per_window": (loop if name == "dpp_backward_window_kernel" else interior_path_instructions(body))
+            if probe else (loop if name in _PER_WINDOW and "32-bit index" not in described["config"] else None),
             "mufu": mufu_instructions(body), "error": "",
             "stack_bytes": usage.get("stack_bytes"),
         })
@@ -292,7 +295,9 @@ def to_markdown(rows: list[dict], arch: str) -> str:
              "stack_bytes is the per-thread local-memory frame.  sass_per_window: for the forward's interior-path "
              "probes (rows marked `(probe)`: the forward kernel compiled with the border path replaced by a trap, "
              "one window per thread) the instructions an interior output window executes, index arithmetic and "
-             "store included; for grid-stride kernels (64-bit-index forward, backward window kernel) the static "
+             "store included; for the backward window kernel's probes the grid-stride loop body with border "
+             "windows trapped (per interior window; the per-block reduction after the loop not counted); "
+             "for other grid-stride kernels (64-bit-index forward, backward window kernel) the static "
              "span of the loop body, which includes never-taken border paths. NOPs excluded. mufu: "
              "special-function instructions (MUFU.*) in the kernel.", "",
              "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]

@@ -296,7 +296,8 @@ __device__ __forceinline__ void block_reduce_store(T (&acc)[SLOTS], T* __restric
   }
 }
 
-template <int K, bool FULL, bool WRITE_TAPS, typename scalar_t, typename T>
+// INTERIOR_ONLY: the static report's probe (border windows replaced by a trap; never launched).
+template <int K, bool FULL, bool WRITE_TAPS, typename scalar_t, typename T, bool INTERIOR_ONLY = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
     dpp_backward_window_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                scalar_t* __restrict__ grad_x, T* __restrict__ centre_grad, T* __restrict__ partial,
@@ -365,9 +366,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
       }
     }
     if (!done) {
-      Window<kTaps, T> w;
-      gr = backward_window<K, false, FULL>(src, g, oh, ow, gy, p, f9, bias, w);
-      finish(w, false);
+      if constexpr (INTERIOR_ONLY) {
+#if defined(__CUDA_ARCH__)
+        __trap();
+#endif
+      } else {
+        Window<kTaps, T> w;
+        gr = backward_window<K, false, FULL>(src, g, oh, ow, gy, p, f9, bias, w);
+        finish(w, false);
+      }
     }
     acc[0] += gr.alpha;
     acc[1] += gr.lam;
@@ -379,6 +386,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
   }
   block_reduce_store<SLOTS>(acc, partial + (c * gridDim.x + blockIdx.x) * SLOTS);
 }
+
+#ifdef POOLBENCH_DPP_STATIC_PROBES
+// Interior-path probes of the backward window kernel for the static report (never launched):
+// 2×2 writes its taps (disjoint windows), 3×3 gives parameter gradients only (overlapping).
+#define DPP_BWD_PROBE(K, FULL, TAPS, scalar_t) \
+  template __global__ void dpp_backward_window_kernel<K, FULL, TAPS, scalar_t, float, true>( \
+      const scalar_t* __restrict__, const scalar_t* __restrict__, scalar_t* __restrict__, float* __restrict__, \
+      float* __restrict__, Geometry, ChannelArgs<float>, int64_t, int64_t, bool);
+#define DPP_BWD_PROBES(scalar_t) \
+  DPP_BWD_PROBE(2, false, true, scalar_t) DPP_BWD_PROBE(2, true, true, scalar_t) \
+  DPP_BWD_PROBE(3, false, false, scalar_t) DPP_BWD_PROBE(3, true, false, scalar_t)
+DPP_BWD_PROBES(float)
+DPP_BWD_PROBES(at::Half)
+DPP_BWD_PROBES(at::BFloat16)
+#undef DPP_BWD_PROBES
+#undef DPP_BWD_PROBE
+#endif
 
 // (C, blocks, SLOTS) → the parameter gradients, summed in float64, one CUDA block per channel:
 // thread t sums the partials of blocks t, t + kThreads, … in order, then a fixed tree over the
