@@ -124,8 +124,9 @@ def test_lock_of_a_running_build_is_kept(tmp_path):
     assert build.remove_stale_lock(tmp_path) is True
 
 
-def test_cuda_cache_tag_names_the_arch(monkeypatch):
+def test_cuda_cache_tag_names_the_arch(monkeypatch, tmp_path):
     """Libraries built for different GPUs live in different cache directories."""
+    monkeypatch.setenv("POOLBENCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     assert build.cuda_archs() == [(8, 0, False), (9, 0, True)]
@@ -139,8 +140,9 @@ def test_cuda_cache_tag_names_the_arch(monkeypatch):
     assert build.build_directory("cuda").name != sm90 and "sm86" in build.build_directory("cuda").name
 
 
-def test_visible_gpu_overrides_the_image_arch_list(monkeypatch):
+def test_visible_gpu_overrides_the_image_arch_list(monkeypatch, tmp_path):
     """An image-wide TORCH_CUDA_ARCH_LIST must not build for another GPU than the one present."""
+    monkeypatch.setenv("POOLBENCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.0;8.0")
     monkeypatch.setattr(torch.version, "cuda", torch.version.cuda or "12.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
