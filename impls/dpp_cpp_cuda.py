@@ -10,8 +10,6 @@ only the input.  Each library is JIT-built on its first call and cached.
 """
 from __future__ import annotations
 
-import functools
-
 from poolbench.impls.dpp_ext import ops
 from poolbench.dpp import register_dpp_tier
 
@@ -19,6 +17,6 @@ for tier, device_type, available, description in (
     ("cpp", "cpu", ops.cpu_unavailable_reason, "fused C++ CPU kernel (torch.library op, JIT-built)"),
     ("cuda", "cuda", ops.cuda_unavailable_reason, "fused CUDA kernel (torch.library op, JIT-built with nvcc)"),
 ):
-    register_dpp_tier(tier, functools.partial(ops.dpp, device_type=device_type), devices=(device_type,),
+    register_dpp_tier(tier, ops.FusedKernel(device_type), devices=(device_type,),
                       available=available, description=description, priority={device_type: 50},
-                      op_namespaces=("poolbench_dpp",))
+                      op_namespaces=("poolbench_dpp",), takes_log_params=True)

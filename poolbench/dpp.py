@@ -67,9 +67,12 @@ class DPPArgs:
     eps2: float = DEFAULT_EPS2
     #: The authors' code variant: x² + ε² divided by its window mean before raising it to λ/2.
     scale_invariant: bool = False
+    #: ``alpha``/``lam`` hold ln α, ln λ (the module's stored parameters), for a kernel that
+    #: declared ``takes_log_params`` (see :func:`register_dpp_tier`); never part of the op settings.
+    log_params: bool = False
 
     def op_arguments(self) -> tuple[int, int, int, bool, float, bool]:
-        """The settings in the order of the fused ops' schema (after the tensors)."""
+        """The settings in the order of the fused ops' schema (after the tensors; ``log_params`` apart)."""
         return (int(self.kernel_size), int(self.stride), int(self.padding), bool(self.asym), float(self.eps2),
                 bool(self.scale_invariant))
 
@@ -233,6 +236,8 @@ class DetailPreservingPool2d(Pool2d):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number > 0 for the module (it is learned as a log), got {value!r}")
         self.kernel = kernel
+        #: the kernel takes the stored logs (one op per call) instead of α = exp(θα), λ = exp(θλ)
+        self.kernel_takes_logs = bool(getattr(kernel, "takes_log_params", False))
         self.asym, self.full = bool(asym), bool(full)
         self.eps2, self.scale_invariant = check_eps2(eps2), bool(scale_invariant)
         self.log_alpha = nn.Parameter(torch.full((channels,), math.log(alpha)))
@@ -264,13 +269,78 @@ class DetailPreservingPool2d(Pool2d):
     def guide(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return (self.guide_weight, self.guide_bias) if self.full else None
 
+    #: How many (shape, dtype, device, settings) keys a module remembers as validated.
+    VALIDATED_KEYS = 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate ``x`` (N, C, H, W) once per (shape, dtype, device, settings), then pool.
+
+        The first call with a key runs every check of :meth:`Pool2d.forward` (input, Full-DPP's
+        guide, output shape) and remembers the key with the call to make for it; later calls
+        with that key go straight to the kernel (for a kernel with a ``bind`` method, such as
+        the fused cpp/cuda tiers, straight to the op).  A new shape, dtype, device or setting
+        is validated again; a failed check is never remembered.  Under ``torch.compile`` every
+        trace validates.
+        """
+        if isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
+            key = (x.shape, x.dtype, x.device, self.kernel_size, self.stride, self.padding, self.asym, self.eps2,
+                   self.scale_invariant, self.training)
+            validated = self.__dict__.get("_validated")
+            if validated is not None:
+                run = validated.get(key)
+                if run is not None:
+                    return run(x)
+            else:
+                validated = self.__dict__["_validated"] = {}
+            y = super().forward(x)
+            if len(validated) >= self.VALIDATED_KEYS:
+                validated.clear()
+            validated[key] = self._fast_path(x)
+            return y
+        return super().forward(x)
+
+    def _fast_path(self, x: torch.Tensor):
+        """What a validated call runs: the bound op with the stored parameters, or :meth:`pool`."""
+        bind = getattr(self.kernel, "bind", None)
+        if bind is None or not self.kernel_takes_logs or type(self).pool is not DetailPreservingPool2d.pool:
+            return self.pool
+        run = bind(x, self._args(self.stride))
+        params = self._parameters
+        if self.full:
+            return lambda x: run(x, params["log_alpha"], params["log_lam"], (params["guide_weight"],
+                                                                             params["guide_bias"]))
+        return lambda x: run(x, params["log_alpha"], params["log_lam"], None)
+
+    def __getstate__(self):
+        # The caches hold closures over this module: a copy or a pickle rebuilds its own.
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_validated", None)
+        state.pop("_args_cache", None)
+        return state
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return self.dpp(x, self.stride)
+
+    def _args(self, stride: int) -> DPPArgs:
+        """The call's settings (cached: a frozen DPPArgs per setting tuple, built once)."""
+        key = (self.kernel_size, stride, self.padding, self.asym, self.eps2, self.scale_invariant,
+               self.kernel_takes_logs)
+        if torch.compiler.is_compiling():  # a constant of the trace; no cache (older Dynamo cannot trace it)
+            return DPPArgs(*key)
+        cache = self.__dict__.get("_args_cache")
+        if cache is None:
+            cache = self.__dict__["_args_cache"] = {}
+        args = cache.get(key)
+        if args is None:
+            args = cache[key] = DPPArgs(*key)
+        return args
 
     def dpp(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         if self.full:
             check_full_guide(x.shape[-2], x.shape[-1], self.kernel_size, stride, self.padding)
-        args = DPPArgs(self.kernel_size, stride, self.padding, self.asym, self.eps2, self.scale_invariant)
+        args = self._args(stride)
+        if self.kernel_takes_logs:
+            return self.kernel(x, self.log_alpha, self.log_lam, self.guide, args)
         return self.kernel(x, self.alpha, self.lam, self.guide, args)
 
     def extra_repr(self) -> str:
@@ -341,12 +411,18 @@ def register_dpp_tier(
     description: str = "",
     priority: int | Mapping[str, int] | None = None,
     op_namespaces: Iterable[str] = (),
+    takes_log_params: bool = False,
 ) -> None:
     """Register ``kernel`` as the DPP kernel of ``tier``: all four variants and S3DPP.
 
     ``priority`` ranks the tier for ``create(tier=None)`` (see :func:`poolbench.registry.register`);
     ``op_namespaces`` name the custom-op namespaces its kernel runs (opaque to the FLOP counters).
+    ``takes_log_params``: the kernel honours ``DPPArgs.log_params``, so the modules hand it their
+    stored θα = ln α, θλ = ln λ and it returns gradients w.r.t. them (no ``exp`` per call);
+    other kernels always get α and λ (``args.log_params`` False).
     """
+    if takes_log_params:
+        kernel.takes_log_params = True
     _KERNELS[tier] = kernel
     for variant in DPP_VARIANTS:
         register(

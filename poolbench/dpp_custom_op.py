@@ -5,16 +5,23 @@ for the C++/CUDA kernels, ``poolbench_triton`` for the Triton ones), with the
 same two ops::
 
     <ns>::dpp_forward(x, alpha, lam, weight?, bias?, kernel_size, stride, padding, asym, eps2,
-                      scale_invariant) -> y
+                      scale_invariant[, log_params]) -> y
     <ns>::dpp_backward(grad, x, alpha, lam, weight?, bias?, ...same settings) ->
                       (grad_x, grad_alpha, grad_lam, grad_weight, grad_bias)
 
 ``weight``/``bias`` are Full-DPP's guide (F, b), ``None`` for Lite-DPP, whose
-backward returns empty ``(0,)`` tensors (alpha's dtype) in their place.  This
-module registers, once per namespace, the fake (meta) kernels of both ops and
-the forward's autograd formula, and is the one place that calls the forward op
-with a :class:`~poolbench.dpp.DPPArgs` — as torchvision keeps its ops' meta
-kernels and autograd in Python beside per-backend kernels.
+backward returns empty ``(0,)`` tensors (alpha's dtype) in their place.  A
+family registered with ``log_params=True`` takes the trailing ``log_params``
+flag: then ``alpha``/``lam`` are ``ln α``/``ln λ`` as the module stores them,
+the kernels exponentiate per channel and return gradients w.r.t. the logs, so
+a module call is one op (no ``exp`` or chain-rule ``mul`` around it).
+
+This module registers, once per namespace, the fake (meta) kernels and either
+the forward's autograd formula in Python (``register_autograd``) or, for a
+family whose autograd kernel is C++ (``cpp_autograd=True``: ``poolbench_dpp``),
+the ``dpp_backward_differentiable`` op that the C++ backward runs for double
+backward.  It is the one place that calls the forward op with a
+:class:`~poolbench.dpp.DPPArgs`.
 
 Autograd saves only the inputs (backward recomputes the weights).  The fused
 backward op is not itself differentiable, so when backward runs with grad mode
@@ -25,6 +32,8 @@ registration).  Second derivatives are then exact, never a silent zero.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .dpp import DPPArgs, DPPKernel
@@ -32,29 +41,61 @@ from .dpp import DPPArgs, DPPKernel
 __all__ = ["call_forward", "register_dpp_op"]
 
 _REGISTERED: set[str] = set()
+#: namespaces whose ops take the trailing ``log_params`` flag
+_LOG_PARAMS: set[str] = set()
 
 
 def call_forward(namespace: str, x, alpha, lam, guide, args: DPPArgs) -> torch.Tensor:
-    """Run ``<namespace>::dpp_forward`` on validated input; a DPP tier kernel body for any fused tier."""
+    """Run ``<namespace>::dpp_forward`` on validated input; a DPP tier kernel body for any fused tier.
+
+    ``args.log_params`` (alpha, lam hold the logs) needs a family registered with ``log_params=True``.
+    """
     weight, bias = guide if guide is not None else (None, None)
-    return getattr(torch.ops, namespace).dpp_forward(x, alpha, lam, weight, bias, *args.op_arguments())
+    op = getattr(torch.ops, namespace).dpp_forward.default
+    if namespace in _LOG_PARAMS:
+        return op(x, alpha, lam, weight, bias, *args.op_arguments(), args.log_params)
+    if args.log_params:
+        raise ValueError(f"{namespace}::dpp_forward takes alpha and lam, not their logs")
+    return op(x, alpha, lam, weight, bias, *args.op_arguments())
 
 
-def register_dpp_op(namespace: str, differentiable: DPPKernel) -> None:
-    """Register fake kernels for both ops of ``namespace`` and autograd for its forward (idempotent).
+def register_dpp_op(namespace: str, differentiable: DPPKernel, *, log_params: bool = False,
+                    cpp_autograd: bool = False) -> None:
+    """Register the Python side of ``namespace``'s ops (idempotent).
 
     ``differentiable`` is a DPP tier kernel written in differentiable torch
     ops; it only runs for double backward.  The ops themselves must already be
     defined (C++ schema loaded, or ``torch.library.custom_op`` executed).
+    ``log_params``: the ops take the trailing ``log_params`` flag (see the
+    module docstring).  ``cpp_autograd``: the forward's autograd kernel is
+    registered in C++ and calls ``<ns>::dpp_backward_differentiable`` for
+    double backward, which this registers (CompositeImplicitAutograd);
+    otherwise the forward's autograd formula is registered here.
     """
     if namespace in _REGISTERED:
         return
+    if log_params:
+        _LOG_PARAMS.add(namespace)
     torch.library.register_fake(f"{namespace}::dpp_forward")(_forward_fake)
     torch.library.register_fake(f"{namespace}::dpp_backward")(_backward_fake)
-    torch.library.register_autograd(
-        f"{namespace}::dpp_forward", _make_backward(namespace, differentiable), setup_context=_setup_context
-    )
+    if cpp_autograd:
+        torch.library.impl(f"{namespace}::dpp_backward_differentiable", "CompositeImplicitAutograd")(
+            _make_differentiable_backward(differentiable))
+    else:
+        torch.library.register_autograd(
+            f"{namespace}::dpp_forward", _make_backward(namespace, differentiable), setup_context=_setup_context
+        )
     _REGISTERED.add(namespace)
+
+
+def _make_differentiable_backward(differentiable: DPPKernel):
+    def dpp_backward_differentiable(grad, x, alpha, lam, weight, bias, *settings):
+        grads = _differentiable_vjp(differentiable, grad, (x, alpha, lam, weight, bias), DPPArgs(*settings))
+        if weight is None:  # the op family's contract: Lite-DPP placeholders in α's dtype
+            grads = (*grads[:3], alpha.new_empty((0,)), alpha.new_empty((0,)))
+        return grads
+
+    return dpp_backward_differentiable
 
 
 def _forward_fake(x, alpha, lam, weight, bias, *settings):
@@ -73,6 +114,7 @@ def _setup_context(ctx, inputs, output):
     # Only the input and the per-channel parameters are kept: backward recomputes the weights.
     ctx.save_for_backward(x, alpha, lam, weight, bias)
     ctx.args = DPPArgs(*settings)
+    ctx.settings = settings
 
 
 def _make_backward(namespace: str, differentiable: DPPKernel):
@@ -84,10 +126,10 @@ def _make_backward(namespace: str, differentiable: DPPKernel):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (grad, *saved)):
             grads = _differentiable_vjp(differentiable, grad, saved, ctx.args)
         else:
-            grads = backward_op(grad, *saved, *ctx.args.op_arguments())
+            grads = backward_op(grad, *saved, *ctx.settings)
             if weight is None:
                 grads = (*grads[:3], None, None)
-        return (*grads, *([None] * len(ctx.args.op_arguments())))
+        return (*grads, *([None] * len(ctx.settings)))
 
     return backward
 
@@ -101,8 +143,12 @@ def _differentiable_vjp(differentiable: DPPKernel, grad, saved, args: DPPArgs):
     """
     x, alpha, lam, weight, bias = saved
     full = weight is not None
+    log_params = args.log_params
+    args = dataclasses.replace(args, log_params=False)
 
     def formula(x, alpha, lam, *guide):
+        if log_params:  # derivatives w.r.t. the logs, as the fused op returns them
+            alpha, lam = alpha.exp(), lam.exp()
         return differentiable(x, alpha, lam, tuple(guide) if full else None, args)
 
     primals = (x, alpha, lam, weight, bias) if full else (x, alpha, lam)

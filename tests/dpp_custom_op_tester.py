@@ -52,6 +52,8 @@ class DPPCustomOpTester:
     gradcheck_geometries = GRADCHECK_GEOMETRIES
     #: Shape of the determinism check (a GPU tier overrides it with a VGG-16-sized layer).
     determinism_shape = (2, 3, 7, 5)
+    #: The family's ops take the trailing ``log_params`` flag (α, λ given as their logs).
+    log_params: bool = False
 
     @pytest.fixture(autouse=True)
     def _op_ready(self, device):
@@ -73,6 +75,38 @@ class DPPCustomOpTester:
         grad = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device)
         detached = tuple(t if t is None else t.detach() for t in inputs)
         torch.library.opcheck(self.ops.dpp_backward.default, (grad, *detached, *settings))
+        if self.log_params:  # the module's call: α, λ as their logs
+            x, alpha, lam, weight, bias = detached
+            logs = (x.requires_grad_(), alpha.log().requires_grad_(), lam.log().requires_grad_(),
+                    *(t if t is None else t.requires_grad_() for t in (weight, bias)))
+            torch.library.opcheck(self.ops.dpp_forward.default, (*logs, *settings, True))
+            torch.library.opcheck(self.ops.dpp_backward.default,
+                                  (grad, *(t if t is None else t.detach() for t in logs), *settings, True))
+
+    @pytest.mark.parametrize("full", [False, True], ids=["lite", "full"])
+    def test_log_params_gradcheck_float64(self, full, device):
+        """With log_params the op exponentiates α, λ itself and returns gradients w.r.t. the logs."""
+        if not self.log_params:
+            pytest.skip("this op family takes α and λ only")
+        settings = DPPArgs(3, 2, 1, asym=True).op_arguments()
+        x, alpha, lam, weight, bias = op_inputs(full, device)
+        inputs = [x, alpha.log(), lam.log(), *((weight, bias) if full else ())]
+        inputs = [t.detach().requires_grad_() for t in inputs]
+
+        def function(x, log_alpha, log_lam, *guide):
+            return self.ops.dpp_forward(x, log_alpha, log_lam, *(guide or (None, None)), *settings, True)
+
+        def reference(x, log_alpha, log_lam, *guide):
+            return PF.dpp(x, log_alpha.exp(), log_lam.exp(), 3, 2, 1, asym=True, guide=guide or None,
+                          tier="vectorized")
+
+        assert torch.autograd.gradcheck(function, inputs, eps=1e-6, atol=1e-7, rtol=1e-5,
+                                        fast_mode=self.fast_gradcheck)
+        g = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device)
+        got = torch.autograd.grad(function(*inputs), inputs, g)
+        want = torch.autograd.grad(reference(*inputs), inputs, g)
+        for a, b in zip(got, want):
+            assert_close(a, b, kind="grad")
 
     @pytest.mark.parametrize("full", [False, True], ids=["lite", "full"])
     def test_fake_kernels_give_real_shapes_and_dtypes(self, full, device):

@@ -1,4 +1,4 @@
-// Runs the CUDA kernels of impls/dpp_ext/csrc/cuda/dpp_kernel.cu on the CPU.
+// Runs the CUDA kernels of impls/dpp_ext/csrc/cuda/ (dpp_cuda.cu and dpp_kernel.cuh) on the CPU.
 //
 // The .cu file is compiled as plain C++: CUDA qualifiers become nothing, each
 // launch runs its grid block by block with one std::thread per CUDA thread
@@ -103,7 +103,7 @@ using emu::threadIdx;
 #define DPP_LAUNCH_CHECK() (void)0
 #define DPP_IS_DEVICE_TENSOR(tensor) (tensor).is_cpu()
 
-#include "cuda/dpp_kernel.cu"
+#include "cuda/dpp_cuda.cu"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dpp_forward", &poolbench_dpp::dpp_forward_cuda, "CUDA forward kernel, emulated on the CPU");

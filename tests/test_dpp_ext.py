@@ -153,6 +153,7 @@ class TestCppCustomOp(DPPCustomOpTester):
     """opcheck, fake kernels, gradcheck and double backward, compile, saved memory, determinism of the op."""
 
     tier, namespace = "cpp", ops.NAMESPACE
+    log_params = True
 
     @pytest.fixture(autouse=True)
     def _built(self, cpu_ext):
@@ -249,9 +250,9 @@ def run_tier_at(tier, emulation, name, shape, k, s, p, dtype, scale):
     asym = "asym" in name
     if tier == "cuda-emulated":
         weight, bias = guide if guide is not None else (None, None)
-        y = emulation.dpp_forward(x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False)
+        y = emulation.dpp_forward(x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False, False)
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-        grads = emulation.dpp_backward(g, x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False)
+        grads = emulation.dpp_backward(g, x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, False, False)
         return y, grads[:5 if guide is not None else 3]
 
     def fn(x_, a_, l_, guide_):
@@ -388,17 +389,23 @@ EMULATED_GEOMETRIES = GEOMETRIES[:2] + GEOMETRIES[3:4] + GEOMETRIES[5:7]
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 def test_cuda_kernels_emulated_match_reference(cuda_emulation, name, dtype):
-    """Forward, the window/stencil/gather backward kernels and the partial-sum reduction vs the reference."""
-    for shape, k, s, p in EMULATED_GEOMETRIES:
+    """Forward, the window/stencil/gather backward kernels and the partial-sum reduction vs the reference;
+    with α, λ given directly and as logs (log_params: the module's stored θ, gradients w.r.t. θ)."""
+    for (shape, k, s, p), log_params in itertools.product(EMULATED_GEOMETRIES, (False, True)):
         if "full" in name and not fits_full(shape, k, s, p):
             continue
         for scale_invariant in (False, True):
             x, alpha, lam, guide = dpp_args(name, shape, dtype)
             weight, bias = guide if guide is not None else (None, None)
             asym = "asym" in name
-            y = cuda_emulation.dpp_forward(x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, scale_invariant)
+            a_in, l_in = (alpha.log(), lam.log()) if log_params else (alpha, lam)
+            y = cuda_emulation.dpp_forward(x, a_in, l_in, weight, bias, k, s, p, asym, 1e-3, scale_invariant,
+                                           log_params)
             g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-            grads = cuda_emulation.dpp_backward(g, x, alpha, lam, weight, bias, k, s, p, asym, 1e-3, scale_invariant)
+            grads = cuda_emulation.dpp_backward(g, x, a_in, l_in, weight, bias, k, s, p, asym, 1e-3, scale_invariant,
+                                                log_params)
+            if log_params:  # ∂L/∂θ = α·∂L/∂α, λ·∂L/∂λ
+                grads = (grads[0], grads[1] / alpha, grads[2] / lam, *grads[3:])
 
             def fn(x_, a_, l_, guide_):
                 return PF.dpp(x_, a_, l_, k, s, p, asym=asym, guide=guide_, scale_invariant=scale_invariant,
@@ -448,6 +455,7 @@ class TestCudaCustomOp(DPPCustomOpTester):
     """The op-family contract on the GPU; determinism at a VGG-16-sized layer (per-channel reduction)."""
 
     tier, namespace = "cuda", ops.NAMESPACE
+    log_params = True
     determinism_shape = (8, 64, 56, 56)
 
 

@@ -42,25 +42,42 @@ _NO_TOOLKIT = cuda_home() is None or static_report.find_tool("cuobjdump") is Non
 _FLOAT32_COMPUTED = ("float32", "bfloat16", "float16")
 
 
+#: The forward's interior path, Lite 2×2 float32 (one output window): at most this many instructions.
+INTERIOR_FORWARD_BUDGET = 260
+
+
 def assert_fast_paths_clean(rows):
     """Every kernel compiles; no instantiation with a 2×2 or 3×3 fast path spills or uses local memory
     when it computes in float32 (fp32, bf16, fp16: the VGG-16 and ResNet path), forward and backward;
-    no forward kernel spills in any dtype; the interior forward uses no local memory in any dtype."""
+    no forward kernel spills in any dtype; the forward is one kernel whose interior path (the probes)
+    fits the instruction budget for Lite 2×2 float32 and uses the special-function unit sparingly."""
     assert all(row["compiled"] for row in rows), rows[0]["error"]
     fast = [row for row in rows if row["config"].startswith(("k2", "k3")) and row["dtype"] in _FLOAT32_COMPUTED]
     kernels = {row["kernel"] for row in fast}
-    assert kernels == {"dpp_forward_interior_kernel", "dpp_forward_border_kernel", "dpp_backward_window_kernel",
-                       "dpp_backward_gather_kernel"}, kernels
+    assert kernels == {"dpp_forward_kernel", "dpp_backward_window_kernel", "dpp_backward_gather_kernel"}, kernels
     bad = [row for row in fast if row["spill_bytes"] != 0 or row["stack_bytes"] != 0]
     assert not bad, [(r["kernel"], r["variant"], r["dtype"], r["config"], r["spill_bytes"], r["stack_bytes"])
                      for r in bad]
     forward = [row for row in rows if row["kernel"].startswith("dpp_forward")]
     assert forward and all(row["spill_bytes"] == 0 for row in forward), [r for r in forward if r["spill_bytes"]]
-    interior = [row for row in rows if row["kernel"] == "dpp_forward_interior_kernel"]
-    # k2 and k3, Lite and Full, four dtypes
-    assert len(interior) == 16, [(r["variant"], r["dtype"], r["config"]) for r in interior]
-    assert all(row["stack_bytes"] == 0 for row in interior), [r for r in interior if r["stack_bytes"]]
-    assert all(row["sass_per_window"] for row in interior)
+    probes = [row for row in forward if row["config"].endswith("(probe)")]
+    # k2 and k3, Lite and Full, the three float32-computed dtypes
+    assert len(probes) == 12, [(r["variant"], r["dtype"], r["config"]) for r in probes]
+    assert all(row["stack_bytes"] == 0 and row["sass_per_window"] for row in probes)
+    (lite_k2,) = [r for r in probes if r["variant"] == "lite" and r["dtype"] == "float32" and r["config"].startswith("k2")]
+    assert lite_k2["sass_per_window"] <= INTERIOR_FORWARD_BUDGET, lite_k2
+    backward_probes = [row for row in rows if row["kernel"] == "dpp_backward_window_kernel"
+                       and row["config"].endswith("(probe)")]
+    assert len(backward_probes) == 12 and all(row["sass_per_window"] for row in backward_probes)
+    # 4 taps: one log2 and one exp2 per tap, exp2 of α, λ's exp: nothing like the IEEE routines' extra MUFUs
+    assert lite_k2["mufu"] <= 12, lite_k2
+
+
+def test_interior_path_count_excludes_the_trap_and_the_final_self_branch():
+    body = [(0x00, "S2R", " R0, SR_TID.X"), (0x10, "MUFU.EX2", " R1, R2"), (0x20, "BPT.TRAP", " 0x1"),
+            (0x30, "EXIT", ""), (0x40, "BRA", " 0x40"), (0x50, "NOP", "")]
+    assert static_report.interior_path_instructions(body) == 3  # S2R, MUFU, EXIT
+    assert static_report.mufu_instructions(body) == 1
 
 
 @pytest.mark.slow

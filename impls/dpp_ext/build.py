@@ -22,7 +22,9 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -40,13 +42,17 @@ __all__ = [
     "cuda_unavailable_reason",
     "load_cpu_library",
     "load_cuda_library",
+    "remove_stale_lock",
     "summarise_build_failure",
 ]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SCHEMA_SOURCES = (CSRC / "dpp.cpp", CSRC / "cpu" / "dpp_kernel.cpp")
-CUDA_SOURCES = (CSRC / "cuda" / "dpp_kernel.cu",)
-HEADERS = (CSRC / "dpp_math.h", CSRC / "dpp_args.h")
+SCHEMA_SOURCES = (CSRC / "dpp.cpp", CSRC / "dpp_autograd.cpp", CSRC / "cpu" / "dpp_kernel.cpp")
+#: The CUDA library's translation units: the entry points, then forward/backward × fp32/half
+#: kernels, which ninja compiles in parallel (one 120-kernel unit took ~3 minutes on 2 cores).
+CUDA_SOURCES = (CSRC / "cuda" / "dpp_cuda.cu", CSRC / "cuda" / "dpp_forward_f32.cu", CSRC / "cuda" / "dpp_forward_f16.cu",
+                CSRC / "cuda" / "dpp_backward_f32.cu", CSRC / "cuda" / "dpp_backward_f16.cu")
+HEADERS = (CSRC / "dpp_math.h", CSRC / "dpp_args.h", CSRC / "cuda" / "dpp_kernel.cuh")
 
 #: tier name of each library, for messages
 _TIER = {"cpu": "cpp", "cuda": "cuda"}
@@ -85,7 +91,8 @@ def build_directory(kind: str) -> Path:
     """
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
     if kind == "cuda":
-        tag += f"-cuda{torch.version.cuda}"
+        # and by the GPU architectures compiled for: a library built for another GPU is never loaded
+        tag += f"-cuda{torch.version.cuda}-{arch_tag(cuda_archs())}"
     tag += f"-cpu{_cpu_fingerprint()}"
     if cpu_march() != "native":
         tag += f"-march{cpu_march()}"
@@ -158,6 +165,7 @@ def _load(name: str, sources, kind: str, **kwargs) -> None:
         raise BuildError(_BUILD_ERRORS[kind])
     try:
         directory = build_directory(kind)
+        remove_stale_lock(directory)
         load_extension(
             name=name,
             sources=[str(s) for s in sources],
@@ -191,19 +199,54 @@ def cpu_flags() -> list[str]:
     return flags
 
 
+def _parse_arch_list(text: str) -> list[tuple[int, int, bool]]:
+    """``TORCH_CUDA_ARCH_LIST`` ("8.0;9.0+PTX", "9.0 9.0a", "sm_90") → [(major, minor, ptx)]."""
+    archs = []
+    for token in re.split(r"[;,\s]+", text.strip()):
+        match = re.fullmatch(r"(?:sm_)?(\d+)\.?(\d)([a-z]?)(\+PTX)?", token, re.IGNORECASE)
+        if match:
+            archs.append((int(match.group(1)), int(match.group(2)), bool(match.group(4))))
+    return archs
+
+
+def cuda_archs() -> list[tuple[int, int, bool]]:
+    """The GPU architectures the CUDA library is built for, as (major, minor, with PTX).
+
+    A visible GPU decides: its own capability (every visible device's), whatever
+    ``TORCH_CUDA_ARCH_LIST`` says — an image-wide list (often older archs, or
+    several) would otherwise build code the GPU at hand cannot run, or run
+    slower.  Without a GPU (compile-only machines): ``TORCH_CUDA_ARCH_LIST`` if
+    set, else sm_90 (the GPU the benchmarks target).
+    """
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        return sorted({(*torch.cuda.get_device_capability(i), False) for i in range(torch.cuda.device_count())})
+    listed = _parse_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST", ""))
+    return sorted(set(listed)) if listed else [(9, 0, False)]
+
+
+def arch_tag(archs) -> str:
+    """The build-cache tag of an arch list: ``sm90``, ``sm80+sm90ptx``."""
+    return "+".join(f"sm{a}{b}" + ("ptx" if ptx else "") for a, b, ptx in archs)
+
+
 def cuda_arch_flags() -> list[str]:
-    """-gencode flags: TORCH_CUDA_ARCH_LIST if set (torch handles it), else the visible GPUs, else sm_90."""
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return []
-    if torch.cuda.is_available():
-        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    else:
-        caps = [(9, 0)]
-    return [f"-gencode=arch=compute_{a}{b},code=sm_{a}{b}" for a, b in caps]
+    """-gencode flags for :func:`cuda_archs`.
+
+    Always explicit: torch's builder adds its own flags from ``TORCH_CUDA_ARCH_LIST`` only when
+    the flags name no arch, so these replace the environment's list.
+    """
+    flags = []
+    for a, b, ptx in cuda_archs():
+        flags.append(f"-gencode=arch=compute_{a}{b},code=sm_{a}{b}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{a}{b},code=compute_{a}{b}")
+    return flags
 
 
-#: nvcc flags of the CUDA library (the static kernel report compiles with the same ones).
-CUDA_CFLAGS = ("-O3", "--expt-relaxed-constexpr")
+#: nvcc flags of the CUDA library (the static kernel report compiles with the same ones).  -ftz=true:
+#: float32 subnormals flush to zero, as the CPU kernel sets FTZ/DAZ (weights 2^-126 below a window's
+#: largest are invisible in float32) — and exp2/log2/divide need no subnormal fix-ups.
+CUDA_CFLAGS = ("-O3", "--expt-relaxed-constexpr", "-ftz=true")
 
 
 def load_cpu_library() -> None:
@@ -214,12 +257,7 @@ def load_cpu_library() -> None:
     _load("poolbench_dpp_cpu", SCHEMA_SOURCES, "cpu", extra_cflags=cpu_flags(), extra_ldflags=["-fopenmp"])
 
 
-def load_cuda_library() -> None:
-    """Build (once, cached) and load the CUDA kernel (the schema comes from the CPU library)."""
-    reason = cuda_unavailable_reason("cuda", need_device=False)
-    if reason is not None:
-        raise BuildError(reason if reason.startswith("cuda tier") else f"cuda tier unavailable: {reason}")
-    load_cpu_library()
+def _build_cuda_in_place() -> None:
     home = cuda_home()
     # torch resolves CUDA_HOME once, at import, from nvcc's location; /usr/local/bin/nvcc
     # wrappers make that /usr/local.  Point it (and nvcc's subprocess) at the real toolkit.
@@ -227,6 +265,83 @@ def load_cuda_library() -> None:
     cpp_extension().CUDA_HOME = home
     _load("poolbench_dpp_cuda", CUDA_SOURCES, "cuda", extra_cflags=["-O3"],
           extra_cuda_cflags=[*CUDA_CFLAGS, *cuda_arch_flags()])
+
+
+def load_cuda_library() -> None:
+    """Build (once, cached) and load the CUDA kernels, and the CPU library that holds the schema.
+
+    The two builds do not wait for each other: while this process builds (or just loads)
+    the CPU library, a child process compiles the CUDA library, whose translation units
+    ninja compiles in parallel; then this process loads it (ninja finds it up to date).
+    The child's failure is not reported itself: the in-process build repeats it and says why.
+    """
+    reason = cuda_unavailable_reason("cuda", need_device=False)
+    if reason is not None:
+        raise BuildError(reason if reason.startswith("cuda tier") else f"cuda tier unavailable: {reason}")
+    builder = None
+    if "cuda" not in _LOADED and "cpu" not in _LOADED:
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        builder = subprocess.Popen([sys.executable, "-m", "poolbench.impls.dpp_ext.build", "cuda"], cwd=root, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        load_cpu_library()
+    finally:
+        if builder is not None:
+            builder.wait()
+    _build_cuda_in_place()
+
+
+def _process_cwds() -> list[Path]:
+    """The working directories of the live processes this user can see (Linux /proc)."""
+    cwds = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cwds.append(Path(os.readlink(entry / "cwd")))
+        except OSError:
+            continue
+    return cwds
+
+
+#: A lock younger than this is never removed: its builder may not have started ninja yet.
+STALE_LOCK_GRACE_S = 30.0
+
+
+def remove_stale_lock(directory, grace_s: float = STALE_LOCK_GRACE_S, cwds=None) -> bool:
+    """Remove ``directory``/lock if no live process can hold it; return whether it was removed.
+
+    torch's JIT builder takes a lock file (``FileBaton``) in the build directory and
+    deletes it when the build ends; a build killed on the way (``timeout``'s SIGTERM, a
+    Ctrl-C during ninja) leaves it behind, and every later build in that directory then
+    waits for it forever.  The file names no owner, so the rule is:
+
+    * the lock is older than ``grace_s`` seconds (a holder writes the build files and
+      starts ninja within that), and
+    * no live process has its working directory in the build directory: torch runs
+      ninja there, and ninja's compilers and linker inherit it, so a build that is
+      still running always has such a process.
+
+    Only then is the lock stale and removed.  Where /proc cannot be read, nothing is removed.
+    """
+    lock = Path(directory) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < grace_s:
+        return False
+    if cwds is None:
+        if not Path("/proc/self/cwd").exists():
+            return False
+        cwds = _process_cwds()
+    root = Path(directory).resolve()
+    if any(cwd == root or root in cwd.parents for cwd in cwds):
+        return False
+    try:
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _static_cpu_reason() -> str | None:
@@ -265,3 +380,11 @@ def cuda_unavailable_reason(device: str = "cuda", *, need_device: bool = True) -
     if cuda_home() is None:
         return "no CUDA toolkit (nvcc + libcudart) found; set CUDA_HOME to build the cuda DPP kernel"
     return _static_cpu_reason()
+
+
+if __name__ == "__main__":  # python -m poolbench.impls.dpp_ext.build cuda|cpu: build (and load) one library
+    kind = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    if kind == "cuda":
+        _build_cuda_in_place()
+    else:
+        load_cpu_library()

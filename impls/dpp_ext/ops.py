@@ -2,11 +2,14 @@
 
 Layout (as torchvision's ops): ``csrc/dpp.cpp`` declares the schema once
 (``poolbench_dpp::dpp_forward`` and ``poolbench_dpp::dpp_backward``);
-``csrc/cpu/dpp_kernel.cpp`` and ``csrc/cuda/dpp_kernel.cu`` each register only
+``csrc/cpu/dpp_kernel.cpp`` and ``csrc/cuda/dpp_cuda.cu`` each register only
 their own dispatch key; both include ``csrc/dpp_math.h``, the per-window maths,
-so the formulas the GPU runs are the ones the CPU tests check.  The fake
-kernels and the autograd formula (backward is its own op) are registered by
-:mod:`poolbench.dpp_custom_op`, shared with the triton tier.
+so the formulas the GPU runs are the ones the CPU tests check.  The autograd
+kernel is C++ too (``csrc/dpp_autograd.cpp``); the fake kernels and the
+differentiable backward it runs for double backward are registered by
+:mod:`poolbench.dpp_custom_op`, shared with the triton tier.  The ops take the
+module's stored ``ln α``, ``ln λ`` (``log_params=True``) or, from the
+functional form, α and λ themselves.
 
 Building is lazy and lives in :mod:`poolbench.impls.dpp_ext.build` (cache, compiler,
 one-line failure reasons); :func:`load_cpu` / :func:`load_cuda` build on first
@@ -44,6 +47,7 @@ __all__ = [
     "build_directory",
     "cpu_unavailable_reason",
     "cuda_unavailable_reason",
+    "FusedKernel",
     "dpp",
     "load_cpu",
     "load_cuda",
@@ -60,7 +64,7 @@ NAMESPACE = "poolbench_dpp"
 def load_cpu() -> None:
     """Build (once, cached) and load the schema + CPU kernel; register fake and autograd."""
     load_cpu_library()
-    register_dpp_op(NAMESPACE, dpp_vectorized)
+    register_dpp_op(NAMESPACE, dpp_vectorized, log_params=True, cpp_autograd=True)
 
 
 @functools.cache
@@ -85,11 +89,7 @@ def _ensure_loaded(device_type: str) -> None:
     _LOADED[device_type] = True
 
 
-def dpp(x, alpha, lam, guide, args: DPPArgs, *, device_type: str):
-    """Run the fused op for an already validated input on ``device_type`` ("cpu" or "cuda").
-
-    The DPP tier kernel of the cpp and cuda tiers (see :mod:`poolbench.dpp`).
-    """
+def _check_call(x, args: DPPArgs, device_type: str) -> None:
     if x.device.type != device_type:
         tier = "cpp" if device_type == "cpu" else "cuda"
         raise ValueError(f"the {tier} DPP tier runs on {device_type} tensors, got a tensor on {x.device}")
@@ -100,4 +100,46 @@ def dpp(x, alpha, lam, guide, args: DPPArgs, *, device_type: str):
         )
     if not _LOADED[device_type]:
         _ensure_loaded(device_type)
+
+
+def dpp(x, alpha, lam, guide, args: DPPArgs, *, device_type: str):
+    """Run the fused op for an already validated input on ``device_type`` ("cpu" or "cuda").
+
+    The DPP tier kernel of the cpp and cuda tiers (see :mod:`poolbench.dpp`); ``alpha``/``lam``
+    are ln α, ln λ when ``args.log_params``.
+    """
+    _check_call(x, args, device_type)
     return call_forward(NAMESPACE, x, alpha, lam, guide, args)
+
+
+class FusedKernel:
+    """The DPP tier kernel of the cpp or cuda tier (``kernel(x, alpha, lam, guide, args)``).
+
+    :meth:`bind` is the module's fast path: after one checked call for a (shape, dtype,
+    device, settings) key, it returns ``run(x, alpha, lam, guide)`` that calls the op with the
+    settings already laid out: per call, one Python function and the op.
+    """
+
+    takes_log_params = True
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+
+    def __call__(self, x, alpha, lam, guide, args: DPPArgs):
+        return dpp(x, alpha, lam, guide, args, device_type=self.device_type)
+
+    def bind(self, x, args: DPPArgs):
+        """``run(x, alpha, lam, guide)`` for inputs like ``x`` (same device type), checked once here."""
+        _check_call(x, args, self.device_type)
+        op = getattr(torch.ops, NAMESPACE).dpp_forward.default
+        settings = (*args.op_arguments(), bool(args.log_params))
+
+        def run(x, alpha, lam, guide):
+            if guide is None:
+                return op(x, alpha, lam, None, None, *settings)
+            return op(x, alpha, lam, guide[0], guide[1], *settings)
+
+        return run
+
+    def __repr__(self) -> str:
+        return f"FusedKernel({self.device_type!r})"

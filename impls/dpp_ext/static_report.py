@@ -6,10 +6,12 @@ usage per kernel and disassembles the cubin (``cuobjdump -sass``).  Every kernel
 template instantiation the host code launches is one row: kernel × variant
 (Lite/Full) × dtype × config (window size of the fast path, or ``generic``).
 
-``sass_per_window`` is the static instruction count of the grid-stride loop body
-(NOPs excluded) of the kernels that handle one output window per loop iteration
-(forward, backward window kernel); it is a proxy for the issue rate of a
-memory-bound kernel, not a timing.  ``stack_bytes`` is the per-thread stack frame
+``sass_per_window`` is, for the forward, the instruction count of the interior
+path of one output window, read from probe instantiations compiled only for the
+report (the border path replaced by a trap: what executes for an interior
+window, index split and store included); for grid-stride kernels it is the
+static span of the loop body.  ``mufu`` counts special-function instructions.
+Both are proxies for the issue rate of a memory-bound kernel, not timings.  ``stack_bytes`` is the per-thread stack frame
 (local memory): 0 for every 2×2 and 3×3 instantiation that computes in float32 (fp32,
 bf16, fp16), forward and backward.
 
@@ -35,9 +37,14 @@ __all__ = ["cuda_kernel_rows", "find_tool", "is_cached", "parse_ptxas", "sass_lo
 
 #: scalar_t spelled by the demangler → poolbench dtype name
 _DTYPES = {"float": "float32", "double": "float64", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}
-#: kernels that handle one output window per grid-stride iteration (sass_per_window applies)
-_PER_WINDOW = ("dpp_forward_interior_kernel", "dpp_forward_border_kernel", "dpp_backward_window_kernel")
+#: kernels that handle one output window per grid-stride iteration (their loop span is reported
+#: where no interior-path probe exists)
+_PER_WINDOW = ("dpp_forward_kernel", "dpp_backward_window_kernel")
 _COMPILE_TIMEOUT_S = 1800
+#: One translation unit with every kernel (the library splits them for parallel builds) plus the
+#: interior-path probes of the forward kernel (INTERIOR_ONLY instantiations, never launched).
+_REPORT_DEFINES = ("-DPOOLBENCH_DPP_ALL_IN_ONE", "-DPOOLBENCH_DPP_STATIC_PROBES")
+_COMPILE_FLAGS_TEXT = (*_REPORT_DEFINES, *CUDA_CFLAGS)
 
 
 def find_tool(name: str) -> str | None:
@@ -66,8 +73,8 @@ def _normalise_arch(arch: str) -> str:
 def _cubin_path(arch: str, float32_only: bool) -> Path:
     """Where the cubin of the current CUDA source for sm_<arch> is cached (keyed by source content and mode)."""
     digest = hashlib.sha1()
-    for path in (*CUDA_SOURCES, *HEADERS):
-        digest.update(path.read_bytes())
+    for path in (*CUDA_SOURCES, *HEADERS, *_COMPILE_FLAGS_TEXT):
+        digest.update(path.read_bytes() if isinstance(path, Path) else path.encode())
     mode = "-f32" if float32_only else ""
     return build_directory("static_report") / f"dpp_kernel-sm{arch}{mode}-{digest.hexdigest()[:12]}.cubin"
 
@@ -95,7 +102,7 @@ def _compile(arch: str, float32_only: bool = False) -> tuple[Path, str]:
         nvcc, "-cubin", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-std=c++20", "-Xptxas", "-v",
         *CUDA_CFLAGS, *cpp_extension().COMMON_NVCC_FLAGS,
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *include,
-        *(["-DPOOLBENCH_DPP_FLOAT32_ONLY"] if float32_only else []),
+        *(["-DPOOLBENCH_DPP_FLOAT32_ONLY"] if float32_only else []), *_REPORT_DEFINES,
         "-o", str(cubin), str(CUDA_SOURCES[0]),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
@@ -140,6 +147,23 @@ def sass_loop_instructions(body: list[tuple[int, str, str]]) -> tuple[int, int |
             span = sum(1 for a, _ in real if int(target.group(1), 16) <= a <= address)
             loop = max(loop or 0, span)
     return len(real), loop
+
+
+def interior_path_instructions(body: list[tuple[int, str, str]]) -> int:
+    """Instructions of a probe kernel (one interior window, no loop): all but NOPs, the trap
+    that stands for the border path (BPT.TRAP) and the branch-to-self after the final EXIT."""
+    return sum(1 for _, op, operands in body
+               if not op.startswith(("NOP", "BPT")) and not (op == "BRA" and _self_branch(body, operands)))
+
+
+def _self_branch(body, operands) -> bool:
+    target = re.search(r"0x([0-9a-f]+)", operands)
+    return bool(target) and any(address == int(target.group(1), 16) and op == "BRA" for address, op, _ in body)
+
+
+def mufu_instructions(body: list[tuple[int, str, str]]) -> int:
+    """Special-function-unit instructions (MUFU.EX2, MUFU.LG2, MUFU.RCP, ...): a quarter-rate pipe on sm_90."""
+    return sum(1 for _, op, _ in body if op.startswith("MUFU"))
 
 
 def _sass_functions(cubin: Path) -> dict[str, list[tuple[int, str, str]]]:
@@ -188,15 +212,24 @@ def _template_args(signature: str) -> tuple[str, list[str]]:
 def _describe(name: str, args: list[str]) -> dict:
     """kernel, variant, dtype and config of one instantiation from its template arguments."""
     dtypes = [_DTYPES.get(arg) for arg in args if arg in _DTYPES]
-    if name == "dpp_reduce_partials_kernel":  # <SLOTS, T>
+    if name == "dpp_forward_kernel":  # <K, FULL, SI, SMALL, INTERIOR_ONLY, scalar_t, T>
+        k, full, si, small, probe = args[0], args[1] == "true", args[2], args[3] == "true", args[4] == "true"
+        config = f"k{k}" if k != "0" else "generic"
+        config += {"1": ", scale-invariant", "0": "", "-1": ", scale-invariant at run time"}.get(si, f", SI={si}")
+        config += ", 32-bit index" if small else ", 64-bit index"
+        config += ", interior path (probe)" if probe else ""
+        return {"kernel": name, "variant": "full" if full else "lite", "dtype": dtypes[0], "config": config}
+    if name == "dpp_reduce_partials_kernel":  # <SLOTS, T, P>
         variant = "full" if args[0] == "12" else "lite"
-        return {"kernel": name, "variant": variant, "dtype": dtypes[-1], "config": f"{args[0]} slots, per channel"}
+        return {"kernel": name, "variant": variant, "dtype": dtypes[-1],
+                "config": f"{args[0]} slots, per channel, {_DTYPES.get(args[1], args[1])} partials"}
     if name == "dpp_backward_stencil_kernel":  # <scalar_t, T>
         return {"kernel": name, "variant": "full", "dtype": dtypes[0], "config": "per input pixel"}
     k, full = args[0], args[1] == "true"
     config = f"k{k}" if k != "0" else "generic"
-    if name == "dpp_backward_window_kernel":
+    if name == "dpp_backward_window_kernel":  # <K, FULL, WRITE_TAPS, scalar_t, T, INTERIOR_ONLY>
         config += ", writes taps" if args[2] == "true" else ", parameter grads only"
+        config += ", interior path (probe)" if len(args) > 5 and args[5] == "true" else ""
     if name == "dpp_backward_gather_kernel":
         config += ", per input pixel"
     return {"kernel": name, "variant": "full" if full else "lite", "dtype": dtypes[0], "config": config}
@@ -209,7 +242,7 @@ def cuda_kernel_rows(arch: str = "sm_90", float32_only: bool = False) -> list[di
     compile time; for iterating on one kernel's register use, not for the report).
 
     Keys: tier ("cuda"), kernel, variant, dtype, config, compiled, registers, spill_bytes,
-    shared_bytes, sass_instructions, sass_per_window, error, stack_bytes.  When the source
+    shared_bytes, sass_instructions, sass_per_window, mufu, error, stack_bytes.  When the source
     cannot be compiled, one row with ``compiled=False`` and the error.
     """
     digits = _normalise_arch(arch)
@@ -220,7 +253,7 @@ def cuda_kernel_rows(arch: str = "sm_90", float32_only: bool = False) -> list[di
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         return [{"tier": "cuda", "kernel": "dpp_kernel.cu", "variant": None, "dtype": None, "config": f"sm_{digits}",
                  "compiled": False, "registers": None, "spill_bytes": None, "shared_bytes": None,
-                 "sass_instructions": None, "sass_per_window": None, "stack_bytes": None,
+                 "sass_instructions": None, "sass_per_window": None, "mufu": None, "stack_bytes": None,
                  "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}]
     names = sorted(set(resources) & set(sass) | {name for name in sass if name.startswith("_Z")})
     demangled = _demangle(names)
@@ -229,13 +262,21 @@ def cuda_kernel_rows(arch: str = "sm_90", float32_only: bool = False) -> list[di
         name, args = _template_args(demangled[mangled])
         if not name.startswith("dpp_"):
             continue
-        total, loop = sass_loop_instructions(sass.get(mangled, []))
+        body = sass.get(mangled, [])
+        total, loop = sass_loop_instructions(body)
         usage = resources.get(mangled, {})
+        described = _describe(name, args)
+        probe = described["config"].endswith("(probe)")
+        if probe and name == "dpp_backward_window_kernel":  # a grid-stride loop: its body, trap excluded
+            loop = sass_loop_instructions([i for i in body if not i[1].startswith("BPT")])[1]
         rows.append({
-            "tier": "cuda", **_describe(name, args), "compiled": True,
+            "tier": "cuda", **described, "compiled": True,
             "registers": usage.get("registers"), "spill_bytes": usage.get("spill_bytes"),
             "shared_bytes": usage.get("shared_bytes"), "sass_instructions": total,
-            "sass_per_window": loop if name in _PER_WINDOW else None, "error": "",
+            # a probe runs one interior window and exits: all its instructions are that window's path
+            "sass_per_window": (loop if name == "dpp_backward_window_kernel" else interior_path_instructions(body))
+            if probe else (loop if name in _PER_WINDOW and "32-bit index" not in described["config"] else None),
+            "mufu": mufu_instructions(body), "error": "",
             "stack_bytes": usage.get("stack_bytes"),
         })
     order = {"float32": 0, "bfloat16": 1, "float16": 2, "float64": 3}
@@ -244,22 +285,28 @@ def cuda_kernel_rows(arch: str = "sm_90", float32_only: bool = False) -> list[di
 
 
 _COLUMNS = ("kernel", "variant", "dtype", "config", "compiled", "registers", "spill_bytes", "stack_bytes",
-            "shared_bytes", "sass_instructions", "sass_per_window", "error")
+            "shared_bytes", "sass_instructions", "sass_per_window", "mufu", "error")
 
 
 def to_markdown(rows: list[dict], arch: str) -> str:
     """The rows as a markdown table (one line per kernel instantiation)."""
     lines = [f"# CUDA DPP kernels compiled for {arch} (nvcc -cubin -Xptxas -v, cuobjdump -sass; no GPU)", "",
-             "Command: `python -m impls.dpp_ext.static_report " + arch + " --md FILE`", "",
-             "stack_bytes is the per-thread local-memory frame; sass_per_window counts the grid-stride loop body "
-             "(one output window per iteration), NOPs excluded.", "",
+             "Command: `python -m poolbench.impls.dpp_ext.static_report " + arch + " --md FILE`", "",
+             "stack_bytes is the per-thread local-memory frame.  sass_per_window: for the forward's interior-path "
+             "probes (rows marked `(probe)`: the forward kernel compiled with the border path replaced by a trap, "
+             "one window per thread) the instructions an interior output window executes, index arithmetic and "
+             "store included; for the backward window kernel's probes the grid-stride loop body with border "
+             "windows trapped (per interior window; the per-block reduction after the loop not counted); "
+             "for other grid-stride kernels (64-bit-index forward, backward window kernel) the static "
+             "span of the loop body, which includes never-taken border paths. NOPs excluded. mufu: "
+             "special-function instructions (MUFU.*) in the kernel.", "",
              "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join("–" if row.get(key) is None else str(row.get(key)) for key in _COLUMNS) + " |"
               for row in rows]
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m impls.dpp_ext.static_report sm_90 [--md FILE]
+if __name__ == "__main__":  # python -m poolbench.impls.dpp_ext.static_report sm_90 [--md FILE]
     import argparse
 
     parser = argparse.ArgumentParser(description="Static report of the CUDA DPP kernels (no GPU needed).")

@@ -160,6 +160,17 @@ DPP_HD double dpp_log2(double x) { return std::log2(x); }
 DPP_HD double dpp_exp2(double x) { return std::exp2(x); }
 #endif
 
+// a / b where b ≥ 1 and far below 2^126 (a window's weight sum, normalised so its largest weight
+// is 1): on the GPU the two-instruction approximate divide (≤ 2 ulp) instead of the IEEE routine.
+DPP_HD float dpp_div(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdividef(a, b);
+#else
+  return a / b;
+#endif
+}
+DPP_HD double dpp_div(double a, double b) { return a / b; }
+
 template <typename T>
 DPP_HD T dpp_max(T a, T b) {
   return a > b ? a : b;
@@ -337,7 +348,8 @@ DPP_HD T lite_centre(const T* v, int n) {
 DPP_UNROLL
   for (int i = 0; i < taps; ++i)
     if (tap_valid<N>(i, n)) sum += v[i];
-  return sum / static_cast<T>(n);
+  // A multiply by 1/n: constant-folded where n is known (interior windows), no divide per window.
+  return sum * (T(1) / static_cast<T>(n));
 }
 
 template <typename T>
@@ -376,22 +388,63 @@ DPP_HD Params<T> make_params(T alpha, T log2_alpha, T lam, T eps2, bool asym, bo
   return p;
 }
 
+// e^x for a per-channel parameter (λ = e^θλ): the hardware exp2 on the GPU, libm in double on
+// the host (once per plane there, so its cost does not matter).
+DPP_HD float dpp_exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2f(x * 1.44269504088896341f);
+#else
+  return static_cast<float>(std::exp(static_cast<double>(x)));
+#endif
+}
+DPP_HD double dpp_exp(double x) { return ::exp(x); }
+
+// log2 of a per-channel α > 0 (the functional form): accurate libm on the host (once per plane).
+DPP_HD float param_log2(float x) {
+#if defined(__CUDA_ARCH__)
+  return __log2f(x);
+#else
+  return static_cast<float>(std::log2(static_cast<double>(x)));
+#endif
+}
+DPP_HD double param_log2(double x) { return ::log2(x); }
+
 // Per-channel parameter pointers (accumulation dtype, on the kernel's device) and the
 // per-call options: what every CPU and CUDA kernel reads to set up a channel.
+//
+// log_params: alpha and lam hold θα = ln α and θλ = ln λ, as the module stores them, and the
+// kernels return ∂L/∂θ (= α·∂L/∂α, λ·∂L/∂λ); otherwise they hold α, λ ≥ 0 (the functional form,
+// where α = 0 and λ = 0 are reachable) and the kernels return ∂L/∂α, ∂L/∂λ.
 template <typename T>
 struct ChannelArgs {
-  const T* alpha;
-  const T* log2_alpha;
-  const T* lam;
+  const T* alpha;   // α or θα
+  const T* lam;     // λ or θλ
   const T* weight;  // (C, 9) or nullptr (Lite-DPP)
   const T* bias;    // (C,) or nullptr
   T eps2;
   bool asym;
   bool scale_invariant;
+  bool log_params;
 
   DPP_HD Params<T> params(int64_t c) const {
-    return make_params(alpha[c], log2_alpha[c], lam[c], eps2, asym, scale_invariant);
+    if (log_params) {
+      Params<T> p;
+      // ∂/∂θα = α·∂/∂α: window_backward's a·(1/α) becomes a, so the factor is 1 (no exp, no divide).
+      p.inv_alpha = T(1);
+      p.log2_alpha = alpha[c] * T(1.44269504088896341);
+      p.half_lam = T(0.5) * dpp_exp(lam[c]);
+      p.eps2 = eps2;
+      p.asym = asym ? T(1) : T(0);
+      p.scale_invariant = scale_invariant ? T(1) : T(0);
+      return p;
+    }
+    const T a = alpha[c];
+    return make_params(a, a > T(0) ? param_log2(a) : -std::numeric_limits<T>::infinity(), lam[c], eps2, asym,
+                       scale_invariant);
   }
+
+  // Factor from the kernels' ∂L/∂λ to the op's λ gradient: λ for log_params (∂L/∂θλ), else 1.
+  DPP_HD T lam_grad_scale(int64_t c) const { return log_params ? dpp_exp(lam[c]) : T(1); }
 
   // Full-DPP's 3×3 filter and bias of channel c (zeros for Lite-DPP, where they are unused).
   DPP_HD void guide(int64_t c, T* f9, T& b) const {
@@ -419,7 +472,9 @@ DPP_HD T deviation(T v, T centre, T asym) {
 
 // Forward of one window.  Fills lc[i] = log2 c_i (scale-normalised) and
 // e[i] = 2^(ℓ_i − M) for the backward; both may be discarded by a forward-only caller.
-template <int N = 0, typename T>
+// SI: the scale-invariant option fixed at compile time (0 off, 1 on; the GPU forward
+// instantiates both), or −1 to read it from p branch-free (the CPU kernel's vectorised loops).
+template <int N = 0, int SI = -1, typename T>
 DPP_HD WindowStats<T> window_forward(const T* v, int n, T centre, const Params<T>& p, T* lc, T* e) {
   const int taps = tap_bound<N>(n);  // a plain bound: GCC drops the unroll pragma otherwise
   T sum_c = 0;
@@ -428,18 +483,25 @@ DPP_UNROLL
     if (!tap_valid<N>(i, n)) continue;
     const T d = deviation(v[i], centre, p.asym);
     lc[i] = log2_charbonnier(d, p.eps2);
-    sum_c += d * d + p.eps2;  // scale-invariant option only (inf for huge deviations)
+    if (SI != 0) sum_c += d * d + p.eps2;  // scale-invariant option only (inf for huge deviations)
   }
-  // Branch-free on purpose: the CPU kernel vectorises this across windows.  Σc ≥ n·ε² > 0; the
-  // clamp keeps 0·log2(inf) = NaN out of the default (not scale-invariant) path.
-  const T mean_c = dpp_min(sum_c / static_cast<T>(n), std::numeric_limits<T>::max());
-  const T log2_mean = p.scale_invariant * dpp_log2(mean_c);
   T shift = p.log2_alpha;
+  if (SI != 0) {
+    // Branch-free on purpose: the CPU kernel vectorises this across windows.  Σc ≥ n·ε² > 0; the
+    // clamp keeps 0·log2(inf) = NaN out of the default (not scale-invariant) path.
+    const T mean_c = dpp_min(sum_c / static_cast<T>(n), std::numeric_limits<T>::max());
+    const T log2_mean = (SI == 1 ? T(1) : p.scale_invariant) * dpp_log2(mean_c);
 DPP_UNROLL
-  for (int i = 0; i < taps; ++i) {
-    if (!tap_valid<N>(i, n)) continue;
-    lc[i] -= log2_mean;
-    shift = dpp_max(shift, p.half_lam * lc[i]);
+    for (int i = 0; i < taps; ++i) {
+      if (!tap_valid<N>(i, n)) continue;
+      lc[i] -= log2_mean;
+      shift = dpp_max(shift, p.half_lam * lc[i]);
+    }
+  } else {
+    sum_c = T(1);  // unused without the option
+DPP_UNROLL
+    for (int i = 0; i < taps; ++i)
+      if (tap_valid<N>(i, n)) shift = dpp_max(shift, p.half_lam * lc[i]);
   }
   const T alpha_w = dpp_exp2(p.log2_alpha - shift);  // log2 α = −inf (α = 0) gives 0
   T sum_e = 0, sum_ev = 0, sum_v = 0;
@@ -455,7 +517,7 @@ DPP_UNROLL
   s.shift = shift;
   s.alpha_w = alpha_w;
   s.sum_w = sum_e + static_cast<T>(n) * alpha_w;
-  s.out = (sum_ev + alpha_w * sum_v) / s.sum_w;
+  s.out = dpp_div(sum_ev + alpha_w * sum_v, s.sum_w);
   s.sum_c = sum_c;
   return s;
 }
@@ -474,7 +536,7 @@ template <int N = 0, typename T>
 DPP_HD WindowGrads<T> window_backward(T g, const T* v, int n, T centre, const Params<T>& p, const WindowStats<T>& s,
                                       const T* lc, const T* e, T* gv) {
   const int taps = tap_bound<N>(n);
-  const T gs = g / s.sum_w;
+  const T gs = dpp_div(g, s.sum_w);
   T sum_h = 0, sum_hlc = 0, sum_dv = 0;
 DPP_UNROLL
   for (int i = 0; i < taps; ++i) {

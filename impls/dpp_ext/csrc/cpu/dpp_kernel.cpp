@@ -98,12 +98,15 @@ struct Scratch {
   std::vector<T> plane_grad;    // H·W (fp16/bf16 backward accumulates in T)
   std::vector<T> row_buffer;    // a segment's input rows, end to end (flat packing)
 
-  explicit Scratch(const Geometry& g) {
+  // Ready for a call with geometry g (buffers keep their allocation from earlier calls).
+  void reset(const Geometry& g) {
     const size_t n = static_cast<size_t>(g.kernel_size) * g.kernel_size;
     v.resize(n);
     lc.resize(n);
     e.resize(n);
     gv.resize(n);
+    segments.clear();
+    used = 0;
   }
 
   void reserve_simd(const Geometry& g, int64_t windows, bool backward) {
@@ -119,6 +122,15 @@ struct Scratch {
     }
   }
 };
+
+// This thread's scratch, reset for g: allocated once per thread and dtype, not per call (on small
+// inputs the allocations were a good part of a call's host cost).
+template <typename T>
+Scratch<T>& thread_scratch(const Geometry& g) {
+  static thread_local Scratch<T> scratch;
+  scratch.reset(g);
+  return scratch;
+}
 
 // ---------------------------------------------------------------------------
 // Generic path: one window at a time (any k, s, padding).  N = the window's most taps when
@@ -732,11 +744,11 @@ void dispatch_path(const Geometry& g, Fn&& fn) {
 at::Tensor dpp_forward_cpu(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& lam,
                            const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                            int64_t kernel_size, int64_t stride, int64_t padding, bool asym, double eps2,
-                           bool scale_invariant) {
+                           bool scale_invariant, bool log_params) {
   TORCH_CHECK(x_in.device().is_cpu(), "dpp_forward (CPU kernel): input must be on the CPU");
   const at::Tensor x = x_in.contiguous();
   const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
-  const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias);
+  const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias, log_params);
   const int64_t batch = x.size(0), channels = x.size(1);
   at::Tensor y = at::empty({batch, channels, g.out_height, g.out_width}, x.options());
   if (y.numel() == 0) return y;
@@ -748,7 +760,7 @@ at::Tensor dpp_forward_cpu(const at::Tensor& x_in, const at::Tensor& alpha, cons
       using Path = decltype(path);
       at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
         const FlushSubnormals flush(std::is_same<T, float>::value);
-        Scratch<T> s(g);
+        Scratch<T>& s = thread_scratch<T>(g);
         Path::forward_planes(ps, begin, end, s);
       });
     });
@@ -759,12 +771,12 @@ at::Tensor dpp_forward_cpu(const at::Tensor& x_in, const at::Tensor& alpha, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& lam,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, int64_t kernel_size, int64_t stride,
-    int64_t padding, bool asym, double eps2, bool scale_invariant) {
+    int64_t padding, bool asym, double eps2, bool scale_invariant, bool log_params) {
   TORCH_CHECK(x_in.device().is_cpu() && grad_in.device().is_cpu(), "dpp_backward (CPU kernel): tensors must be on the CPU");
   const at::Tensor x = x_in.contiguous();
   const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
   const at::Tensor grad = upstream_grad(grad_in, x, g);
-  const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias);
+  const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias, log_params);
   const int64_t batch = x.size(0), channels = x.size(1);
   const int slots = channel_grad_slots(g.full);
   at::Tensor grad_x = at::empty_like(x);
@@ -779,18 +791,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
       using Path = decltype(path);
       at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
         const FlushSubnormals flush(std::is_same<T, float>::value);
-        Scratch<T> s(g);
+        Scratch<T>& s = thread_scratch<T>(g);
         Path::backward_planes(ps, begin, end, s, partial.data());
       });
     });
   });
-  at::Tensor table = at::zeros({channels, slots}, x.options().dtype(at::kDouble));
-  double* t = table.data_ptr<double>();
+  // Fixed-order reduction over the batch; λ's slot scaled to ∂L/∂θλ for log parameters.
+  std::vector<double> table(static_cast<size_t>(channels * slots), 0.0);
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t c = 0; c < channels; ++c)
-      for (int k = 0; k < slots; ++k) t[c * slots + k] += partial[(n * channels + c) * slots + k];
-  auto [g_alpha, g_lam, g_weight, g_bias] = split_channel_grads(table, alpha, lam, weight, bias);
-  return {grad_x, g_alpha, g_lam, g_weight, g_bias};
+      for (int k = 0; k < slots; ++k) table[c * slots + k] += partial[(n * channels + c) * slots + k];
+  if (log_params) {
+    AT_DISPATCH_FLOATING_TYPES(cp.lam.scalar_type(), "dpp_lam_scale", [&] {
+      const scalar_t* theta = cp.lam.const_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < channels; ++c) table[c * slots + 1] *= std::exp(static_cast<double>(theta[c]));
+    });
+  }
+  ParamGrads r = empty_param_grads(alpha, lam, weight, bias);
+  store_param_grads_host(table.data(), channels, g.full, r);
+  return {grad_x, r.alpha, r.lam, r.weight, r.bias};
 }
 
 }  // namespace

@@ -1,10 +1,13 @@
-// DPP forward/backward on CUDA: registers the CUDA dispatch key only.
+// DPP forward/backward on CUDA: the kernels and their typed launchers (forward_typed,
+// backward_typed).  dpp_cuda.cu holds the op entry points and registers the CUDA dispatch key;
+// dpp_{forward,backward}_{f32,f16}.cu instantiate the launchers, one translation unit per
+// direction and dtype group, so ninja compiles them in parallel.
 //
-// Forward: one thread per output window, fused (guide, log-domain weights,
+// Forward: one launch, one thread per output window, fused (guide, log-domain weights,
 // normalised weighted sum), reading each tap once from global memory.  Interior
-// windows of 2×2 and 3×3 kernels run in their own kernel with compile-time tap
-// offsets and no local memory; the few border windows (and other kernel sizes)
-// run in a second kernel that gathers with bounds checks.
+// windows of 2×2 and 3×3 kernels take compile-time tap offsets and no local memory;
+// border windows (and other kernel sizes) gather with bounds checks in the same grid.
+// The per-channel α, λ (or their logs) are read and exponentiated in the kernel.
 //
 // Backward (the weights are recomputed, nothing but x is saved):
 //  * window kernel — one thread per window of one channel (grid.y = channel):
@@ -166,79 +169,109 @@ __device__ __forceinline__ WindowGrads<T> backward_window(const scalar_t* __rest
 // Forward
 // ---------------------------------------------------------------------------
 
-// Interior windows (K ∈ {2, 3}): compile-time tap offsets, no bounds checks, everything in
-// registers (no local memory: `poolbench kernels` checks the stack frame is 0 bytes).
-template <int K, bool FULL, typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads)
-    dpp_forward_interior_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, Geometry g,
-                                ChannelArgs<T> args, InteriorRegion r, int64_t channels, int64_t total, bool small) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, c, ih, iw;
-    split_index(idx, r.rows, r.cols, channels, small, plane, c, ih, iw);
-    const int64_t oh = r.row0 + ih, ow = r.col0 + iw;
-    T f9[9], bias;
-    args.guide(c, f9, bias);
-    const T out = forward_window<K, true, FULL, K * K>(x + plane * g.height * g.width, g, oh, ow, args.params(c), f9,
-                                                       bias);
-    y[(plane * g.out_height + oh) * g.out_width + ow] = static_cast<scalar_t>(out);
-  }
-}
+}  // namespace
 
-// Index i of a plane's windows outside the interior region → (oh, ow): the rows above it, the
-// columns left and right of it, then the rows below it.  I: uint32_t when every index fits (64-bit
-// divisions are subroutine calls on GPUs), else int64_t.
-template <typename I>
-__device__ __forceinline__ void border_window(I i, const Geometry& g, const InteriorRegion& r, int64_t& oh,
-                                              int64_t& ow) {
-  const I width = static_cast<I>(g.out_width), row0 = static_cast<I>(r.row0), rows = static_cast<I>(r.rows),
-          col0 = static_cast<I>(r.col0), cols = static_cast<I>(r.cols);
-  const I top = row0 * width, side = width - cols, middle = rows * side;
-  I row, col;
-  if (i < top) {
-    row = i / width;
-    col = i - row * width;
-  } else if (i - top < middle) {
-    const I j = i - top, k = j - (j / side) * side;
-    row = row0 + j / side;
-    col = k < col0 ? k : k + cols;
-  } else {
-    const I j = i - top - middle;
-    row = row0 + rows + j / width;
-    col = j - (j / width) * width;
-  }
-  oh = static_cast<int64_t>(row);
-  ow = static_cast<int64_t>(col);
-}
+// n / d and n % d for a divisor fixed per launch, by a multiply-high and a shift (Granlund &
+// Montgomery; CUTLASS's FastDivmod): valid for n < 2^31.  A runtime 32-bit division is ~20
+// instructions per window on GPUs; this is 3.
+struct FastDivmod {
+  uint32_t divisor = 1, multiplier = 0, shift = 0;
 
-// Every other window (border windows; every window for kernel sizes without a fast path):
-// taps gathered with bounds checks (registers for K ∈ {2, 3}, a local array for the generic K = 0).
-template <int K, bool FULL, typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
-    dpp_forward_border_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, Geometry g,
-                              ChannelArgs<T> args, InteriorRegion r, int64_t channels, int64_t per_plane,
-                              int64_t total, bool small) {
+  FastDivmod() = default;
+  explicit FastDivmod(uint32_t d) : divisor(d) {
+    while ((uint64_t(1) << shift) < d) ++shift;  // shift = ceil(log2 d)
+    multiplier = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
+  }
+  DPP_HD uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t hi = __umulhi(n, multiplier);
+#else
+    const uint32_t hi = static_cast<uint32_t>((static_cast<uint64_t>(n) * multiplier) >> 32);
+#endif
+    return (hi + n) >> shift;
+  }
+};
+
+// How a flat output index splits into (plane, channel, row, column): divisors fixed per launch.
+struct OutputIndex {
+  FastDivmod width, height, channels;
+};
+
+namespace {
+
+// One output window of the forward: interior windows (K ∈ {2, 3}) take compile-time tap
+// offsets with no bounds checks and everything in registers (no local memory: `poolbench
+// kernels` checks the stack frame is 0 bytes); border windows (and every window of other
+// kernel sizes) gather with bounds checks in the same thread.  INTERIOR_ONLY is the static
+// report's probe: the border path replaced by a trap, so its SASS is what an interior window runs.
+template <int K, bool FULL, int SI, bool INTERIOR_ONLY, typename scalar_t, typename T>
+__device__ __forceinline__ T forward_one(const scalar_t* __restrict__ plane, const Geometry& g, int64_t oh, int64_t ow,
+                                         const ChannelArgs<T>& args, int64_t c) {
   constexpr int kTaps = K > 0 ? K * K : kGenericTaps;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t plane, c, oh, ow;
-    if (small) {  // 32-bit index arithmetic when the sizes fit
-      const uint32_t i = static_cast<uint32_t>(idx), pp = static_cast<uint32_t>(per_plane), p = i / pp;
-      plane = p;
-      c = p % static_cast<uint32_t>(channels);
-      border_window<uint32_t>(i - p * pp, g, r, oh, ow);
-    } else {
-      plane = idx / per_plane;
-      c = plane % channels;
-      border_window<int64_t>(idx - plane * per_plane, g, r, oh, ow);
+  T f9[9], bias = T(0);
+  if constexpr (FULL) args.guide(c, f9, bias);
+  const Params<T> p = args.params(c);
+  if constexpr (K > 0) {
+    if (interior_window(g, oh, ow)) {
+      Window<K * K, T> w;
+      load_window<K, true, FULL>(plane, g, oh, ow, f9, bias, w);
+      return window_forward<K * K, SI>(w.v, w.n, w.centre, p, w.lc, w.e).out;
     }
-    T f9[9], bias;
-    args.guide(c, f9, bias);
-    const T out = forward_window<K, false, FULL, kTaps>(x + plane * g.height * g.width, g, oh, ow, args.params(c), f9,
-                                                        bias);
-    y[(plane * g.out_height + oh) * g.out_width + ow] = static_cast<scalar_t>(out);
+  }
+  if constexpr (INTERIOR_ONLY) {
+#if defined(__CUDA_ARCH__)
+    __trap();
+#endif
+    return T(0);
+  } else {
+    Window<kTaps, T> w;
+    load_window<K, false, FULL>(plane, g, oh, ow, f9, bias, w);
+    return window_forward<kTapBound<K, false, T>, SI>(w.v, w.n, w.centre, p, w.lc, w.e).out;
   }
 }
+
+// The whole forward in one launch: one thread per output window, interior and border windows
+// in the same grid.  SMALL (fewer than 2^31 windows and input elements): one window per thread,
+// 32-bit indices split by FastDivmod; otherwise a grid-stride loop with 64-bit indices.
+template <int K, bool FULL, int SI, bool SMALL, bool INTERIOR_ONLY, typename scalar_t, typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
+    dpp_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, Geometry g, ChannelArgs<T> args,
+                       OutputIndex ix, int64_t total) {
+  if constexpr (SMALL) {
+    const uint32_t idx = blockIdx.x * kThreads + threadIdx.x;
+    if (idx >= static_cast<uint32_t>(total)) return;
+    const uint32_t q = ix.width.div(idx), plane = ix.height.div(q);
+    const uint32_t ow = idx - q * ix.width.divisor, oh = q - plane * ix.height.divisor;
+    const uint32_t c = plane - ix.channels.div(plane) * ix.channels.divisor;
+    const uint32_t plane_size = static_cast<uint32_t>(g.height * g.width);
+    y[idx] = static_cast<scalar_t>(
+        forward_one<K, FULL, SI, INTERIOR_ONLY>(x + plane * plane_size, g, oh, ow, args, c));
+  } else {
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; idx < total;
+         idx += static_cast<int64_t>(gridDim.x) * kThreads) {
+      const int64_t q = idx / g.out_width, plane = q / g.out_height;
+      const int64_t ow = idx - q * g.out_width, oh = q - plane * g.out_height;
+      const int64_t c = plane % static_cast<int64_t>(ix.channels.divisor);
+      y[idx] = static_cast<scalar_t>(
+          forward_one<K, FULL, SI, INTERIOR_ONLY>(x + plane * g.height * g.width, g, oh, ow, args, c));
+    }
+  }
+}
+
+#ifdef POOLBENCH_DPP_STATIC_PROBES
+// Interior-path probes for the static report (never launched): Lite/Full × 2×2/3×3 × the
+// float32-computed dtypes, scale-invariant option off, 32-bit indices.
+#define DPP_PROBE(K, FULL, scalar_t) \
+  template __global__ void dpp_forward_kernel<K, FULL, 0, true, true, scalar_t, float>( \
+      const scalar_t* __restrict__, scalar_t* __restrict__, Geometry, ChannelArgs<float>, OutputIndex, int64_t);
+#define DPP_PROBES(scalar_t) \
+  DPP_PROBE(2, false, scalar_t) DPP_PROBE(2, true, scalar_t) DPP_PROBE(3, false, scalar_t) DPP_PROBE(3, true, scalar_t)
+DPP_PROBES(float)
+DPP_PROBES(at::Half)
+DPP_PROBES(at::BFloat16)
+#undef DPP_PROBES
+#undef DPP_PROBE
+#endif
 
 // ---------------------------------------------------------------------------
 // Backward: per-window kernel (parameter gradients; input gradient when windows are disjoint)
@@ -263,7 +296,8 @@ __device__ __forceinline__ void block_reduce_store(T (&acc)[SLOTS], T* __restric
   }
 }
 
-template <int K, bool FULL, bool WRITE_TAPS, typename scalar_t, typename T>
+// INTERIOR_ONLY: the static report's probe (border windows replaced by a trap; never launched).
+template <int K, bool FULL, bool WRITE_TAPS, typename scalar_t, typename T, bool INTERIOR_ONLY = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
     dpp_backward_window_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                scalar_t* __restrict__ grad_x, T* __restrict__ centre_grad, T* __restrict__ partial,
@@ -332,9 +366,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
       }
     }
     if (!done) {
-      Window<kTaps, T> w;
-      gr = backward_window<K, false, FULL>(src, g, oh, ow, gy, p, f9, bias, w);
-      finish(w, false);
+      if constexpr (INTERIOR_ONLY) {
+#if defined(__CUDA_ARCH__)
+        __trap();
+#endif
+      } else {
+        Window<kTaps, T> w;
+        gr = backward_window<K, false, FULL>(src, g, oh, ow, gy, p, f9, bias, w);
+        finish(w, false);
+      }
     }
     acc[0] += gr.alpha;
     acc[1] += gr.lam;
@@ -347,13 +387,33 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<K, T>)
   block_reduce_store<SLOTS>(acc, partial + (c * gridDim.x + blockIdx.x) * SLOTS);
 }
 
-// (C, blocks, SLOTS) → (C, SLOTS) in float64, one CUDA block per channel: thread t sums the
-// partials of blocks t, t + kThreads, … in order, then a fixed tree over the threads —
-// parallel, and bitwise reproducible (no atomics).
-template <int SLOTS, typename T>
+#ifdef POOLBENCH_DPP_STATIC_PROBES
+// Interior-path probes of the backward window kernel for the static report (never launched):
+// 2×2 writes its taps (disjoint windows), 3×3 gives parameter gradients only (overlapping).
+#define DPP_BWD_PROBE(K, FULL, TAPS, scalar_t) \
+  template __global__ void dpp_backward_window_kernel<K, FULL, TAPS, scalar_t, float, true>( \
+      const scalar_t* __restrict__, const scalar_t* __restrict__, scalar_t* __restrict__, float* __restrict__, \
+      float* __restrict__, Geometry, ChannelArgs<float>, int64_t, int64_t, bool);
+#define DPP_BWD_PROBES(scalar_t) \
+  DPP_BWD_PROBE(2, false, true, scalar_t) DPP_BWD_PROBE(2, true, true, scalar_t) \
+  DPP_BWD_PROBE(3, false, false, scalar_t) DPP_BWD_PROBE(3, true, false, scalar_t)
+DPP_BWD_PROBES(float)
+DPP_BWD_PROBES(at::Half)
+DPP_BWD_PROBES(at::BFloat16)
+#undef DPP_BWD_PROBES
+#undef DPP_BWD_PROBE
+#endif
+
+// (C, blocks, SLOTS) → the parameter gradients, summed in float64, one CUDA block per channel:
+// thread t sums the partials of blocks t, t + kThreads, … in order, then a fixed tree over the
+// threads — parallel, and bitwise reproducible (no atomics).  Thread 0 writes each slot in the
+// outputs' dtype P, λ's scaled to ∂L/∂θλ for log parameters: no conversion op after the kernel.
+template <int SLOTS, typename T, typename P>
 __global__ void __launch_bounds__(kThreads)
-    dpp_reduce_partials_kernel(const T* __restrict__ partial, double* __restrict__ out, int64_t blocks) {
+    dpp_reduce_partials_kernel(const T* __restrict__ partial, ParamGradPtrs<P> out, ChannelArgs<T> args,
+                               int64_t blocks) {
   const int64_t c = blockIdx.x;
+  __shared__ double sums[SLOTS];
   double acc[SLOTS];
 #pragma unroll
   for (int s = 0; s < SLOTS; ++s) acc[s] = 0.0;
@@ -361,7 +421,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) acc[s] += static_cast<double>(partial[(c * blocks + b) * SLOTS + s]);
   }
-  block_reduce_store<SLOTS>(acc, out + c * SLOTS);
+  block_reduce_store<SLOTS>(acc, sums);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s)
+      out.store(c, s, s == 1 ? sums[s] * static_cast<double>(args.lam_grad_scale(c)) : sums[s]);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -490,140 +555,144 @@ void check_kernel_size(const Geometry& g) {
               g.kernel_size);
 }
 
-at::Tensor dpp_forward_cuda(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& lam,
-                            const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                            int64_t kernel_size, int64_t stride, int64_t padding, bool asym, double eps2,
-                            bool scale_invariant) {
-  TORCH_CHECK(DPP_IS_DEVICE_TENSOR(x_in), "dpp_forward (CUDA kernel): input must be a CUDA tensor");
-  DPP_DEVICE_GUARD(x_in);
-  const at::Tensor x = x_in.contiguous();
-  const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
-  check_kernel_size(g);
-  const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias);
-  const int64_t batch = x.size(0), channels = x.size(1);
-  at::Tensor y = at::empty({batch, channels, g.out_height, g.out_width}, x.options());
-  if (y.numel() == 0) return y;
-  // Fast path only for K ∈ {2, 3}; other kernel sizes send every window down the border kernel.
-  const InteriorRegion region = g.kernel_size == 2 || g.kernel_size == 3 ? interior_region(g) : InteriorRegion{0, 0, 0, 0};
-  const int64_t planes = batch * channels, inner = planes * region.rows * region.cols;
-  const int64_t per_plane_border = g.out_height * g.out_width - region.rows * region.cols;
-  auto stream = DPP_STREAM();
-  DPP_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpp_forward_cuda", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
-    dispatch_kernel_size(g.kernel_size, [&](auto k) {
-      dispatch_full(g.full, [&](auto full) {
-        constexpr int K = decltype(k)::value;
-        constexpr bool FULL = decltype(full)::value;
-        if constexpr (K > 0) {
-          if (inner > 0) {
-            auto kernel = dpp_forward_interior_kernel<K, FULL, scalar_t, T>;
-            DPP_LAUNCH(kernel, blocks_for(inner), kThreads, stream)(x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                                                                    g, args, region, channels, inner,
-                                                                    inner < std::numeric_limits<int32_t>::max());
-            DPP_LAUNCH_CHECK();
-          }
-        }
-        if (per_plane_border > 0) {
-          auto kernel = dpp_forward_border_kernel<K, FULL, scalar_t, T>;
-          DPP_LAUNCH(kernel, blocks_for(planes * per_plane_border), kThreads, stream)(
-              x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g, args, region, channels, per_plane_border,
-              planes * per_plane_border, planes * per_plane_border < std::numeric_limits<int32_t>::max());
-          DPP_LAUNCH_CHECK();
-        }
-      });
-    });
-  });
-  return y;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backward_cuda(
-    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& lam,
-    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, int64_t kernel_size, int64_t stride,
-    int64_t padding, bool asym, double eps2, bool scale_invariant) {
-  TORCH_CHECK(DPP_IS_DEVICE_TENSOR(x_in) && DPP_IS_DEVICE_TENSOR(grad_in),
-              "dpp_backward (CUDA kernel): tensors must be CUDA tensors");
-  DPP_DEVICE_GUARD(x_in);
-  const at::Tensor x = x_in.contiguous();
-  const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
-  check_kernel_size(g);
-  const at::Tensor grad = upstream_grad(grad_in, x, g);
-  const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias);
-  const int64_t batch = x.size(0), channels = x.size(1);
-  const int slots = channel_grad_slots(g.full);
-  const bool disjoint = g.stride >= g.kernel_size;
-  // Disjoint windows write their taps; pixels in no window (gaps, cut-off rows) stay zero.
-  const bool covered = g.stride == g.kernel_size &&
-                       (g.out_height - 1) * g.stride - g.padding + g.kernel_size >= g.height &&
-                       (g.out_width - 1) * g.stride - g.padding + g.kernel_size >= g.width;
-  at::Tensor grad_x = (disjoint && covered) ? at::empty_like(x) : at::zeros_like(x);
-  at::Tensor table = at::zeros({channels, slots}, x.options().dtype(at::kDouble));
-  const int64_t per_channel = batch * g.out_height * g.out_width;
-  if (per_channel == 0 || x.numel() == 0) {
-    auto [ga, gl, gw, gb] = split_channel_grads(table, alpha, lam, weight, bias);
-    return {grad_x, ga, gl, gw, gb};
-  }
-  TORCH_CHECK(channels <= 65535, "dpp_backward (CUDA kernel): at most 65535 channels, got ", channels);
-  const bool small = x.numel() < std::numeric_limits<int32_t>::max();  // 32-bit index arithmetic suffices
-  const int64_t reduce_blocks = std::min<int64_t>(blocks_for(per_channel), kMaxReduceBlocks);
-  auto stream = DPP_STREAM();
-  DPP_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dpp_backward_cuda", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
-    at::Tensor partial = at::empty({channels, reduce_blocks, slots}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
-    at::Tensor centre_grad;
-    if (g.full && disjoint)
-      centre_grad = at::empty({batch, channels, g.out_height, g.out_width}, partial.options());
-    dispatch_kernel_size(g.kernel_size, [&](auto k) {
-      dispatch_full(g.full, [&](auto full) {
-        constexpr int K = decltype(k)::value;
-        constexpr bool FULL = decltype(full)::value;
-        const dim3 grid(static_cast<unsigned>(reduce_blocks), static_cast<unsigned>(channels));
-        T* cg = centre_grad.defined() ? centre_grad.data_ptr<T>() : nullptr;
-        if (disjoint) {
-          auto window_kernel = dpp_backward_window_kernel<K, FULL, true, scalar_t, T>;
-          DPP_LAUNCH(window_kernel, grid, kThreads, stream)(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                                            grad_x.data_ptr<scalar_t>(), cg, partial.data_ptr<T>(), g,
-                                                            args, channels, batch, small);
-          DPP_LAUNCH_CHECK();
-          if (FULL) {
-            auto stencil_kernel = dpp_backward_stencil_kernel<scalar_t, T>;
-            DPP_LAUNCH(stencil_kernel, blocks_for(x.numel()), kThreads, stream)(cg, grad_x.data_ptr<scalar_t>(), g,
-                                                                                args, channels, x.numel(), small);
-            DPP_LAUNCH_CHECK();
-          }
-        } else {
-          auto window_kernel = dpp_backward_window_kernel<K, FULL, false, scalar_t, T>;
-          DPP_LAUNCH(window_kernel, grid, kThreads, stream)(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                                            nullptr, nullptr, partial.data_ptr<T>(), g, args, channels,
-                                                            batch, small);
-          DPP_LAUNCH_CHECK();
-          auto gather_kernel = dpp_backward_gather_kernel<K, FULL, scalar_t, T>;
-          DPP_LAUNCH(gather_kernel, blocks_for(x.numel()), kThreads, stream)(grad.const_data_ptr<scalar_t>(),
-                                                                             x.const_data_ptr<scalar_t>(),
-                                                                             grad_x.data_ptr<scalar_t>(), g, args,
-                                                                             channels, x.numel(), small);
-          DPP_LAUNCH_CHECK();
-        }
-      });
-    });
-    dispatch_full(g.full, [&](auto full) {
-      auto reduce_kernel = dpp_reduce_partials_kernel<decltype(full)::value ? 12 : 2, T>;
-      DPP_LAUNCH(reduce_kernel, channels, kThreads, stream)(partial.const_data_ptr<T>(), table.data_ptr<double>(),
-                                                            reduce_blocks);
-      DPP_LAUNCH_CHECK();
-    });
-  });
-  auto [g_alpha, g_lam, g_weight, g_bias] = split_channel_grads(table, alpha, lam, weight, bias);
-  return {grad_x, g_alpha, g_lam, g_weight, g_bias};
+template <typename Fn>
+void dispatch_bool(bool value, Fn&& fn) {
+  if (value) return fn(std::true_type{});
+  fn(std::false_type{});
 }
 
 }  // namespace
-}  // namespace poolbench_dpp
 
-#ifndef POOLBENCH_DPP_EMULATE
-TORCH_LIBRARY_IMPL(poolbench_dpp, CUDA, m) {
-  m.impl("dpp_forward", &poolbench_dpp::dpp_forward_cuda);
-  m.impl("dpp_backward", &poolbench_dpp::dpp_backward_cuda);
+// One forward/backward call as the typed launchers take it (the entry points in dpp_cuda.cu
+// check, allocate and dispatch on the dtype; each dtype's kernels live in their own
+// translation unit, dpp_{forward,backward}_{f32,f16}.cu, compiled in parallel).
+struct ForwardCall {
+  const at::Tensor& x;
+  at::Tensor& y;
+  const Geometry& g;
+  const ChannelParams& cp;
+  double eps2;
+  bool asym, scale_invariant;
+  OutputIndex ix;
+  bool small;
+  int64_t total;
+};
+
+struct BackwardCall {
+  const at::Tensor& grad;
+  const at::Tensor& x;
+  at::Tensor& grad_x;
+  const ParamGrads& reduced;
+  const Geometry& g;
+  const ChannelParams& cp;
+  double eps2;
+  bool asym, scale_invariant, disjoint, small;
+  int64_t reduce_blocks;
+};
+
+template <typename scalar_t>
+void forward_typed(const ForwardCall& call) {
+  const at::Tensor& x = call.x;
+  const Geometry& g = call.g;
+  const OutputIndex& ix = call.ix;
+  const int64_t total = call.total;
+  const bool small = call.small, scale_invariant = call.scale_invariant;
+  auto stream = DPP_STREAM();
+  using T = at::opmath_type<scalar_t>;
+  const ChannelArgs<T> args = channel_args<T>(call.cp, call.eps2, call.asym, scale_invariant);
+  // The scale-invariant option is a compile-time choice on the common path (2×2/3×3, 32-bit
+  // indices: its work is skipped, not multiplied by 0) and read at run time elsewhere.
+  auto launch = [&](auto kernel) {
+    DPP_LAUNCH(kernel, blocks_for(total), kThreads, stream)(x.const_data_ptr<scalar_t>(), call.y.data_ptr<scalar_t>(),
+                                                            g, args, ix, total);
+    DPP_LAUNCH_CHECK();
+  };
+  dispatch_kernel_size(g.kernel_size, [&](auto k) {
+    dispatch_full(g.full, [&](auto full) {
+      constexpr int K = decltype(k)::value;
+      constexpr bool FULL = decltype(full)::value;
+      if (!small) return launch(dpp_forward_kernel<K, FULL, -1, false, false, scalar_t, T>);
+      if constexpr (K > 0) {
+        dispatch_bool(scale_invariant, [&](auto si) {
+          launch(dpp_forward_kernel<K, FULL, decltype(si)::value ? 1 : 0, true, false, scalar_t, T>);
+        });
+      } else {
+        launch(dpp_forward_kernel<K, FULL, -1, true, false, scalar_t, T>);
+      }
+    });
+  });
 }
-#endif
+
+template <typename scalar_t>
+void backward_typed(const BackwardCall& call) {
+  const at::Tensor &grad = call.grad, &x = call.x;
+  at::Tensor grad_x = call.grad_x;
+  const ParamGrads& reduced = call.reduced;
+  const Geometry& g = call.g;
+  const bool disjoint = call.disjoint, small = call.small;
+  const int64_t reduce_blocks = call.reduce_blocks, batch = x.size(0), channels = x.size(1);
+  const int slots = channel_grad_slots(g.full);
+  const double eps2 = call.eps2;
+  const bool asym = call.asym, scale_invariant = call.scale_invariant;
+  const ChannelParams& cp = call.cp;
+  auto stream = DPP_STREAM();
+  using T = at::opmath_type<scalar_t>;
+  const ChannelArgs<T> args = channel_args<T>(cp, eps2, asym, scale_invariant);
+  at::Tensor partial = at::empty({channels, reduce_blocks, slots}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
+  at::Tensor centre_grad;
+  if (g.full && disjoint)
+    centre_grad = at::empty({batch, channels, g.out_height, g.out_width}, partial.options());
+  dispatch_kernel_size(g.kernel_size, [&](auto k) {
+    dispatch_full(g.full, [&](auto full) {
+      constexpr int K = decltype(k)::value;
+      constexpr bool FULL = decltype(full)::value;
+      const dim3 grid(static_cast<unsigned>(reduce_blocks), static_cast<unsigned>(channels));
+      T* cg = centre_grad.defined() ? centre_grad.data_ptr<T>() : nullptr;
+      if (disjoint) {
+        auto window_kernel = dpp_backward_window_kernel<K, FULL, true, scalar_t, T>;
+        DPP_LAUNCH(window_kernel, grid, kThreads, stream)(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                                          grad_x.data_ptr<scalar_t>(), cg, partial.data_ptr<T>(), g,
+                                                          args, channels, batch, small);
+        DPP_LAUNCH_CHECK();
+        if (FULL) {
+          auto stencil_kernel = dpp_backward_stencil_kernel<scalar_t, T>;
+          DPP_LAUNCH(stencil_kernel, blocks_for(x.numel()), kThreads, stream)(cg, grad_x.data_ptr<scalar_t>(), g,
+                                                                              args, channels, x.numel(), small);
+          DPP_LAUNCH_CHECK();
+        }
+      } else {
+        auto window_kernel = dpp_backward_window_kernel<K, FULL, false, scalar_t, T>;
+        DPP_LAUNCH(window_kernel, grid, kThreads, stream)(grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                                          nullptr, nullptr, partial.data_ptr<T>(), g, args, channels,
+                                                          batch, small);
+        DPP_LAUNCH_CHECK();
+        auto gather_kernel = dpp_backward_gather_kernel<K, FULL, scalar_t, T>;
+        DPP_LAUNCH(gather_kernel, blocks_for(x.numel()), kThreads, stream)(grad.const_data_ptr<scalar_t>(),
+                                                                           x.const_data_ptr<scalar_t>(),
+                                                                           grad_x.data_ptr<scalar_t>(), g, args,
+                                                                           channels, x.numel(), small);
+        DPP_LAUNCH_CHECK();
+      }
+    });
+  });
+  // The reduction writes the gradients in the parameters' dtype P (a switch, not AT_DISPATCH:
+  // its `using scalar_t` would shadow this template's parameter).
+  auto reduce_with = [&](auto* tag) {
+    using P = std::remove_pointer_t<decltype(tag)>;
+    const ParamGradPtrs<P> out = param_grad_ptrs<P>(reduced, g.full);
+    dispatch_full(g.full, [&](auto full) {
+      auto reduce_kernel = dpp_reduce_partials_kernel<decltype(full)::value ? 12 : 2, T, P>;
+      DPP_LAUNCH(reduce_kernel, channels, kThreads, stream)(partial.const_data_ptr<T>(), out, args, reduce_blocks);
+      DPP_LAUNCH_CHECK();
+    });
+  };
+  switch (reduced.alpha.scalar_type()) {
+    case at::kFloat: reduce_with(static_cast<float*>(nullptr)); break;
+    case at::kDouble: reduce_with(static_cast<double*>(nullptr)); break;
+    case at::kHalf: reduce_with(static_cast<at::Half*>(nullptr)); break;
+    case at::kBFloat16: reduce_with(static_cast<at::BFloat16*>(nullptr)); break;
+    default: TORCH_CHECK(false, "dpp_backward (CUDA kernel): unsupported parameter dtype ", reduced.alpha.scalar_type());
+  }
+}
+
+}  // namespace poolbench_dpp
