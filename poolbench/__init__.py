@@ -12,17 +12,17 @@ from pathlib import Path as _Path
 
 
 def _map_in_tree_plugins() -> None:
-    """Make the repository's ``impls/`` folder importable as ``poolbench.impls`` in a source checkout.
+    """Make the repository's ``impls/`` folder importable as ``poolbench.impls`` when running from a checkout.
 
-    An install maps the folder there (``pyproject.toml``'s package-dir); a run from the source tree
-    (``PYTHONPATH=. python -m poolbench``, as on a machine without the package installed) has no
-    install, so the same name is given to the folder beside this package.
+    A wheel installs the folder as ``poolbench/impls`` (setup.py's package-dir). A checkout
+    (``PYTHONPATH=. python -m poolbench``, or an editable install) maps the folder beside this package,
+    even when another checkout is installed: the plugins always come from the tree poolbench itself
+    was imported from.
     """
-    if _importlib_util.find_spec(f"{__name__}.impls") is not None:
-        return
-    folder = _Path(__file__).resolve().parent.parent / "impls"
-    if not (folder / "__init__.py").is_file():
-        return
+    root = _Path(__file__).resolve().parent.parent
+    folder = root / "impls"
+    if not ((root / "setup.py").is_file() and (folder / "__init__.py").is_file()):
+        return  # an installed wheel: poolbench/impls is a regular subpackage
     spec = _importlib_util.spec_from_file_location(f"{__name__}.impls", folder / "__init__.py",
                                                    submodule_search_locations=[str(folder)])
     module = _importlib_util.module_from_spec(spec)

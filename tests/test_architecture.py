@@ -129,3 +129,13 @@ def test_every_folder_of_python_modules_is_a_regular_package():
     of the wheel: an installed poolbench would then miss that whole job."""
     folders = {path.parent for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts}
     assert sorted(str(f) for f in folders if not (f / "__init__.py").is_file()) == []
+
+
+def test_in_tree_plugins_are_imported_from_this_checkout():
+    """``poolbench.impls`` is the impls/ folder beside the imported poolbench, never another checkout's
+    (an editable install of one tree must not feed its plugins to a second tree run with PYTHONPATH)."""
+    import poolbench
+    import poolbench.impls
+
+    assert [Path(p) for p in poolbench.impls.__path__] == [PACKAGE.parent / "impls"]
+    assert Path(poolbench.__file__).resolve().parent == PACKAGE
