@@ -156,12 +156,24 @@ def _pixel_slots(args) -> int:
     return (2 * args["CP"] if args["POOL"] else 0) + (args["GP"] if args["GUIDE"] else 0)
 
 
+#: Autotune keys: every argument that changes the compiled kernel or its best tile (the plane's
+#: geometry, the variant flags; Triton adds the tensors' dtypes), never the batch size.
+FORWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI"]
+BACKWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI", "FUSED_GX"]
+PIXEL_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "POOL", "GUIDE", "ACCUM"]
+
 _FWD_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (512, 4)))
 _BWD_WINDOW_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (256, 2)))
 _PIXEL_CONFIGS = _configs(((128, 4), (256, 4), (512, 4), (1024, 4)))
 
 
 # --------------------------------------------------------------------------- shared inline maths
+#
+# Per-tap values are *tuples* of [BLOCK] tensors, one per tap, built with ``tl.static_range``: every
+# tensor of a kernel is one-dimensional, so every layout puts whole windows in one thread whatever
+# the compiler version.  (A [taps, windows] register tile leaves the layout to Triton's coalescing
+# heuristic: Triton 3.6 spreads the taps over lanes there, which replicates the per-window maths
+# and the index divisions on every lane and adds shuffle reductions, ≈3× the instructions.)
 
 
 @triton.jit
@@ -183,28 +195,74 @@ def _eps2_value(eps2, ACC: tl.constexpr):
 
 
 @triton.jit
-def _guide_taps(xp, oh, ow, pmask, H, W, S: tl.constexpr, ACC: tl.constexpr):
-    """The 3×3 neighbourhood of (oh·s, ow·s), zero outside the image (conv padding 1): [16, BLOCK]."""
-    t = tl.arange(0, 16)
-    r = (oh * S - 1)[None, :] + (t // 3)[:, None]
-    col = (ow * S - 1)[None, :] + (t % 3)[:, None]
-    inside = pmask[None, :] & (t < 9)[:, None] & (r >= 0) & (r < H) & (col >= 0) & (col < W)
-    return tl.load(xp + r * W + col, mask=inside, other=0.0).to(ACC)
+def _tsum(values, N: tl.constexpr):
+    total = values[0]
+    for t in tl.static_range(1, N):
+        total += values[t]
+    return total
 
 
 @triton.jit
-def _guide(xp, w_ptr, b_ptr, ch, v, valid, n, oh, ow, pmask, H, W,
+def _tmax(values, N: tl.constexpr):
+    best = values[0]
+    for t in tl.static_range(1, N):
+        best = tl.maximum(best, values[t])
+    return best
+
+
+@triton.jit
+def _window_taps(xp, oh, ow, pmask, H, W, K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
+                 ACC: tl.constexpr):
+    """(x, inside) of the K² taps, row-major: tuples of [BLOCK]; padded taps read 0."""
+    values = ()
+    masks = ()
+    for t in tl.static_range(K * K):
+        row = oh * S + (t // K - PAD)
+        col = ow * S + (t % K - PAD)
+        if PAD == 0:  # without padding every tap of an in-range window is inside the image
+            inside = pmask
+        else:
+            inside = pmask & (row >= 0) & (row < H) & (col >= 0) & (col < W)
+        values = values + (tl.load(xp + row * W + col, mask=inside, other=0.0).to(ACC),)
+        masks = masks + (inside,)
+    return values, masks
+
+
+@triton.jit
+def _guide_taps(xp, v, oh, ow, pmask, H, W, K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
+                ACC: tl.constexpr):
+    """The 3×3 neighbourhood of (oh·s, ow·s), zero outside the image (conv padding 1): a tuple of 9 [BLOCK].
+
+    Taps that coincide with window taps are taken from ``v`` (all 9 for k=3, pad=1; 4 for k=2, pad=0).
+    """
+    values = ()
+    for gr in tl.static_range(3):
+        for gc in tl.static_range(3):
+            # the window tap on the same pixel is (gr − 1 + pad, gc − 1 + pad) when inside the window
+            if (gr - 1 + PAD >= 0) and (gr - 1 + PAD < K) and (gc - 1 + PAD >= 0) and (gc - 1 + PAD < K):
+                values = values + (v[(gr - 1 + PAD) * K + (gc - 1 + PAD)],)
+            else:
+                row = oh * S + (gr - 1)
+                col = ow * S + (gc - 1)
+                inside = pmask & (row >= 0) & (row < H) & (col >= 0) & (col < W)
+                values = values + (tl.load(xp + row * W + col, mask=inside, other=0.0).to(ACC),)
+    return values
+
+
+@triton.jit
+def _guide(xp, w_ptr, b_ptr, ch, v, n, oh, ow, pmask, H, W,
            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, FULL: tl.constexpr, ACC: tl.constexpr):
-    """Ĩ per window: the learned 3×3 filter plus bias (Full) or the window mean (Lite)."""
+    """(Ĩ, guide taps) per window: the learned 3×3 filter plus bias (Full) or the window mean (Lite)."""
     if FULL:
-        xg = _guide_taps(xp, oh, ow, pmask, H, W, S, ACC)
-        tg = tl.arange(0, 16)
-        f = tl.load(w_ptr + ch * 9 + tg, mask=tg < 9, other=0.0).to(ACC)
-        return tl.sum(xg * f[:, None], axis=0) + tl.load(b_ptr + ch).to(ACC)
+        xg = _guide_taps(xp, v, oh, ow, pmask, H, W, K, S, PAD, ACC)
+        g = xg[0] * tl.load(w_ptr + ch * 9).to(ACC)
+        for t in tl.static_range(1, 9):
+            g += xg[t] * tl.load(w_ptr + ch * 9 + t).to(ACC)
+        return g + tl.load(b_ptr + ch).to(ACC), xg
     elif PAD == 0:
-        return tl.sum(v, axis=0) * (1.0 / (K * K))
+        return _tsum(v, K * K) * (1.0 / (K * K)), v
     else:
-        return tl.sum(v, axis=0) / n
+        return _tsum(v, K * K) / n, v
 
 
 @triton.jit
@@ -218,47 +276,64 @@ def _window_scale(dmax, eps2, ACC: tl.constexpr):
 
 @triton.jit
 def _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2, oh, ow, pmask, H, W,
-                 K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
+                 K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
                  ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr):
     """Everything the forward and backward need about a block of windows, in registers.
 
-    Returns (valid, n, g, r, ds, c, lr, e, a, D⁻¹, y − g, M, ℓ_max − M, 1/c_max, log2 c_max − log2 m,
-    Σe, Σr, Σe·r, Σc, sc): taps [KP, BLOCK] and per-window [BLOCK] values; r = I − Ĩ before the Asym clamp,
-    ds = d·sc, c = ds² + ε²·sc², lr = log2(c/c_max); invalid taps have r = ds = e = 0.  The output
-    is formed as Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly y = I (no rounding residue
-    for the α-gradient at α = 0 to amplify) and large |I| with small spread keeps its precision.
+    Returns (taps, windows): ``taps`` = (inside, r, ds, c, lr, e, guide taps), tuples over the K² taps of
+    [BLOCK] tensors; ``windows`` = (n, g, a, D⁻¹, y − g, M, ℓ_max − M, 1/c_max, log2 c_max − log2 m,
+    Σe, Σr, Σe·r, Σc, sc), [BLOCK] each.  r = I − Ĩ before the Asym clamp, ds = d·sc,
+    c = ds² + ε²·sc², lr = log2(c/c_max); padded taps have r = ds = e = 0.  The output is formed as
+    Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly y = I (no rounding residue for the α-gradient
+    at α = 0 to amplify) and large |I| with small spread keeps its precision.
     """
-    t = tl.arange(0, KP)
-    row = (oh * S - PAD)[None, :] + (t % K)[:, None]
-    col = (ow * S - PAD)[None, :] + (t // K)[:, None]
-    # Without padding every tap of an in-range window is inside the image.
-    MASK_TAPS: tl.constexpr = PAD != 0 or KP != K * K
+    KK: tl.constexpr = K * K
+    v, inside = _window_taps(xp, oh, ow, pmask, H, W, K, S, PAD, ACC)
     if PAD == 0:
-        valid = (t < K * K)[:, None] & pmask[None, :]
-        n = tl.full(oh.shape, K * K, ACC)
+        n = tl.full(oh.shape, KK, ACC)
     else:
-        valid = (t < K * K)[:, None] & pmask[None, :] & (row >= 0) & (row < H) & (col >= 0) & (col < W)
-        n = tl.maximum(tl.sum(valid.to(ACC), axis=0), 1.0)
-    v = tl.load(xp + row * W + col, mask=valid, other=0.0).to(ACC)
-    g = _guide(xp, w_ptr, b_ptr, ch, v, valid, n, oh, ow, pmask, H, W, K, S, PAD, FULL, ACC)
-    r = v - g[None, :]
-    if MASK_TAPS:
-        r = tl.where(valid, r, 0.0)
+        count = inside[0].to(ACC)
+        for t in tl.static_range(1, KK):
+            count += inside[t].to(ACC)
+        n = tl.maximum(count, 1.0)
+    g, xg = _guide(xp, w_ptr, b_ptr, ch, v, n, oh, ow, pmask, H, W, K, S, PAD, FULL, ACC)
+    r = ()
+    d = ()
+    for t in tl.static_range(KK):
+        rt = v[t] - g
+        if PAD != 0:
+            rt = tl.where(inside[t], rt, 0.0)
+        r = r + (rt,)
+        if ASYM:
+            d = d + (tl.maximum(rt, 0.0),)
+        else:
+            d = d + (rt,)
     if ASYM:
-        d = tl.maximum(r, 0.0)
-        dmax = tl.max(d, axis=0)
+        dmax = _tmax(d, KK)
     else:
-        d = r
-        dmax = tl.max(tl.abs(d), axis=0)
+        dmax = tl.abs(d[0])
+        for t in tl.static_range(1, KK):
+            dmax = tl.maximum(dmax, tl.abs(d[t]))
     sc, log2_inv_sc2, eps2s = _window_scale(dmax, eps2, ACC)
-    ds = d * sc[None, :]
     dmaxs = dmax * sc
     cmax = dmaxs * dmaxs + eps2s
-    c = ds * ds + eps2s[None, :]
     inv_cmax = 1.0 / cmax
-    lr = _log2(c * inv_cmax[None, :], ACC)  # ≤ 0 (finite: c ≥ TINY)
+    ds = ()
+    c = ()
+    lr = ()
+    for t in tl.static_range(KK):
+        dst = d[t] * sc
+        ct = dst * dst + eps2s
+        ds = ds + (dst,)
+        c = c + (ct,)
+        lr = lr + (_log2(ct * inv_cmax, ACC),)  # ≤ 0 (finite: c ≥ TINY)
     if SI:
-        csum = tl.sum(tl.where(valid, c, 0.0), axis=0) if MASK_TAPS else tl.sum(c, axis=0)
+        if PAD == 0:
+            csum = _tsum(c, KK)
+        else:
+            csum = tl.where(inside[0], c[0], 0.0)
+            for t in tl.static_range(1, KK):
+                csum += tl.where(inside[t], c[t], 0.0)
         log_ratio_max = _log2(cmax * n / csum, ACC)  # log2 c_max − log2 m (the scale cancels)
     else:
         csum = cmax  # unused
@@ -267,16 +342,21 @@ def _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2, oh, ow, pmask, H,
     M = tl.maximum(ell_max, log2_alpha)
     a = tl.exp2(log2_alpha - M)  # exactly 0 when α = 0
     shift = ell_max - M  # ≤ 0
-    e = tl.exp2(half * lr + shift[None, :])
-    if MASK_TAPS:
-        e = tl.where(valid, e, 0.0)
-    sum_e = tl.sum(e, axis=0)
-    sum_r = tl.sum(r, axis=0)
-    sum_er = tl.sum(e * r, axis=0)
+    e = ()
+    for t in tl.static_range(KK):
+        et = tl.exp2(half * lr[t] + shift)
+        if PAD != 0:
+            et = tl.where(inside[t], et, 0.0)
+        e = e + (et,)
+    sum_e = _tsum(e, KK)
+    sum_r = _tsum(r, KK)
+    sum_er = e[0] * r[0]
+    for t in tl.static_range(1, KK):
+        sum_er += e[t] * r[t]
     inv_D = 1.0 / (sum_e + a * n)
     yg = (sum_er + a * sum_r) * inv_D
-    return (valid, n, g, r, ds, c, lr, e, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er,
-            csum, sc)
+    return ((inside, r, ds, c, lr, e, xg),
+            (n, g, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er, csum, sc))
 
 
 @triton.jit
@@ -290,11 +370,11 @@ def _log2_alpha(alpha_ptr, ch, ACC: tl.constexpr):
 # --------------------------------------------------------------------------- forward
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["NC", "P", "K", "S", "FULL"],
+@triton.autotune(configs=_FWD_CONFIGS, key=FORWARD_KEY,
                  prune_configs_by={"early_config_prune": _prune(_window_slots, FORWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, y_ptr, eps2: tl.float64,
-                    NC, C, H, W, OW, P,
+                    C, H, W, OW, P,
                     K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                     ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr,
                     BLOCK: tl.constexpr):
@@ -302,13 +382,14 @@ def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, y_ptr, eps2: tl.flo
     ch = plane % C
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < P
-    oh, ow = offs // OW, offs % OW
+    oh = offs // OW
+    ow = offs - oh * OW
     log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
-    half = tl.load(lam_ptr + ch) * 0.5
+    half = tl.load(lam_ptr + ch).to(ACC) * 0.5
     xp = x_ptr + plane * H * W
-    window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, _eps2_value(eps2, ACC), oh, ow, pmask, H, W,
-                          K, S, PAD, KP, ASYM, FULL, SI, ACC)
-    g, yg = window[2], window[10]
+    _, window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, _eps2_value(eps2, ACC), oh, ow, pmask, H, W,
+                             K, S, PAD, ASYM, FULL, SI, ACC)
+    g, yg = window[1], window[4]
     tl.store(y_ptr + plane * P + offs, (g + yg).to(y_ptr.dtype.element_ty), mask=pmask)
 
 
@@ -338,21 +419,22 @@ def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gy
     tl.store(sp + 8 * P, sc, mask=pmask)
 
 
-@triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=["NC", "P", "K", "S", "FULL", "FUSED_GX"],
+@triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=BACKWARD_KEY,
                  prune_configs_by={"early_config_prune": _prune(_window_slots, BACKWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2: tl.float64,
                            gx_ptr, stats_ptr, gg_ptr, part_ptr,
-                           NC, C, H, W, OW, P, CHUNK, SPLIT,
+                           C, H, W, OW, P, CHUNK, SPLIT,
                            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                            ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr,
                            FUSED_GX: tl.constexpr, WRITE_STATS: tl.constexpr, NPART: tl.constexpr,
                            ACC: tl.constexpr, BLOCK: tl.constexpr):
+    KK: tl.constexpr = K * K
     plane = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ch = plane % C
     log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
-    half = tl.load(lam_ptr + ch) * 0.5
+    half = tl.load(lam_ptr + ch).to(ACC) * 0.5
     eps2c = _eps2_value(eps2, ACC)
     xp = x_ptr + plane * H * W
     start = split * CHUNK
@@ -360,48 +442,75 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
     acc_alpha = tl.zeros((BLOCK,), ACC)
     acc_lam = tl.zeros((BLOCK,), ACC)
     acc_bias = tl.zeros((BLOCK,), ACC)
-    acc_weight = tl.zeros((16, BLOCK), ACC)
-    for block_start in range(start, stop, BLOCK):
-        offs = block_start + tl.arange(0, BLOCK)
+    acc_weight = ()
+    for t in tl.static_range(9 if FULL else 1):
+        acc_weight = acc_weight + (tl.zeros((BLOCK,), ACC),)
+    # A while loop, not range(start, stop, BLOCK): Triton 3.6's interpreter passes integer arguments
+    # as 1-element arrays, which range() cannot take.
+    block_start = 0
+    while block_start < CHUNK:
+        offs = start + block_start + tl.arange(0, BLOCK)
+        block_start += BLOCK
         pmask = offs < stop
-        oh, ow = offs // OW, offs % OW
-        (valid, n, g, r, ds, c, lr, e, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er,
-         csum, sc) = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, oh, ow, pmask, H, W,
-                            K, S, PAD, KP, ASYM, FULL, SI, ACC)
+        oh = offs // OW
+        ow = offs - oh * OW
+        taps, window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, oh, ow, pmask, H, W,
+                                    K, S, PAD, ASYM, FULL, SI, ACC)
+        inside, r, ds, c, lr, e, xg = taps
+        n, g, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er, csum, sc = window
         gyd = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC) * inv_D
-        dev = tl.where(valid, r - yg[None, :], 0.0)  # I_q − y
         # Σ_q (I_q − y) = (Σe·Σr − n·Σe·r)/D: the α-terms cancel analytically, so windows whose ρ
         # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
         # 2^(−M) (up to 1/α) would amplify.
         sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
         acc_alpha += tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
+        dev = ()
+        for t in tl.static_range(KK):
+            if PAD != 0:
+                dev = dev + (tl.where(inside[t], r[t] - yg, 0.0),)  # I_q − y
+            else:
+                dev = dev + (r[t] - yg,)
         # ∂L/∂λ: since Σ(I−y)·w = 0, subtracting L_max gives Σ(I−y)·e·log2(c/c_max) − a·L_max·Σ(I−y),
         # where both terms vanish on flat windows, exactly.
-        acc_lam += tl.where(pmask, gyd * (0.5 * LN2) * (tl.sum(dev * e * lr, axis=0) - a * log_ratio_max * sum_dev),
-                            0.0)
-        beta = gyd[None, :] * dev * e * half
+        dev_e_lr = dev[0] * e[0] * lr[0]
+        for t in tl.static_range(1, KK):
+            dev_e_lr += dev[t] * e[t] * lr[t]
+        acc_lam += tl.where(pmask, gyd * (0.5 * LN2) * (dev_e_lr - a * log_ratio_max * sum_dev), 0.0)
+        gh = gyd * half
+        beta = ()
+        for t in tl.static_range(KK):
+            beta = beta + (gh * dev[t] * e[t],)
         if SI:
-            si_term = tl.sum(beta, axis=0) / csum
+            si_term = _tsum(beta, KK) / csum
         else:
             si_term = tl.zeros_like(gyd)
         two_sc = 2.0 * sc
-        gamma = ds * two_sc[None, :] * (beta / c - si_term[None, :])
-        g_guide = -tl.sum(gamma, axis=0)
+        gamma = ()
+        for t in tl.static_range(KK):
+            if SI:
+                gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t] - si_term),)
+            else:
+                gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t]),)
+        g_guide = -_tsum(gamma, KK)
         if FULL:
-            xg = _guide_taps(xp, oh, ow, pmask, H, W, S, ACC)
-            acc_weight += tl.where(pmask, g_guide, 0.0)[None, :] * xg
-            acc_bias += tl.where(pmask, g_guide, 0.0)
+            gg_kept = tl.where(pmask, g_guide, 0.0)
+            new_weight = ()
+            for t in tl.static_range(9):
+                new_weight = new_weight + (acc_weight[t] + gg_kept * xg[t],)
+            acc_weight = new_weight
+            acc_bias += gg_kept
             g_spread = g_guide
         else:
             g_spread = g_guide / n
         if FUSED_GX:
-            gx = gyd[None, :] * (e + a[None, :]) + gamma
-            if not FULL:
-                gx += g_spread[None, :]
-            t = tl.arange(0, KP)
-            row = (oh * S - PAD)[None, :] + (t % K)[:, None]
-            col = (ow * S - PAD)[None, :] + (t // K)[:, None]
-            tl.store(gx_ptr + plane * H * W + row * W + col, gx.to(gx_ptr.dtype.element_ty), mask=valid)
+            gxp = gx_ptr + plane * H * W
+            for t in tl.static_range(KK):
+                gxt = gyd * (e[t] + a) + gamma[t]
+                if not FULL:
+                    gxt += g_spread
+                row = oh * S + (t // K - PAD)
+                col = ow * S + (t % K - PAD)
+                tl.store(gxp + row * W + col, gxt.to(gx_ptr.dtype.element_ty), mask=inside[t])
             if FULL:
                 tl.store(gg_ptr + plane * P + offs, g_guide, mask=pmask)
         if WRITE_STATS:
@@ -411,15 +520,15 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
     tl.store(pp + 1, tl.sum(acc_lam, axis=0))
     if FULL:
         tl.store(pp + 2, tl.sum(acc_bias, axis=0))
-        tg = tl.arange(0, 16)
-        tl.store(pp + 3 + tg, tl.sum(acc_weight, axis=1), mask=tg < 9)
+        for t in tl.static_range(9):
+            tl.store(pp + 3 + t, tl.sum(acc_weight[t], axis=0))
 
 
-@triton.autotune(configs=_PIXEL_CONFIGS, key=["NC", "H", "W", "K", "S", "POOL", "GUIDE"],
+@triton.autotune(configs=_PIXEL_CONFIGS, key=PIXEL_KEY,
                  prune_configs_by={"early_config_prune": _prune(_pixel_slots, PIXEL_TILE_BUDGET)}, restore_value=["gx_ptr"])
 @triton.jit
 def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg_ptr, gx_ptr,
-                          NC, C, H, W, OH, OW, P, GG_PLANE,
+                          C, H, W, OH, OW, P, GG_PLANE,
                           K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
                           CI: tl.constexpr, CP: tl.constexpr, GI: tl.constexpr, GP: tl.constexpr,
                           ASYM: tl.constexpr, FULL: tl.constexpr, POOL: tl.constexpr, GUIDE: tl.constexpr,
@@ -428,53 +537,57 @@ def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg
     ch = plane % C
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < H * W
-    h, w = offs // W, offs % W
+    h = offs // W
+    w = offs - h * W
     gx_ptrs = gx_ptr + plane * H * W + offs
     if ACCUM:
         gx = tl.load(gx_ptrs, mask=pmask, other=0.0).to(ACC)
     else:
         gx = tl.zeros((BLOCK,), ACC)
-    if POOL:  # the windows (i, j) containing pixel (h, w), windows on axis 0
+    if POOL:  # the ≤ CI² windows (i, j) containing pixel (h, w)
         eps2c = _eps2_value(eps2, ACC)
-        half = tl.load(lam_ptr + ch) * 0.5
+        half = tl.load(lam_ptr + ch).to(ACC) * 0.5
         xv = tl.load(x_ptr + plane * H * W + offs, mask=pmask, other=0.0).to(ACC)
-        u = tl.arange(0, CP)
-        i = ((h + PAD) // S)[None, :] - (u // CI)[:, None]
-        j = ((w + PAD) // S)[None, :] - (u % CI)[:, None]
-        inside = (pmask[None, :] & (u < CI * CI)[:, None] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
-                  & (h[None, :] + PAD - i * S < K) & (w[None, :] + PAD - j * S < K))
-        sp = stats_ptr + plane * 9 * P + i * OW + j
-        g = tl.load(sp, mask=inside, other=0.0)
-        yg = tl.load(sp + P, mask=inside, other=0.0)
-        inv_cmax = tl.load(sp + 2 * P, mask=inside, other=1.0)
-        shift = tl.load(sp + 3 * P, mask=inside, other=0.0)
-        a = tl.load(sp + 4 * P, mask=inside, other=0.0)
-        gyd = tl.load(sp + 5 * P, mask=inside, other=0.0)
-        si_term = tl.load(sp + 6 * P, mask=inside, other=0.0)
-        sc = tl.load(sp + 8 * P, mask=inside, other=1.0)
-        r = tl.where(inside, xv[None, :] - g, 0.0)  # slots of no window: no inf from |x|² there
-        d = r
-        if ASYM:
-            d = tl.maximum(d, 0.0)
-        ds = d * sc
-        c = ds * ds + tl.maximum(eps2c * sc * sc, TINY)
-        e = tl.exp2(half * _log2(c * inv_cmax, ACC) + shift)
-        beta = gyd * (r - yg) * e * half
-        contrib = gyd * (e + a) + 2.0 * ds * sc * (beta / c - si_term)
-        if not FULL:
-            contrib += tl.load(sp + 7 * P, mask=inside, other=0.0)
-        gx += tl.sum(tl.where(inside, contrib, 0.0), axis=0)
-    if GUIDE:  # the guide filters (i, j) reading pixel (h, w)
-        u = tl.arange(0, GP)
-        i = ((h + 1) // S)[None, :] - (u // GI)[:, None]
-        j = ((w + 1) // S)[None, :] - (u % GI)[:, None]
-        dy = h[None, :] + 1 - i * S
-        dx = w[None, :] + 1 - j * S
-        inside = (pmask[None, :] & (u < GI * GI)[:, None] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
-                  & (dy < 3) & (dx < 3))
-        gg = tl.load(gg_ptr + plane * GG_PLANE + i * OW + j, mask=inside, other=0.0)
-        f = tl.load(w_ptr + ch * 9 + dy * 3 + dx, mask=inside, other=0.0).to(ACC)
-        gx += tl.sum(gg * f, axis=0)
+        i0 = (h + PAD) // S
+        j0 = (w + PAD) // S
+        for u in tl.static_range(CI * CI):
+            i = i0 - u // CI
+            j = j0 - u % CI
+            inside = (pmask & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
+                      & (h + PAD - i * S < K) & (w + PAD - j * S < K))
+            sp = stats_ptr + plane * 9 * P + i * OW + j
+            g = tl.load(sp, mask=inside, other=0.0)
+            yg = tl.load(sp + P, mask=inside, other=0.0)
+            inv_cmax = tl.load(sp + 2 * P, mask=inside, other=1.0)
+            shift = tl.load(sp + 3 * P, mask=inside, other=0.0)
+            a = tl.load(sp + 4 * P, mask=inside, other=0.0)
+            gyd = tl.load(sp + 5 * P, mask=inside, other=0.0)
+            si_term = tl.load(sp + 6 * P, mask=inside, other=0.0)
+            sc = tl.load(sp + 8 * P, mask=inside, other=1.0)
+            r = tl.where(inside, xv - g, 0.0)  # slots of no window: no inf from |x|² there
+            d = r
+            if ASYM:
+                d = tl.maximum(d, 0.0)
+            ds = d * sc
+            c = ds * ds + tl.maximum(eps2c * sc * sc, TINY)
+            e = tl.exp2(half * _log2(c * inv_cmax, ACC) + shift)
+            beta = gyd * (r - yg) * e * half
+            contrib = gyd * (e + a) + 2.0 * ds * sc * (beta / c - si_term)
+            if not FULL:
+                contrib += tl.load(sp + 7 * P, mask=inside, other=0.0)
+            gx += tl.where(inside, contrib, 0.0)
+    if GUIDE:  # the ≤ GI² guide filters (i, j) reading pixel (h, w)
+        i0 = (h + 1) // S
+        j0 = (w + 1) // S
+        for u in tl.static_range(GI * GI):
+            i = i0 - u // GI
+            j = j0 - u % GI
+            dy = h + 1 - i * S
+            dx = w + 1 - j * S
+            inside = pmask & (i >= 0) & (i < OH) & (j >= 0) & (j < OW) & (dy < 3) & (dx < 3)
+            gg = tl.load(gg_ptr + plane * GG_PLANE + i * OW + j, mask=inside, other=0.0)
+            f = tl.load(w_ptr + ch * 9 + dy * 3 + dx, mask=inside, other=0.0).to(ACC)
+            gx += gg * f
     tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=pmask)
 
 
@@ -540,7 +653,7 @@ def forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym
     nc, p = n * c, oh * ow
     launch = Launch(
         _dpp_fwd_kernel, lambda meta: (nc, triton.cdiv(p, meta["BLOCK"])),
-        (x, alpha, lam, weight_c, bias_c, y, _eps2_argument(eps2), nc, c, h, w, ow, p),
+        (x, alpha, lam, weight_c, bias_c, y, _eps2_argument(eps2), c, h, w, ow, p),
         dict(K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
              ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc]))
     return y, [launch]
@@ -590,7 +703,7 @@ def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, paddin
     flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, ACC=_TL_DTYPE[acc])
     launches = [Launch(
         _dpp_bwd_window_kernel, (nc, split),
-        (x, grad, alpha_c, lam_c, weight_c, bias_c, _eps2_argument(eps2), gx, stats, gg, partials, nc, c, h, w, ow, p,
+        (x, grad, alpha_c, lam_c, weight_c, bias_c, _eps2_argument(eps2), gx, stats, gg, partials, c, h, w, ow, p,
          chunk, split),
         dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
              WRITE_STATS=overlap, NPART=npart, **flags))]
@@ -598,7 +711,7 @@ def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, paddin
         ci, gi = -(-k // s), -(-3 // s)
         launches.append(Launch(
             _dpp_bwd_input_kernel, lambda meta: (nc, triton.cdiv(h * w, meta["BLOCK"])),
-            (x, lam_c, weight_c, _eps2_argument(eps2), stats, gg, gx, nc, c, h, w, oh, ow, p, gg_plane),
+            (x, lam_c, weight_c, _eps2_argument(eps2), stats, gg, gx, c, h, w, oh, ow, p, gg_plane),
             dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
                  POOL=overlap, GUIDE=full, ACCUM=not overlap, **flags)))
     return BackwardPlan(launches, gx, partials)
