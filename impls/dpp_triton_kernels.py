@@ -30,12 +30,12 @@ the ratios c_q/c_max are unchanged, and log2 c_max = log2(c_max·sc²) + 2⌊·�
 sc = 1 and takes the plain form.
 
 Layout: one program row (``program_id(0)``) per (n, c) plane, so a channel's
-α, λ, F, b and log2 α are scalars computed once per program.  Windows are
-register tiles ``[KP taps, BLOCK windows]`` (KP = next power of two ≥ k²) with
-the taps on the *first* axis: Triton's default layout spreads the last axis
-over the lanes of a warp, so every lane owns whole windows and all per-window
-reductions (sums, max) stay inside one thread: no shuffles, and the
-per-window maths (log2 c_max, 1/Σw, the α-term) runs once per window.
+α, λ, F, b and log2 α are scalars computed once per program.  Every tensor is
+one-dimensional over a BLOCK of windows; a window's taps are unrolled
+(``tl.static_range``) into tuples of such tensors, so every lane owns whole
+windows under any compiler version: per-window reductions (sums, max) stay inside
+one thread, with no shuffles, and the per-window maths (log2 c_max, 1/Σw, the
+α-term) runs once per window.
 
 Backward recomputes the weights from x (nothing but the inputs is saved):
 
@@ -57,7 +57,15 @@ Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
     ∂L/∂I_q (direct) = ĝ·w_q + γ_q,    ∂L/∂Ĩ = −Σ_q γ_q
     Lite: ∂L/∂I_q += (∂L/∂Ĩ)/n;   Full: ∂L/∂I[tap t] += ∂L/∂Ĩ·F_t, ∂L/∂F_t += ∂L/∂Ĩ·I[tap t], ∂L/∂b += ∂L/∂Ĩ
 
-Every launch is described by a :class:`Launch` (kernel, grid, arguments), built
+The window kernel's last program (an atomic counter, reset by that program) sums
+every program's α/λ/F/b partials in a fixed order and writes the parameter
+gradients in the parameters' dtypes: no reduction or copy launches follow.
+
+Host path: everything that depends only on the call's shape, strides, dtypes,
+device and settings (geometry checks, grid, config, scalar arguments) is a plan
+cached per :func:`plan_key`; a call allocates its outputs and launches.  With
+``POOLBENCH_TRITON_AUTOTUNE=0`` each kernel runs one fixed config per shape.
+Every launch can be described by a :class:`Launch` (kernel, grid, arguments), built
 by :func:`forward_plan` / :func:`backward_plan`; the static kernel report
 (:mod:`poolbench.kernel_report`) compiles exactly those specialisations.
 """
@@ -423,8 +431,8 @@ def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gy
                  prune_configs_by={"early_config_prune": _prune(_window_slots, BACKWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2: tl.float64,
-                           gx_ptr, stats_ptr, gg_ptr, part_ptr,
-                           C, H, W, OW, P, CHUNK, SPLIT,
+                           gx_ptr, stats_ptr, gg_ptr, part_ptr, count_ptr, ga_ptr, gl_ptr, gw_ptr, gb_ptr,
+                           N, C, H, W, OW, P, CHUNK, SPLIT,
                            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                            ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr,
                            FUSED_GX: tl.constexpr, WRITE_STATS: tl.constexpr, NPART: tl.constexpr,
@@ -522,6 +530,44 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
         tl.store(pp + 2, tl.sum(acc_bias, axis=0))
         for t in tl.static_range(9):
             tl.store(pp + 3 + t, tl.sum(acc_weight[t], axis=0))
+    # The last program to finish sums every program's partials in a fixed order (deterministic)
+    # and writes the parameter gradients: no reduction or copy launches after the kernel.
+    tl.debug_barrier()
+    finished = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+    if finished == N * C * SPLIT - 1:
+        _reduce_partials(part_ptr, ga_ptr, gl_ptr, gw_ptr, gb_ptr, N, C, SPLIT, NPART, FULL, ACC, BLOCK)
+        tl.atomic_xchg(count_ptr, 0)  # ready for the next launch (and for CUDA-graph replays)
+
+
+@triton.jit
+def _reduce_partials(part_ptr, ga_ptr, gl_ptr, gw_ptr, gb_ptr, N, C, SPLIT, NPART: tl.constexpr,
+                     FULL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Σ over (n, split) of the partials [N, C, SPLIT, NPART], channels along the block, in a fixed order."""
+    c0 = 0
+    while c0 < C:
+        ch = c0 + tl.arange(0, BLOCK)
+        cmask = ch < C
+        sums = ()
+        for q in tl.static_range(NPART):
+            sums = sums + (tl.zeros((BLOCK,), ACC),)
+        n = 0
+        while n < N:
+            sp = 0
+            while sp < SPLIT:
+                base = part_ptr + ((n * C + ch).to(tl.int64) * SPLIT + sp) * NPART
+                new = ()
+                for q in tl.static_range(NPART):
+                    new = new + (sums[q] + tl.load(base + q, mask=cmask, other=0.0, cache_modifier=".cg"),)
+                sums = new
+                sp += 1
+            n += 1
+        tl.store(ga_ptr + ch, sums[0].to(ga_ptr.dtype.element_ty), mask=cmask)
+        tl.store(gl_ptr + ch, sums[1].to(gl_ptr.dtype.element_ty), mask=cmask)
+        if FULL:
+            tl.store(gb_ptr + ch, sums[2].to(gb_ptr.dtype.element_ty), mask=cmask)
+            for t in tl.static_range(9):
+                tl.store(gw_ptr + ch * 9 + t, sums[3 + t].to(gw_ptr.dtype.element_ty), mask=cmask)
+        c0 += BLOCK
 
 
 @triton.autotune(configs=_PIXEL_CONFIGS, key=PIXEL_KEY,
@@ -593,6 +639,23 @@ def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg
 
 # --------------------------------------------------------------------------- launch plans
 
+#: ``POOLBENCH_TRITON_AUTOTUNE=0``: launch every kernel with one fixed config per shape (the kept
+#: config with the most windows per thread, the one the static kernel report counts) instead of
+#: autotuning; checks and tests use it so a new shape costs one compile, not one per config.
+AUTOTUNE_ENV = "POOLBENCH_TRITON_AUTOTUNE"
+_OFF = frozenset(("0", "false", "False", "no", "off"))
+
+
+def autotune_enabled() -> bool:
+    """Whether launches autotune (the default) or take one fixed config (``POOLBENCH_TRITON_AUTOTUNE=0``)."""
+    return os.environ.get(AUTOTUNE_ENV) not in _OFF
+
+
+def fixed_config(kernel, named_args: dict):
+    """The one config of ``kernel`` used without autotuning: the kept config with the most windows per thread."""
+    kept = kernel.early_config_prune(kernel.configs, named_args) if kernel.early_config_prune else kernel.configs
+    return max(kept, key=windows_per_thread)
+
 
 @dataclass
 class Launch:
@@ -600,31 +663,34 @@ class Launch:
 
     The launchers run these; the static kernel report compiles exactly these argument
     specialisations (built on meta tensors) for a GPU architecture without a GPU.
+    ``config`` set: the kernel runs with that config (no autotuning) on a fixed grid.
     """
 
     kernel: Any
     grid: Callable | tuple
     args: tuple
     constexprs: dict = field(default_factory=dict)
+    config: Any = None
 
     def __call__(self) -> None:
-        self.kernel[self.grid](*self.args, **self.constexprs)
+        if self.config is None:
+            self.kernel[self.grid](*self.args, **self.constexprs)
+        else:
+            self.kernel.fn[self.grid](*self.args, **self.constexprs, **self.config.all_kwargs())
 
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def _params(x, alpha, lam, weight, bias):
-    acc = compute_dtype(x.dtype)
-    cast = lambda t: None if t is None else t.detach().to(device=x.device, dtype=acc).contiguous()  # noqa: E731
-    alpha, lam, weight, bias = cast(alpha), cast(lam), cast(weight), cast(bias)
-    if weight is None:  # Lite: the kernels never read these, but need valid pointers
-        weight = bias = alpha
-    return acc, alpha, lam, weight, bias
+def _cast(t, acc):
+    """A parameter in the compute dtype, contiguous (no copy when it already is)."""
+    if t is None or (t.dtype == acc and t.is_contiguous()):
+        return t
+    return t.to(dtype=acc).contiguous()
 
 
-def _geometry(x, kernel_size, stride, padding):
-    n, c, h, w = x.shape
+def _geometry(shape, kernel_size, stride, padding):
+    n, c, h, w = shape
     oh, ow = pooled_size(h, kernel_size, stride, padding), pooled_size(w, kernel_size, stride, padding)
     if triton.cdiv(max(h * w, oh * ow), MIN_BLOCK) > MAX_GRID_Y:
         # One grid row per (n, c) plane, blocks of a plane along the grid's y axis.
@@ -633,109 +699,234 @@ def _geometry(x, kernel_size, stride, padding):
     return n, c, h, w, oh, ow
 
 
-def _eps2_argument(eps2: float):
-    return torch.tensor([eps2], dtype=torch.float64) if INTERPRET else float(eps2)
+def _eps2_argument(eps2: float, device):
+    return torch.tensor([eps2], dtype=torch.float64, device=device) if INTERPRET else float(eps2)
+
+
+_NO_GUARD = contextlib.nullcontext()
 
 
 def _device_guard(x):
     """Launch on x's GPU, not the current one (Triton launches on the current device)."""
-    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    if x.device.type != "cuda" or x.device.index == torch.cuda.current_device():
+        return _NO_GUARD
+    return torch.cuda.device(x.device)
+
+
+@dataclass
+class _Plan:
+    """Everything about a call that depends only on its key (see :func:`plan_key`), built and validated once."""
+
+    out_shape: tuple
+    acc: torch.dtype
+    launches: list  # (kernel, grid, fixed config or None, constexprs, extra scalar arguments)
+    dims: tuple  # (n, c, h, w, oh, ow, p)
+    eps2: Any
+    split: int = 1
+    npart: int = 2
+    gx_zeroed: bool = False
+    overlap: bool = False
+    counter: Any = None
+
+
+#: Launch plans per :func:`plan_key`; a plan is never shared between shapes, strides, dtypes, devices or settings.
+_PLANS: dict = {}
+#: Bound on the plan cache (a long sweep over shapes must not grow it without limit).
+MAX_PLANS = 512
+
+
+def plan_key(direction, x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> tuple:
+    """What a cached launch plan depends on: x's shape, strides, dtype and device, the parameter dtype, the settings."""
+    return (direction, x.shape, x.stride(), x.dtype, x.device, alpha.dtype, weight is not None,
+            kernel_size, stride, padding, asym, eps2, scale_invariant, autotune_enabled())
+
+
+def _cached(key, build):
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = build()  # validates the geometry: a new key is never launched unchecked
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+@dataclass
+class _Bound:
+    """A kernel bound to a grid and config once per plan; ``run(*args)`` launches it."""
+
+    kernel: Any
+    grid: Callable | tuple
+    config: Any
+    constexprs: dict
+    scalars: tuple
+    run: Callable = None
+    kwargs: dict = None
+
+    def __post_init__(self):
+        if self.config is None:  # autotuned: the autotuner picks BLOCK, the grid follows
+            self.run, self.kwargs = self.kernel[self.grid], dict(self.constexprs)
+        else:
+            self.run, self.kwargs = self.kernel.fn[self.grid], {**self.constexprs, **self.config.all_kwargs()}
+
+    def launch(self, tensors: tuple) -> Launch:
+        return Launch(self.kernel, self.grid, tensors + self.scalars, self.constexprs, self.config)
+
+
+def _bind_launch(kernel, grid_of, args, constexprs, scalars) -> _Bound:
+    """A fixed config and grid without autotuning (or in the interpreter), else the autotuner's grid."""
+    if autotune_enabled() and not INTERPRET:
+        return _Bound(kernel, lambda meta: grid_of(meta["BLOCK"]), None, constexprs, scalars)
+    named = {**dict(zip(kernel.fn.arg_names, args)), **constexprs}
+    config = kernel.configs[0] if INTERPRET else fixed_config(kernel, named)
+    return _Bound(kernel, grid_of(config.kwargs["BLOCK"]), config, constexprs, scalars)
+
+
+def _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> _Plan:
+    acc = compute_dtype(x.dtype)
+    n, c, h, w, oh, ow = _geometry(x.shape, kernel_size, stride, padding)
+    nc, p = n * c, oh * ow
+    eps2_arg = _eps2_argument(eps2, x.device)
+    constexprs = dict(K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
+                      ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc])
+    scalars = (c, h, w, ow, p)
+    probe = (x, alpha, alpha, alpha, alpha, x, eps2_arg) + scalars
+    launch = _bind_launch(_dpp_fwd_kernel, lambda block: (nc, triton.cdiv(p, block)), probe, constexprs, scalars)
+    return _Plan((n, c, oh, ow), acc, [launch] if nc * p else [], (n, c, h, w, oh, ow, p), eps2_arg)
+
+
+def _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """(y, plan, kernel tensor arguments) of a forward call; the plan is cached per :func:`plan_key`."""
+    x = x.contiguous()
+    plan = _cached(plan_key("forward", x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant),
+                   lambda: _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
+                                            scale_invariant))
+    y = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
+    acc = plan.acc
+    alpha, lam = _cast(alpha, acc), _cast(lam, acc)
+    weight, bias = (_cast(weight, acc), _cast(bias, acc)) if weight is not None else (alpha, alpha)
+    return y, plan, (x, alpha, lam, weight, bias, y, plan.eps2)
 
 
 def forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
     """(y, launches) of the forward; y (N, C, OH, OW) in x's dtype is filled by the launches."""
-    x = x.contiguous()
-    acc, alpha, lam, weight_c, bias_c = _params(x, alpha, lam, weight, bias)
-    n, c, h, w, oh, ow = _geometry(x, kernel_size, stride, padding)
-    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
-        return y, []
-    nc, p = n * c, oh * ow
-    launch = Launch(
-        _dpp_fwd_kernel, lambda meta: (nc, triton.cdiv(p, meta["BLOCK"])),
-        (x, alpha, lam, weight_c, bias_c, y, _eps2_argument(eps2), c, h, w, ow, p),
-        dict(K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
-             ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc]))
-    return y, [launch]
+    y, plan, tensors = _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                     scale_invariant)
+    return y, [bound.launch(tensors) for bound in plan.launches]
 
 
 def forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
     """DPP forward: y (N, C, OH, OW) in x's dtype."""
-    y, launches = forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                               scale_invariant)
+    y, plan, tensors = _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                     scale_invariant)
     with _device_guard(x):
-        for launch in launches:
-            launch()
+        for bound in plan.launches:
+            bound.run(*tensors, *bound.scalars, **bound.kwargs)
     return y
 
 
 @dataclass
 class BackwardPlan:
-    """The backward's launches and the buffers its result is read from afterwards."""
+    """The backward's launches and the tensors its result is read from afterwards."""
 
     launches: list
     gx: torch.Tensor
-    partials: torch.Tensor
+    grads: tuple  # (α, λ, F (C, 1, 3, 3) or empty, b or empty), written by the window kernel
 
 
-def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    """Launches of the backward: the window kernel, then (overlap or Full-DPP) the pixel gather."""
+def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> _Plan:
     full = weight is not None
-    x, grad = x.contiguous(), grad.contiguous()
-    acc, alpha_c, lam_c, weight_c, bias_c = _params(x, alpha, lam, weight, bias)
-    n, c, h, w, oh, ow = _geometry(x, kernel_size, stride, padding)
+    acc = compute_dtype(x.dtype)
+    n, c, h, w, oh, ow = _geometry(x.shape, kernel_size, stride, padding)
     nc, p = n * c, oh * ow
     k, s, pad = kernel_size, stride, padding
     overlap = k > s
     exact_tiling = k == s and pad == 0 and h % k == 0 and w % k == 0
-    # Pixels outside every window (k < s, ragged edges) get no write from the window kernel.
-    gx = torch.empty_like(x) if overlap or exact_tiling else torch.zeros_like(x)
     npart = 12 if full else 2
     split = max(1, min(triton.cdiv(p, 64), triton.cdiv(TARGET_PROGRAMS, nc)))
     chunk = triton.cdiv(p, split)
     split = triton.cdiv(p, chunk)
-    partials = torch.empty((nc, split, npart), dtype=acc, device=x.device)
-    stats = torch.empty((nc, N_STATS, p) if overlap else (1,), dtype=acc, device=x.device)
-    if overlap:  # the guide gradient is stats row 7 (g_spread = ∂L/∂Ĩ for Full-DPP)
-        gg, gg_plane = stats[:, 7], N_STATS * p
-    else:
-        gg, gg_plane = (torch.empty((nc * p,), dtype=acc, device=x.device) if full else stats), p
+    eps2_arg = _eps2_argument(eps2, x.device)
     flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, ACC=_TL_DTYPE[acc])
-    launches = [Launch(
-        _dpp_bwd_window_kernel, (nc, split),
-        (x, grad, alpha_c, lam_c, weight_c, bias_c, _eps2_argument(eps2), gx, stats, gg, partials, c, h, w, ow, p,
-         chunk, split),
-        dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
-             WRITE_STATS=overlap, NPART=npart, **flags))]
+    gg_plane = N_STATS * p if overlap else p
+    window_scalars = (n, c, h, w, ow, p, chunk, split)
+    window_constexprs = dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
+                             WRITE_STATS=overlap, NPART=npart, **flags)
+    probe = (x, x, alpha, alpha, alpha, alpha, eps2_arg, x, x, x, x, x, alpha, alpha, alpha, alpha) + window_scalars
+    launches = [_bind_launch(_dpp_bwd_window_kernel, lambda block: (nc, split), probe, window_constexprs,
+                             window_scalars)]
     if overlap or full:
         ci, gi = -(-k // s), -(-3 // s)
-        launches.append(Launch(
-            _dpp_bwd_input_kernel, lambda meta: (nc, triton.cdiv(h * w, meta["BLOCK"])),
-            (x, lam_c, weight_c, _eps2_argument(eps2), stats, gg, gx, c, h, w, oh, ow, p, gg_plane),
-            dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
-                 POOL=overlap, GUIDE=full, ACCUM=not overlap, **flags)))
-    return BackwardPlan(launches, gx, partials)
+        pixel_scalars = (c, h, w, oh, ow, p, gg_plane)
+        pixel_constexprs = dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
+                                POOL=overlap, GUIDE=full, ACCUM=not overlap, **flags)
+        probe = (x, alpha, alpha, eps2_arg, x, x, x) + pixel_scalars
+        launches.append(_bind_launch(_dpp_bwd_input_kernel, lambda block: (nc, triton.cdiv(h * w, block)), probe,
+                                     pixel_constexprs, pixel_scalars))
+    # The window kernel's last program reduces the per-program partial sums; this counter tells it
+    # that it is last, and that program resets it to 0 for the next launch.
+    counter = torch.zeros((1,), dtype=torch.int32, device=x.device)
+    return _Plan(tuple(x.shape), acc, launches, (n, c, h, w, oh, ow, p), eps2_arg, split=split, npart=npart,
+                 gx_zeroed=not (overlap or exact_tiling), overlap=overlap, counter=counter)
+
+
+def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """(plan, gx, parameter gradients, tensor arguments per launch) of a backward call."""
+    full = weight is not None
+    x, grad = x.contiguous(), grad.contiguous()
+    plan = _cached(plan_key("backward", x, alpha, weight, kernel_size, stride, padding, asym, eps2,
+                            scale_invariant),
+                   lambda: _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
+                                             scale_invariant))
+    acc = plan.acc
+    n, c, h, w, oh, ow, p = plan.dims
+    # Pixels outside every window (k < s, ragged edges) get no write from the window kernel.
+    gx = torch.zeros_like(x) if plan.gx_zeroed else torch.empty_like(x)
+    g_alpha = torch.empty((c,), dtype=alpha.dtype, device=x.device)
+    g_lam = torch.empty((c,), dtype=lam.dtype, device=x.device)
+    if full:
+        g_weight = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
+        g_bias = torch.empty((c,), dtype=bias.dtype, device=x.device)
+        outs = (g_alpha, g_lam, g_weight, g_bias)
+    else:
+        g_weight = g_bias = None
+        outs = (g_alpha, g_lam, g_alpha, g_alpha)  # the kernel never writes the last two for Lite
+    if plan.overlap:  # per-window stats for the gather; row 7 is the guide gradient
+        stats = torch.empty((n * c, N_STATS, p), dtype=acc, device=x.device)
+        gg = stats[:, 7]
+    elif full:  # the guide gradient of each window, for the guide gather
+        stats = gg = torch.empty((n * c * p,), dtype=acc, device=x.device)
+    else:
+        stats = gg = gx  # never read
+    partials = torch.empty((n * c * plan.split * plan.npart,), dtype=acc, device=x.device)
+    alpha_c, lam_c = _cast(alpha, acc), _cast(lam, acc)
+    weight_c, bias_c = (_cast(weight, acc), _cast(bias, acc)) if full else (alpha_c, alpha_c)
+    tensors = [(x, grad, alpha_c, lam_c, weight_c, bias_c, plan.eps2, gx, stats, gg, partials, plan.counter) + outs]
+    if len(plan.launches) > 1:
+        tensors.append((x, lam_c, weight_c, plan.eps2, stats, gg, gx))
+    return plan, gx, (g_alpha, g_lam, g_weight, g_bias), tensors
+
+
+def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """Launches of the backward: the window kernel, then (overlap or Full-DPP) the pixel gather."""
+    plan, gx, grads, tensors = _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
+                                              eps2, scale_invariant)
+    return BackwardPlan([bound.launch(args) for bound, args in zip(plan.launches, tensors)], gx, grads)
 
 
 def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    """Gradients (x, α, λ, F, b) of DPP; F and b grads are empty tensors for Lite-DPP."""
-    plan = backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                         scale_invariant)
+    """Gradients (x, α, λ, F, b) of DPP; F and b grads are None for Lite-DPP.
+
+    The parameter gradients are reduced inside the window kernel (fixed order, deterministic) and
+    written in the parameters' dtypes: no launch besides the kernels.
+    """
+    plan, gx, grads, tensors = _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
+                                              eps2, scale_invariant)
     with _device_guard(x):
-        for launch in plan.launches:
-            launch()
-    # Fixed-order reduction of the per-program partials (deterministic); outputs are fresh tensors
-    # (a custom op may not return views of each other).
-    n, c = x.shape[:2]
-    sums = plan.partials.view(n, c, -1, plan.partials.shape[-1]).sum(dim=(0, 2))
-    g_alpha = sums[:, 0].to(alpha.dtype, copy=True).contiguous()
-    g_lam = sums[:, 1].to(lam.dtype, copy=True).contiguous()
-    if weight is not None:
-        g_bias = sums[:, 2].to(bias.dtype, copy=True).contiguous()
-        g_weight = sums[:, 3:12].to(weight.dtype, copy=True).reshape(c, 1, 3, 3).contiguous()
-    else:
-        g_weight, g_bias = x.new_empty((0,)), x.new_empty((0,))
-    return plan.gx, g_alpha, g_lam, g_weight, g_bias
+        for bound, args in zip(plan.launches, tensors):
+            bound.run(*args, *bound.scalars, **bound.kwargs)
+    return (gx, *grads)
 
 
-__all__ = ["INTERPRET", "Launch", "backward", "backward_plan", "forward", "forward_plan"]
+__all__ = ["AUTOTUNE_ENV", "INTERPRET", "Launch", "autotune_enabled", "backward", "backward_plan", "forward",
+           "forward_plan", "plan_key"]
