@@ -42,11 +42,15 @@ Backward recomputes the weights from x (nothing but the inputs is saved):
 * ``_dpp_bwd_window_kernel``: one pass per window gives y, the weights, the
   α/λ (and F/b) partial sums and the gradient w.r.t. the guide Ĩ.  When windows
   cannot overlap (k ≤ s) it also writes ∂L/∂x for its own taps directly
-  (``FUSED_GX``); otherwise it stores 9 per-window scalars ("stats").
+  (``FUSED_GX``); for Full-DPP 2×2/2 that includes the guide filters' share
+  (``GUIDE_GX``: neighbours' ∂L/∂Ĩ through a per-program ring, so the whole
+  Full backward is this one kernel and ∂x is written once).  Otherwise it stores
+  9 per-window scalars ("stats").
 * ``_dpp_bwd_input_kernel``: a gather over input pixels (no scatter, so no
   atomics): each pixel sums its contributions from the ≤ ⌈k/s⌉² windows that
   contain it (from the stats) and, for Full-DPP, from the ≤ ⌈3/s⌉² guide
-  filters that read it (``gx += Σ ∂L/∂Ĩ · F``).
+  filters that read it (``gx += Σ ∂L/∂Ĩ · F``).  Used when windows overlap
+  (k3s2p1) and for Full-DPP 2×2/2 planes wider than the largest block.
 
 Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
 
@@ -151,6 +155,19 @@ def _prune(slots_of, budget):
         kept = [c for c in configs if windows_per_thread(c) * slots <= budget]
         fewest = min(windows_per_thread(c) for c in configs)
         return kept or [c for c in configs if windows_per_thread(c) == fewest]
+
+    return prune
+
+
+def _window_prune(budget):
+    """The window kernel's prune: with GUIDE_GX a block must hold a window's lower-right neighbour (BLOCK > OW)."""
+    by_registers = _prune(_window_slots, budget)
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        if args.get("GUIDE_GX"):
+            configs = [c for c in configs if c.kwargs["BLOCK"] > args["OW"]]
+        return by_registers(configs, named_args, **kwargs)
 
     return prune
 
@@ -427,17 +444,117 @@ def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gy
     tl.store(sp + 8 * P, sc, mask=pmask)
 
 
+@triton.jit
+def _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
+                  K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, ASYM: tl.constexpr, FULL: tl.constexpr,
+                  SI: tl.constexpr, ACC: tl.constexpr):
+    """Backward maths of a block of windows: per-tap direct ∂L/∂I and per-window terms (see the module docstring)."""
+    KK: tl.constexpr = K * K
+    oh = offs // OW
+    ow = offs - oh * OW
+    taps, window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, oh, ow, pmask, H, W,
+                                K, S, PAD, ASYM, FULL, SI, ACC)
+    inside, r, ds, c, lr, e, xg = taps
+    n, g, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er, csum, sc = window
+    gyd = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC) * inv_D
+    # Σ_q (I_q − y) = (Σe·Σr − n·Σe·r)/D: the α-terms cancel analytically, so windows whose ρ
+    # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
+    # 2^(−M) (up to 1/α) would amplify.
+    sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
+    alpha_term = tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
+    dev = ()
+    for t in tl.static_range(KK):
+        if PAD != 0:
+            dev = dev + (tl.where(inside[t], r[t] - yg, 0.0),)  # I_q − y
+        else:
+            dev = dev + (r[t] - yg,)
+    # ∂L/∂λ: since Σ(I−y)·w = 0, subtracting L_max gives Σ(I−y)·e·log2(c/c_max) − a·L_max·Σ(I−y),
+    # where both terms vanish on flat windows, exactly.
+    dev_e_lr = dev[0] * e[0] * lr[0]
+    for t in tl.static_range(1, KK):
+        dev_e_lr += dev[t] * e[t] * lr[t]
+    lam_term = tl.where(pmask, gyd * (0.5 * LN2) * (dev_e_lr - a * log_ratio_max * sum_dev), 0.0)
+    gh = gyd * half
+    beta = ()
+    for t in tl.static_range(KK):
+        beta = beta + (gh * dev[t] * e[t],)
+    if SI:
+        si_term = _tsum(beta, KK) / csum
+    else:
+        si_term = tl.zeros_like(gyd)
+    two_sc = 2.0 * sc
+    gamma = ()
+    for t in tl.static_range(KK):
+        if SI:
+            gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t] - si_term),)
+        else:
+            gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t]),)
+    g_guide = -_tsum(gamma, KK)
+    g_spread = g_guide if FULL else g_guide / n
+    direct = ()
+    for t in tl.static_range(KK):
+        if FULL:
+            direct = direct + (gyd * (e[t] + a) + gamma[t],)
+        else:
+            direct = direct + (gyd * (e[t] + a) + gamma[t] + g_spread,)
+    return (oh, ow, inside, xg, direct, g_guide, alpha_term, lam_term,
+            (g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc))
+
+
+@triton.jit
+def _store_taps(gx_ptr, plane, H, W, oh, ow, values, inside, K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr):
+    gxp = gx_ptr + plane * H * W
+    for t in tl.static_range(K * K):
+        row = oh * S + (t // K - PAD)
+        col = ow * S + (t % K - PAD)
+        tl.store(gxp + row * W + col, values[t].to(gx_ptr.dtype.element_ty), mask=inside[t])
+
+
+@triton.jit
+def _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, offs, pmask, g_guide, direct, f,
+              BLOCK: tl.constexpr):
+    """Full-DPP 2×2/2: ∂L/∂I of a block's taps, direct part plus every guide filter reading them.
+
+    Tap (dh, dw) of window (i, j) is read by the guides of windows (i + dh·{0,1}, j + dw·{0,1}); the
+    neighbours' ∂L/∂Ĩ come from ``ring`` (this program's last 2·BLOCK windows, written before a barrier).
+    """
+    oh = offs // OW
+    ow = offs - oh * OW
+    rel = offs - start
+    right = pmask & (ow + 1 < OW)
+    down = pmask & (offs + OW < P)
+    g_r = tl.load(ring + (rel + 1) % (2 * BLOCK), mask=right, other=0.0)
+    g_d = tl.load(ring + (rel + OW) % (2 * BLOCK), mask=down, other=0.0)
+    g_rd = tl.load(ring + (rel + OW + 1) % (2 * BLOCK), mask=right & down, other=0.0)
+    values = ()
+    for dh in tl.static_range(2):
+        for dw in tl.static_range(2):
+            v = direct[dh * 2 + dw] + g_guide * f[(dh + 1) * 3 + dw + 1]
+            if dh == 1:
+                v += g_d * f[dw + 1]
+            if dw == 1:
+                v += g_r * f[(dh + 1) * 3]
+            if dh == 1 and dw == 1:
+                v += g_rd * f[0]
+            values = values + (v,)
+    _store_taps(gx_ptr, plane, H, W, oh, ow, values, (pmask, pmask, pmask, pmask), 2, 2, 0)
+
+
 @triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=BACKWARD_KEY,
-                 prune_configs_by={"early_config_prune": _prune(_window_slots, BACKWARD_TILE_BUDGET)})
+                 prune_configs_by={"early_config_prune": _window_prune(BACKWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2: tl.float64,
                            gx_ptr, stats_ptr, gg_ptr, part_ptr, count_ptr, ga_ptr, gl_ptr, gw_ptr, gb_ptr,
                            N, C, H, W, OW, P, CHUNK, SPLIT,
                            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                            ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr,
-                           FUSED_GX: tl.constexpr, WRITE_STATS: tl.constexpr, NPART: tl.constexpr,
-                           ACC: tl.constexpr, BLOCK: tl.constexpr):
-    KK: tl.constexpr = K * K
+                           FUSED_GX: tl.constexpr, GUIDE_GX: tl.constexpr, WRITE_STATS: tl.constexpr,
+                           NPART: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass over a chunk of windows.  FUSED_GX: ∂L/∂x of the windows' own taps (k ≤ s); with
+    GUIDE_GX (Full-DPP 2×2/2) including the guide filters' share, so the whole backward is this kernel:
+    each block's ∂L/∂Ĩ goes to a per-program ring, and a block's ∂L/∂x is written one iteration later,
+    once its right and lower neighbours' ∂L/∂Ĩ are in the ring (the chunk's end computes the next
+    BLOCK windows' ∂L/∂Ĩ for that)."""
     plane = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ch = plane % C
@@ -453,6 +570,16 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
     acc_weight = ()
     for t in tl.static_range(9 if FULL else 1):
         acc_weight = acc_weight + (tl.zeros((BLOCK,), ACC),)
+    if GUIDE_GX:
+        ring = stats_ptr + (plane * SPLIT + split) * (2 * BLOCK)
+        f = ()
+        for t in tl.static_range(9):
+            f = f + (tl.load(w_ptr + ch * 9 + t).to(ACC),)
+        # the block whose ∂L/∂x is written next iteration (none yet)
+        pend_offs = start + tl.arange(0, BLOCK)
+        pend_mask = pend_offs < 0
+        pend_gg = tl.zeros((BLOCK,), ACC)
+        pend_direct = (pend_gg, pend_gg, pend_gg, pend_gg)
     # A while loop, not range(start, stop, BLOCK): Triton 3.6's interpreter passes integer arguments
     # as 1-element arrays, which range() cannot take.
     block_start = 0
@@ -460,46 +587,11 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
         offs = start + block_start + tl.arange(0, BLOCK)
         block_start += BLOCK
         pmask = offs < stop
-        oh = offs // OW
-        ow = offs - oh * OW
-        taps, window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, oh, ow, pmask, H, W,
-                                    K, S, PAD, ASYM, FULL, SI, ACC)
-        inside, r, ds, c, lr, e, xg = taps
-        n, g, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er, csum, sc = window
-        gyd = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC) * inv_D
-        # Σ_q (I_q − y) = (Σe·Σr − n·Σe·r)/D: the α-terms cancel analytically, so windows whose ρ
-        # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
-        # 2^(−M) (up to 1/α) would amplify.
-        sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
-        acc_alpha += tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
-        dev = ()
-        for t in tl.static_range(KK):
-            if PAD != 0:
-                dev = dev + (tl.where(inside[t], r[t] - yg, 0.0),)  # I_q − y
-            else:
-                dev = dev + (r[t] - yg,)
-        # ∂L/∂λ: since Σ(I−y)·w = 0, subtracting L_max gives Σ(I−y)·e·log2(c/c_max) − a·L_max·Σ(I−y),
-        # where both terms vanish on flat windows, exactly.
-        dev_e_lr = dev[0] * e[0] * lr[0]
-        for t in tl.static_range(1, KK):
-            dev_e_lr += dev[t] * e[t] * lr[t]
-        acc_lam += tl.where(pmask, gyd * (0.5 * LN2) * (dev_e_lr - a * log_ratio_max * sum_dev), 0.0)
-        gh = gyd * half
-        beta = ()
-        for t in tl.static_range(KK):
-            beta = beta + (gh * dev[t] * e[t],)
-        if SI:
-            si_term = _tsum(beta, KK) / csum
-        else:
-            si_term = tl.zeros_like(gyd)
-        two_sc = 2.0 * sc
-        gamma = ()
-        for t in tl.static_range(KK):
-            if SI:
-                gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t] - si_term),)
-            else:
-                gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t]),)
-        g_guide = -_tsum(gamma, KK)
+        oh, ow, inside, xg, direct, g_guide, alpha_term, lam_term, stats = _window_grads(
+            xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
+            K, S, PAD, ASYM, FULL, SI, ACC)
+        acc_alpha += alpha_term
+        acc_lam += lam_term
         if FULL:
             gg_kept = tl.where(pmask, g_guide, 0.0)
             new_weight = ()
@@ -507,22 +599,30 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
                 new_weight = new_weight + (acc_weight[t] + gg_kept * xg[t],)
             acc_weight = new_weight
             acc_bias += gg_kept
-            g_spread = g_guide
-        else:
-            g_spread = g_guide / n
-        if FUSED_GX:
-            gxp = gx_ptr + plane * H * W
-            for t in tl.static_range(KK):
-                gxt = gyd * (e[t] + a) + gamma[t]
-                if not FULL:
-                    gxt += g_spread
-                row = oh * S + (t // K - PAD)
-                col = ow * S + (t % K - PAD)
-                tl.store(gxp + row * W + col, gxt.to(gx_ptr.dtype.element_ty), mask=inside[t])
+        if GUIDE_GX:
+            tl.store(ring + (offs - start) % (2 * BLOCK), g_guide, mask=pmask)
+            tl.debug_barrier()
+            _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_mask, pend_gg, pend_direct, f, BLOCK)
+            tl.debug_barrier()  # the ring slot read above is overwritten next iteration
+            pend_offs = offs
+            pend_mask = pmask
+            pend_gg = g_guide
+            pend_direct = direct
+        elif FUSED_GX:
+            _store_taps(gx_ptr, plane, H, W, oh, ow, direct, inside, K, S, PAD)
             if FULL:
                 tl.store(gg_ptr + plane * P + offs, g_guide, mask=pmask)
         if WRITE_STATS:
+            g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc = stats
             _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc)
+    if GUIDE_GX:  # the ∂L/∂Ĩ of the BLOCK windows after the chunk (their guides read the last block's taps)
+        offs = stop + tl.arange(0, BLOCK)
+        pmask = offs < P
+        halo = _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W,
+                             OW, K, S, PAD, ASYM, FULL, SI, ACC)
+        tl.store(ring + (offs - start) % (2 * BLOCK), halo[5], mask=pmask)
+        tl.debug_barrier()
+        _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_mask, pend_gg, pend_direct, f, BLOCK)
     pp = part_ptr + (plane * SPLIT + split) * NPART
     tl.store(pp, tl.sum(acc_alpha, axis=0))
     tl.store(pp + 1, tl.sum(acc_lam, axis=0))
@@ -727,6 +827,7 @@ class _Plan:
     gx_zeroed: bool = False
     overlap: bool = False
     counter: Any = None
+    ring: int = 0  # Full-DPP single-kernel backward: ∂L/∂Ĩ slots per program
 
 
 #: Launch plans per :func:`plan_key`; a plan is never shared between shapes, strides, dtypes, devices or settings.
@@ -849,13 +950,17 @@ def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2
     eps2_arg = _eps2_argument(eps2, x.device)
     flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, ACC=_TL_DTYPE[acc])
     gg_plane = N_STATS * p if overlap else p
+    # Full-DPP 2×2/2 (its only non-overlapping guide geometry): one kernel when a block can hold a
+    # window's lower-right neighbour; otherwise the guide's share of ∂L/∂x comes from the gather.
+    max_block = max(config.kwargs["BLOCK"] for config in _dpp_bwd_window_kernel.configs)
+    guide_gx = full and (k, s, pad) == (2, 2, 0) and ow < max_block
     window_scalars = (n, c, h, w, ow, p, chunk, split)
     window_constexprs = dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
-                             WRITE_STATS=overlap, NPART=npart, **flags)
+                             GUIDE_GX=guide_gx, WRITE_STATS=overlap, NPART=npart, **flags)
     probe = (x, x, alpha, alpha, alpha, alpha, eps2_arg, x, x, x, x, x, alpha, alpha, alpha, alpha) + window_scalars
     launches = [_bind_launch(_dpp_bwd_window_kernel, lambda block: (nc, split), probe, window_constexprs,
                              window_scalars)]
-    if overlap or full:
+    if overlap or (full and not guide_gx):
         ci, gi = -(-k // s), -(-3 // s)
         pixel_scalars = (c, h, w, oh, ow, p, gg_plane)
         pixel_constexprs = dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
@@ -867,7 +972,8 @@ def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2
     # that it is last, and that program resets it to 0 for the next launch.
     counter = torch.zeros((1,), dtype=torch.int32, device=x.device)
     return _Plan(tuple(x.shape), acc, launches, (n, c, h, w, oh, ow, p), eps2_arg, split=split, npart=npart,
-                 gx_zeroed=not (overlap or exact_tiling), overlap=overlap, counter=counter)
+                 gx_zeroed=not (overlap or exact_tiling), overlap=overlap, counter=counter,
+                 ring=2 * max_block if guide_gx else 0)
 
 
 def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
@@ -894,6 +1000,8 @@ def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, paddi
     if plan.overlap:  # per-window stats for the gather; row 7 is the guide gradient
         stats = torch.empty((n * c, N_STATS, p), dtype=acc, device=x.device)
         gg = stats[:, 7]
+    elif plan.ring:  # per-program ring of ∂L/∂Ĩ for the single-kernel Full-DPP backward
+        stats = gg = torch.empty((n * c * plan.split * plan.ring,), dtype=acc, device=x.device)
     elif full:  # the guide gradient of each window, for the guide gather
         stats = gg = torch.empty((n * c * p,), dtype=acc, device=x.device)
     else:

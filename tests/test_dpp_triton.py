@@ -321,6 +321,30 @@ def test_backward_parameter_gradients_are_deterministic_and_reset_the_counter(ti
     assert first[1].shape == (3,) and first[3].shape == (3, 1, 3, 3) and first[4].shape == (3,)
 
 
+@pytest.mark.parametrize("shape", ((1, 2, 20, 32), (2, 2, 24, 14)), ids=("two_chunks", "one_chunk"))
+@pytest.mark.parametrize("asym", (False, True), ids=("sym", "asym"))
+def test_full_backward_in_one_kernel_across_blocks_and_chunks(tier_device, shape, asym, monkeypatch):
+    """Full-DPP 2×2/2 backward is one kernel: a block's ∂L/∂x waits for its neighbours' ∂L/∂Ĩ (ring of the
+    last 2·BLOCK windows) and a chunk's end computes the next windows' ∂L/∂Ĩ.  Few programs per plane
+    make chunks of several blocks, so the hand-over between blocks and between chunks is exercised."""
+    from impls import dpp_triton_kernels as kernels
+
+    monkeypatch.setattr(kernels, "TARGET_PROGRAMS", 4)
+    kernels._PLANS.clear()
+    try:
+        x, alpha, lam, guide = dpp_inputs(shape, True, seed=11)
+        plan_args = (x, alpha, guide[0], 2, 2, 0, asym, 1e-3, False)
+        got = run_dpp("triton", x, alpha, lam, (2, 2, 0), asym, guide, tier_device)
+        plan = kernels._PLANS[kernels.plan_key("backward", *plan_args)]
+        assert len(plan.launches) == 1 and plan.ring > 0  # one kernel
+        n, c, h, w, oh, ow, p = plan.dims
+        assert -(-p // plan.split) > 64  # several blocks per chunk (BLOCK = 64 in the interpreter)
+        want = run_dpp("reference", x, alpha, lam, (2, 2, 0), asym, guide)
+        assert_matches_reference(got, want, torch.float64, f"full asym={asym} {shape}")
+    finally:
+        kernels._PLANS.clear()
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_launch_plans_are_keyed_by_everything_that_changes_them(monkeypatch):
     """A cached plan is never reused across shapes, strides, dtypes, devices or settings, and a new shape is
