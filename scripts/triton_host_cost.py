@@ -4,9 +4,11 @@ The kernels are replaced by no-op stand-ins, so what is timed is everything a ca
 *besides* Triton's own launch: the custom op, the launch plan, argument casts, allocations and the
 ops around the kernels.  The baseline kernel module is read from a git revision (default 7e55a68),
 the candidate is the working tree's; both run behind the same custom op, alternating, in one process
-(CPU tensors, Triton's interpreter mode so the tier accepts them, one thread).  Two levels: the
-tier's own host path (the kernel module's forward and backward, what the custom op body runs) and
-the whole ``nn.Module`` call (front end, custom-op dispatch, autograd: shared with the other tiers).  The baseline's
+(CPU tensors, Triton's interpreter mode so the tier accepts them, one thread).  Three levels:
+the tier's kernel module (forward, backward), the tier's ops called directly (the baseline's
+``custom_op`` wrappers are rebuilt here under a scratch namespace), and the whole ``nn.Module`` call
+(front end, dispatch, autograd: shared with the other tiers; the op registration there is this tree's
+on both sides, so that row understates the change).  The baseline's
 interpreter-only ε² tensor is replaced by the float the GPU path passes, so neither side pays for it.
 
     python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 2000] [--rounds 5]
@@ -27,7 +29,10 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the tier then
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from typing import Optional  # noqa: E402
+
 import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 import impls  # noqa: E402
 import poolbench  # noqa: E402
@@ -72,6 +77,28 @@ def _use(module):
     impls.dpp_triton_kernels = module
 
 
+def _baseline_ops():
+    """The op wrappers of the baseline tree (torch.library.custom_op) around whatever kernel module is routed."""
+    @torch.library.custom_op("poolbench_triton_hostcost::dpp_forward", mutates_args=())
+    def forward(x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
+                scale_invariant: bool) -> Tensor:
+        return impls.dpp_triton_kernels.forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
+                                                eps2, scale_invariant)
+
+    @torch.library.custom_op("poolbench_triton_hostcost::dpp_backward", mutates_args=())
+    def backward(grad: Tensor, x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor],
+                 bias: Optional[Tensor], kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
+                 scale_invariant: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        grads = impls.dpp_triton_kernels.backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding,
+                                                  asym, eps2, scale_invariant)
+        if weight is None:
+            grads = (*grads[:3], alpha.new_empty((0,)), alpha.new_empty((0,)))
+        return grads
+
+    return forward, backward
+
+
 def _time_per_call(fn, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -99,11 +126,13 @@ def main(argv=None) -> int:
     base._eps2_argument = lambda eps2: float(eps2)  # as on the GPU (the interpreter's tensor is not host cost there)
     new = _stubbed(_load(ROOT / "impls" / "dpp_triton_kernels.py", "dpp_triton_kernels_candidate"))
     sides = {f"base {args.base}": base, "this tree": new}
+    base_ops = _baseline_ops()
 
     print(f"shape {shape}, {args.calls} calls x {args.rounds} rounds, kernels stubbed, 1 thread; "
           f"median µs per call (A/B alternating)")
-    print("tier: the kernel module's forward/backward (what the custom op runs); module: the nn.Module call "
-          "through the shared op layer and autograd")
+    print("tier: the kernel module's forward/backward; op: the tier's forward and backward ops called directly "
+          "(base: custom_op wrappers as in the base tree); module: the nn.Module call through the shared front end, "
+          "op layer and autograd (the same code on both sides apart from the tier)")
     print(f"{'variant':<14} {'path':<18} " + " ".join(f"{name:>16}" for name in sides) + "   ratio")
     for name in args.variants.split(","):
         module = poolbench.create(name, shape[1], 2, 2, 0, tier="triton")
@@ -130,11 +159,26 @@ def main(argv=None) -> int:
             impls.dpp_triton_kernels.forward(x, alpha, lam, weight, bias, *options)
             impls.dpp_triton_kernels.backward(gy, x, alpha, lam, weight, bias, *options)
 
-        for path, fn in (("tier forward", tier_forward), ("tier fwd+bwd", tier_train),
-                         ("module forward", inference), ("module fwd+bwd", train_step)):
+        ops = {"base": base_ops, "this": (torch.ops.poolbench_triton.dpp_forward,
+                                          torch.ops.poolbench_triton.dpp_backward)}
+
+        def op_forward(which):
+            return lambda: ops[which][0](x, alpha, lam, weight, bias, *options)
+
+        def op_train(which):
+            def run():
+                ops[which][0](x, alpha, lam, weight, bias, *options)
+                ops[which][1](gy, x, alpha, lam, weight, bias, *options)
+            return run
+
+        paths = (("tier forward", tier_forward, tier_forward), ("tier fwd+bwd", tier_train, tier_train),
+                 ("op forward", op_forward("base"), op_forward("this")),
+                 ("op fwd+bwd", op_train("base"), op_train("this")),
+                 ("module forward", inference, inference), ("module fwd+bwd", train_step, train_step))
+        for path, base_fn, this_fn in paths:
             samples = {side: [] for side in sides}
             for _ in range(args.rounds):
-                for side, kernels in sides.items():
+                for (side, kernels), fn in zip(sides.items(), (base_fn, this_fn)):
                     _use(kernels)
                     fn()  # builds (and caches) the plan outside the timed calls
                     samples[side].append(_time_per_call(fn, args.calls))
