@@ -309,11 +309,12 @@ def _table(rows: list[dict], keys) -> list[str]:
             + ["| " + " | ".join(_cell(row.get(key)) for key in keys) + " |" for row in rows])
 
 
-def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str = "") -> str:
+def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str = "",
+                versions: dict | None = None) -> str:
     lines = [f"# Static kernel report for {arch} (compiled without a GPU)", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
-    versions = toolchain_versions()
+    versions = versions or toolchain_versions()
     lines += [f"Compiled with triton {versions['triton']}, torch {versions['torch']}.", ""]
     lines += ["SASS / MUFU per window (`poolbench.kernel_report.per_window_counts`): instructions of the executed "
               "path per output window; straight-line kernels count every instruction (NOPs excluded) divided by the "
@@ -328,11 +329,13 @@ def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str
 
 
 def write_reports(rows: list[dict], arch: str, json_path: Path | None, md_path: Path | None, notes=(),
-                  command: str = "") -> None:
+                  command: str = "", versions: dict | None = None) -> None:
+    """JSON and markdown of ``rows``; ``versions`` (triton, torch) default to the running process's."""
+    versions = versions or toolchain_versions()
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"arch": arch, "versions": toolchain_versions(), "notes": list(notes),
+        json_path.write_text(json.dumps({"arch": arch, "versions": versions, "notes": list(notes),
                                          "rows": rows}, indent=1) + "\n")
     if md_path is not None:
         md_path.parent.mkdir(parents=True, exist_ok=True)
-        md_path.write_text(to_markdown(rows, arch, notes, command))
+        md_path.write_text(to_markdown(rows, arch, notes, command, versions))
