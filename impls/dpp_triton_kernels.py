@@ -30,23 +30,27 @@ the ratios c_q/c_max are unchanged, and log2 c_max = log2(c_max·sc²) + 2⌊·�
 sc = 1 and takes the plain form.
 
 Layout: one program row (``program_id(0)``) per (n, c) plane, so a channel's
-α, λ, F, b and log2 α are scalars computed once per program.  Windows are
-register tiles ``[KP taps, BLOCK windows]`` (KP = next power of two ≥ k²) with
-the taps on the *first* axis: Triton's default layout spreads the last axis
-over the lanes of a warp, so every lane owns whole windows and all per-window
-reductions (sums, max) stay inside one thread: no shuffles, and the
-per-window maths (log2 c_max, 1/Σw, the α-term) runs once per window.
+α, λ, F, b and log2 α are scalars computed once per program.  Every tensor is
+one-dimensional over a BLOCK of windows; a window's taps are unrolled
+(``tl.static_range``) into tuples of such tensors, so every lane owns whole
+windows under any compiler version: per-window reductions (sums, max) stay inside
+one thread, with no shuffles, and the per-window maths (log2 c_max, 1/Σw, the
+α-term) runs once per window.
 
 Backward recomputes the weights from x (nothing but the inputs is saved):
 
 * ``_dpp_bwd_window_kernel``: one pass per window gives y, the weights, the
   α/λ (and F/b) partial sums and the gradient w.r.t. the guide Ĩ.  When windows
   cannot overlap (k ≤ s) it also writes ∂L/∂x for its own taps directly
-  (``FUSED_GX``); otherwise it stores 9 per-window scalars ("stats").
+  (``FUSED_GX``); for Full-DPP 2×2/2 that includes the guide filters' share
+  (``GUIDE_GX``: neighbours' ∂L/∂Ĩ through a per-program ring, so the whole
+  Full backward is this one kernel and ∂x is written once).  Otherwise it stores
+  9 per-window scalars ("stats").
 * ``_dpp_bwd_input_kernel``: a gather over input pixels (no scatter, so no
   atomics): each pixel sums its contributions from the ≤ ⌈k/s⌉² windows that
   contain it (from the stats) and, for Full-DPP, from the ≤ ⌈3/s⌉² guide
-  filters that read it (``gx += Σ ∂L/∂Ĩ · F``).
+  filters that read it (``gx += Σ ∂L/∂Ĩ · F``).  Used when windows overlap
+  (k3s2p1) and for Full-DPP 2×2/2 planes wider than the largest block.
 
 Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
 
@@ -57,7 +61,15 @@ Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
     ∂L/∂I_q (direct) = ĝ·w_q + γ_q,    ∂L/∂Ĩ = −Σ_q γ_q
     Lite: ∂L/∂I_q += (∂L/∂Ĩ)/n;   Full: ∂L/∂I[tap t] += ∂L/∂Ĩ·F_t, ∂L/∂F_t += ∂L/∂Ĩ·I[tap t], ∂L/∂b += ∂L/∂Ĩ
 
-Every launch is described by a :class:`Launch` (kernel, grid, arguments), built
+The window kernel's last program (an atomic counter, reset by that program) sums
+every program's α/λ/F/b partials in a fixed order and writes the parameter
+gradients in the parameters' dtypes: no reduction or copy launches follow.
+
+Host path: everything that depends only on the call's shape, strides, dtypes,
+device and settings (geometry checks, grid, config, scalar arguments) is a plan
+cached per :func:`plan_key`; a call allocates its outputs and launches.  With
+``POOLBENCH_TRITON_AUTOTUNE=0`` each kernel runs one fixed config per shape.
+Every launch can be described by a :class:`Launch` (kernel, grid, arguments), built
 by :func:`forward_plan` / :func:`backward_plan`; the static kernel report
 (:mod:`poolbench.measure.kernel_report`) compiles exactly those specialisations.
 """
@@ -110,8 +122,9 @@ MAX_GRID_Y = 65535
 #: per window): the forward, the backward's window kernel (≈ 4× the live values per slot) and the
 #: pixel gather.  Calibrated with ``poolbench kernels`` on sm_90: kept configs stay at ≤ ~100
 #: registers (occupancy for a memory-bound kernel) and never spill; e.g. the Lite 2×2 backward at
-#: 4 windows per thread needs 243 registers, Full-DPP's at 2 windows 128.
-FORWARD_TILE_BUDGET = 32
+#: 4 windows per thread needs 243 registers, Full-DPP's at 2 windows 128.  The forward's 30 keeps
+#: Lite k3s2p1 at one window per thread: at two, Triton 3.6 spills 8 B (Asym, bf16).
+FORWARD_TILE_BUDGET = 30
 BACKWARD_TILE_BUDGET = 8
 PIXEL_TILE_BUDGET = 16
 
@@ -147,6 +160,19 @@ def _prune(slots_of, budget):
     return prune
 
 
+def _window_prune(budget):
+    """The window kernel's prune: with GUIDE_GX a block must hold a window's lower-right neighbour (BLOCK > OW)."""
+    by_registers = _prune(_window_slots, budget)
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        if args.get("GUIDE_GX"):
+            configs = [c for c in configs if c.kwargs["BLOCK"] > args["OW"]]
+        return by_registers(configs, named_args, **kwargs)
+
+    return prune
+
+
 def _window_slots(args) -> int:
     return args["KP"] + (9 if args["FULL"] else 0)  # taps + the 3×3 guide taps
 
@@ -156,12 +182,24 @@ def _pixel_slots(args) -> int:
     return (2 * args["CP"] if args["POOL"] else 0) + (args["GP"] if args["GUIDE"] else 0)
 
 
+#: Autotune keys: every argument that changes the compiled kernel or its best tile (the plane's
+#: geometry, the variant flags; Triton adds the tensors' dtypes), never the batch size.
+FORWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI"]
+BACKWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI", "FUSED_GX"]
+PIXEL_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "POOL", "GUIDE", "ACCUM"]
+
 _FWD_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (512, 4)))
 _BWD_WINDOW_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (256, 2)))
 _PIXEL_CONFIGS = _configs(((128, 4), (256, 4), (512, 4), (1024, 4)))
 
 
 # --------------------------------------------------------------------------- shared inline maths
+#
+# Per-tap values are *tuples* of [BLOCK] tensors, one per tap, built with ``tl.static_range``: every
+# tensor of a kernel is one-dimensional, so every layout puts whole windows in one thread whatever
+# the compiler version.  (A [taps, windows] register tile leaves the layout to Triton's coalescing
+# heuristic: Triton 3.6 spreads the taps over lanes there, which replicates the per-window maths
+# and the index divisions on every lane and adds shuffle reductions, ≈3× the instructions.)
 
 
 @triton.jit
@@ -183,28 +221,74 @@ def _eps2_value(eps2, ACC: tl.constexpr):
 
 
 @triton.jit
-def _guide_taps(xp, oh, ow, pmask, H, W, S: tl.constexpr, ACC: tl.constexpr):
-    """The 3×3 neighbourhood of (oh·s, ow·s), zero outside the image (conv padding 1): [16, BLOCK]."""
-    t = tl.arange(0, 16)
-    r = (oh * S - 1)[None, :] + (t // 3)[:, None]
-    col = (ow * S - 1)[None, :] + (t % 3)[:, None]
-    inside = pmask[None, :] & (t < 9)[:, None] & (r >= 0) & (r < H) & (col >= 0) & (col < W)
-    return tl.load(xp + r * W + col, mask=inside, other=0.0).to(ACC)
+def _tsum(values, N: tl.constexpr):
+    total = values[0]
+    for t in tl.static_range(1, N):
+        total += values[t]
+    return total
 
 
 @triton.jit
-def _guide(xp, w_ptr, b_ptr, ch, v, valid, n, oh, ow, pmask, H, W,
+def _tmax(values, N: tl.constexpr):
+    best = values[0]
+    for t in tl.static_range(1, N):
+        best = tl.maximum(best, values[t])
+    return best
+
+
+@triton.jit
+def _window_taps(xp, oh, ow, pmask, H, W, K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
+                 ACC: tl.constexpr):
+    """(x, inside) of the K² taps, row-major: tuples of [BLOCK]; padded taps read 0."""
+    values = ()
+    masks = ()
+    for t in tl.static_range(K * K):
+        row = oh * S + (t // K - PAD)
+        col = ow * S + (t % K - PAD)
+        if PAD == 0:  # without padding every tap of an in-range window is inside the image
+            inside = pmask
+        else:
+            inside = pmask & (row >= 0) & (row < H) & (col >= 0) & (col < W)
+        values = values + (tl.load(xp + row * W + col, mask=inside, other=0.0).to(ACC),)
+        masks = masks + (inside,)
+    return values, masks
+
+
+@triton.jit
+def _guide_taps(xp, v, oh, ow, pmask, H, W, K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
+                ACC: tl.constexpr):
+    """The 3×3 neighbourhood of (oh·s, ow·s), zero outside the image (conv padding 1): a tuple of 9 [BLOCK].
+
+    Taps that coincide with window taps are taken from ``v`` (all 9 for k=3, pad=1; 4 for k=2, pad=0).
+    """
+    values = ()
+    for gr in tl.static_range(3):
+        for gc in tl.static_range(3):
+            # the window tap on the same pixel is (gr − 1 + pad, gc − 1 + pad) when inside the window
+            if (gr - 1 + PAD >= 0) and (gr - 1 + PAD < K) and (gc - 1 + PAD >= 0) and (gc - 1 + PAD < K):
+                values = values + (v[(gr - 1 + PAD) * K + (gc - 1 + PAD)],)
+            else:
+                row = oh * S + (gr - 1)
+                col = ow * S + (gc - 1)
+                inside = pmask & (row >= 0) & (row < H) & (col >= 0) & (col < W)
+                values = values + (tl.load(xp + row * W + col, mask=inside, other=0.0).to(ACC),)
+    return values
+
+
+@triton.jit
+def _guide(xp, w_ptr, b_ptr, ch, v, n, oh, ow, pmask, H, W,
            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, FULL: tl.constexpr, ACC: tl.constexpr):
-    """Ĩ per window: the learned 3×3 filter plus bias (Full) or the window mean (Lite)."""
+    """(Ĩ, guide taps) per window: the learned 3×3 filter plus bias (Full) or the window mean (Lite)."""
     if FULL:
-        xg = _guide_taps(xp, oh, ow, pmask, H, W, S, ACC)
-        tg = tl.arange(0, 16)
-        f = tl.load(w_ptr + ch * 9 + tg, mask=tg < 9, other=0.0).to(ACC)
-        return tl.sum(xg * f[:, None], axis=0) + tl.load(b_ptr + ch).to(ACC)
+        xg = _guide_taps(xp, v, oh, ow, pmask, H, W, K, S, PAD, ACC)
+        g = xg[0] * tl.load(w_ptr + ch * 9).to(ACC)
+        for t in tl.static_range(1, 9):
+            g += xg[t] * tl.load(w_ptr + ch * 9 + t).to(ACC)
+        return g + tl.load(b_ptr + ch).to(ACC), xg
     elif PAD == 0:
-        return tl.sum(v, axis=0) * (1.0 / (K * K))
+        return _tsum(v, K * K) * (1.0 / (K * K)), v
     else:
-        return tl.sum(v, axis=0) / n
+        return _tsum(v, K * K) / n, v
 
 
 @triton.jit
@@ -218,47 +302,64 @@ def _window_scale(dmax, eps2, ACC: tl.constexpr):
 
 @triton.jit
 def _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2, oh, ow, pmask, H, W,
-                 K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
+                 K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
                  ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr):
     """Everything the forward and backward need about a block of windows, in registers.
 
-    Returns (valid, n, g, r, ds, c, lr, e, a, D⁻¹, y − g, M, ℓ_max − M, 1/c_max, log2 c_max − log2 m,
-    Σe, Σr, Σe·r, Σc, sc): taps [KP, BLOCK] and per-window [BLOCK] values; r = I − Ĩ before the Asym clamp,
-    ds = d·sc, c = ds² + ε²·sc², lr = log2(c/c_max); invalid taps have r = ds = e = 0.  The output
-    is formed as Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly y = I (no rounding residue
-    for the α-gradient at α = 0 to amplify) and large |I| with small spread keeps its precision.
+    Returns (taps, windows): ``taps`` = (inside, r, ds, c, lr, e, guide taps), tuples over the K² taps of
+    [BLOCK] tensors; ``windows`` = (n, g, a, D⁻¹, y − g, M, ℓ_max − M, 1/c_max, log2 c_max − log2 m,
+    Σe, Σr, Σe·r, Σc, sc), [BLOCK] each.  r = I − Ĩ before the Asym clamp, ds = d·sc,
+    c = ds² + ε²·sc², lr = log2(c/c_max); padded taps have r = ds = e = 0.  The output is formed as
+    Ĩ + Σ w·(I − Ĩ)/Σ w, so a flat window gives exactly y = I (no rounding residue for the α-gradient
+    at α = 0 to amplify) and large |I| with small spread keeps its precision.
     """
-    t = tl.arange(0, KP)
-    row = (oh * S - PAD)[None, :] + (t % K)[:, None]
-    col = (ow * S - PAD)[None, :] + (t // K)[:, None]
-    # Without padding every tap of an in-range window is inside the image.
-    MASK_TAPS: tl.constexpr = PAD != 0 or KP != K * K
+    KK: tl.constexpr = K * K
+    v, inside = _window_taps(xp, oh, ow, pmask, H, W, K, S, PAD, ACC)
     if PAD == 0:
-        valid = (t < K * K)[:, None] & pmask[None, :]
-        n = tl.full(oh.shape, K * K, ACC)
+        n = tl.full(oh.shape, KK, ACC)
     else:
-        valid = (t < K * K)[:, None] & pmask[None, :] & (row >= 0) & (row < H) & (col >= 0) & (col < W)
-        n = tl.maximum(tl.sum(valid.to(ACC), axis=0), 1.0)
-    v = tl.load(xp + row * W + col, mask=valid, other=0.0).to(ACC)
-    g = _guide(xp, w_ptr, b_ptr, ch, v, valid, n, oh, ow, pmask, H, W, K, S, PAD, FULL, ACC)
-    r = v - g[None, :]
-    if MASK_TAPS:
-        r = tl.where(valid, r, 0.0)
+        count = inside[0].to(ACC)
+        for t in tl.static_range(1, KK):
+            count += inside[t].to(ACC)
+        n = tl.maximum(count, 1.0)
+    g, xg = _guide(xp, w_ptr, b_ptr, ch, v, n, oh, ow, pmask, H, W, K, S, PAD, FULL, ACC)
+    r = ()
+    d = ()
+    for t in tl.static_range(KK):
+        rt = v[t] - g
+        if PAD != 0:
+            rt = tl.where(inside[t], rt, 0.0)
+        r = r + (rt,)
+        if ASYM:
+            d = d + (tl.maximum(rt, 0.0),)
+        else:
+            d = d + (rt,)
     if ASYM:
-        d = tl.maximum(r, 0.0)
-        dmax = tl.max(d, axis=0)
+        dmax = _tmax(d, KK)
     else:
-        d = r
-        dmax = tl.max(tl.abs(d), axis=0)
+        dmax = tl.abs(d[0])
+        for t in tl.static_range(1, KK):
+            dmax = tl.maximum(dmax, tl.abs(d[t]))
     sc, log2_inv_sc2, eps2s = _window_scale(dmax, eps2, ACC)
-    ds = d * sc[None, :]
     dmaxs = dmax * sc
     cmax = dmaxs * dmaxs + eps2s
-    c = ds * ds + eps2s[None, :]
     inv_cmax = 1.0 / cmax
-    lr = _log2(c * inv_cmax[None, :], ACC)  # ≤ 0 (finite: c ≥ TINY)
+    ds = ()
+    c = ()
+    lr = ()
+    for t in tl.static_range(KK):
+        dst = d[t] * sc
+        ct = dst * dst + eps2s
+        ds = ds + (dst,)
+        c = c + (ct,)
+        lr = lr + (_log2(ct * inv_cmax, ACC),)  # ≤ 0 (finite: c ≥ TINY)
     if SI:
-        csum = tl.sum(tl.where(valid, c, 0.0), axis=0) if MASK_TAPS else tl.sum(c, axis=0)
+        if PAD == 0:
+            csum = _tsum(c, KK)
+        else:
+            csum = tl.where(inside[0], c[0], 0.0)
+            for t in tl.static_range(1, KK):
+                csum += tl.where(inside[t], c[t], 0.0)
         log_ratio_max = _log2(cmax * n / csum, ACC)  # log2 c_max − log2 m (the scale cancels)
     else:
         csum = cmax  # unused
@@ -267,16 +368,21 @@ def _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2, oh, ow, pmask, H,
     M = tl.maximum(ell_max, log2_alpha)
     a = tl.exp2(log2_alpha - M)  # exactly 0 when α = 0
     shift = ell_max - M  # ≤ 0
-    e = tl.exp2(half * lr + shift[None, :])
-    if MASK_TAPS:
-        e = tl.where(valid, e, 0.0)
-    sum_e = tl.sum(e, axis=0)
-    sum_r = tl.sum(r, axis=0)
-    sum_er = tl.sum(e * r, axis=0)
+    e = ()
+    for t in tl.static_range(KK):
+        et = tl.exp2(half * lr[t] + shift)
+        if PAD != 0:
+            et = tl.where(inside[t], et, 0.0)
+        e = e + (et,)
+    sum_e = _tsum(e, KK)
+    sum_r = _tsum(r, KK)
+    sum_er = e[0] * r[0]
+    for t in tl.static_range(1, KK):
+        sum_er += e[t] * r[t]
     inv_D = 1.0 / (sum_e + a * n)
     yg = (sum_er + a * sum_r) * inv_D
-    return (valid, n, g, r, ds, c, lr, e, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er,
-            csum, sc)
+    return ((inside, r, ds, c, lr, e, xg),
+            (n, g, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er, csum, sc))
 
 
 @triton.jit
@@ -290,11 +396,11 @@ def _log2_alpha(alpha_ptr, ch, ACC: tl.constexpr):
 # --------------------------------------------------------------------------- forward
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["NC", "P", "K", "S", "FULL"],
+@triton.autotune(configs=_FWD_CONFIGS, key=FORWARD_KEY,
                  prune_configs_by={"early_config_prune": _prune(_window_slots, FORWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, y_ptr, eps2: tl.float64,
-                    NC, C, H, W, OW, P,
+                    C, H, W, OW, P,
                     K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                     ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr,
                     BLOCK: tl.constexpr):
@@ -302,13 +408,14 @@ def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, y_ptr, eps2: tl.flo
     ch = plane % C
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < P
-    oh, ow = offs // OW, offs % OW
+    oh = offs // OW
+    ow = offs - oh * OW
     log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
-    half = tl.load(lam_ptr + ch) * 0.5
+    half = tl.load(lam_ptr + ch).to(ACC) * 0.5
     xp = x_ptr + plane * H * W
-    window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, _eps2_value(eps2, ACC), oh, ow, pmask, H, W,
-                          K, S, PAD, KP, ASYM, FULL, SI, ACC)
-    g, yg = window[2], window[10]
+    _, window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, _eps2_value(eps2, ACC), oh, ow, pmask, H, W,
+                             K, S, PAD, ASYM, FULL, SI, ACC)
+    g, yg = window[1], window[4]
     tl.store(y_ptr + plane * P + offs, (g + yg).to(y_ptr.dtype.element_ty), mask=pmask)
 
 
@@ -338,21 +445,122 @@ def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gy
     tl.store(sp + 8 * P, sc, mask=pmask)
 
 
-@triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=["NC", "P", "K", "S", "FULL", "FUSED_GX"],
-                 prune_configs_by={"early_config_prune": _prune(_window_slots, BACKWARD_TILE_BUDGET)})
+@triton.jit
+def _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
+                  K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, ASYM: tl.constexpr, FULL: tl.constexpr,
+                  SI: tl.constexpr, ACC: tl.constexpr):
+    """Backward maths of a block of windows: per-tap direct ∂L/∂I and per-window terms (see the module docstring)."""
+    KK: tl.constexpr = K * K
+    oh = offs // OW
+    ow = offs - oh * OW
+    taps, window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, oh, ow, pmask, H, W,
+                                K, S, PAD, ASYM, FULL, SI, ACC)
+    inside, r, ds, c, lr, e, xg = taps
+    n, g, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er, csum, sc = window
+    gyd = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC) * inv_D
+    # Σ_q (I_q − y) = (Σe·Σr − n·Σe·r)/D: the α-terms cancel analytically, so windows whose ρ
+    # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
+    # 2^(−M) (up to 1/α) would amplify.
+    sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
+    alpha_term = tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
+    dev = ()
+    for t in tl.static_range(KK):
+        if PAD != 0:
+            dev = dev + (tl.where(inside[t], r[t] - yg, 0.0),)  # I_q − y
+        else:
+            dev = dev + (r[t] - yg,)
+    # ∂L/∂λ: since Σ(I−y)·w = 0, subtracting L_max gives Σ(I−y)·e·log2(c/c_max) − a·L_max·Σ(I−y),
+    # where both terms vanish on flat windows, exactly.
+    dev_e_lr = dev[0] * e[0] * lr[0]
+    for t in tl.static_range(1, KK):
+        dev_e_lr += dev[t] * e[t] * lr[t]
+    lam_term = tl.where(pmask, gyd * (0.5 * LN2) * (dev_e_lr - a * log_ratio_max * sum_dev), 0.0)
+    gh = gyd * half
+    beta = ()
+    for t in tl.static_range(KK):
+        beta = beta + (gh * dev[t] * e[t],)
+    if SI:
+        si_term = _tsum(beta, KK) / csum
+    else:
+        si_term = tl.zeros_like(gyd)
+    two_sc = 2.0 * sc
+    gamma = ()
+    for t in tl.static_range(KK):
+        if SI:
+            gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t] - si_term),)
+        else:
+            gamma = gamma + (ds[t] * two_sc * (beta[t] / c[t]),)
+    g_guide = -_tsum(gamma, KK)
+    g_spread = g_guide if FULL else g_guide / n
+    direct = ()
+    for t in tl.static_range(KK):
+        if FULL:
+            direct = direct + (gyd * (e[t] + a) + gamma[t],)
+        else:
+            direct = direct + (gyd * (e[t] + a) + gamma[t] + g_spread,)
+    return (oh, ow, inside, xg, direct, g_guide, alpha_term, lam_term,
+            (g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc))
+
+
+@triton.jit
+def _store_taps(gx_ptr, plane, H, W, oh, ow, values, inside, K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr):
+    gxp = gx_ptr + plane * H * W
+    for t in tl.static_range(K * K):
+        row = oh * S + (t // K - PAD)
+        col = ow * S + (t % K - PAD)
+        tl.store(gxp + row * W + col, values[t].to(gx_ptr.dtype.element_ty), mask=inside[t])
+
+
+@triton.jit
+def _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, offs, pmask, g_guide, direct, f,
+              BLOCK: tl.constexpr):
+    """Full-DPP 2×2/2: ∂L/∂I of a block's taps, direct part plus every guide filter reading them.
+
+    Tap (dh, dw) of window (i, j) is read by the guides of windows (i + dh·{0,1}, j + dw·{0,1}); the
+    neighbours' ∂L/∂Ĩ come from ``ring`` (this program's last 2·BLOCK windows, written before a barrier).
+    """
+    oh = offs // OW
+    ow = offs - oh * OW
+    rel = offs - start
+    right = pmask & (ow + 1 < OW)
+    down = pmask & (offs + OW < P)
+    g_r = tl.load(ring + (rel + 1) % (2 * BLOCK), mask=right, other=0.0)
+    g_d = tl.load(ring + (rel + OW) % (2 * BLOCK), mask=down, other=0.0)
+    g_rd = tl.load(ring + (rel + OW + 1) % (2 * BLOCK), mask=right & down, other=0.0)
+    values = ()
+    for dh in tl.static_range(2):
+        for dw in tl.static_range(2):
+            v = direct[dh * 2 + dw] + g_guide * f[(dh + 1) * 3 + dw + 1]
+            if dh == 1:
+                v += g_d * f[dw + 1]
+            if dw == 1:
+                v += g_r * f[(dh + 1) * 3]
+            if dh == 1 and dw == 1:
+                v += g_rd * f[0]
+            values = values + (v,)
+    _store_taps(gx_ptr, plane, H, W, oh, ow, values, (pmask, pmask, pmask, pmask), 2, 2, 0)
+
+
+@triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=BACKWARD_KEY,
+                 prune_configs_by={"early_config_prune": _window_prune(BACKWARD_TILE_BUDGET)})
 @triton.jit
 def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2: tl.float64,
-                           gx_ptr, stats_ptr, gg_ptr, part_ptr,
-                           NC, C, H, W, OW, P, CHUNK, SPLIT,
+                           gx_ptr, stats_ptr, gg_ptr, part_ptr, count_ptr, ga_ptr, gl_ptr, gw_ptr, gb_ptr,
+                           N, C, H, W, OW, P, CHUNK, SPLIT,
                            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                            ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr,
-                           FUSED_GX: tl.constexpr, WRITE_STATS: tl.constexpr, NPART: tl.constexpr,
-                           ACC: tl.constexpr, BLOCK: tl.constexpr):
+                           FUSED_GX: tl.constexpr, GUIDE_GX: tl.constexpr, WRITE_STATS: tl.constexpr,
+                           NPART: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass over a chunk of windows.  FUSED_GX: ∂L/∂x of the windows' own taps (k ≤ s); with
+    GUIDE_GX (Full-DPP 2×2/2) including the guide filters' share, so the whole backward is this kernel:
+    each block's ∂L/∂Ĩ goes to a per-program ring, and a block's ∂L/∂x is written one iteration later,
+    once its right and lower neighbours' ∂L/∂Ĩ are in the ring (the chunk's end computes the next
+    BLOCK windows' ∂L/∂Ĩ for that)."""
     plane = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ch = plane % C
     log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
-    half = tl.load(lam_ptr + ch) * 0.5
+    half = tl.load(lam_ptr + ch).to(ACC) * 0.5
     eps2c = _eps2_value(eps2, ACC)
     xp = x_ptr + plane * H * W
     start = split * CHUNK
@@ -360,66 +568,114 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
     acc_alpha = tl.zeros((BLOCK,), ACC)
     acc_lam = tl.zeros((BLOCK,), ACC)
     acc_bias = tl.zeros((BLOCK,), ACC)
-    acc_weight = tl.zeros((16, BLOCK), ACC)
-    for block_start in range(start, stop, BLOCK):
-        offs = block_start + tl.arange(0, BLOCK)
+    acc_weight = ()
+    for t in tl.static_range(9 if FULL else 1):
+        acc_weight = acc_weight + (tl.zeros((BLOCK,), ACC),)
+    if GUIDE_GX:
+        ring = stats_ptr + (plane * SPLIT + split) * (2 * BLOCK)
+        f = ()
+        for t in tl.static_range(9):
+            f = f + (tl.load(w_ptr + ch * 9 + t).to(ACC),)
+        # the block whose ∂L/∂x is written next iteration (none yet)
+        pend_offs = start + tl.arange(0, BLOCK)
+        pend_mask = pend_offs < 0
+        pend_gg = tl.zeros((BLOCK,), ACC)
+        pend_direct = (pend_gg, pend_gg, pend_gg, pend_gg)
+    # A while loop, not range(start, stop, BLOCK): Triton 3.6's interpreter passes integer arguments
+    # as 1-element arrays, which range() cannot take.
+    block_start = 0
+    while block_start < CHUNK:
+        offs = start + block_start + tl.arange(0, BLOCK)
+        block_start += BLOCK
         pmask = offs < stop
-        oh, ow = offs // OW, offs % OW
-        (valid, n, g, r, ds, c, lr, e, a, inv_D, yg, M, shift, inv_cmax, log_ratio_max, sum_e, sum_r, sum_er,
-         csum, sc) = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, oh, ow, pmask, H, W,
-                            K, S, PAD, KP, ASYM, FULL, SI, ACC)
-        gyd = tl.load(gy_ptr + plane * P + offs, mask=pmask, other=0.0).to(ACC) * inv_D
-        dev = tl.where(valid, r - yg[None, :], 0.0)  # I_q − y
-        # Σ_q (I_q − y) = (Σe·Σr − n·Σe·r)/D: the α-terms cancel analytically, so windows whose ρ
-        # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
-        # 2^(−M) (up to 1/α) would amplify.
-        sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
-        acc_alpha += tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
-        # ∂L/∂λ: since Σ(I−y)·w = 0, subtracting L_max gives Σ(I−y)·e·log2(c/c_max) − a·L_max·Σ(I−y),
-        # where both terms vanish on flat windows, exactly.
-        acc_lam += tl.where(pmask, gyd * (0.5 * LN2) * (tl.sum(dev * e * lr, axis=0) - a * log_ratio_max * sum_dev),
-                            0.0)
-        beta = gyd[None, :] * dev * e * half
-        if SI:
-            si_term = tl.sum(beta, axis=0) / csum
-        else:
-            si_term = tl.zeros_like(gyd)
-        two_sc = 2.0 * sc
-        gamma = ds * two_sc[None, :] * (beta / c - si_term[None, :])
-        g_guide = -tl.sum(gamma, axis=0)
+        oh, ow, inside, xg, direct, g_guide, alpha_term, lam_term, stats = _window_grads(
+            xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
+            K, S, PAD, ASYM, FULL, SI, ACC)
+        acc_alpha += alpha_term
+        acc_lam += lam_term
         if FULL:
-            xg = _guide_taps(xp, oh, ow, pmask, H, W, S, ACC)
-            acc_weight += tl.where(pmask, g_guide, 0.0)[None, :] * xg
-            acc_bias += tl.where(pmask, g_guide, 0.0)
-            g_spread = g_guide
-        else:
-            g_spread = g_guide / n
-        if FUSED_GX:
-            gx = gyd[None, :] * (e + a[None, :]) + gamma
-            if not FULL:
-                gx += g_spread[None, :]
-            t = tl.arange(0, KP)
-            row = (oh * S - PAD)[None, :] + (t % K)[:, None]
-            col = (ow * S - PAD)[None, :] + (t // K)[:, None]
-            tl.store(gx_ptr + plane * H * W + row * W + col, gx.to(gx_ptr.dtype.element_ty), mask=valid)
+            gg_kept = tl.where(pmask, g_guide, 0.0)
+            new_weight = ()
+            for t in tl.static_range(9):
+                new_weight = new_weight + (acc_weight[t] + gg_kept * xg[t],)
+            acc_weight = new_weight
+            acc_bias += gg_kept
+        if GUIDE_GX:
+            tl.store(ring + (offs - start) % (2 * BLOCK), g_guide, mask=pmask)
+            tl.debug_barrier()
+            _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_mask, pend_gg, pend_direct, f, BLOCK)
+            tl.debug_barrier()  # the ring slot read above is overwritten next iteration
+            pend_offs = offs
+            pend_mask = pmask
+            pend_gg = g_guide
+            pend_direct = direct
+        elif FUSED_GX:
+            _store_taps(gx_ptr, plane, H, W, oh, ow, direct, inside, K, S, PAD)
             if FULL:
                 tl.store(gg_ptr + plane * P + offs, g_guide, mask=pmask)
         if WRITE_STATS:
+            g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc = stats
             _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc)
+    if GUIDE_GX:  # the ∂L/∂Ĩ of the BLOCK windows after the chunk (their guides read the last block's taps)
+        offs = stop + tl.arange(0, BLOCK)
+        pmask = offs < P
+        halo = _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W,
+                             OW, K, S, PAD, ASYM, FULL, SI, ACC)
+        tl.store(ring + (offs - start) % (2 * BLOCK), halo[5], mask=pmask)
+        tl.debug_barrier()
+        _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_mask, pend_gg, pend_direct, f, BLOCK)
     pp = part_ptr + (plane * SPLIT + split) * NPART
     tl.store(pp, tl.sum(acc_alpha, axis=0))
     tl.store(pp + 1, tl.sum(acc_lam, axis=0))
     if FULL:
         tl.store(pp + 2, tl.sum(acc_bias, axis=0))
-        tg = tl.arange(0, 16)
-        tl.store(pp + 3 + tg, tl.sum(acc_weight, axis=1), mask=tg < 9)
+        for t in tl.static_range(9):
+            tl.store(pp + 3 + t, tl.sum(acc_weight[t], axis=0))
+    # The last program to finish sums every program's partials in a fixed order (deterministic)
+    # and writes the parameter gradients: no reduction or copy launches after the kernel.
+    tl.debug_barrier()
+    finished = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+    if finished == N * C * SPLIT - 1:
+        _reduce_partials(part_ptr, ga_ptr, gl_ptr, gw_ptr, gb_ptr, N, C, SPLIT, NPART, FULL, ACC, BLOCK)
+        tl.atomic_xchg(count_ptr, 0)  # ready for the next launch (and for CUDA-graph replays)
 
 
-@triton.autotune(configs=_PIXEL_CONFIGS, key=["NC", "H", "W", "K", "S", "POOL", "GUIDE"],
+@triton.jit
+def _reduce_partials(part_ptr, ga_ptr, gl_ptr, gw_ptr, gb_ptr, N, C, SPLIT, NPART: tl.constexpr,
+                     FULL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Σ over (n, split) of the partials [N, C, SPLIT, NPART], channels along the block, in a fixed order."""
+    c0 = 0
+    while c0 < C:
+        ch = c0 + tl.arange(0, BLOCK)
+        cmask = ch < C
+        sums = ()
+        for q in tl.static_range(NPART):
+            sums = sums + (tl.zeros((BLOCK,), ACC),)
+        n = 0
+        while n < N:
+            sp = 0
+            while sp < SPLIT:
+                base = part_ptr + ((n * C + ch).to(tl.int64) * SPLIT + sp) * NPART
+                new = ()
+                for q in tl.static_range(NPART):
+                    new = new + (sums[q] + tl.load(base + q, mask=cmask, other=0.0, cache_modifier=".cg"),)
+                sums = new
+                sp += 1
+            n += 1
+        tl.store(ga_ptr + ch, sums[0].to(ga_ptr.dtype.element_ty), mask=cmask)
+        tl.store(gl_ptr + ch, sums[1].to(gl_ptr.dtype.element_ty), mask=cmask)
+        if FULL:
+            tl.store(gb_ptr + ch, sums[2].to(gb_ptr.dtype.element_ty), mask=cmask)
+            for t in tl.static_range(9):
+                tl.store(gw_ptr + ch * 9 + t, sums[3 + t].to(gw_ptr.dtype.element_ty), mask=cmask)
+        c0 += BLOCK
+
+
+@triton.autotune(configs=_PIXEL_CONFIGS, key=PIXEL_KEY,
                  prune_configs_by={"early_config_prune": _prune(_pixel_slots, PIXEL_TILE_BUDGET)}, restore_value=["gx_ptr"])
 @triton.jit
 def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg_ptr, gx_ptr,
-                          NC, C, H, W, OH, OW, P, GG_PLANE,
+                          C, H, W, OH, OW, P, GG_PLANE,
                           K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
                           CI: tl.constexpr, CP: tl.constexpr, GI: tl.constexpr, GP: tl.constexpr,
                           ASYM: tl.constexpr, FULL: tl.constexpr, POOL: tl.constexpr, GUIDE: tl.constexpr,
@@ -428,57 +684,78 @@ def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg
     ch = plane % C
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < H * W
-    h, w = offs // W, offs % W
+    h = offs // W
+    w = offs - h * W
     gx_ptrs = gx_ptr + plane * H * W + offs
     if ACCUM:
         gx = tl.load(gx_ptrs, mask=pmask, other=0.0).to(ACC)
     else:
         gx = tl.zeros((BLOCK,), ACC)
-    if POOL:  # the windows (i, j) containing pixel (h, w), windows on axis 0
+    if POOL:  # the ≤ CI² windows (i, j) containing pixel (h, w)
         eps2c = _eps2_value(eps2, ACC)
-        half = tl.load(lam_ptr + ch) * 0.5
+        half = tl.load(lam_ptr + ch).to(ACC) * 0.5
         xv = tl.load(x_ptr + plane * H * W + offs, mask=pmask, other=0.0).to(ACC)
-        u = tl.arange(0, CP)
-        i = ((h + PAD) // S)[None, :] - (u // CI)[:, None]
-        j = ((w + PAD) // S)[None, :] - (u % CI)[:, None]
-        inside = (pmask[None, :] & (u < CI * CI)[:, None] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
-                  & (h[None, :] + PAD - i * S < K) & (w[None, :] + PAD - j * S < K))
-        sp = stats_ptr + plane * 9 * P + i * OW + j
-        g = tl.load(sp, mask=inside, other=0.0)
-        yg = tl.load(sp + P, mask=inside, other=0.0)
-        inv_cmax = tl.load(sp + 2 * P, mask=inside, other=1.0)
-        shift = tl.load(sp + 3 * P, mask=inside, other=0.0)
-        a = tl.load(sp + 4 * P, mask=inside, other=0.0)
-        gyd = tl.load(sp + 5 * P, mask=inside, other=0.0)
-        si_term = tl.load(sp + 6 * P, mask=inside, other=0.0)
-        sc = tl.load(sp + 8 * P, mask=inside, other=1.0)
-        r = tl.where(inside, xv[None, :] - g, 0.0)  # slots of no window: no inf from |x|² there
-        d = r
-        if ASYM:
-            d = tl.maximum(d, 0.0)
-        ds = d * sc
-        c = ds * ds + tl.maximum(eps2c * sc * sc, TINY)
-        e = tl.exp2(half * _log2(c * inv_cmax, ACC) + shift)
-        beta = gyd * (r - yg) * e * half
-        contrib = gyd * (e + a) + 2.0 * ds * sc * (beta / c - si_term)
-        if not FULL:
-            contrib += tl.load(sp + 7 * P, mask=inside, other=0.0)
-        gx += tl.sum(tl.where(inside, contrib, 0.0), axis=0)
-    if GUIDE:  # the guide filters (i, j) reading pixel (h, w)
-        u = tl.arange(0, GP)
-        i = ((h + 1) // S)[None, :] - (u // GI)[:, None]
-        j = ((w + 1) // S)[None, :] - (u % GI)[:, None]
-        dy = h[None, :] + 1 - i * S
-        dx = w[None, :] + 1 - j * S
-        inside = (pmask[None, :] & (u < GI * GI)[:, None] & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
-                  & (dy < 3) & (dx < 3))
-        gg = tl.load(gg_ptr + plane * GG_PLANE + i * OW + j, mask=inside, other=0.0)
-        f = tl.load(w_ptr + ch * 9 + dy * 3 + dx, mask=inside, other=0.0).to(ACC)
-        gx += tl.sum(gg * f, axis=0)
+        i0 = (h + PAD) // S
+        j0 = (w + PAD) // S
+        for u in tl.static_range(CI * CI):
+            i = i0 - u // CI
+            j = j0 - u % CI
+            inside = (pmask & (i >= 0) & (i < OH) & (j >= 0) & (j < OW)
+                      & (h + PAD - i * S < K) & (w + PAD - j * S < K))
+            sp = stats_ptr + plane * 9 * P + i * OW + j
+            g = tl.load(sp, mask=inside, other=0.0)
+            yg = tl.load(sp + P, mask=inside, other=0.0)
+            inv_cmax = tl.load(sp + 2 * P, mask=inside, other=1.0)
+            shift = tl.load(sp + 3 * P, mask=inside, other=0.0)
+            a = tl.load(sp + 4 * P, mask=inside, other=0.0)
+            gyd = tl.load(sp + 5 * P, mask=inside, other=0.0)
+            si_term = tl.load(sp + 6 * P, mask=inside, other=0.0)
+            sc = tl.load(sp + 8 * P, mask=inside, other=1.0)
+            r = tl.where(inside, xv - g, 0.0)  # slots of no window: no inf from |x|² there
+            d = r
+            if ASYM:
+                d = tl.maximum(d, 0.0)
+            ds = d * sc
+            c = ds * ds + tl.maximum(eps2c * sc * sc, TINY)
+            e = tl.exp2(half * _log2(c * inv_cmax, ACC) + shift)
+            beta = gyd * (r - yg) * e * half
+            contrib = gyd * (e + a) + 2.0 * ds * sc * (beta / c - si_term)
+            if not FULL:
+                contrib += tl.load(sp + 7 * P, mask=inside, other=0.0)
+            gx += tl.where(inside, contrib, 0.0)
+    if GUIDE:  # the ≤ GI² guide filters (i, j) reading pixel (h, w)
+        i0 = (h + 1) // S
+        j0 = (w + 1) // S
+        for u in tl.static_range(GI * GI):
+            i = i0 - u // GI
+            j = j0 - u % GI
+            dy = h + 1 - i * S
+            dx = w + 1 - j * S
+            inside = pmask & (i >= 0) & (i < OH) & (j >= 0) & (j < OW) & (dy < 3) & (dx < 3)
+            gg = tl.load(gg_ptr + plane * GG_PLANE + i * OW + j, mask=inside, other=0.0)
+            f = tl.load(w_ptr + ch * 9 + dy * 3 + dx, mask=inside, other=0.0).to(ACC)
+            gx += gg * f
     tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=pmask)
 
 
 # --------------------------------------------------------------------------- launch plans
+
+#: ``POOLBENCH_TRITON_AUTOTUNE=0``: launch every kernel with one fixed config per shape (the kept
+#: config with the most windows per thread, the one the static kernel report counts) instead of
+#: autotuning; checks and tests use it so a new shape costs one compile, not one per config.
+AUTOTUNE_ENV = "POOLBENCH_TRITON_AUTOTUNE"
+_OFF = frozenset(("0", "false", "False", "no", "off"))
+
+
+def autotune_enabled() -> bool:
+    """Whether launches autotune (the default) or take one fixed config (``POOLBENCH_TRITON_AUTOTUNE=0``)."""
+    return os.environ.get(AUTOTUNE_ENV) not in _OFF
+
+
+def fixed_config(kernel, named_args: dict):
+    """The one config of ``kernel`` used without autotuning: the kept config with the most windows per thread."""
+    kept = kernel.early_config_prune(kernel.configs, named_args) if kernel.early_config_prune else kernel.configs
+    return max(kept, key=windows_per_thread)
 
 
 @dataclass
@@ -487,31 +764,34 @@ class Launch:
 
     The launchers run these; the static kernel report compiles exactly these argument
     specialisations (built on meta tensors) for a GPU architecture without a GPU.
+    ``config`` set: the kernel runs with that config (no autotuning) on a fixed grid.
     """
 
     kernel: Any
     grid: Callable | tuple
     args: tuple
     constexprs: dict = field(default_factory=dict)
+    config: Any = None
 
     def __call__(self) -> None:
-        self.kernel[self.grid](*self.args, **self.constexprs)
+        if self.config is None:
+            self.kernel[self.grid](*self.args, **self.constexprs)
+        else:
+            self.kernel.fn[self.grid](*self.args, **self.constexprs, **self.config.all_kwargs())
 
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def _params(x, alpha, lam, weight, bias):
-    acc = compute_dtype(x.dtype)
-    cast = lambda t: None if t is None else t.detach().to(device=x.device, dtype=acc).contiguous()  # noqa: E731
-    alpha, lam, weight, bias = cast(alpha), cast(lam), cast(weight), cast(bias)
-    if weight is None:  # Lite: the kernels never read these, but need valid pointers
-        weight = bias = alpha
-    return acc, alpha, lam, weight, bias
+def _cast(t, acc):
+    """A parameter in the compute dtype, contiguous (no copy when it already is)."""
+    if t is None or (t.dtype == acc and t.is_contiguous()):
+        return t
+    return t.to(dtype=acc).contiguous()
 
 
-def _geometry(x, kernel_size, stride, padding):
-    n, c, h, w = x.shape
+def _geometry(shape, kernel_size, stride, padding):
+    n, c, h, w = shape
     oh, ow = pooled_size(h, kernel_size, stride, padding), pooled_size(w, kernel_size, stride, padding)
     if triton.cdiv(max(h * w, oh * ow), MIN_BLOCK) > MAX_GRID_Y:
         # One grid row per (n, c) plane, blocks of a plane along the grid's y axis.
@@ -520,109 +800,242 @@ def _geometry(x, kernel_size, stride, padding):
     return n, c, h, w, oh, ow
 
 
-def _eps2_argument(eps2: float):
-    return torch.tensor([eps2], dtype=torch.float64) if INTERPRET else float(eps2)
+def _eps2_argument(eps2: float, device):
+    return torch.tensor([eps2], dtype=torch.float64, device=device) if INTERPRET else float(eps2)
+
+
+_NO_GUARD = contextlib.nullcontext()
 
 
 def _device_guard(x):
     """Launch on x's GPU, not the current one (Triton launches on the current device)."""
-    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    if x.device.type != "cuda" or x.device.index == torch.cuda.current_device():
+        return _NO_GUARD
+    return torch.cuda.device(x.device)
+
+
+@dataclass
+class _Plan:
+    """Everything about a call that depends only on its key (see :func:`plan_key`), built and validated once."""
+
+    out_shape: tuple
+    acc: torch.dtype
+    launches: list  # (kernel, grid, fixed config or None, constexprs, extra scalar arguments)
+    dims: tuple  # (n, c, h, w, oh, ow, p)
+    eps2: Any
+    split: int = 1
+    npart: int = 2
+    gx_zeroed: bool = False
+    overlap: bool = False
+    counter: Any = None
+    ring: int = 0  # Full-DPP single-kernel backward: ∂L/∂Ĩ slots per program
+
+
+#: Launch plans per :func:`plan_key`; a plan is never shared between shapes, strides, dtypes, devices or settings.
+_PLANS: dict = {}
+#: Bound on the plan cache (a long sweep over shapes must not grow it without limit).
+MAX_PLANS = 512
+
+
+def plan_key(direction, x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> tuple:
+    """What a cached launch plan depends on: x's shape, strides, dtype and device, the parameter dtype, the settings."""
+    return (direction, x.shape, x.stride(), x.dtype, x.device, alpha.dtype, weight is not None,
+            kernel_size, stride, padding, asym, eps2, scale_invariant, autotune_enabled())
+
+
+def _cached(key, build):
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = build()  # validates the geometry: a new key is never launched unchecked
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+@dataclass
+class _Bound:
+    """A kernel bound to a grid and config once per plan; ``run(*args)`` launches it."""
+
+    kernel: Any
+    grid: Callable | tuple
+    config: Any
+    constexprs: dict
+    scalars: tuple
+    run: Callable = None
+    kwargs: dict = None
+
+    def __post_init__(self):
+        if self.config is None:  # autotuned: the autotuner picks BLOCK, the grid follows
+            self.run, self.kwargs = self.kernel[self.grid], dict(self.constexprs)
+        else:
+            self.run, self.kwargs = self.kernel.fn[self.grid], {**self.constexprs, **self.config.all_kwargs()}
+
+    def launch(self, tensors: tuple) -> Launch:
+        return Launch(self.kernel, self.grid, tensors + self.scalars, self.constexprs, self.config)
+
+
+def _bind_launch(kernel, grid_of, args, constexprs, scalars) -> _Bound:
+    """A fixed config and grid without autotuning (or in the interpreter), else the autotuner's grid."""
+    if autotune_enabled() and not INTERPRET:
+        return _Bound(kernel, lambda meta: grid_of(meta["BLOCK"]), None, constexprs, scalars)
+    named = {**dict(zip(kernel.fn.arg_names, args)), **constexprs}
+    config = kernel.configs[0] if INTERPRET else fixed_config(kernel, named)
+    return _Bound(kernel, grid_of(config.kwargs["BLOCK"]), config, constexprs, scalars)
+
+
+def _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> _Plan:
+    acc = compute_dtype(x.dtype)
+    n, c, h, w, oh, ow = _geometry(x.shape, kernel_size, stride, padding)
+    nc, p = n * c, oh * ow
+    eps2_arg = _eps2_argument(eps2, x.device)
+    constexprs = dict(K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
+                      ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc])
+    scalars = (c, h, w, ow, p)
+    probe = (x, alpha, alpha, alpha, alpha, x, eps2_arg) + scalars
+    launch = _bind_launch(_dpp_fwd_kernel, lambda block: (nc, triton.cdiv(p, block)), probe, constexprs, scalars)
+    return _Plan((n, c, oh, ow), acc, [launch] if nc * p else [], (n, c, h, w, oh, ow, p), eps2_arg)
+
+
+def _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """(y, plan, kernel tensor arguments) of a forward call; the plan is cached per :func:`plan_key`."""
+    x = x.contiguous()
+    plan = _cached(plan_key("forward", x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant),
+                   lambda: _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
+                                            scale_invariant))
+    y = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
+    acc = plan.acc
+    alpha, lam = _cast(alpha, acc), _cast(lam, acc)
+    weight, bias = (_cast(weight, acc), _cast(bias, acc)) if weight is not None else (alpha, alpha)
+    return y, plan, (x, alpha, lam, weight, bias, y, plan.eps2)
 
 
 def forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
     """(y, launches) of the forward; y (N, C, OH, OW) in x's dtype is filled by the launches."""
-    x = x.contiguous()
-    acc, alpha, lam, weight_c, bias_c = _params(x, alpha, lam, weight, bias)
-    n, c, h, w, oh, ow = _geometry(x, kernel_size, stride, padding)
-    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
-        return y, []
-    nc, p = n * c, oh * ow
-    launch = Launch(
-        _dpp_fwd_kernel, lambda meta: (nc, triton.cdiv(p, meta["BLOCK"])),
-        (x, alpha, lam, weight_c, bias_c, y, _eps2_argument(eps2), nc, c, h, w, ow, p),
-        dict(K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
-             ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc]))
-    return y, [launch]
+    y, plan, tensors = _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                     scale_invariant)
+    return y, [bound.launch(tensors) for bound in plan.launches]
 
 
 def forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
     """DPP forward: y (N, C, OH, OW) in x's dtype."""
-    y, launches = forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                               scale_invariant)
+    y, plan, tensors = _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                     scale_invariant)
     with _device_guard(x):
-        for launch in launches:
-            launch()
+        for bound in plan.launches:
+            bound.run(*tensors, *bound.scalars, **bound.kwargs)
     return y
 
 
 @dataclass
 class BackwardPlan:
-    """The backward's launches and the buffers its result is read from afterwards."""
+    """The backward's launches and the tensors its result is read from afterwards."""
 
     launches: list
     gx: torch.Tensor
-    partials: torch.Tensor
+    grads: tuple  # (α, λ, F (C, 1, 3, 3) or empty, b or empty), written by the window kernel
 
 
-def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    """Launches of the backward: the window kernel, then (overlap or Full-DPP) the pixel gather."""
+def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> _Plan:
     full = weight is not None
-    x, grad = x.contiguous(), grad.contiguous()
-    acc, alpha_c, lam_c, weight_c, bias_c = _params(x, alpha, lam, weight, bias)
-    n, c, h, w, oh, ow = _geometry(x, kernel_size, stride, padding)
+    acc = compute_dtype(x.dtype)
+    n, c, h, w, oh, ow = _geometry(x.shape, kernel_size, stride, padding)
     nc, p = n * c, oh * ow
     k, s, pad = kernel_size, stride, padding
     overlap = k > s
     exact_tiling = k == s and pad == 0 and h % k == 0 and w % k == 0
-    # Pixels outside every window (k < s, ragged edges) get no write from the window kernel.
-    gx = torch.empty_like(x) if overlap or exact_tiling else torch.zeros_like(x)
     npart = 12 if full else 2
     split = max(1, min(triton.cdiv(p, 64), triton.cdiv(TARGET_PROGRAMS, nc)))
     chunk = triton.cdiv(p, split)
     split = triton.cdiv(p, chunk)
-    partials = torch.empty((nc, split, npart), dtype=acc, device=x.device)
-    stats = torch.empty((nc, N_STATS, p) if overlap else (1,), dtype=acc, device=x.device)
-    if overlap:  # the guide gradient is stats row 7 (g_spread = ∂L/∂Ĩ for Full-DPP)
-        gg, gg_plane = stats[:, 7], N_STATS * p
-    else:
-        gg, gg_plane = (torch.empty((nc * p,), dtype=acc, device=x.device) if full else stats), p
+    eps2_arg = _eps2_argument(eps2, x.device)
     flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, ACC=_TL_DTYPE[acc])
-    launches = [Launch(
-        _dpp_bwd_window_kernel, (nc, split),
-        (x, grad, alpha_c, lam_c, weight_c, bias_c, _eps2_argument(eps2), gx, stats, gg, partials, nc, c, h, w, ow, p,
-         chunk, split),
-        dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
-             WRITE_STATS=overlap, NPART=npart, **flags))]
-    if overlap or full:
+    gg_plane = N_STATS * p if overlap else p
+    # Full-DPP 2×2/2 (its only non-overlapping guide geometry): one kernel when a block can hold a
+    # window's lower-right neighbour; otherwise the guide's share of ∂L/∂x comes from the gather.
+    max_block = max(config.kwargs["BLOCK"] for config in _dpp_bwd_window_kernel.configs)
+    guide_gx = full and (k, s, pad) == (2, 2, 0) and ow < max_block
+    window_scalars = (n, c, h, w, ow, p, chunk, split)
+    window_constexprs = dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
+                             GUIDE_GX=guide_gx, WRITE_STATS=overlap, NPART=npart, **flags)
+    probe = (x, x, alpha, alpha, alpha, alpha, eps2_arg, x, x, x, x, x, alpha, alpha, alpha, alpha) + window_scalars
+    launches = [_bind_launch(_dpp_bwd_window_kernel, lambda block: (nc, split), probe, window_constexprs,
+                             window_scalars)]
+    if overlap or (full and not guide_gx):
         ci, gi = -(-k // s), -(-3 // s)
-        launches.append(Launch(
-            _dpp_bwd_input_kernel, lambda meta: (nc, triton.cdiv(h * w, meta["BLOCK"])),
-            (x, lam_c, weight_c, _eps2_argument(eps2), stats, gg, gx, nc, c, h, w, oh, ow, p, gg_plane),
-            dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
-                 POOL=overlap, GUIDE=full, ACCUM=not overlap, **flags)))
-    return BackwardPlan(launches, gx, partials)
+        pixel_scalars = (c, h, w, oh, ow, p, gg_plane)
+        pixel_constexprs = dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
+                                POOL=overlap, GUIDE=full, ACCUM=not overlap, **flags)
+        probe = (x, alpha, alpha, eps2_arg, x, x, x) + pixel_scalars
+        launches.append(_bind_launch(_dpp_bwd_input_kernel, lambda block: (nc, triton.cdiv(h * w, block)), probe,
+                                     pixel_constexprs, pixel_scalars))
+    # The window kernel's last program reduces the per-program partial sums; this counter tells it
+    # that it is last, and that program resets it to 0 for the next launch.
+    counter = torch.zeros((1,), dtype=torch.int32, device=x.device)
+    return _Plan(tuple(x.shape), acc, launches, (n, c, h, w, oh, ow, p), eps2_arg, split=split, npart=npart,
+                 gx_zeroed=not (overlap or exact_tiling), overlap=overlap, counter=counter,
+                 ring=2 * max_block if guide_gx else 0)
+
+
+def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """(plan, gx, parameter gradients, tensor arguments per launch) of a backward call."""
+    full = weight is not None
+    x, grad = x.contiguous(), grad.contiguous()
+    plan = _cached(plan_key("backward", x, alpha, weight, kernel_size, stride, padding, asym, eps2,
+                            scale_invariant),
+                   lambda: _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
+                                             scale_invariant))
+    acc = plan.acc
+    n, c, h, w, oh, ow, p = plan.dims
+    # Pixels outside every window (k < s, ragged edges) get no write from the window kernel.
+    gx = torch.zeros_like(x) if plan.gx_zeroed else torch.empty_like(x)
+    g_alpha = torch.empty((c,), dtype=alpha.dtype, device=x.device)
+    g_lam = torch.empty((c,), dtype=lam.dtype, device=x.device)
+    if full:
+        g_weight = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
+        g_bias = torch.empty((c,), dtype=bias.dtype, device=x.device)
+        outs = (g_alpha, g_lam, g_weight, g_bias)
+    else:
+        g_weight = g_bias = None
+        outs = (g_alpha, g_lam, g_alpha, g_alpha)  # the kernel never writes the last two for Lite
+    if plan.overlap:  # per-window stats for the gather; row 7 is the guide gradient
+        stats = torch.empty((n * c, N_STATS, p), dtype=acc, device=x.device)
+        gg = stats[:, 7]
+    elif plan.ring:  # per-program ring of ∂L/∂Ĩ for the single-kernel Full-DPP backward
+        stats = gg = torch.empty((n * c * plan.split * plan.ring,), dtype=acc, device=x.device)
+    elif full:  # the guide gradient of each window, for the guide gather
+        stats = gg = torch.empty((n * c * p,), dtype=acc, device=x.device)
+    else:
+        stats = gg = gx  # never read
+    partials = torch.empty((n * c * plan.split * plan.npart,), dtype=acc, device=x.device)
+    alpha_c, lam_c = _cast(alpha, acc), _cast(lam, acc)
+    weight_c, bias_c = (_cast(weight, acc), _cast(bias, acc)) if full else (alpha_c, alpha_c)
+    tensors = [(x, grad, alpha_c, lam_c, weight_c, bias_c, plan.eps2, gx, stats, gg, partials, plan.counter) + outs]
+    if len(plan.launches) > 1:
+        tensors.append((x, lam_c, weight_c, plan.eps2, stats, gg, gx))
+    return plan, gx, (g_alpha, g_lam, g_weight, g_bias), tensors
+
+
+def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+    """Launches of the backward: the window kernel, then (overlap or Full-DPP) the pixel gather."""
+    plan, gx, grads, tensors = _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
+                                              eps2, scale_invariant)
+    return BackwardPlan([bound.launch(args) for bound, args in zip(plan.launches, tensors)], gx, grads)
 
 
 def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    """Gradients (x, α, λ, F, b) of DPP; F and b grads are empty tensors for Lite-DPP."""
-    plan = backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                         scale_invariant)
+    """Gradients (x, α, λ, F, b) of DPP; F and b grads are None for Lite-DPP.
+
+    The parameter gradients are reduced inside the window kernel (fixed order, deterministic) and
+    written in the parameters' dtypes: no launch besides the kernels.
+    """
+    plan, gx, grads, tensors = _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
+                                              eps2, scale_invariant)
     with _device_guard(x):
-        for launch in plan.launches:
-            launch()
-    # Fixed-order reduction of the per-program partials (deterministic); outputs are fresh tensors
-    # (a custom op may not return views of each other).
-    n, c = x.shape[:2]
-    sums = plan.partials.view(n, c, -1, plan.partials.shape[-1]).sum(dim=(0, 2))
-    g_alpha = sums[:, 0].to(alpha.dtype, copy=True).contiguous()
-    g_lam = sums[:, 1].to(lam.dtype, copy=True).contiguous()
-    if weight is not None:
-        g_bias = sums[:, 2].to(bias.dtype, copy=True).contiguous()
-        g_weight = sums[:, 3:12].to(weight.dtype, copy=True).reshape(c, 1, 3, 3).contiguous()
-    else:
-        g_weight, g_bias = x.new_empty((0,)), x.new_empty((0,))
-    return plan.gx, g_alpha, g_lam, g_weight, g_bias
+        for bound, args in zip(plan.launches, tensors):
+            bound.run(*args, *bound.scalars, **bound.kwargs)
+    return (gx, *grads)
 
 
-__all__ = ["INTERPRET", "Launch", "backward", "backward_plan", "forward", "forward_plan"]
+__all__ = ["AUTOTUNE_ENV", "INTERPRET", "Launch", "autotune_enabled", "backward", "backward_plan", "forward",
+           "forward_plan", "plan_key"]

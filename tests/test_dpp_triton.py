@@ -299,6 +299,97 @@ def test_oversized_plane_raises_a_clear_error(tier_device):
         PF.dpp(x, 1.0, 1.0, tier="triton")
 
 
+def test_backward_parameter_gradients_are_deterministic_and_reset_the_counter(tier_device):
+    """The window kernel's last program reduces the partial sums: same bits every call, counter back at 0.
+
+    Guards against a reduction that depends on program order and against a counter left non-zero,
+    which would make the next launch's last program never reduce (stale α/λ gradients).
+    """
+    from impls import dpp_triton_kernels as kernels
+
+    x, alpha, lam, guide = dpp_inputs((2, 3, 19, 17), True, dtype=torch.float64, seed=3)
+    x, alpha, lam = x.float().to(tier_device), alpha.float().to(tier_device), lam.float().to(tier_device)
+    weight, bias = (t.float().to(tier_device) for t in guide)
+    grad = torch.randn(2, 3, 9, 8, generator=torch.Generator().manual_seed(4)).to(tier_device)
+    options = (2, 2, 0, False, 1e-3, False)
+    first = kernels.backward(grad, x, alpha, lam, weight, bias, *options)
+    second = kernels.backward(grad, x, alpha, lam, weight, bias, *options)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    plan = kernels._PLANS[kernels.plan_key("backward", x, alpha, weight, *options)]
+    assert plan.counter.item() == 0 and plan.split > 1  # several programs per plane did reduce
+    assert first[1].shape == (3,) and first[3].shape == (3, 1, 3, 3) and first[4].shape == (3,)
+
+
+@pytest.mark.parametrize("shape", ((1, 2, 20, 32), (2, 2, 24, 14)), ids=("two_chunks", "one_chunk"))
+@pytest.mark.parametrize("asym", (False, True), ids=("sym", "asym"))
+def test_full_backward_in_one_kernel_across_blocks_and_chunks(tier_device, shape, asym, monkeypatch):
+    """Full-DPP 2×2/2 backward is one kernel: a block's ∂L/∂x waits for its neighbours' ∂L/∂Ĩ (ring of the
+    last 2·BLOCK windows) and a chunk's end computes the next windows' ∂L/∂Ĩ.  Few programs per plane
+    make chunks of several blocks, so the hand-over between blocks and between chunks is exercised."""
+    from impls import dpp_triton_kernels as kernels
+
+    monkeypatch.setattr(kernels, "TARGET_PROGRAMS", 4)
+    kernels._PLANS.clear()
+    try:
+        x, alpha, lam, guide = dpp_inputs(shape, True, seed=11)
+        plan_args = (x, alpha, guide[0], 2, 2, 0, asym, 1e-3, False)
+        got = run_dpp("triton", x, alpha, lam, (2, 2, 0), asym, guide, tier_device)
+        plan = kernels._PLANS[kernels.plan_key("backward", *plan_args)]
+        assert len(plan.launches) == 1 and plan.ring > 0  # one kernel
+        n, c, h, w, oh, ow, p = plan.dims
+        assert -(-p // plan.split) > 64  # several blocks per chunk (BLOCK = 64 in the interpreter)
+        want = run_dpp("reference", x, alpha, lam, (2, 2, 0), asym, guide)
+        assert_matches_reference(got, want, torch.float64, f"full asym={asym} {shape}")
+    finally:
+        kernels._PLANS.clear()
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_launch_plans_are_keyed_by_everything_that_changes_them(monkeypatch):
+    """A cached plan is never reused across shapes, strides, dtypes, devices or settings, and a new shape is
+    validated again (guards against a cache that skips the plane-size check)."""
+    from impls import dpp_triton_kernels as kernels
+
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    alpha = torch.empty(3, device="meta")
+    options = (2, 2, 0, False, 1e-3, False)
+    key = kernels.plan_key("forward", x, alpha, None, *options)
+    assert key != kernels.plan_key("forward", x.double(), alpha, None, *options)
+    assert key != kernels.plan_key("forward", torch.empty(4, 3, 8, 8, device="meta"), alpha, None, *options)
+    assert key != kernels.plan_key("forward", x.transpose(2, 3), alpha, None, *options)
+    assert key != kernels.plan_key("forward", torch.empty(2, 3, 8, 8), alpha, None, *options)
+    assert key != kernels.plan_key("forward", x, alpha, alpha, *options)
+    assert key != kernels.plan_key("forward", x, alpha, None, 2, 2, 0, True, 1e-3, False)
+    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "0")
+    assert key != kernels.plan_key("forward", x, alpha, None, *options)
+    kernels.forward_plan(x, alpha, alpha, None, None, *options)  # cached
+    with pytest.raises(ValueError, match="planes of at most"):
+        kernels.forward_plan(torch.empty(1, 1, 2050, 2050, device="meta"), alpha[:1], alpha[:1], None, None,
+                             *options)
+
+
+@pytest.mark.skipif(INTERPRETED or not HAS_TRITON, reason="autotuning exists only outside the interpreter")
+def test_autotune_switch_gives_one_fixed_config(monkeypatch):
+    """POOLBENCH_TRITON_AUTOTUNE=0: one config per kernel and shape (a fixed grid), the default autotunes."""
+    from impls import dpp_triton_kernels as kernels
+
+    x, alpha = torch.empty(32, 64, 56, 56, device="meta"), torch.empty(64, device="meta")
+    y = torch.empty(32, 64, 28, 28, device="meta")
+    options = (2, 2, 0, False, 1e-3, False)
+    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "0")
+    fixed = kernels.forward_plan(x, alpha, alpha, None, None, *options)[1] + \
+        kernels.backward_plan(y, x, alpha, alpha, None, None, *options).launches
+    assert fixed and all(launch.config is not None and isinstance(launch.grid, tuple) for launch in fixed)
+    assert fixed[0].grid == (32 * 64, -(-28 * 28 // fixed[0].config.kwargs["BLOCK"]))
+    monkeypatch.delenv(kernels.AUTOTUNE_ENV)
+    tuned = kernels.forward_plan(x, alpha, alpha, None, None, *options)[1]
+    assert tuned[0].config is None and callable(tuned[0].grid)
+    # the autotune key holds the variant flags and the plane, not the batch size
+    for key in (kernels.FORWARD_KEY, kernels.BACKWARD_KEY, kernels.PIXEL_KEY):
+        assert {"ASYM", "K", "S", "PAD", "FULL"} <= set(key) and "N" not in key and "NC" not in key
+
+
 class TestTritonCustomOp(DPPCustomOpTester):
     """The op-family contract shared with cpp/cuda (opcheck, fake kernels, gradcheck, double backward, ...)."""
 

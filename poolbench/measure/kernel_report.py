@@ -9,12 +9,13 @@ the arguments with Triton's own specialisation rules, and compiles them with
 needed: the cubin comes from ptxas.  From it we read
 
 * registers, spill bytes and shared memory (ptxas ``-v``, the same flags Triton uses),
-* SASS instructions (``cuobjdump -sass``) and SASS instructions **per output window**:
-  kernels without a loop are straight-line predicated code, so the whole body runs once per
-  thread and is divided by the windows a thread owns (BLOCK / (32·num_warps)); a kernel
-  with a loop (the backward's window kernel walks its chunk of windows) counts the loop body
-  only (prologue and epilogue are amortised over the chunk); the pixel gather counts per pixel
-  and multiplies by the pixels per output window (s²).
+* SASS instructions (``cuobjdump -sass``) and, through :func:`per_window_counts` (the one
+  definition, shared with the CUDA tier's report), SASS and special-function (MUFU) instructions
+  **per output window on the executed path**: kernels without a loop are straight-line
+  predicated code, so the whole body runs once per thread and is divided by the windows a thread
+  owns (BLOCK / (32·num_warps)); a kernel with a loop (the backward's window kernel walks its
+  chunk of windows) counts the loop body only (prologue and epilogue are amortised over the
+  chunk); the pixel gather counts per pixel and multiplies by the pixels per output window (s²).
 
 Instruction counts are a proxy for the issue rate of a memory-bound kernel, not a timing.
 CUDA kernel rows (same keys) come from ``poolbench.impls.dpp_ext.static_report.cuda_kernel_rows`` when
@@ -33,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ROW_KEYS", "KernelCase", "cases", "compile_case", "cuda_rows", "kernel_rows", "to_markdown",
-           "triton_kernel_rows", "vgg_cases"]
+__all__ = ["ROW_KEYS", "KernelCase", "cases", "compile_case", "cuda_rows", "executed_path", "kernel_rows",
+           "per_window_counts", "to_markdown", "toolchain_versions", "triton_kernel_rows", "vgg_cases"]
 
 ROW_KEYS = ("tier", "kernel", "variant", "dtype", "config", "compiled", "registers", "spill_bytes",
-            "shared_bytes", "sass_instructions", "sass_per_window", "error")
+            "shared_bytes", "sass_instructions", "sass_per_window", "mufu_per_window", "error")
 
 VARIANTS = {"lite_sym": (False, False), "lite_asym": (True, False), "full_sym": (False, True),
             "full_asym": (True, True)}
@@ -153,12 +154,38 @@ def loop_body(instructions: list[tuple[int, str]]) -> list[tuple[int, str]] | No
     return [(a, b) for a, b in instructions if start <= a <= end]
 
 
-def _per_window(kernel_name: str, instructions, config, stride: int) -> float:
-    per_thread = max(1, config.kwargs["BLOCK"] // (32 * config.num_warps))
+def executed_path(instructions: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """What one thread executes per pass over its items: the outermost loop's body, else the whole kernel."""
     body = loop_body(instructions)
-    counted = len(body if body is not None else instructions)
-    per_item = counted / per_thread
-    return per_item * stride * stride if "input" in kernel_name else per_item
+    return body if body is not None else instructions
+
+
+def per_window_counts(path: list[tuple[int, str]], items_per_thread: float,
+                      items_per_window: float = 1.0) -> tuple[float, float]:
+    """(SASS, MUFU) instructions per output window of an executed path; the one definition for every tier.
+
+    ``path``: the SASS (address, instruction) one thread executes per pass (:func:`executed_path`, or
+    the interior-window path of a CUDA kernel), NOPs excluded; ``items_per_thread``: the windows (or
+    pixels) that pass handles per thread; ``items_per_window``: items per output window (1 for window
+    kernels, s² for a per-pixel gather).  MUFU counts the special-function unit's instructions (ex2,
+    lg2, rcp, rsq, sin/cos: ``MUFU.*``), the scarce issue slots of a transcendental-heavy kernel.
+    """
+    scale = items_per_window / max(items_per_thread, 1e-9)
+    mufu = sum(1 for _, body in path if re.search(r"\bMUFU\.", body))
+    return round(len(path) * scale, 1), round(mufu * scale, 1)
+
+
+def _per_window(kernel_name: str, instructions, config, stride: int) -> tuple[float, float]:
+    per_thread = max(1, config.kwargs["BLOCK"] // (32 * config.num_warps))
+    per_window = stride * stride if "input" in kernel_name else 1
+    return per_window_counts(executed_path(instructions), per_thread, per_window)
+
+
+def toolchain_versions() -> dict:
+    """The compiler versions a report was made with (the counts change with them)."""
+    import triton
+
+    return {"triton": triton.__version__, "torch": torch.__version__}
 
 
 def _resources(log: str) -> tuple[int, int, int]:
@@ -183,17 +210,18 @@ def _compile_config(case: KernelCase, launch_index: int, config_index: int, arch
     label = f"BLOCK={config.kwargs['BLOCK']},warps={config.num_warps}" + ("" if config in kept else " (pruned)")
     row = dict(tier="triton", kernel=kernel.fn.__name__.strip("_"), variant=f"{case.variant} {case.geometry}",
                dtype=case.dtype, config=label, compiled=False, registers=None, spill_bytes=None,
-               shared_bytes=None, sass_instructions=None, sass_per_window=None, error="")
+               shared_bytes=None, sass_instructions=None, sass_per_window=None, mufu_per_window=None, error="")
     target = GPUTarget("cuda", int(arch.removeprefix("sm_")), 32)
     try:
         source, options = _bind(kernel, launch, config, target)
         compiled = triton.compile(source, target=target, options=options.__dict__)
         registers, spill, shared = _resources(_ptxas_log(compiled.asm["ptx"], arch))
         instructions = sass_instructions(compiled.asm["cubin"])
+        sass_per_window, mufu_per_window = _per_window(row["kernel"], instructions, config,
+                                                       GEOMETRIES[case.geometry][1][1])
         row.update(compiled=True, registers=registers, spill_bytes=spill,
                    shared_bytes=max(shared, compiled.metadata.shared), sass_instructions=len(instructions),
-                   sass_per_window=round(_per_window(row["kernel"], instructions, config,
-                                                     GEOMETRIES[case.geometry][1][1]), 1))
+                   sass_per_window=sass_per_window, mufu_per_window=mufu_per_window)
     except Exception as exc:  # a failing compile is a row of the report, not the end of it
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
     return row
@@ -266,11 +294,13 @@ def summary(rows: list[dict]) -> list[dict]:
     for (tier, kernel, variant, dtype), members in groups.items():
         kept = [r for r in members if r["compiled"] and "(pruned)" not in str(r["config"])]
         per_window = [r["sass_per_window"] for r in kept if r["sass_per_window"] is not None]
+        mufu = [r["mufu_per_window"] for r in kept if r.get("mufu_per_window") is not None]
         lines.append(dict(tier=tier, kernel=kernel, variant=variant, dtype=dtype,
                           kept=f"{len(kept)}/{len(members)}",
                           max_registers=max((r["registers"] for r in kept), default=None),
                           max_spill_bytes=max((r["spill_bytes"] for r in kept), default=None),
-                          sass_per_window=f"{min(per_window):g}–{max(per_window):g}" if per_window else None))
+                          sass_per_window=f"{min(per_window):g}–{max(per_window):g}" if per_window else None,
+                          mufu_per_window=f"{min(mufu):g}–{max(mufu):g}" if mufu else None))
     return lines
 
 
@@ -279,12 +309,17 @@ def _table(rows: list[dict], keys) -> list[str]:
             + ["| " + " | ".join(_cell(row.get(key)) for key in keys) + " |" for row in rows])
 
 
-def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str = "") -> str:
+def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str = "",
+                versions: dict | None = None) -> str:
     lines = [f"# Static kernel report for {arch} (compiled without a GPU)", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
-    lines += ["SASS per window: straight-line kernels count every instruction (NOPs excluded) divided by the "
+    versions = versions or toolchain_versions()
+    lines += [f"Compiled with triton {versions['triton']}, torch {versions['torch']}.", ""]
+    lines += ["SASS / MUFU per window (`poolbench.kernel_report.per_window_counts`): instructions of the executed "
+              "path per output window; straight-line kernels count every instruction (NOPs excluded) divided by the "
               "windows a thread owns; looping kernels count the loop body; the pixel gather counts per pixel × s². "
+              "MUFU: special-function instructions (exp2, log2, reciprocal) among them. "
               "Configs marked *(pruned)* are dropped by the autotune register budget for that launch.", ""]
     lines += [f"- {note}" for note in notes]
     brief = summary(rows)
@@ -294,10 +329,13 @@ def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str
 
 
 def write_reports(rows: list[dict], arch: str, json_path: Path | None, md_path: Path | None, notes=(),
-                  command: str = "") -> None:
+                  command: str = "", versions: dict | None = None) -> None:
+    """JSON and markdown of ``rows``; ``versions`` (triton, torch) default to the running process's."""
+    versions = versions or toolchain_versions()
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"arch": arch, "notes": list(notes), "rows": rows}, indent=1) + "\n")
+        json_path.write_text(json.dumps({"arch": arch, "versions": versions, "notes": list(notes),
+                                         "rows": rows}, indent=1) + "\n")
     if md_path is not None:
         md_path.parent.mkdir(parents=True, exist_ok=True)
-        md_path.write_text(to_markdown(rows, arch, notes, command))
+        md_path.write_text(to_markdown(rows, arch, notes, command, versions))
