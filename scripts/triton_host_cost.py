@@ -73,7 +73,7 @@ def _load(path: Path, name: str):
 
 def _use(module):
     """Route the tier's custom op to ``module``'s forward/backward."""
-    sys.modules["impls.dpp_triton_kernels"] = module
+    sys.modules["poolbench.impls.dpp_triton_kernels"] = module
     impls.dpp_triton_kernels = module
 
 

@@ -305,7 +305,7 @@ def test_backward_parameter_gradients_are_deterministic_and_reset_the_counter(ti
     Guards against a reduction that depends on program order and against a counter left non-zero,
     which would make the next launch's last program never reduce (stale α/λ gradients).
     """
-    from impls import dpp_triton_kernels as kernels
+    from poolbench.impls import dpp_triton_kernels as kernels
 
     x, alpha, lam, guide = dpp_inputs((2, 3, 19, 17), True, dtype=torch.float64, seed=3)
     x, alpha, lam = x.float().to(tier_device), alpha.float().to(tier_device), lam.float().to(tier_device)
@@ -327,7 +327,7 @@ def test_full_backward_in_one_kernel_across_blocks_and_chunks(tier_device, shape
     """Full-DPP 2×2/2 backward is one kernel: a block's ∂L/∂x waits for its neighbours' ∂L/∂Ĩ (ring of the
     last 2·BLOCK windows) and a chunk's end computes the next windows' ∂L/∂Ĩ.  Few programs per plane
     make chunks of several blocks, so the hand-over between blocks and between chunks is exercised."""
-    from impls import dpp_triton_kernels as kernels
+    from poolbench.impls import dpp_triton_kernels as kernels
 
     monkeypatch.setattr(kernels, "TARGET_PROGRAMS", 4)
     kernels._PLANS.clear()
@@ -349,7 +349,7 @@ def test_full_backward_in_one_kernel_across_blocks_and_chunks(tier_device, shape
 def test_launch_plans_are_keyed_by_everything_that_changes_them(monkeypatch):
     """A cached plan is never reused across shapes, strides, dtypes, devices or settings, and a new shape is
     validated again (guards against a cache that skips the plane-size check)."""
-    from impls import dpp_triton_kernels as kernels
+    from poolbench.impls import dpp_triton_kernels as kernels
 
     x = torch.empty(2, 3, 8, 8, device="meta")
     alpha = torch.empty(3, device="meta")
@@ -372,7 +372,7 @@ def test_launch_plans_are_keyed_by_everything_that_changes_them(monkeypatch):
 @pytest.mark.skipif(INTERPRETED or not HAS_TRITON, reason="autotuning exists only outside the interpreter")
 def test_autotune_switch_gives_one_fixed_config(monkeypatch):
     """POOLBENCH_TRITON_AUTOTUNE=0: one config per kernel and shape (a fixed grid), the default autotunes."""
-    from impls import dpp_triton_kernels as kernels
+    from poolbench.impls import dpp_triton_kernels as kernels
 
     x, alpha = torch.empty(32, 64, 56, 56, device="meta"), torch.empty(64, device="meta")
     y = torch.empty(32, 64, 28, 28, device="meta")
