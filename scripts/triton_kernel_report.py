@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poolbench import kernel_report as kr  # noqa: E402
+from poolbench.measure import kernel_report as kr  # noqa: E402
 
 
 def main(argv) -> int:

@@ -316,7 +316,7 @@ def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str
         lines += [f"Command: `{command}`", ""]
     versions = versions or toolchain_versions()
     lines += [f"Compiled with triton {versions['triton']}, torch {versions['torch']}.", ""]
-    lines += ["SASS / MUFU per window (`poolbench.kernel_report.per_window_counts`): instructions of the executed "
+    lines += ["SASS / MUFU per window (`poolbench.measure.kernel_report.per_window_counts`): instructions of the executed "
               "path per output window; straight-line kernels count every instruction (NOPs excluded) divided by the "
               "windows a thread owns; looping kernels count the loop body; the pixel gather counts per pixel × s². "
               "MUFU: special-function instructions (exp2, log2, reciprocal) among them. "
