@@ -16,13 +16,13 @@ def _map_in_tree_plugins() -> None:
 
     An install maps the folder there (``pyproject.toml``'s package-dir); a run from the source tree
     (``PYTHONPATH=. python -m poolbench``, as on a machine without the package installed) has no
-    install, so the same name is given to the folder beside this package.
+    install, so the same name is given to the folder beside this package.  The folder beside wins
+    over an install's mapping: a checkout run with ``PYTHONPATH`` on a machine where another
+    checkout is installed editable must use its own plugins, not the other one's.
     """
-    if _importlib_util.find_spec(f"{__name__}.impls") is not None:
-        return
     folder = _Path(__file__).resolve().parent.parent / "impls"
     if not (folder / "__init__.py").is_file():
-        return
+        return  # an installed package: its mapping holds
     spec = _importlib_util.spec_from_file_location(f"{__name__}.impls", folder / "__init__.py",
                                                    submodule_search_locations=[str(folder)])
     module = _importlib_util.module_from_spec(spec)
