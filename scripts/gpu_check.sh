@@ -35,14 +35,16 @@
 #   + TRITON_COMPILE_S (1.5) per Triton compile (these kernels under Triton 3.6 compile to
 #     400-2,500 SASS instructions per window; one compile is ~0.5-1.5 s of one core, serial)
 #   + AUTOTUNE_BENCH_S (0.1) per autotune candidate benchmarked
-#   + COMPILE_SPEC_S (12) per torch.compile specialisation (dynamo + inductor + its Triton kernels)
+#   + COMPILE_SPEC_S (6) per torch.compile specialisation (dynamo + AOT autograd + inductor and its
+#     Triton kernels for a small function, forward and backward)
 #   + the seconds of timing the measurements ask for (twice with --timing graph: eager and replays);
 #     a whole-network measurement (`poolbench run`) costs at least NETWORK_MEASURE_S (1.1: 18 calls
 #     -- 3 warm-up, 5 probe, 10 timed -- of a ~60 ms VGG-16 batch-32 float32 train step)
 #   + TEST_S (0.1) per test run;  the build step: BUILD_S (55, nvcc on the split CUDA sources
 #     in parallel) instead of compiles.
 # Goals: <= 60 Triton compiles, <= 8 torch.compile specialisations, limits <= 360 s, every step's
-# prediction <= 60% of its limit.  PLAN exits non-zero if a goal is missed.
+# prediction <= 60% of its limit.  PLAN exits non-zero if a goal is missed.  PLAN_ASSUME_ONE_CONFIG=1
+# projects the counts for kernels that do not read POOLBENCH_TRITON_AUTOTUNE yet (plan.md says so).
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -56,7 +58,7 @@ LAYERBENCH_AUTOTUNE="${LAYERBENCH_AUTOTUNE:-0}"
 PY="${PYTHON:-python3}"
 PLAN="${PLAN:-0}"
 GRACE_S="${GRACE_S:-10}"
-START_S=8 TRITON_COMPILE_S=1.5 AUTOTUNE_BENCH_S=0.1 COMPILE_SPEC_S=12 TEST_S=0.1 BUILD_S=55
+START_S=8 TRITON_COMPILE_S=1.5 AUTOTUNE_BENCH_S=0.1 COMPILE_SPEC_S=6 TEST_S=0.1 BUILD_S=55
 if [ "$PLAN" != 0 ]; then
     rm -f "$OUT/plan_steps.jsonl" "$OUT/plan_compiles.json"
     LIMIT_OF() { echo "${PLAN_STEP_LIMIT_S:-900}"; }  # the CPU stand-in run is slower than the GPU
@@ -138,14 +140,14 @@ if shutil.which("nvidia-smi"):
 '
 
 # 1-2. environment, then both libraries (cached for every later step)
-step "environment" 10 "$OUT/env.txt" always -- -c "$ENV_PY"
-step "build cpu + cuda libraries" 90 "$OUT/build.log" always -- scripts/gpu_build.py
+step "environment" 15 "$OUT/env.txt" always -- -c "$ENV_PY"
+step "build cpu + cuda libraries" 95 "$OUT/build.log" always -- scripts/gpu_build.py
 
 # 3. per-layer benchmark: each GPU tier vs avg/max pooling at VGG-16's five pooling shapes, batch 32
 for dtype in float32 bfloat16; do
     for tier in cuda triton; do
-        autotune=0 limit=25
-        [ "$dtype" = float32 ] && limit=30
+        autotune=0 limit=25                                   # cuda: no Triton compiles
+        [ "$tier" = triton ] && limit=30
         if [ "$dtype" = float32 ] && [ "$tier" = triton ]; then autotune="$LAYERBENCH_AUTOTUNE" limit=35; fi
         report="$OUT/layerbench_${tier}_$dtype.md"
         step "layerbench $tier $dtype" "$limit" "$OUT/layerbench_${tier}_$dtype.log" "layer_rows $report $tier" \
@@ -156,7 +158,7 @@ for dtype in float32 bfloat16; do
 done
 
 # 4. the VGG-16 train step (and inference), Lite-DPP on the fused tiers vs max pooling
-step "vgg16 train step" 35 "$OUT/train_step.log" "train_rows $OUT/vgg16_train_step.jsonl" -- \
+step "vgg16 train step" 27 "$OUT/train_step.log" "train_rows $OUT/vgg16_train_step.jsonl" -- \
     -m poolbench run --device cuda --models vgg16 --poolers dpp_lite_sym --tiers cuda triton --no-layers \
     --metrics latency_train --batch "$BATCH" --timing graph --rounds 1 --min-run-time 0.1 \
     --threads 1 --out "$OUT" --name vgg16_train_step --no-progress
@@ -164,16 +166,16 @@ step "vgg16 train step" 35 "$OUT/train_step.log" "train_rows $OUT/vgg16_train_st
 # 5. every GPU tier against the float64 reference (values, gradients, gradcheck), one step per tier
 step "check cuda" 15 "$OUT/check_cuda.log" always -- -m poolbench check --device cuda --tiers cuda
 step "check triton" 25 "$OUT/check_triton.log" always -- \
-    -m poolbench check --device cuda --tiers triton --poolers dpp_lite_sym dpp_full_asym
-step "check compiled" 25 "$OUT/check_compiled.log" always -- \
-    -m poolbench check --device cuda --tiers compiled --poolers dpp_lite_sym --no-gradcheck
+    -m poolbench check --device cuda --tiers triton --poolers dpp_lite_sym dpp_full_asym --cases 2
+step "check compiled" 35 "$OUT/check_compiled.log" always -- \
+    -m poolbench check --device cuda --tiers compiled --poolers dpp_lite_sym --no-gradcheck --cases 1
 
 # 6. the GPU-only tests, one step per tier (addopts reset: the GPU machine may lack plugins named there)
 step "pytest gpu cuda" 20 "$OUT/pytest_gpu_cuda.log" ran_tests -- \
     -m pytest -o addopts="" -q -ra -p no:cacheprovider --device cuda -m gpu tests/test_dpp_ext.py
-step "pytest gpu triton" 25 "$OUT/pytest_gpu_triton.log" ran_tests -- \
+step "pytest gpu triton" 28 "$OUT/pytest_gpu_triton.log" ran_tests -- \
     -m pytest -o addopts="" -q -ra -p no:cacheprovider --device cuda -m gpu tests/test_dpp_triton.py \
-    -k "not vgg_layer or (dpp_lite_sym and (float32 or bfloat16))"
+    -k "float64 or (dpp_lite_sym and (compile_composes or (vgg_layer and (float32 or bfloat16))))"
 
 if [ "$PLAN" != 0 ]; then
     "$PY" - "$OUT" "$START_S" "$TRITON_COMPILE_S" "$AUTOTUNE_BENCH_S" "$COMPILE_SPEC_S" "$TEST_S" "$BUILD_S" \
@@ -217,6 +219,9 @@ lines = ["# GPU check plan (CPU stand-ins)", "", "| step | limit s | Triton comp
 lines += [f"| {n} | {l} | {t} | {s} | {p} | {round(100 * p / l)}% |" for n, l, t, s, p in rows]
 lines += ["", f"Totals: {compiles} Triton compiles, {specs} torch.compile specialisations, {total} s of limits.", ""]
 lines += [f"- {'ok' if ok else '**MISSED**'}: {text}" for text, ok in goals] + [f"- **problem**: {p}" for p in problems]
+if any(c.get("assumed_one_config") for c in counts.values()):
+    lines += ["", "Projection: PLAN_ASSUME_ONE_CONFIG=1 counted autotuned kernels as one config where "
+              "POOLBENCH_TRITON_AUTOTUNE=0 is set (the kernels of this tree may not read it yet)."]
 (out / "plan.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 print("\n".join(lines))
 sys.exit(0 if all(ok for _, ok in goals) and not problems else 1)

@@ -101,3 +101,15 @@ def test_plan_lists_every_step_and_meets_the_goals(tmp_path):
     by_step = {row["step"]: int(row["triton_compiles"]) for row in rows}
     assert by_step["layerbench triton float32"] > 0 and by_step["layerbench triton bfloat16"] > 0
     assert result.returncode == 0, (tmp_path / "plan.md").read_text()
+
+
+def test_check_cases_limits_the_standard_cases(capsys):
+    """``poolbench check --cases N``: the GPU check's short steps compile kernels for the first N cases only."""
+    from poolbench import cli
+    from poolbench.verify.check import CASES
+
+    assert cli.main(["check", "--poolers", "dpp_lite_sym", "--tiers", "vectorized", "--no-gradcheck", "--cases", "2",
+                     "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert {r["case"] for r in results if r["check"] == "equivalence"} == {str(CASES[0]), str(CASES[1])}
+    assert cli.main(["check", "--cases", "0"]) == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..run.layerbench import run_layerbench, to_markdown
-from ..measure.timing import check_timing
+from ..measure.timing import ROUND_STATISTIC, check_timing
 from ..run.results import check_output_file
 from ..measure.shapes import pool_layer_models
 from ..tolerances import DTYPES
@@ -39,9 +39,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resolution", type=bounded_int(32, 8192), default=224, help="input image size (default 224)")
     parser.add_argument("--min-run-time", type=bounded_float(0, 60), default=0.2, help="seconds of timing per measurement")
     parser.add_argument("--repeats", type=bounded_int(1, 100), default=3,
-                        help="interleaved rounds per layer; the median is kept (default 3)")
-    parser.add_argument("--statistic", default="median", choices=("median", "min"),
-                        help="combine rounds by median (default) or min (least-disturbed round, for shared machines)")
+                        help="interleaved rounds per layer (default 3); ratios are paired per round")
+    parser.add_argument("--statistic", default=ROUND_STATISTIC, choices=("median", "min"),
+                        help="how a subject's round medians become its time (bandwidth columns): min (default, the "
+                             "least-disturbed round, as poolbench run) or median")
     parser.add_argument("--threads", type=bounded_int(1, 1024), help="CPU threads (torch.set_num_threads); default torch's setting")
     add_training_options(parser, subject="pooling")
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
@@ -93,7 +94,7 @@ def _command_line(args) -> str:
     if args.resolution != 224:
         parts += ["--resolution", str(args.resolution)]
     parts += ["--repeats", str(args.repeats), "--min-run-time", str(args.min_run_time)]
-    if args.statistic != "median":
+    if args.statistic != ROUND_STATISTIC:
         parts += ["--statistic", args.statistic]
     if args.threads is not None:
         parts += ["--threads", str(args.threads)]

@@ -18,7 +18,6 @@ its error message and the run goes on.  ``poolbench layerbench`` is the CLI.
 """
 from __future__ import annotations
 
-import functools
 import math
 import platform
 import time
@@ -31,8 +30,10 @@ import torch.nn.functional as F
 from .. import models, registry
 from ..dpp import DPP_VARIANTS
 from ..measure.shapes import pool_layers
-from ..measure.subject import PASSES, PassSubject, channels_last, check_amp, paired_ratio, torch_threads
-from ..measure.timing import HOST_BOUND_RATIO, check_timing, combine_rounds, host_bound, peak_memory_bytes, time_rounds
+from ..measure.metric_subject import Subject
+from ..measure.subject import PASSES, PassSubject, check_amp, paired_ratio, torch_threads
+from ..metrics import BASELINE_POOLER, BASELINE_TIER
+from ..measure.timing import HOST_BOUND_RATIO, ROUND_STATISTIC, check_timing, combine_rounds, host_bound, peak_memory_bytes, time_rounds
 from ..validation import pooled_size
 
 __all__ = [
@@ -224,7 +225,7 @@ def run_layerbench(
     layers: Iterable[int] | None = None,
     min_run_time: float = 0.2,
     repeats: int = 3,
-    statistic: str = "median",
+    statistic: str = ROUND_STATISTIC,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     on_layer: Callable[[list[LayerRow], dict], None] | None = None,
@@ -246,12 +247,11 @@ def run_layerbench(
             stem and three 2×2/2 block inputs); see :func:`poolbench.measure.shapes.pool_layers`.
         min_run_time: seconds of timing per measurement.
         repeats: rounds per layer; each round times every subject (baselines
-            and tiers, interleaved) once and the median over rounds is kept, so
-            load that drifts during the run (a shared machine) hits baselines
-            and tiers alike.
+            and tiers, interleaved) once, so load that drifts during the run (a
+            shared machine) hits baselines and tiers alike.
         statistic: how rounds are combined into each subject's time (which
-            the bandwidth columns use): "median" (default) or "min" (the
-            least-disturbed round).  Speed ratios are always the median over
+            the bandwidth columns use): "min" (default, the timing policy's:
+            the least-disturbed round) or "median".  Speed ratios are always the median over
             rounds of the per-round ratio to the baseline timed in that round.
         threads: CPU threads for the run (``torch.set_num_threads``); default
             torch's current setting.
@@ -313,30 +313,41 @@ def _plan(device, batch, dtype, tiers, variants, resolution, layers, min_run_tim
                  repeats, statistic, model, peak_bandwidth(device))
 
 
+def _site(plan: _Plan, layer: int) -> models.PoolSite:
+    """The first pooling site of ``plan.model`` whose input shape and window are ``layer``'s."""
+    wanted = (plan.shape(layer), plan.window(layer))
+    return next(site for site, shape in models.layer_input_shapes(plan.model, plan.batch, plan.resolution)
+                if (tuple(shape), site.geometry) == wanted)
+
+
+#: The comparators as the run's layer scope builds them: (label, pooler, tier).
+COMPARATORS = (("avg_pool2d", "avg", "vectorized"), ("max_pool2d", BASELINE_POOLER, BASELINE_TIER))
+
+
 def _subjects(plan: _Plan, layer: int) -> list[tuple[LayerRow, PassSubject | None]]:
-    """The comparators, then every variant × tier, on one shared input (a failing build keeps its error)."""
-    shape, (k, s, p) = plan.shape(layer), plan.window(layer)
-    generator = torch.Generator(device="cpu").manual_seed(layer)
-    x = torch.randn(shape, generator=generator).to(device=plan.device, dtype=plan.dtype)
-    if plan.channels_last:
-        x = channels_last(None, x)
+    """The comparators, then every variant × tier: ``poolbench run``'s layer-scope subjects of this layer.
+
+    Each is a :class:`poolbench.measure.metric_subject.Subject` of scope ``layer`` — the module,
+    input (a ReLU'd Gaussian, as every pooling site here follows a ReLU; the same seed, so the same
+    values, for every subject of the layer), dtype, autocast and memory format exactly as the run
+    measures that layer — and its :class:`PassSubject` passes.  A failing build keeps its error.
+    """
+    shape, site = plan.shape(layer), _site(plan, layer)
     dtype_name = str(plan.dtype).replace("torch.", "")
     settings = {"timing": plan.timing, "amp": plan.amp, "channels_last": plan.channels_last}
-    subjects: list[tuple[LayerRow, PassSubject | None]] = [
-        (LayerRow(layer, shape, name, "aten", dtype_name, **settings),
-         PassSubject(functools.partial(pool, k=k, s=s, p=p), x, seed=layer, amp=plan.amp))
-        for name, pool in BASELINES.items()]
-    for variant in plan.variants:
-        for tier in plan.tiers:
-            row = LayerRow(layer, shape, f"{variant}[{tier}]", tier, dtype_name, **settings)
-            try:
-                module = registry.create(variant, shape[1], k, s, p, tier=tier, device=plan.device)
-                if plan.channels_last:
-                    channels_last(module, x)
-                subjects.append((row, PassSubject(module, x, list(module.parameters()), seed=layer, amp=plan.amp)))
-            except Exception as exc:  # a failing cell keeps its error; the run goes on
-                row.error = _error(exc)
-                subjects.append((row, None))
+    wanted = [(label, pooler, tier, tier if pooler != BASELINE_POOLER else "aten") for label, pooler, tier in COMPARATORS]
+    wanted += [(f"{variant}[{tier}]", variant, tier, tier) for variant in plan.variants for tier in plan.tiers]
+    subjects: list[tuple[LayerRow, PassSubject | None]] = []
+    for label, pooler, tier, row_tier in wanted:
+        row = LayerRow(layer, shape, label, "aten" if label in BASELINES else row_tier, dtype_name, **settings)
+        subject = Subject(plan.model, pooler, tier, "layer", device=plan.device, batch=plan.batch,
+                          resolution=plan.resolution, sites=[site], shape=shape, layer=site.name, dtype=plan.dtype,
+                          seed=layer, amp=plan.amp, channels_last=plan.channels_last)
+        try:
+            subjects.append((row, subject.passes))
+        except Exception as exc:  # a failing cell keeps its error; the run goes on
+            row.error = _error(exc)
+            subjects.append((row, None))
     return subjects
 
 
