@@ -270,3 +270,38 @@ def test_layerbench_report_shows_graph_columns_and_flags_host_bound_rows():
     report = layerbench.to_markdown(rows, meta)
     assert "fwd+bwd graph / avg" in report and "host-bound" in report and "**yes**" in report
     assert "0.40" in report
+
+
+def test_the_time_gate_ratio_is_the_same_paired_ratio(monkeypatch):
+    """``gate.time_case`` keeps its signature; its ``ratio`` is the per-round paired ratio, not a ratio of medians."""
+    from types import SimpleNamespace
+
+    from poolbench.gate.measure import time_case
+    from poolbench.measure import BenchConfig
+
+    clock = {"now": 0.0}
+    pooler_costs = iter([2.0, 2.0] + [2.0, 2.0, 2.0, 30.0, 30.0])   # warm-up, probe, then 5 rounds
+    comparator_costs = iter([1.0, 1.0] + [1.0, 1.0, 20.0, 20.0, 20.0])
+
+    def ticking(costs):
+        def call():
+            clock["now"] += next(costs)
+        return call
+
+    class FakeBenchmark:
+        def pedantic(self, fn, setup, rounds, warmup_rounds, iterations):
+            data = []
+            for _ in range(rounds):
+                setup()
+                start = clock["now"]
+                fn()
+                data.append(clock["now"] - start)
+            self.stats = SimpleNamespace(stats=SimpleNamespace(data=data))
+
+    monkeypatch.setattr(BenchConfig, "timer", property(lambda self: lambda: clock["now"]))
+    config = BenchConfig(budget_s=1e-9, min_rounds=5, max_rounds=5)
+    info = time_case(FakeBenchmark(), ticking(pooler_costs), ticking(comparator_costs), config)
+    assert info["rounds"] == 5
+    # per-round ratios 2, 2, 0.1, 1.5, 1.5: their median; the ratio of medians (2 / 20) would be 0.1
+    assert info["ratio"] == info["paired_ratio"] == pytest.approx(1.5)
+    assert info["median_ratio"] == pytest.approx(0.1)
