@@ -305,3 +305,33 @@ def test_the_time_gate_ratio_is_the_same_paired_ratio(monkeypatch):
     # per-round ratios 2, 2, 0.1, 1.5, 1.5: their median; the ratio of medians (2 / 20) would be 0.1
     assert info["ratio"] == info["paired_ratio"] == pytest.approx(1.5)
     assert info["median_ratio"] == pytest.approx(0.1)
+
+
+def test_run_report_shows_graph_timing_and_flags_host_bound_cells():
+    """With ``--timing graph`` the report has eager and graph columns, a host-bound flag and the settings header."""
+    import pandas as pd
+
+    from poolbench.metrics import BASELINE_POOLER, BASELINE_TIER
+    from poolbench.report import run_report
+
+    env = {"timing": str(Settings(timing="graph")), "amp": "fp16", "channels_last": "True", "device": "cuda",
+           "device_name": "GPU", "threads": 1, "dtype": "float32", "batch": 32, "resolution": 224}
+    values = {  # (pooler, tier): (eager train ms, graph train ms)
+        (BASELINE_POOLER, BASELINE_TIER): (1.0, 0.9),
+        ("dpp_lite_sym", "triton"): (4.0, 1.0),   # 4x eager vs graph: the host path sets its speed
+        ("dpp_lite_sym", "cuda"): (1.1, 1.0),
+    }
+    rows = [{"model": "vgg16", "pooler": p, "tier": t, "scope": "layer", "layer": "features.30",
+             "shape": "32x512x14x14", "metric": "latency_train", "quantity": q, "value": v, "unit": "ms",
+             "status": "ok", "error": "", "detail": "", "seconds": 0.1, **env}
+            for (p, t), (eager, graph) in values.items()
+            for q, v in (("latency_train", eager), ("latency_train_graph", graph))]
+    text = run_report.build_report(pd.DataFrame(rows), "graph")
+    assert "timing graph (eager and CUDA-graph replays), autocast fp16, channels-last True" in text
+    layer_table = text[text.index("per layer"):]
+    assert "train graph ×" in layer_table and "host-bound" in layer_table
+    triton = next(line for line in layer_table.splitlines() if "[triton]" in line)
+    cuda = next(line for line in layer_table.splitlines() if "[cuda]" in line)
+    assert "**yes**" in triton and "**yes**" not in cuda
+    cells = [cell.strip() for cell in triton.split("|")]
+    assert float(cells[4]) == 4.0 and cells[5] == "1.11"  # train ×: eager 4.0 / 1.0; train graph ×: 1.0 / 0.9
