@@ -107,17 +107,24 @@ class Quantity:
 class Settings:
     """How hard to measure latency: warm-up calls, minimum timed seconds per measurement, and rounds.
 
-    With ``rounds > 1`` the latency is measured that many times and the round
-    with the lowest median is kept (all medians go to ``detail``): on a shared
-    CPU another process's burst inflates a round, never deflates it, so the
-    best median is the robust estimate of the undisturbed one.
+    The rounds follow the measurement core's one timing policy
+    (:func:`poolbench.measure.timing.time_rounds`): with ``rounds > 1`` the
+    latency is measured that many times and the round with the lowest median
+    is kept (all medians go to ``detail``): on a shared CPU another process's
+    burst inflates a round, never deflates it, so the best median is the
+    robust estimate of the undisturbed one.
     """
 
     warmup: int = 3
     min_run_time: float = 0.2
     rounds: int = 1
+    #: "eager" (each call launched from Python) or "graph" (CUDA only: also CUDA-graph replays, which
+    #: time the device work alone; the report then shows both and flags host-bound cells)
+    timing: str = "eager"
 
     def __post_init__(self):
+        if self.timing not in ("eager", "graph"):
+            raise ValueError(f"timing must be 'eager' or 'graph', got {self.timing!r}")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= 1000:
             raise ValueError(f"rounds must be an int in [1, 1000], got {self.rounds!r}")
         if not 0 < self.min_run_time <= MAX_MIN_RUN_TIME:  # also rejects NaN and inf, which would time forever

@@ -34,3 +34,20 @@ def bounded_int(low: int, high: int):
 def bounded_float(low: float, high: float):
     """An argparse ``type`` accepting finite numbers in ``(low, high]`` (``low`` itself excluded)."""
     return _bounded(float, "a number", low, high, low_inclusive=False)
+
+
+def add_training_options(parser, *, subject: str) -> None:
+    """``--timing``, ``--amp`` and ``--channels-last``: how ``subject`` is timed and run, as people train.
+
+    Shared by ``run`` and ``layerbench`` so both spell and document them alike.
+    """
+    parser.add_argument("--timing", choices=("eager", "graph"), default="eager",
+                        help=f"eager (default): each {subject} call launched from Python, timed with CUDA events "
+                             "(torch.utils.benchmark on CPU); graph (CUDA only): also capture the call in a CUDA "
+                             "graph after warm-up and time its replays (the device work alone); the report shows "
+                             "both and flags host-bound rows")
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                        help="run forwards and training steps under torch.autocast with this dtype (default off); "
+                             "bf16 works on CPU too")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="modules and inputs in channels-last memory format")

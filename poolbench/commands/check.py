@@ -9,7 +9,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ._console import console, print_table
-from ..verify.check import CheckPlan, checked_nothing, run_checks, summarise
+from ..verify.check import CASES, CheckPlan, checked_nothing, run_checks, summarise
+from ._options import bounded_int
 from ..tolerances import DTYPES
 
 
@@ -21,6 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--poolers", nargs="+", help="only these poolers (default: all)")
     parser.add_argument("--tiers", nargs="+", help="only these tiers (default: all)")
     parser.add_argument("--no-gradcheck", action="store_true", help="skip torch.autograd.gradcheck")
+    parser.add_argument("--cases", type=bounded_int(1, len(CASES)), default=len(CASES),
+                        help=f"only the first N of the {len(CASES)} standard cases (the first two: a 2x2/2 and a "
+                             "3x3/2 pad 1 window; what a short GPU check compiles kernels for)")
     parser.add_argument("--json", action="store_true", help="print every result as JSON instead of a table")
     parser.set_defaults(func=run)
 
@@ -29,7 +33,7 @@ def run(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but CUDA is not available (torch.cuda.is_available() is False)")
     plan = CheckPlan(poolers=args.poolers, tiers=args.tiers, device=args.device, dtype=DTYPES[args.dtype],
-                     gradcheck=not args.no_gradcheck)
+                     gradcheck=not args.no_gradcheck, cases=CASES[:args.cases])
     err = console(stderr=True)
     with Progress(console=err, transient=True, disable=args.json or not err.is_terminal) as progress:
         task = progress.add_task("checking", total=None)

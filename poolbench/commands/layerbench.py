@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 
 from ..run.layerbench import run_layerbench, to_markdown
+from ..measure.timing import ROUND_STATISTIC, check_timing
 from ..run.results import check_output_file
 from ..measure.shapes import pool_layer_models
 from ..tolerances import DTYPES
-from ._options import bounded_float, bounded_int
+from ._options import add_training_options, bounded_float, bounded_int
 
 
 
@@ -38,10 +39,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resolution", type=bounded_int(32, 8192), default=224, help="input image size (default 224)")
     parser.add_argument("--min-run-time", type=bounded_float(0, 60), default=0.2, help="seconds of timing per measurement")
     parser.add_argument("--repeats", type=bounded_int(1, 100), default=3,
-                        help="interleaved rounds per layer; the median is kept (default 3)")
-    parser.add_argument("--statistic", default="median", choices=("median", "min"),
-                        help="combine rounds by median (default) or min (least-disturbed round, for shared machines)")
+                        help="interleaved rounds per layer (default 3); ratios are paired per round")
+    parser.add_argument("--statistic", default=ROUND_STATISTIC, choices=("median", "min"),
+                        help="how a subject's round medians become its time (bandwidth columns): min (default, the "
+                             "least-disturbed round, as poolbench run) or median")
     parser.add_argument("--threads", type=bounded_int(1, 1024), help="CPU threads (torch.set_num_threads); default torch's setting")
+    add_training_options(parser, subject="pooling")
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
     parser.set_defaults(func=run)
 
@@ -49,6 +52,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but CUDA is not available (torch.cuda.is_available() is False)")
+    check_timing(args.timing, args.device)  # before any measuring: graph timing needs CUDA
     if args.out is not None:
         check_output_file(args.out)  # before minutes of measuring, not after
 
@@ -67,7 +71,8 @@ def run(args) -> int:
         device=args.device, batch=args.batch, dtype=DTYPES[args.dtype], tiers=args.tiers, variants=args.variants,
         resolution=args.resolution, layers=args.layers, min_run_time=args.min_run_time, repeats=args.repeats,
         statistic=args.statistic, threads=args.threads,
-        progress=progress, on_layer=save_partial, model=args.model,
+        progress=progress, on_layer=save_partial, model=args.model, timing=args.timing, amp=args.amp,
+        channels_last=args.channels_last,
     )
     report = to_markdown(rows, meta, command=command)
     print(report)
@@ -89,10 +94,16 @@ def _command_line(args) -> str:
     if args.resolution != 224:
         parts += ["--resolution", str(args.resolution)]
     parts += ["--repeats", str(args.repeats), "--min-run-time", str(args.min_run_time)]
-    if args.statistic != "median":
+    if args.statistic != ROUND_STATISTIC:
         parts += ["--statistic", args.statistic]
     if args.threads is not None:
         parts += ["--threads", str(args.threads)]
+    if args.timing != "eager":
+        parts += ["--timing", args.timing]
+    if args.amp != "off":
+        parts += ["--amp", args.amp]
+    if args.channels_last:
+        parts.append("--channels-last")
     if args.out is not None:
         parts += ["--out", str(args.out)]
     return " ".join(shlex.quote(part) for part in parts)

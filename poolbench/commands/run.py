@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..metrics import Settings
-from ._options import bounded_float, bounded_int
+from ._options import add_training_options, bounded_float, bounded_int
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--rank-timeout", type=bounded_float(0, 7 * 86400), default=1800.0,
                         help="under torchrun: seconds rank 0 waits for a rank that neither finishes nor claims work "
                              "before it counts as dead and its cells are listed as missing (default: 1800)")
+    add_training_options(parser, subject="network or layer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -77,6 +78,8 @@ def run(args) -> int:
         "threads": args.threads,
         "placement": args.placement,
         "rank_timeout_s": args.rank_timeout,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
     }
     if args.quick:
         base = QUICK["settings"]
@@ -84,7 +87,8 @@ def run(args) -> int:
         base = Settings(rounds=3 if args.device == "cpu" else 1)
     options["settings"] = Settings(warmup=base.warmup,
                                    min_run_time=args.min_run_time if args.min_run_time is not None else base.min_run_time,
-                                   rounds=args.rounds if args.rounds is not None else base.rounds)
+                                   rounds=args.rounds if args.rounds is not None else base.rounds,
+                                   timing=args.timing)
     if args.quick:
         config = RunConfig.quick_preset(**options)
     else:

@@ -2,9 +2,11 @@
 
 One ``benchmark.pedantic`` round is a single pooler call, and before each
 round the ``setup`` hook times one ``avg_pool2d`` call on the same input and
-pass; the ratio is the median of the pooler rounds over the median of the
-interleaved comparator calls.  A burst of load from another process slows both
-sides alike, so it cancels.
+pass.  The ratio is the measurement core's one definition
+(:func:`poolbench.measure.paired_ratio`, as ``poolbench run`` and
+``layerbench`` use): the median over rounds of each round's pooler time over
+the comparator time measured just before it.  A burst of load from another
+process slows both sides of a round alike, so it cancels.
 """
 from __future__ import annotations
 
@@ -40,9 +42,11 @@ def time_case(benchmark, fn: Callable[[], None], comparator: Callable[[], None],
     """Time ``fn`` with pytest-benchmark, interleaved with the ``comparator`` (``avg_pool2d``); return the ratio info.
 
     The number of rounds fills ``config.budget_s`` (bounded by min/max
-    rounds).  Returns ``{"ratio", "comparator_median_s", "rounds",
-    "paired_ratio"}`` (``paired_ratio``: median of per-round ratios, kept for
-    judging noise), or ``{}`` when pytest-benchmark is disabled.
+    rounds).  Returns ``{"ratio", "paired_ratio", "median_ratio",
+    "min_ratio", "comparator_median_s", "rounds"}`` — ``ratio`` is the paired
+    ratio (``paired_ratio`` repeats it for older readers; ``median_ratio``,
+    the ratio of medians, and ``min_ratio`` are kept for judging noise) — or
+    ``{}`` when pytest-benchmark is disabled.
     """
     for _ in range(warmup):  # first calls pay one-off costs (torch.compile, allocator growth)
         fn()
@@ -61,9 +65,11 @@ def time_case(benchmark, fn: Callable[[], None], comparator: Callable[[], None],
     pooler_times = list(stats.stats.data)
     comparator_times = sampler.times[-len(pooler_times):]
     comparator_median = statistics.median(comparator_times)
+    paired = paired_ratio(pooler_times, comparator_times)
     return {
-        "ratio": statistics.median(pooler_times) / comparator_median,
-        "paired_ratio": paired_ratio(pooler_times, comparator_times),
+        "ratio": paired,
+        "paired_ratio": paired,
+        "median_ratio": statistics.median(pooler_times) / comparator_median,
         "min_ratio": min(pooler_times) / min(comparator_times),
         "comparator_median_s": comparator_median,
         "rounds": rounds,

@@ -9,35 +9,47 @@ from torch import nn
 from .. import flops, models, registry
 from ..metrics import CPU_MEMORY_METHOD, Column, Quantity, metric
 from .metric_subject import Subject
-from .timing import measure_latency, peak_memory_bytes, saved_tensor_bytes
+from .timing import ROUND_STATISTIC, combine_rounds, host_bound, peak_memory_bytes, saved_tensor_bytes, time_rounds
 
 __all__ = ["activation_bytes", "baseline_params"]
 
 
-def _latency(name: str, fn: Callable[[], object], subject: Subject) -> Quantity:
+def _latency(name: str, pass_: str, subject: Subject) -> list[Quantity]:
+    """``name`` (eager timing) and, with ``timing="graph"``, ``name_graph`` (CUDA-graph replays), by the one policy."""
     settings = subject.settings
-    rounds = [measure_latency(fn, subject.device, warmup=settings.warmup if i == 0 else 0,
-                              min_run_time=settings.min_run_time) for i in range(settings.rounds)]
-    best = min(rounds, key=lambda latency: latency.median_ms)
-    detail = {"q20_ms": best.q20_ms, "q80_ms": best.q80_ms, "runs": best.runs, "method": best.method}
-    if len(rounds) > 1:
-        detail["method"] += f", best of {len(rounds)} rounds' medians"
-        detail["round_medians_ms"] = [latency.median_ms for latency in rounds]
-    return Quantity(name, best.median_ms, "ms", detail)
+    step = subject.passes.step(pass_)
+    timings = ("eager", "graph") if settings.timing == "graph" else ("eager",)
+    quantities = []
+    for timing in timings:
+        times, errors = time_rounds({name: step}, subject.device, rounds=settings.rounds, warmup=settings.warmup,
+                                    min_run_time=settings.min_run_time, timing=timing)
+        if errors:
+            raise RuntimeError(f"{timing} timing failed: {errors[name]}")
+        medians = times[name]
+        detail = {"method": f"{timing} timing, {ROUND_STATISTIC} of {len(medians)} round medians",
+                  "round_medians_ms": medians, "timing": timing}
+        quantities.append(Quantity(name if timing == "eager" else f"{name}_graph", combine_rounds(medians), "ms",
+                                   detail))
+    if len(quantities) == 2:
+        flagged = host_bound(quantities[0].value, quantities[1].value)
+        quantities[0].detail["host_bound"] = quantities[1].detail["host_bound"] = flagged
+    return quantities
 
 
 @metric("latency_forward", description="inference latency (eval mode, no autograd)",
-        columns=(Column("forward ×", ("latency_forward",), "ratio"),))
+        columns=(Column("forward ×", ("latency_forward",), "ratio"),
+                 Column("forward graph ×", ("latency_forward_graph",), "ratio")))
 def latency_forward(subject: Subject) -> list[Quantity]:
     """Inference latency: eval mode, no autograd; median over the runs."""
-    return [_latency("latency_forward", subject.forward_fn(), subject)]
+    return _latency("latency_forward", "forward", subject)
 
 
 @metric("latency_train", description="forward+backward latency (train mode)",
-        columns=(Column("train ×", ("latency_train",), "ratio"),))
+        columns=(Column("train ×", ("latency_train",), "ratio"),
+                 Column("train graph ×", ("latency_train_graph",), "ratio")))
 def latency_train(subject: Subject) -> list[Quantity]:
     """Training-step latency: train-mode forward and backward (no optimizer step)."""
-    return [_latency("latency_train", subject.train_fn(), subject)]
+    return _latency("latency_train", "forward_backward", subject)
 
 
 def activation_bytes(fn: Callable[[], object], module: nn.Module) -> int:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import models, registry
-from .subject import PassSubject
+from .subject import PassSubject, check_amp
 from ..metrics import BASELINE_POOLER, BASELINE_TIER, SCOPES, MetricRow, Settings
 
 __all__ = ["Subject"]
@@ -32,7 +32,8 @@ class Subject:
     def __init__(self, model_name: str, pooler: str, tier: str, scope: str, *, device: torch.device | str,
                  batch: int, resolution: int, sites: list[models.PoolSite] | None = None,
                  shape: tuple[int, ...] | None = None, layer: str = "", settings: Settings = Settings(),
-                 dtype: torch.dtype = torch.float32, seed: int = 0, baselines: dict | None = None):
+                 dtype: torch.dtype = torch.float32, seed: int = 0, baselines: dict | None = None,
+                 amp: str = "off", channels_last: bool = False):
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         self.model_name, self.pooler, self.tier, self.scope = model_name, pooler, tier, scope
@@ -42,6 +43,8 @@ class Subject:
         self.layer = layer
         self.shape = tuple(shape) if shape is not None else (batch, 3, resolution, resolution)
         self.settings, self.seed = settings, seed
+        check_amp(amp)
+        self.amp, self.channels_last = amp, bool(channels_last)  # how people train: autocast, memory format
         self.baselines = baselines if baselines is not None else {}
         self._module: nn.Module | None = None
         self._inputs: torch.Tensor | None = None
@@ -92,7 +95,8 @@ class Subject:
         else:
             module = registry.create(self.pooler, self.site.channels, *self.site.geometry, tier=tier,
                                      **self.pooler_options())
-        return module.to(device=self.device, dtype=self.dtype)
+        module = module.to(device=self.device, dtype=self.dtype)
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
     @property
     def module(self) -> nn.Module:
@@ -107,6 +111,8 @@ class Subject:
             generator = torch.Generator().manual_seed(self.seed)
             x = torch.randn(self.shape, generator=generator, dtype=self.dtype)
             self._inputs = (x if self.scope == "network" else x.relu_()).to(self.device)
+            if self.channels_last:
+                self._inputs = self._inputs.contiguous(memory_format=torch.channels_last)
         return self._inputs if batch is None else self._inputs[:batch]
 
     # -- closures (zero-argument, set-up outside) -------------------------------------------
@@ -117,7 +123,7 @@ class Subject:
             module = self.module
             params = [p for p in module.parameters() if p.requires_grad]
             self._passes = PassSubject(module, self.inputs(), params, module, seed=self.seed,
-                                       input_grad=self.scope == "layer")
+                                       input_grad=self.scope == "layer", amp=self.amp)
         return self._passes
 
     def forward_fn(self) -> Callable[[], object]:

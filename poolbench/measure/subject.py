@@ -14,7 +14,30 @@ import torch
 
 from .timing import saved_tensor_bytes, synchronize
 
-__all__ = ["PASSES", "PassSubject", "paired_ratio", "torch_threads"]
+__all__ = ["AMP", "PASSES", "PassSubject", "autocast", "check_amp", "channels_last", "paired_ratio", "torch_threads"]
+
+#: ``--amp`` choices: the autocast dtype a run's forwards and training steps run under (``off``: none).
+AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_amp(amp: str) -> None:
+    if amp not in AMP:
+        raise ValueError(f"amp must be one of {', '.join(AMP)}, got {amp!r}")
+
+
+def autocast(amp: str, device: torch.device | str):
+    """``torch.autocast`` for ``amp`` on ``device``'s type, as people train (a no-op context for ``off``)."""
+    check_amp(amp)
+    if AMP[amp] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AMP[amp])
+
+
+def channels_last(module: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """Put ``module``'s 4-D parameters and buffers and ``x`` in channels-last memory format; returns the new x."""
+    if module is not None:
+        module.to(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 #: "forward" is inference (eval mode, no autograd); "forward_backward" is a training step's
 #: pooling work: train-mode forward plus the gradients of the input and every parameter.
@@ -30,13 +53,16 @@ class PassSubject:
     ``.grad`` accumulation, which would add work the module does not own).
     A network's training step has no input gradient: ``input_grad=False``.
     ``module``, when given, is put in eval mode for ``forward`` and train mode
-    for ``forward_backward``.
+    for ``forward_backward``.  ``amp`` (a key of :data:`AMP`) runs the forward
+    of both passes under ``torch.autocast``; the backward runs outside it, as
+    in a training loop.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                  params: Sequence[torch.Tensor] = (), module: torch.nn.Module | None = None, seed: int = 7,
-                 *, input_grad: bool = True):
-        self.fn, self.module, self.params = fn, module, list(params)
+                 *, input_grad: bool = True, amp: str = "off"):
+        check_amp(amp)
+        self.fn, self.module, self.params, self.amp = fn, module, list(params), amp
         self.x = x
         self.x_train = x.detach().clone().requires_grad_(input_grad)
         self.differentiated = ([self.x_train] if input_grad else []) + self.params
@@ -49,25 +75,33 @@ class PassSubject:
         if self._grad_out is None:
             if self.module is not None:
                 self.module.train()
-            with torch.no_grad():
-                out_shape = self.fn(self.x).shape
+            with torch.no_grad(), autocast(self.amp, self.x.device):
+                out = self.fn(self.x)
             generator = torch.Generator().manual_seed(self.seed)
-            self._grad_out = torch.randn(out_shape, generator=generator).to(device=self.x.device, dtype=self.x.dtype)
+            # in the output's dtype and memory format (autocast may change the first, channels-last the second)
+            self._grad_out = torch.randn(out.shape, generator=generator).to(device=out.device, dtype=out.dtype)
+            if out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous():
+                self._grad_out = self._grad_out.contiguous(memory_format=torch.channels_last)
         return self._grad_out
 
     def forward(self) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.amp, self.x.device):
             return self.fn(self.x)
 
     def train_step(self) -> tuple[torch.Tensor, ...]:
-        # allow_unused: a plugin may hold a parameter its forward does not use (its gradient is None)
-        return torch.autograd.grad(self.fn(self.x_train), self.differentiated, self.grad_out, allow_unused=True)
+        with autocast(self.amp, self.x.device):
+            out = self.fn(self.x_train)
+        # allow_unused: a plugin may hold a parameter its forward does not use (its gradient is None).
+        # The gradients are returned, never accumulated into .grad: a CUDA-graph replay of this step
+        # needs nothing zeroed between replays.
+        return torch.autograd.grad(out, self.differentiated, self.grad_out, allow_unused=True)
 
     def training_forward(self) -> torch.Tensor:
         """A train-mode forward with autograd recording: what a training step keeps for backward."""
         if self.module is not None:
             self.module.train()
-        return self.fn(self.x_train)
+        with autocast(self.amp, self.x.device):
+            return self.fn(self.x_train)
 
     def saved_bytes(self, exclude: Sequence[torch.Tensor] = ()) -> int:
         """Bytes autograd saves for backward in one training forward (exact on any device).
@@ -77,15 +111,22 @@ class PassSubject:
         """
         return saved_tensor_bytes(self.training_forward, exclude=exclude)
 
-    def closure(self, pass_: str) -> Callable[[], None]:
-        """A zero-argument closure running one ``pass_`` and waiting for the device (for timers)."""
+    def step(self, pass_: str) -> Callable[[], object]:
+        """The raw ``pass_`` step, module mode set and upstream gradient made: what a CUDA graph captures.
+
+        It does not wait for the device (a capture cannot synchronize); CUDA-event timers need no wait.
+        """
         if pass_ not in PASSES:
             raise ValueError(f"pass must be one of {', '.join(PASSES)}, got {pass_!r}")
         if pass_ == "forward_backward":
             self.grad_out  # noqa: B018 -- made here, outside the timed calls
         if self.module is not None:
             self.module.train(pass_ == "forward_backward")
-        step, device = (self.forward if pass_ == "forward" else self.train_step), self.x.device
+        return self.forward if pass_ == "forward" else self.train_step
+
+    def closure(self, pass_: str) -> Callable[[], None]:
+        """A zero-argument closure running one ``pass_`` and waiting for the device (for timers)."""
+        step, device = self.step(pass_), self.x.device
 
         def run() -> None:
             step()

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import models
 from ..dpp import DPP_VARIANTS
+from ..measure.timing import host_bound
 from ..metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD
 from .placement import placement_section
 from . import tables
@@ -53,6 +54,8 @@ def _header(frame: pd.DataFrame, name: str) -> str:
         f"commit `{get('commit')}`, {get('timestamp')}",
         f"- load average at start: {tables.number(get('load_avg'))} (CPU timings are only as good as the machine is quiet); "
         f"measuring took {frame['seconds'].sum() if 'seconds' in frame else float('nan'):.0f} s",
+        f"- measured as: timing {_timing_mode(get('timing'))}, autocast {get('amp') if 'amp' in env else 'off'}, "
+        f"channels-last {get('channels_last') if 'channels_last' in env else 'False'}; latency policy {get('timing')}",
         f"- rows: {statuses.get('ok', 0)} ok, {statuses.get('skipped', 0)} skipped, {statuses.get('error', 0)} errors "
         "(see *Cells that did not run*)",
         "",
@@ -73,13 +76,27 @@ def _header(frame: pd.DataFrame, name: str) -> str:
     return "\n".join(lines)
 
 
+def _timing_mode(settings: str) -> str:
+    """The timing mode in a recorded ``Settings(...)`` string ("eager" when the file predates the field)."""
+    return "graph (eager and CUDA-graph replays)" if "timing='graph'" in str(settings) else "eager"
+
+
+def _host_bound(r: pd.Series) -> str:
+    """"yes" where the eager train step (or forward) is well above its CUDA-graph replay, "–" without graph timing."""
+    pairs = [(r.get(q), r.get(f"{q}_graph")) for q in ("latency_forward", "latency_train")]
+    pairs = [(e, g) for e, g in pairs if e is not None and g is not None and not pd.isna(e) and not pd.isna(g)]
+    if not pairs:
+        return "–"
+    return "**yes**" if any(host_bound(e, g) for e, g in pairs) else "no"
+
+
 def _network_section(frame: pd.DataFrame, model: str) -> str:
     table = tables.values(frame[frame["model"] == model], "network")
     if table.empty:
         return f"## {models.title(model)}\n\n_no network measurements_\n"
     table = tables.with_ratios(table, "network", ["model"])
-    rows = [{"pooler[tier]": tables.label(r["pooler"], r["tier"]), **tables.metric_cells(r, "network")}
-            for _, r in tables.order(table).iterrows()]
+    rows = [{"pooler[tier]": tables.label(r["pooler"], r["tier"]), **tables.metric_cells(r, "network"),
+             "host-bound": _host_bound(r)} for _, r in tables.order(table).iterrows()]
     baseline = table[(table["pooler"] == BASELINE_POOLER) & (table["tier"] == BASELINE_TIER)]
     note = ""
     if not baseline.empty:
@@ -99,7 +116,7 @@ def _layer_section(frame: pd.DataFrame, model: str) -> str:
     layer_order = {layer: i for i, layer in enumerate(dict.fromkeys(raw["layer"]))}
     table = tables.order(table).assign(_layer=lambda t: t["layer"].map(layer_order)).sort_values("_layer", kind="stable")
     rows = [{"layer": r["layer"], "input": r["shape"], "pooler[tier]": tables.label(r["pooler"], r["tier"]),
-             **tables.metric_cells(r, "layer")} for _, r in table.iterrows()]
+             **tables.metric_cells(r, "layer"), "host-bound": _host_bound(r)} for _, r in table.iterrows()]
     return f"### {models.title(model)}: per layer\n\n" + tables.markdown(rows)
 
 
@@ -260,7 +277,8 @@ def _plot_layer_latency(plt, frame: pd.DataFrame):
     layers = tables.values(frame, "layer")
     if layers.empty or "latency_train" not in layers:
         return None
-    layers = layers.assign(train_ratio=tables.ratio(layers, "latency_train", ["model", "layer"]))
+    layers = layers.assign(train_ratio=tables.ratio(layers, "latency_train", ["model", "layer"]),
+                           graph_ratio=tables.ratio(layers, "latency_train_graph", ["model", "layer"]))
     models_present = [m for m in models.MODELS if m in set(layers["model"])]
     if not models_present:
         return None
@@ -273,12 +291,17 @@ def _plot_layer_latency(plt, frame: pd.DataFrame):
             if pooler == BASELINE_POOLER and tier == BASELINE_TIER:
                 continue
             group = group.set_index("layer").reindex(order)
-            ax.plot(range(len(order)), group["train_ratio"], marker="o", label=tables.label(pooler, tier))
+            line, = ax.plot(range(len(order)), group["train_ratio"], marker="o", label=tables.label(pooler, tier))
+            if group["graph_ratio"].notna().any():  # --timing graph: the device time alone, dashed beside it
+                ax.plot(range(len(order)), group["graph_ratio"], marker="x", linestyle="--", color=line.get_color(),
+                        label=f"{tables.label(pooler, tier)} (graph)")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels(order, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{models.title(model)}: per layer, train step")
+        ax.set_title(f"{models.title(model)}: per layer, train step (solid: eager, dashed: CUDA graph)"
+                     if sel.get("latency_train_graph") is not None and sel["latency_train_graph"].notna().any()
+                     else f"{models.title(model)}: per layer, train step")
         ax.set_ylabel("latency / nn.MaxPool2d")
     axes[0][-1].legend(fontsize=7, loc="best")
     return fig

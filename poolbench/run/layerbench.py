@@ -18,10 +18,8 @@ its error message and the run goes on.  ``poolbench layerbench`` is the CLI.
 """
 from __future__ import annotations
 
-import functools
 import math
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -32,8 +30,10 @@ import torch.nn.functional as F
 from .. import models, registry
 from ..dpp import DPP_VARIANTS
 from ..measure.shapes import pool_layers
-from ..measure.subject import PassSubject, paired_ratio, torch_threads
-from ..measure.timing import measure_latency, peak_memory_bytes
+from ..measure.metric_subject import Subject
+from ..measure.subject import PASSES, PassSubject, check_amp, paired_ratio, torch_threads
+from ..metrics import BASELINE_POOLER, BASELINE_TIER
+from ..measure.timing import HOST_BOUND_RATIO, ROUND_STATISTIC, check_timing, combine_rounds, host_bound, peak_memory_bytes, time_rounds
 from ..validation import pooled_size
 
 __all__ = [
@@ -125,10 +125,21 @@ class LayerRow:
     fwdbwd_peak_fraction: float = math.nan
     saved_vs_avg: float = math.nan  # autograd-saved bytes / avg_pool2d's
     peak_memory_vs_avg: float = math.nan  # extra peak CUDA memory over fwd+bwd / avg_pool2d's
+    # --timing graph: the same ratios from CUDA-graph replays (device time alone), and the host-bound flag
+    fwd_graph_vs_avg: float = math.nan
+    fwdbwd_graph_vs_avg: float = math.nan
+    fwdbwd_graph_vs_max: float = math.nan
+    host_bound: bool | None = None  # eager ≥ HOST_BOUND_RATIO × graph in either pass; None without graph timing
+    # how it was measured (also in the report header): timing mode, autocast, memory format
+    timing: str = "eager"
+    amp: str = "off"
+    channels_last: bool = False
     error: str = ""
     # raw measurements, kept for the JSON/frame form (the markdown shows ratios only)
     fwd_ms: float = math.nan
     fwdbwd_ms: float = math.nan
+    fwd_graph_ms: float = math.nan
+    fwdbwd_graph_ms: float = math.nan
     saved_bytes: float = math.nan
     peak_memory_bytes: float = math.nan
     notes: dict = field(default_factory=dict)
@@ -146,10 +157,6 @@ def _traffic_bytes(shape, dtype: torch.dtype, window=(2, 2, 0)) -> tuple[int, in
     forward = x_bytes + y_bytes
     backward = y_bytes + x_bytes + x_bytes  # read ∂y and x, write ∂x
     return forward, forward + backward
-
-
-def _measure(fn: Callable[[], object], device, min_run_time: float) -> float:
-    return measure_latency(fn, device, min_run_time=min_run_time).median_ms
 
 
 def _error(exc: Exception) -> str:
@@ -174,11 +181,18 @@ class _Plan:
     statistic: str
     model: str = "vgg16"
     peak: float | None = None
+    timing: str = "eager"
+    amp: str = "off"
+    channels_last: bool = False
     started: float = field(default_factory=time.time)
 
     @property
-    def combine(self) -> Callable[[Sequence[float]], float]:
-        return statistics.median if self.statistic == "median" else min
+    def timings(self) -> tuple[str, ...]:
+        """The timing modes measured: eager always, graph replays too with ``timing="graph"``."""
+        return ("eager", "graph") if self.timing == "graph" else ("eager",)
+
+    def combine(self, medians: Sequence[float]) -> float:
+        return combine_rounds(medians, self.statistic)
 
     def shape(self, layer: int) -> tuple[int, int, int, int]:
         return pool_layers(self.model, self.batch, self.resolution)[layer - 1][0]
@@ -196,6 +210,7 @@ class _Plan:
             "variants": list(self.variants), "tiers": self.tiers, "skipped_tiers": self.skipped,
             "threads": torch.get_num_threads(), "repeats": self.repeats, "statistic": self.statistic,
             "min_run_time": self.min_run_time, "torch": torch.__version__,
+            "timing": self.timing, "amp": self.amp, "channels_last": self.channels_last,
             "seconds": round(time.time() - self.started, 1),
         }
 
@@ -210,11 +225,14 @@ def run_layerbench(
     layers: Iterable[int] | None = None,
     min_run_time: float = 0.2,
     repeats: int = 3,
-    statistic: str = "median",
+    statistic: str = ROUND_STATISTIC,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     on_layer: Callable[[list[LayerRow], dict], None] | None = None,
     model: str = "vgg16",
+    timing: str = "eager",
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> tuple[list[LayerRow], dict]:
     """Measure every available DPP tier at VGG-16's pooling shapes; returns (rows, run metadata).
 
@@ -229,18 +247,25 @@ def run_layerbench(
             stem and three 2×2/2 block inputs); see :func:`poolbench.measure.shapes.pool_layers`.
         min_run_time: seconds of timing per measurement.
         repeats: rounds per layer; each round times every subject (baselines
-            and tiers, interleaved) once and the median over rounds is kept, so
-            load that drifts during the run (a shared machine) hits baselines
-            and tiers alike.
+            and tiers, interleaved) once, so load that drifts during the run (a
+            shared machine) hits baselines and tiers alike.
         statistic: how rounds are combined into each subject's time (which
-            the bandwidth columns use): "median" (default) or "min" (the
-            least-disturbed round).  Speed ratios are always the median over
+            the bandwidth columns use): "min" (default, the timing policy's:
+            the least-disturbed round) or "median".  Speed ratios are always the median over
             rounds of the per-round ratio to the baseline timed in that round.
         threads: CPU threads for the run (``torch.set_num_threads``); default
             torch's current setting.
         progress: called with a line of text before each measurement.
         on_layer: called with (rows so far, metadata) after each layer, so a
             caller can keep a partial report if the run is cut short.
+        timing: "eager" or "graph" (CUDA only: eager *and* CUDA-graph replays, the
+            device time alone; rows where eager is well above graph are flagged host-bound).
+        amp: "off", "bf16" or "fp16": every subject's forward under ``torch.autocast``.
+        channels_last: inputs and modules in channels-last memory format.
+
+    Timing follows the measurement core's one policy
+    (:func:`poolbench.measure.timing.time_rounds`): every subject of a layer is
+    timed once per round, interleaved; ratios are paired per round.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -248,9 +273,12 @@ def run_layerbench(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if statistic not in ("median", "min"):
         raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
+    check_timing(timing, device)
+    check_amp(amp)
     with torch_threads(threads):
         plan = _plan(torch.device(device), batch, dtype, tiers, tuple(variants), resolution, layers, min_run_time,
                      repeats, statistic, model)
+        plan.timing, plan.amp, plan.channels_last = timing, amp, bool(channels_last)
         say = progress or (lambda message: None)
         rows: list[LayerRow] = []
         for layer in plan.layers:
@@ -285,52 +313,80 @@ def _plan(device, batch, dtype, tiers, variants, resolution, layers, min_run_tim
                  repeats, statistic, model, peak_bandwidth(device))
 
 
+def _site(plan: _Plan, layer: int) -> models.PoolSite:
+    """The first pooling site of ``plan.model`` whose input shape and window are ``layer``'s."""
+    wanted = (plan.shape(layer), plan.window(layer))
+    return next(site for site, shape in models.layer_input_shapes(plan.model, plan.batch, plan.resolution)
+                if (tuple(shape), site.geometry) == wanted)
+
+
+#: The comparators as the run's layer scope builds them: (label, pooler, tier).
+COMPARATORS = (("avg_pool2d", "avg", "vectorized"), ("max_pool2d", BASELINE_POOLER, BASELINE_TIER))
+
+
 def _subjects(plan: _Plan, layer: int) -> list[tuple[LayerRow, PassSubject | None]]:
-    """The comparators, then every variant × tier, on one shared input (a failing build keeps its error)."""
-    shape, (k, s, p) = plan.shape(layer), plan.window(layer)
-    generator = torch.Generator(device="cpu").manual_seed(layer)
-    x = torch.randn(shape, generator=generator).to(device=plan.device, dtype=plan.dtype)
+    """The comparators, then every variant × tier: ``poolbench run``'s layer-scope subjects of this layer.
+
+    Each is a :class:`poolbench.measure.metric_subject.Subject` of scope ``layer`` — the module,
+    input (a ReLU'd Gaussian, as every pooling site here follows a ReLU; the same seed, so the same
+    values, for every subject of the layer), dtype, autocast and memory format exactly as the run
+    measures that layer — and its :class:`PassSubject` passes.  A failing build keeps its error.
+    """
+    shape, site = plan.shape(layer), _site(plan, layer)
     dtype_name = str(plan.dtype).replace("torch.", "")
-    subjects: list[tuple[LayerRow, PassSubject | None]] = [
-        (LayerRow(layer, shape, name, "aten", dtype_name), PassSubject(functools.partial(pool, k=k, s=s, p=p), x,
-                                                                       seed=layer))
-        for name, pool in BASELINES.items()]
-    for variant in plan.variants:
-        for tier in plan.tiers:
-            row = LayerRow(layer, shape, f"{variant}[{tier}]", tier, dtype_name)
-            try:
-                module = registry.create(variant, shape[1], k, s, p, tier=tier, device=plan.device)
-                subjects.append((row, PassSubject(module, x, list(module.parameters()), seed=layer)))
-            except Exception as exc:  # a failing cell keeps its error; the run goes on
-                row.error = _error(exc)
-                subjects.append((row, None))
+    settings = {"timing": plan.timing, "amp": plan.amp, "channels_last": plan.channels_last}
+    wanted = [(label, pooler, tier, tier if pooler != BASELINE_POOLER else "aten") for label, pooler, tier in COMPARATORS]
+    wanted += [(f"{variant}[{tier}]", variant, tier, tier) for variant in plan.variants for tier in plan.tiers]
+    subjects: list[tuple[LayerRow, PassSubject | None]] = []
+    for label, pooler, tier, row_tier in wanted:
+        row = LayerRow(layer, shape, label, "aten" if label in BASELINES else row_tier, dtype_name, **settings)
+        subject = Subject(plan.model, pooler, tier, "layer", device=plan.device, batch=plan.batch,
+                          resolution=plan.resolution, sites=[site], shape=shape, layer=site.name, dtype=plan.dtype,
+                          seed=layer, amp=plan.amp, channels_last=plan.channels_last)
+        try:
+            subjects.append((row, subject.passes))
+        except Exception as exc:  # a failing cell keeps its error; the run goes on
+            row.error = _error(exc)
+            subjects.append((row, None))
     return subjects
 
 
 def _measure_layer(plan: _Plan, layer: int, say: Callable[[str], None]) -> list[LayerRow]:
-    """Time every subject of ``layer`` in interleaved rounds, then fill in memory and the ratios."""
+    """Time every subject of ``layer`` in interleaved rounds (the core's policy), then memory and the ratios.
+
+    ``timings[(id(row), timing)]`` holds (forward, forward+backward) round medians per timing mode.
+    """
     subjects = _subjects(plan, layer)
-    timings = {id(row): ([], []) for row, _ in subjects}
-    for round_index in range(plan.repeats):
-        for row, subject in subjects:
-            if subject is None or row.error:
-                continue
-            say(f"layer {layer} {tuple(row.shape)} round {round_index + 1}/{plan.repeats}: {row.pooler}")
-            try:
-                timings[id(row)][0].append(_measure(subject.forward, plan.device, plan.min_run_time))
-                timings[id(row)][1].append(_measure(subject.train_step, plan.device, plan.min_run_time))
-            except Exception as exc:
-                row.error = _error(exc)
-    for row, subject in subjects:
-        if subject is not None and not row.error:
-            try:
-                row.fwd_ms = plan.combine(timings[id(row)][0])
-                row.fwdbwd_ms = plan.combine(timings[id(row)][1])
-                row.saved_bytes = subject.saved_bytes()
-                peak_bytes = peak_memory_bytes(subject.train_step, plan.device)
-                row.peak_memory_bytes = math.nan if peak_bytes is None else peak_bytes
-            except Exception as exc:
-                row.error = _error(exc)
+    live = [(row, subject) for row, subject in subjects if subject is not None and not row.error]
+    steps = {(id(row), pass_): subject.step(pass_) for row, subject in live for pass_ in PASSES}
+    labels = {id(row): row.pooler for row, _ in live}
+    timings: dict = {}
+    for timing in plan.timings:
+        def progress(key, round_index, timing=timing):
+            say(f"layer {layer} {tuple(plan.shape(layer))} {timing} round {round_index + 1}/{plan.repeats}: "
+                f"{labels[key[0]]} {key[1]}")
+
+        times, errors = time_rounds(steps, plan.device, rounds=plan.repeats, min_run_time=plan.min_run_time,
+                                    timing=timing, on_call=progress)
+        for row, _ in live:
+            failed = [errors[(id(row), pass_)] for pass_ in PASSES if (id(row), pass_) in errors]
+            if failed and not row.error:
+                row.error = failed[0] if timing == "eager" else f"graph timing: {failed[0]}"
+            timings[(id(row), timing)] = tuple(times[(id(row), pass_)] for pass_ in PASSES)
+    for row, subject in live:
+        if row.error:
+            continue
+        try:
+            row.fwd_ms, row.fwdbwd_ms = map(plan.combine, timings[(id(row), "eager")])
+            if "graph" in plan.timings:
+                row.fwd_graph_ms, row.fwdbwd_graph_ms = map(plan.combine, timings[(id(row), "graph")])
+                row.host_bound = host_bound(row.fwd_ms, row.fwd_graph_ms) or host_bound(row.fwdbwd_ms,
+                                                                                         row.fwdbwd_graph_ms)
+            row.saved_bytes = subject.saved_bytes()
+            peak_bytes = peak_memory_bytes(subject.closure("forward_backward"), plan.device)
+            row.peak_memory_bytes = math.nan if peak_bytes is None else peak_bytes
+        except Exception as exc:
+            row.error = _error(exc)
     rows = [row for row, _ in subjects]
     _fill_ratios(plan, rows, timings)
     return rows
@@ -343,9 +399,14 @@ def _fill_ratios(plan: _Plan, rows: list[LayerRow], timings: dict) -> None:
     for row in rows:
         if row.error:
             continue
-        for which, (vs_avg, vs_max) in enumerate((("fwd_vs_avg", "fwd_vs_max"), ("fwdbwd_vs_avg", "fwdbwd_vs_max"))):
-            setattr(row, vs_avg, paired_ratio(timings[id(row)][which], timings[id(avg)][which]))
-            setattr(row, vs_max, paired_ratio(timings[id(row)][which], timings[id(mx)][which]))
+        for timing in plan.timings:
+            mine, on_avg, on_max = (timings.get((id(r), timing), ((), ())) for r in (row, avg, mx))
+            suffix = "" if timing == "eager" else "_graph"
+            for which, name in enumerate(("fwd", "fwdbwd")):
+                if hasattr(row, f"{name}{suffix}_vs_avg"):
+                    setattr(row, f"{name}{suffix}_vs_avg", paired_ratio(mine[which], on_avg[which]))
+                if hasattr(row, f"{name}{suffix}_vs_max"):
+                    setattr(row, f"{name}{suffix}_vs_max", paired_ratio(mine[which], on_max[which]))
         row.fwd_bandwidth = fwd_bytes / (row.fwd_ms * 1e-3)
         row.fwdbwd_bandwidth = fwdbwd_bytes / (row.fwdbwd_ms * 1e-3)
         if plan.peak is not None:
@@ -374,10 +435,17 @@ COLUMNS = (
     ("fwd_bandwidth", "fwd GB/s"),
     ("fwd_peak_fraction", "fwd % peak"),
     ("fwdbwd_bandwidth", "fwd+bwd GB/s"),
+    ("fwd_graph_vs_avg", "fwd graph / avg"),
+    ("fwdbwd_graph_vs_avg", "fwd+bwd graph / avg"),
+    ("fwdbwd_graph_vs_max", "fwd+bwd graph / max"),
+    ("host_bound", "host-bound"),
     ("saved_vs_avg", "saved mem / avg"),
     ("peak_memory_vs_avg", "peak mem / avg"),
     ("error", "error"),
 )
+
+#: Columns shown only when the run timed CUDA-graph replays (``--timing graph``).
+GRAPH_COLUMNS = ("fwd graph / avg", "fwd+bwd graph / avg", "fwd+bwd graph / max", "host-bound")
 
 
 def to_frame(rows: Sequence[LayerRow]):
@@ -391,6 +459,8 @@ def to_frame(rows: Sequence[LayerRow]):
             return "n/a" if math.isnan(value) else f"{value / 1e9:.1f}"
         if key in ("fwd_peak_fraction",):
             return "n/a" if math.isnan(value) else f"{100 * value:.0f}%"
+        if key == "host_bound":
+            return "n/a" if value is None else ("**yes**" if value else "no")
         if isinstance(value, float):
             return "n/a" if math.isnan(value) else f"{value:.2f}"
         return value
@@ -415,13 +485,16 @@ def to_markdown(rows: Sequence[LayerRow], meta: dict, command: str = "") -> str:
     frame = to_frame(rows)
     if not any(row.error for row in rows):
         frame = frame.drop(columns=["error"])
+    if meta.get("timing", "eager") != "graph":
+        frame = frame.drop(columns=list(GRAPH_COLUMNS))
     peak = meta.get("peak_bandwidth")
     lines = [
         f"# DPP layer benchmark — {meta['device']}",
         "",
         f"{models.title(meta.get('model', 'vgg16'))} pooling layers "
         f"({', '.join(meta.get('windows', ['2×2/2 pad 0']))} windows) at batch {meta['batch']}, {meta['resolution']}² input, "
-        f"{meta['dtype']}; variants: {', '.join(meta['variants'])}; torch {meta['torch']}; "
+        f"{meta['dtype']}; timing {meta.get('timing', 'eager')}, autocast {meta.get('amp', 'off')}, "
+        f"channels-last {meta.get('channels_last', False)}; variants: {', '.join(meta['variants'])}; torch {meta['torch']}; "
         f"CPU threads: {meta['threads']}; {meta.get('statistic', 'median')} of {meta['repeats']} interleaved rounds of "
         f"{meta['min_run_time']} s per measurement; {meta['seconds']} s in all.",
         "",
@@ -430,6 +503,9 @@ def to_markdown(rows: Sequence[LayerRow], meta: dict, command: str = "") -> str:
         "(forward: read x, write y; forward+backward: also read x and ∂y, write ∂x) / median time"
         + (f"; peak for this device: {peak / 1e12:.2f} TB/s." if peak else "; % peak is n/a (not a CUDA device "
                                                                           "with a known peak).")
+        + (f" Graph columns: the same ratios from CUDA-graph replays (the device work alone, no host path); "
+           f"a row is host-bound when its eager time is at least {HOST_BOUND_RATIO}× its graph time."
+           if meta.get("timing") == "graph" else "")
         + " Memory: bytes autograd saves for backward, and (CUDA only) the extra peak allocated memory over a "
         "forward+backward, each divided by `avg_pool2d`'s.",
         "",

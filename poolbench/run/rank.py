@@ -102,7 +102,7 @@ def _prepare(config: RunConfig, store: RankStore) -> list:
 
 
 def _measure_units(config: RunConfig, launch: Launch, store: RankStore):
-    env = {**environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings),
+    env = {**config.environment(),
            "rank": launch.rank}
     shard = shard_stem(config.stem, launch.rank)
     counts = {"rows": 0, "errors": 0, "skipped": 0}

@@ -21,7 +21,8 @@ import torch
 from .. import metrics as metrics_module
 from .. import models, registry
 from ..measure.metric_subject import Subject
-from ..measure.subject import torch_threads
+from ..measure.subject import check_amp, torch_threads
+from ..measure.timing import check_timing
 from ..metrics import BASELINE_POOLER, BASELINE_TIER, MetricRow, Settings
 from ..models import PLACEMENTS, placed_name, split_placement
 from .results import ResultsWriter, check_run_name, environment, measured_cells
@@ -67,6 +68,8 @@ class RunConfig:
     threads: int | None = None  # CPU threads for the run (None: torch's default)
     placement: str = "paper"  # "paper", "authors" or "both": where the network declares it (poolbench.models)
     rank_timeout_s: float = 1800.0  # under torchrun: how long a silent rank is waited for before it counts as dead
+    amp: str = "off"  # torch.autocast dtype around forwards and training steps: "off", "bf16" or "fp16"
+    channels_last: bool = False  # networks, layers and inputs in channels-last memory format
 
     def __post_init__(self):
         self.device = str(self.device)
@@ -115,7 +118,16 @@ class RunConfig:
         if isinstance(self.rank_timeout_s, bool) or not isinstance(self.rank_timeout_s, (int, float)) \
                 or not 0 < self.rank_timeout_s < float("inf"):
             raise ValueError(f"rank_timeout_s must be a positive number of seconds, got {self.rank_timeout_s!r}")
+        check_amp(self.amp)
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be True or False, got {self.channels_last!r}")
+        check_timing(self.settings.timing, device)
         self.out = Path(self.out)
+
+    def environment(self) -> dict:
+        """The settings every row of this run carries (compared on ``--resume``)."""
+        return environment(self.device, self.dtype, self.batch, self.resolution, timing=self.settings,
+                           amp=self.amp, channels_last=self.channels_last)
 
     @property
     def run_name(self) -> str:
@@ -156,7 +168,8 @@ class Group:
     def subject(self, config: RunConfig, baselines: dict | None = None) -> Subject:
         return Subject(self.model, self.pooler, self.tier, self.scope, device=config.device, batch=config.batch,
                        resolution=config.resolution, sites=self.sites, shape=self.shape, layer=self.layer,
-                       settings=config.settings, dtype=config.dtype, baselines=baselines)
+                       settings=config.settings, dtype=config.dtype, baselines=baselines, amp=config.amp,
+                       channels_last=config.channels_last)
 
 
 @dataclass
@@ -307,7 +320,7 @@ def run_local(config: RunConfig, *, progress: bool = True) -> RunResult:
     """
     with torch_threads(config.threads):
         groups = plan(config)
-        env = environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
+        env = config.environment()
         # a torchrun launch's shards: merged before resuming, kept aside by a new run (never merged into it)
         shards_aside = [] if config.resume else move_shards_aside(config.stem)
         if config.resume:
