@@ -21,10 +21,12 @@ from ..metrics import CellKey, MetricRow
 from .linefile import ReadResult, read_csv_records, read_jsonl_records
 
 __all__ = ["CELL_COLUMNS", "DEVICE_COLUMNS", "MEASURED", "ROW_COLUMNS", "complete_attempts", "read_records",
-           "winning_attempts"]
+           "settings_of", "winning_attempts"]
 
 CELL_COLUMNS = CellKey._fields
 ROW_COLUMNS = tuple(MetricRow.__dataclass_fields__)
+#: What makes a line a poolbench row: its cell, what it measured and how that went (the rest is typed if present).
+REQUIRED_COLUMNS = CELL_COLUMNS + ("quantity", "status")
 #: Where a row was measured: each (host, device model) keeps its own attempt of a cell (and its own baseline).
 DEVICE_COLUMNS = ("host", "device_name")
 #: Statuses of a cell that needs no new measurement.
@@ -58,7 +60,7 @@ def read_records(path: Path) -> ReadResult:
 
 def _checked(record: dict, from_csv: bool) -> dict:
     """``record`` with typed fields, or a ValueError saying which field is wrong."""
-    missing = [column for column in ROW_COLUMNS if column not in record]
+    missing = [column for column in REQUIRED_COLUMNS if column not in record]
     if missing:
         raise ValueError(f"not a poolbench row (no {', '.join(missing[:4])})")
     checked = {}
@@ -105,6 +107,15 @@ def _number(key: str, value):
             raise ValueError(f"field {key!r} holds {value!r}, not a whole number >= {COUNT_FIELDS[key]}")
         return int(value)
     return value
+
+
+#: Fields a writer adds to each row besides the measurement and its environment.
+ATTEMPT_FIELDS = ("attempt", "cell_rows")
+
+
+def settings_of(record: dict) -> dict:
+    """The environment and settings part of a row (what ``--resume`` and the merge compare), the measurement aside."""
+    return {key: value for key, value in record.items() if key not in ROW_COLUMNS and key not in ATTEMPT_FIELDS}
 
 
 def _row_identity(record: dict) -> tuple:

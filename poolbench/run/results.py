@@ -316,6 +316,9 @@ def _complete_records(path: str | Path) -> list[dict]:
 
 def _frame(records: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records)
+    for column in ROW_COLUMNS:  # rows written before a column existed
+        if column not in frame.columns:
+            frame[column] = None
     for column in ("layer", "error", "detail", "unit", "shape"):
         frame[column] = frame[column].fillna("").astype(str)
     for column in NUMERIC_COLUMNS:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import complete_attempts, read_records, winning_attempts
+from .records import complete_attempts, read_records, settings_of, winning_attempts
 from .results import RANK_VOLATILE, move_aside, settings_differences, stem_file
 from .runlock import RunLock
 
@@ -82,7 +82,7 @@ def merge_shards(stem: Path, *, locked: bool = False) -> Path | None:
 
 
 def _check_same_settings(source: Path, record: dict, reference: Path, expected: dict) -> None:
-    differences = settings_differences(expected, record, labels=(f"in {reference.name}", f"in {source.name}"),
+    differences = settings_differences(settings_of(expected), settings_of(record), labels=(f"in {reference.name}", f"in {source.name}"),
                                        ignore=RANK_VOLATILE)
     if differences:
         raise ValueError(f"cannot merge {source}: it was measured with other settings than {reference} "
