@@ -123,8 +123,7 @@ def launch_settings(config: RunConfig) -> dict[str, str]:
     :data:`~poolbench.run.results.RANK_VOLATILE` and :data:`PER_RANK_FIELDS`, so a new setting is compared
     without being listed here.  "Every registered pooler/metric" is spelled out: hosts may load other plugins.
     """
-    env = environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
-    settings = {key: str(value) for key, value in env.items() if key not in RANK_VOLATILE}
+    settings = {key: str(value) for key, value in _environment(config).items() if key not in RANK_VOLATILE}
     resolved = {"poolers": config.poolers if config.poolers is not None else tuple(registry.names()),
                 "metrics": config.metrics if config.metrics is not None else tuple(metrics_module.registered())}
     for spec in dataclasses.fields(config):
@@ -171,9 +170,13 @@ def _prepare(config: RunConfig, store: RankStore) -> tuple[RunLock, list]:
         store.set("prepared")  # even on failure: the others then fail on their own instead of waiting
 
 
+def _environment(config: RunConfig) -> dict:
+    """The environment every row of this rank carries (and whose settings every rank must share)."""
+    return environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings)
+
+
 def _measure_units(config: RunConfig, launch: Launch, store: RankStore):
-    env = {**environment(config.device, config.dtype, config.batch, config.resolution, timing=config.settings),
-           "rank": launch.rank}
+    env = {**_environment(config), "rank": launch.rank}
     shard = shard_stem(config.stem, launch.rank)
     counts = {"rows": 0, "errors": 0, "skipped": 0}
     with ResultsWriter(shard, env, resume=True) as writer:
