@@ -3,10 +3,10 @@
 Why shards: under torchrun every rank appends its cells to its own
 ``<stem>.rank<r>.jsonl`` (through its own :class:`~poolbench.run.results.ResultsWriter`
 and lock), so no two processes ever write one file.  Merging rewrites
-``<stem>.jsonl/.csv`` from the earlier merged file and every shard: complete
-attempts only (a rank killed mid-cell leaves a cut attempt), one attempt per
-cell and device — a measured attempt beats an error, a later one an earlier
-one.  Baseline cells stay once per (host, device): each device's ratios use
+``<stem>.jsonl/.csv`` from the earlier merged file and every shard, with the
+record layer's rules (:mod:`~poolbench.run.records`): complete attempts only
+(a rank killed mid-cell leaves a cut attempt), one attempt per cell and
+device — a measured attempt beats an error, a later one an earlier one.  Baseline cells stay once per (host, device): each device's ratios use
 its own baseline.
 """
 from __future__ import annotations
