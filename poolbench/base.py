@@ -26,7 +26,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def check_output_shape(what: str, x: torch.Tensor, y, channels: int, kernel_size: int, stride: int,
                        padding: int) -> None:
-    """Raise if ``y`` is not what a k/s/p pooling layer must return for ``x``: wrong maths is never measured."""
+    """Raise if ``y`` is not what a k/s/p pooling layer must return for ``x``: wrong maths is never measured.
+
+    The contract is the shape, the dtype and the device of ``x``: a pooler that returns float64 for
+    float32 input (or a tensor on another device, e.g. ``meta``) would be timed doing other work than the
+    baseline it is compared with, so its latencies would be wrong numbers, not slow ones.  Half-precision
+    input may be computed in float32 (:func:`compute_dtype`) but must come back in its own dtype.
+    """
     expected = (x.shape[0], channels, pooled_size(x.shape[2], kernel_size, stride, padding),
                 pooled_size(x.shape[3], kernel_size, stride, padding))
     shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
@@ -34,6 +40,16 @@ def check_output_shape(what: str, x: torch.Tensor, y, channels: int, kernel_size
         got = f"shape {shape}" if shape is not None else f"a {type(y).__name__}, not a tensor,"
         raise RuntimeError(f"{what} returned {got} for input {tuple(x.shape)}; a k={kernel_size}, s={stride}, "
                            f"p={padding} pooling layer must return {expected} (H_out = (H + 2p - k) // s + 1)")
+    if y.dtype != x.dtype:
+        raise RuntimeError(f"{what} returned {_dtype_name(y.dtype)} for {_dtype_name(x.dtype)} input; a pooling "
+                           f"layer must return its input's dtype (cast back after computing in another precision)")
+    if y.device != x.device:
+        raise RuntimeError(f"{what} returned a tensor on {y.device} for input on {x.device}; a pooling layer "
+                           "must return its output on its input's device")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 class Pool2d(nn.Module):

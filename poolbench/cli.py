@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 import warnings
 
 from . import __version__, commands
@@ -39,17 +41,41 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    previous_term = _on_sigterm(_terminated)
+    saved = " — finished cells are saved; rerun the same command with --resume" if args.command == "run" else ""
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError) as exc:
         print(f"poolbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"poolbench {args.command}: terminated (SIGTERM){saved}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        hint = " — finished cells are saved; rerun the same command with --resume" if args.command == "run" else ""
-        print(f"poolbench {args.command}: interrupted{hint}", file=sys.stderr)
+        print(f"poolbench {args.command}: interrupted{saved}", file=sys.stderr)
         return 130
+    except OSError as exc:  # the disk filled up, a file was made read-only or immutable mid-run
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"poolbench {args.command}: error: cannot write{where}: {exc.strerror or exc}{saved}", file=sys.stderr)
+        return 1
     finally:
+        _on_sigterm(previous_term)
         warnings.formatwarning = previous_format
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or torchrun's stop) ends a command the way Ctrl-C does: cleanly, with the hint."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM and return the previous one (``None`` outside the main thread)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

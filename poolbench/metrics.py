@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 
 from . import registry
 
 __all__ = [
+    "CellKey",
     "Column",
     "BASELINE_POOLER",
     "BASELINE_TIER",
@@ -81,16 +82,36 @@ class MetricRow:
     detail: str = ""
     seconds: float = 0.0
 
-    def cell(self) -> tuple[str, ...]:
+    def cell(self) -> "CellKey":
         return cell_key(self.model, self.pooler, self.tier, self.scope, self.layer, self.metric)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def cell_key(model: str, pooler: str, tier: str, scope: str, layer: str, metric: str) -> tuple[str, ...]:
+class CellKey(NamedTuple):
+    """The identity of one measured cell (what ``--resume`` skips, what the merge keeps one attempt of).
+
+    A named tuple: it is the one place the six fields are spelled out, and it still compares equal to
+    (and hashes as) the plain tuple of its fields.
+    """
+
+    model: str
+    pooler: str
+    tier: str
+    scope: str
+    layer: str
+    metric: str
+
+    @classmethod
+    def of(cls, record) -> "CellKey":
+        """The key of a result row (a dict, or anything with the six fields as items), every field as text."""
+        return cls(*(str(record[field]) if record[field] is not None else "" for field in cls._fields))
+
+
+def cell_key(model: str, pooler: str, tier: str, scope: str, layer: str, metric: str) -> CellKey:
     """The identity of one measured cell (what ``--resume`` skips)."""
-    return (model, pooler, tier, scope, layer, metric)
+    return CellKey(model, pooler, tier, scope, layer, metric)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def single(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    out = tmp_path_factory.mktemp("torchrun")
+    out = tmp_path_factory.mktemp("torchrun") / "created" / "by-the-run"  # --out need not exist yet
     return out, _torchrun(out, "grid")
 
 
@@ -86,6 +87,56 @@ def test_torchrun_measures_every_cell_once_and_the_rows_of_one_process(single, l
     assert len(_cells(merged)) == len(set(_cells(merged)))  # every cell (and quantity) exactly once
     assert _comparable(merged) == _comparable(single)
     assert (out / "grid.md").exists() and "Cells not measured" not in (out / "grid.md").read_text()
+
+
+def test_torchrun_creates_the_out_folder(launched):
+    """Guards against "cannot write results to DIR: No such file or directory" from a fresh --out."""
+    out, process = launched
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert out.is_dir() and (out / "grid.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("told, difference", [
+    ({"batch": 2}, "batch: 1 on rank 0, 2 on rank 1"),
+    ({"poolers": ["avg"]}, "--poolers: avg,dpp_lite_sym,softpool on rank 0, avg on rank 1"),
+])
+def test_ranks_launched_with_other_settings_measure_nothing_and_name_the_difference(tmp_path, told, difference):
+    """Guards against a rank with another --batch (or --poolers) merging silently into rank 0's report."""
+    process = _torchrun(tmp_path, "grid", env={distributed.SETTINGS_VARIABLE: json.dumps({"rank": 1, **told})})
+    assert process.returncode != 0
+    message = f"rank 1 was launched with other settings than rank 0 ({difference}"
+    refusals = [line for line in process.stderr.splitlines() if message in line]
+    assert len(refusals) == 2, process.stderr[-3000:]  # both ranks say it, in one line each
+    assert all(line.startswith("poolbench run: error: ") and "launch every rank with the same" in line
+               for line in refusals)
+    assert "poolbench/run/" not in process.stderr  # torchrun's own traceback only, none from poolbench's code
+    assert not list(tmp_path.glob("grid*.jsonl")) or all(path.stat().st_size == 0 for path in tmp_path.glob("grid*.jsonl"))
+
+
+def test_a_running_sweep_refuses_a_single_process_resume_on_its_name(tmp_path):
+    """Guards against a single-process --resume re-measuring cells under a running sweep (its merge then failed)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(LAUNCHER), "run", *GRID, "--out", str(tmp_path), "--name", "grid", "--rank-timeout", "30"]
+    environ = {key: value for key, value in os.environ.items() if key != distributed.FAULT_VARIABLE}
+    # rank 1 dies holding its first unit, so rank 0 finishes and then waits 30 s for it: the sweep is running
+    environ.update({"PYTHONPATH": f"{ROOT}{os.pathsep}{LAUNCHER.parent}", distributed.FAULT_VARIABLE: "1:0:0"})
+    sweep_process = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+    try:
+        lock, deadline = tmp_path / "grid.lock", time.monotonic() + 120
+        while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
+            time.sleep(0.1)
+        assert lock.exists(), "the sweep's rank 0 never took the stem's lock"
+        single = subprocess.run([sys.executable, str(LAUNCHER), "run", *GRID, "--out", str(tmp_path), "--name",
+                                 "grid", "--resume"], cwd=ROOT, env={**environ, distributed.FAULT_VARIABLE: ""},
+                                capture_output=True, text=True, timeout=240)
+        assert sweep_process.poll() is None, "the sweep ended before the resume was tried: the test proves nothing"
+    finally:
+        _, sweep_err = sweep_process.communicate(timeout=240)
+    assert single.returncode == 2, single.stderr[-2000:]
+    assert "grid.jsonl is being written by another poolbench run" in single.stderr
+    assert "did not finish" in sweep_err and "cannot merge" not in sweep_err  # the sweep's merge went through
+    assert not list(tmp_path.glob("grid.jsonl.*")) and (tmp_path / "grid.jsonl").stat().st_size > 0
 
 
 def test_each_rank_writes_its_own_shard_with_its_own_baseline(launched):

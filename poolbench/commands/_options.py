@@ -14,12 +14,14 @@ def _bounded(convert, noun: str, low: float, high: float, *, low_inclusive: bool
     def parse(text: str):
         try:
             value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        except ValueError:  # also a 5,000-digit integer (Python refuses to parse it)
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text[:40]!r}") from None
+        # compared as they are: math.isfinite(10**400) would raise OverflowError, not say "out of range"
+        finite = not isinstance(value, float) or math.isfinite(value)
         above_low = low <= value if low_inclusive else low < value
-        if not (math.isfinite(value) and above_low and value <= high):
+        if not (finite and above_low and value <= high):
             interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"must be a finite value in {interval}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be a finite value in {interval}, got {text[:40]}")
         return value
 
     parse.__name__ = noun.split()[-1]  # argparse names the type in its messages

@@ -13,6 +13,7 @@ without them poolbench runs in one process, exactly as before.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sys
 import time
@@ -20,13 +21,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Launch", "RankStore", "cpu_threads", "detect", "rank_device", "device_healthy", "exit_if_told"]
+__all__ = ["Launch", "RankStore", "cpu_threads", "detect", "rank_device", "device_healthy", "exit_if_told",
+           "settings_if_told"]
 
 #: Environment variables a launcher (torchrun, or srun with them exported) sets for every rank.
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: Fault injection for the tests: ``"<rank>:<units>:<exit code>"`` makes that rank exit right after
 #: claiming unit number ``units + 1``, holding work it never measures (a rank that died mid-run).
 FAULT_VARIABLE = "POOLBENCH_TEST_RANK_EXIT"
+#: Settings for the tests: ``{"rank": 1, "batch": 2}`` makes rank 1 run as if its command line said ``--batch 2``
+#: (on a multi-host launch every host types its own command, so one may differ).
+SETTINGS_VARIABLE = "POOLBENCH_TEST_RANK_SETTINGS"
 #: Seconds a rank may take to join the launch's store and see rank 0's preparation.
 STARTUP_TIMEOUT_S = 600.0
 
@@ -105,6 +110,17 @@ def exit_if_told(launch: Launch, units_done: int) -> None:
         os._exit(code)
 
 
+def settings_if_told(launch: Launch) -> dict:
+    """The tests' per-rank settings (see :data:`SETTINGS_VARIABLE`) for this rank; ``{}`` unless the variable is set."""
+    told = os.environ.get(SETTINGS_VARIABLE)
+    if not told:
+        return {}
+    overrides = json.loads(told)
+    if overrides.pop("rank") != launch.rank:
+        return {}
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+
+
 class RankStore:
     """The launch's c10d store, under one key prefix per run: a work counter, a start line, a finish line."""
 
@@ -118,8 +134,16 @@ class RankStore:
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self._store = torch.distributed.PrefixStore(f"poolbench/{run_name}/{restart}/", store)
 
-    def set(self, key: str) -> None:
-        self._store.set(key, "1")
+    def set(self, key: str, value: str = "1") -> None:
+        self._store.set(key, value)
+
+    def get(self, key: str) -> str:
+        """The value of ``key`` (waits for it up to the start-up timeout)."""
+        self._store.wait([key], self._startup)
+        return self._store.get(key).decode()
+
+    def has(self, key: str) -> bool:
+        return self._store.check([key])
 
     def wait(self, key: str) -> None:
         """Block until ``key`` is set (an error after the start-up timeout: the rank that sets it died)."""

@@ -11,8 +11,10 @@ for spreadsheets.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _datetime
 import json
+import math
 import os
 import platform
 import re
@@ -26,21 +28,22 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from .linefile import append_text, read_csv_records, read_jsonl_records, repair_torn_tail
-from ..metrics import MetricRow
+from .linefile import append_text, repair_torn_tail
+from ..metrics import CellKey, MetricRow
+from .records import CELL_COLUMNS, DEVICE_COLUMNS, ROW_COLUMNS, complete_attempts, read_records, winning_attempts
 from .runlock import RunLock
 
 __all__ = ["ENV_COLUMNS", "ResultsWriter", "check_run_name", "environment", "git_commit", "load_results",
-           "measured_cells", "move_aside", "stem_file", "read_rows", "settings_differences", "check_output_file"]
+           "measured_cells", "move_aside", "stem_file", "read_rows", "settings_differences", "check_output_file",
+           "check_name_fits", "check_results_stem", "RANK_VOLATILE"]
 
 ENV_COLUMNS = ("torch", "device", "device_name", "dtype", "batch", "resolution", "threads", "load_avg", "commit",
                "host", "poolbench", "timestamp")
-ROW_COLUMNS = tuple(MetricRow.__dataclass_fields__)
-CELL_COLUMNS = ("model", "pooler", "tier", "scope", "layer", "metric")
 #: Environment columns that legitimately change between a run and its resume (a resume may use other ranks).
 VOLATILE_ENV = ("load_avg", "timestamp", "commit", "poolbench", "rank")
-#: Where a row was measured: ratios are only formed between rows of the same host and device model.
-DEVICE_COLUMNS = ("host", "device_name")
+#: What may differ between the ranks of one launch: where they run (host, GPU model, their share of the cores)
+#: besides what may differ between a run and its resume.  Every other setting must be the same on every rank.
+RANK_VOLATILE = VOLATILE_ENV + DEVICE_COLUMNS + ("threads",)
 NUMERIC_COLUMNS = ("value", "seconds", "batch", "resolution", "threads", "load_avg", "cell_rows")
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -125,10 +128,15 @@ class ResultsWriter:
     def _prepare_resume(self) -> None:
         for path in (self.jsonl, self.csv):
             repair_torn_tail(path)
-        if self.jsonl.exists():
-            previous = read_jsonl_records(self.jsonl).records
-            if previous:
-                differences = settings_differences(previous[0], self.env)
+        if self.jsonl.exists() and self.jsonl.stat().st_size > 0:
+            read = read_records(self.jsonl)
+            if not read.records and read.bad_lines:
+                first = next(iter(read.reasons.items()), None)
+                why = f" (line {first[0]}: {first[1]})" if first else ""
+                raise ValueError(f"cannot resume {self.jsonl}: it holds no poolbench result row{why}, so poolbench "
+                                 "did not write it; choose another --name, or move the file away")
+            if read.records:
+                differences = settings_differences(read.records[0], self.env)
                 if differences:
                     raise ValueError(f"cannot resume {self.jsonl}: it was measured with other settings "
                                      f"({'; '.join(differences)}); rerun with the file's settings, or drop "
@@ -136,13 +144,14 @@ class ResultsWriter:
 
     def write(self, rows: Iterable[MetricRow]) -> None:
         """Append ``rows`` (one cell) to both files, each in a single write, before returning."""
-        rows = list(rows)
+        rows = [_finite(row) for row in rows]
         if not rows:
             return
         self._attempts += 1
         extra = {"attempt": f"{self._run_id}#{self._attempts}", "cell_rows": len(rows)}
         records = [{**row.as_dict(), **self.env, **extra} for row in rows]
-        append_text(self.jsonl, "".join(json.dumps(record, default=str) + "\n" for record in records))
+        append_text(self.jsonl, "".join(json.dumps(record, default=str, allow_nan=False) + "\n"
+                                        for record in records))
         header = not self.csv.exists() or self.csv.stat().st_size == 0
         columns = list(records[0]) if header else _csv_header(self.csv)
         frame = pd.DataFrame.from_records(records).reindex(columns=columns)
@@ -158,6 +167,17 @@ class ResultsWriter:
         self.close()
 
 
+def _finite(row: MetricRow) -> MetricRow:
+    """A row as written: a measured NaN or infinity is an error row (no reader takes non-finite numbers)."""
+    value, seconds = row.value, row.seconds
+    if isinstance(value, float) and not math.isfinite(value):
+        row = dataclasses.replace(row, value=None, status="error",
+                                  error=(row.error + "; " if row.error else "") + f"measured a non-finite value ({value})")
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        row = dataclasses.replace(row, seconds=0.0)
+    return row
+
+
 def stem_file(stem: Path, extension: str) -> Path:
     """``<stem><extension>``; the stem may hold dots (``run.rank1``), which ``with_suffix`` would cut."""
     return stem.with_name(stem.name + extension)
@@ -171,8 +191,16 @@ def check_run_name(name: str) -> str:
     return name
 
 
+#: The most bytes a run adds to ``--name`` in a file name: a shard kept aside, ``<name>.rank99999.<stamp>-999.jsonl``.
+LONGEST_SUFFIX = len(".rank99999") + len(".20261231-235959-999") + len(".jsonl")
+
+
 def check_results_stem(stem: Path) -> None:
-    """Fail before anything is measured if results cannot be written next to ``stem``."""
+    """Fail before anything is measured if results cannot be written next to ``stem``.
+
+    The folder is created; the name must leave room, within the file system's limit on a file
+    name, for the longest suffix a run adds (:data:`LONGEST_SUFFIX`), so no write fails mid-run.
+    """
     folder = stem.parent
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"cannot write results to {folder}: it is a file, not a folder")
@@ -182,6 +210,20 @@ def check_results_stem(stem: Path) -> None:
         raise ValueError(f"cannot create the results folder {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write results to {folder}: permission denied")
+    check_name_fits(folder, re.sub(r"\.rank\d+$", "", stem.name))
+
+
+def check_name_fits(folder: Path, name: str) -> None:
+    """Refuse a run name that, with the suffixes a run adds, is longer than ``folder``'s file system allows."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    length = len(os.fsencode(name))
+    if length + LONGEST_SUFFIX > limit:
+        raise ValueError(f"run name of {length} bytes is too long: {folder} allows {limit} bytes per file name and "
+                         f"a run adds up to {LONGEST_SUFFIX} (e.g. '.rank1.20261231-235959-2.jsonl' for a shard kept "
+                         f"aside); choose a --name of at most {max(0, limit - LONGEST_SUFFIX)} bytes")
 
 
 def check_output_file(path: Path) -> None:
@@ -210,19 +252,31 @@ def settings_differences(recorded: dict, current: dict, labels: tuple[str, str] 
 
 
 def move_aside(*paths: Path) -> list[Path]:
-    """Rename existing, non-empty files to ``<stem>.<timestamp><suffix>``; return the new paths."""
-    stamp = _datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    moved = []
+    """Rename existing, non-empty files to ``<stem>.<timestamp>[-n]<suffix>``; return the new paths.
+
+    The timestamp has one-second resolution, so a counter is added until no target exists: a
+    third run within the same second never overwrites the first one's files (callers hold the
+    stem's lock, so no other poolbench run picks the same name meanwhile).  All files of one
+    move share one name, so ``x.<stamp>.jsonl`` and ``x.<stamp>.csv`` stay a pair.
+    """
+    present = [path for path in paths if path.exists() and path.stat().st_size > 0]
     for path in paths:
-        if path.exists() and path.stat().st_size > 0:
-            target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-            path.replace(target)
-            moved.append(target)
-        else:
+        if path not in present:
             path.unlink(missing_ok=True)
-    if moved:
-        warnings.warn(f"the previous results were kept as {', '.join(map(str, moved))}", stacklevel=3)
-    return moved
+    if not present:
+        return []
+    base = _datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for counter in range(1, 10_000):
+        stamp = base if counter == 1 else f"{base}-{counter}"
+        targets = [path.with_name(f"{path.stem}.{stamp}{path.suffix}") for path in present]
+        if not any(os.path.lexists(target) for target in targets):
+            break
+    else:  # pragma: no cover - ten thousand runs in one second
+        raise ValueError(f"cannot keep {present[0]} aside: too many earlier runs named {base}; move some away")
+    for path, target in zip(present, targets):
+        path.replace(target)
+    warnings.warn(f"the previous results were kept as {', '.join(map(str, targets))}", stacklevel=3)
+    return targets
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -239,55 +293,52 @@ def _results_file(path: Path) -> Path:
 
 
 def read_rows(path: str | Path) -> pd.DataFrame:
-    """Every readable row of a results file, with the cells of incomplete attempts dropped.
+    """Every valid row of a results file, with the cells of incomplete attempts dropped.
 
-    Unreadable lines (a crash mid-write, garbage) are skipped with a warning
-    naming the file and line numbers; a file with no readable row, or one
-    that is not a poolbench results file, is a ValueError naming the file.
+    Unreadable or invalid lines (a crash mid-write, garbage, a crafted line) are
+    skipped with a warning naming the file, the line numbers and why; a file
+    with no valid row is a ValueError naming the file.
     """
+    return _frame(_complete_records(path))
+
+
+def _complete_records(path: str | Path) -> list[dict]:
     candidate = _results_file(Path(path))
-    read = read_jsonl_records(candidate) if candidate.suffix == ".jsonl" else read_csv_records(candidate)
+    read = read_records(candidate)
     read.warn_if_bad()
-    frame = pd.DataFrame.from_records(read.records)
-    if frame.empty:
+    if not read.records:
         unreadable = f" ({len(read.bad_lines)} unreadable lines)" if read.bad_lines else ""
-        raise ValueError(f"results file {candidate} holds no readable rows{unreadable}")
-    missing = set(ROW_COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{candidate} is not a poolbench results file (missing columns {sorted(missing)})")
+        first = next(iter(read.reasons.values()), None)
+        why = f"; line {next(iter(read.reasons))}: {first}" if first else ""
+        raise ValueError(f"results file {candidate} holds no readable rows{unreadable}{why}")
+    return complete_attempts(read.records)
+
+
+def _frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records)
+    for column in ROW_COLUMNS:  # rows written before a column existed
+        if column not in frame.columns:
+            frame[column] = None
     for column in ("layer", "error", "detail", "unit", "shape"):
         frame[column] = frame[column].fillna("").astype(str)
     for column in NUMERIC_COLUMNS:
         if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column].replace("", None), errors="coerce")
-    return _complete_attempts(frame)
-
-
-def _complete_attempts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop attempts that have fewer rows than they announced (``cell_rows``): a crash cut them short."""
-    if "cell_rows" not in frame.columns or "attempt" not in frame.columns:
-        return frame
-    counts = frame.groupby("attempt", sort=False)["attempt"].transform("size")
-    announced = frame["cell_rows"]
-    return frame[announced.isna() | (counts == announced)]
-
-
-def load_results(path: str | Path) -> pd.DataFrame:
-    """Rows of a results file (``.jsonl`` or ``.csv``; a stem finds either), last attempt per cell kept.
-
-    A resumed run may hold a cell twice (an error, then its retry); the later
-    attempt wins.  A file merged from several hosts or device models keeps each
-    one's cells (and baseline) apart.
-    """
-    frame = read_rows(path)
-    if "attempt" in frame.columns:
-        keys = list(CELL_COLUMNS) + [column for column in DEVICE_COLUMNS if column in frame.columns]
-        last = frame.groupby(keys, sort=False, dropna=False)["attempt"].transform("last")
-        frame = frame[frame["attempt"] == last]
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame.reset_index(drop=True)
 
 
-def measured_cells(path: str | Path) -> set[tuple[str, ...]]:
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Rows of a results file (``.jsonl`` or ``.csv``; a stem finds either), one attempt per cell and device.
+
+    A resumed run may hold a cell twice (an error, then its retry); the measured
+    attempt wins, among equals the later one (:func:`~poolbench.run.records.winning_attempts`,
+    the merge's rule too).  A file merged from several hosts or device models keeps each
+    one's cells (and baseline) apart.
+    """
+    return _frame(winning_attempts(_complete_records(path)))
+
+
+def measured_cells(path: str | Path) -> set[CellKey]:
     """Cells already measured (every row ``ok`` or ``skipped``) in a results file, for ``--resume``.
 
     Errors are retried; so is a cell whose rows were cut short by a crash.
@@ -301,4 +352,4 @@ def measured_cells(path: str | Path) -> set[tuple[str, ...]]:
     except ValueError:  # nothing readable: measure everything again
         return set()
     done = frame.groupby(list(CELL_COLUMNS), sort=False)["status"].agg(lambda s: s.isin(("ok", "skipped")).all())
-    return {tuple(str(part) for part in cell) for cell, ok in done.items() if ok}
+    return {CellKey(*(str(part) for part in cell)) for cell, ok in done.items() if ok}

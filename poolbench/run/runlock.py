@@ -13,6 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from .linefile import open_no_follow
+
 __all__ = ["RunLock"]
 
 
@@ -27,7 +29,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise ValueError(f"cannot write results to {self.path.parent}: {exc.strerror or exc}") from None
         try:

@@ -3,29 +3,28 @@
 Why shards: under torchrun every rank appends its cells to its own
 ``<stem>.rank<r>.jsonl`` (through its own :class:`~poolbench.run.results.ResultsWriter`
 and lock), so no two processes ever write one file.  Merging rewrites
-``<stem>.jsonl/.csv`` from the earlier merged file and every shard: complete
-attempts only (a rank killed mid-cell leaves a cut attempt), one attempt per
-cell and device — a measured attempt beats an error, a later one an earlier
-one.  Baseline cells stay once per (host, device): each device's ratios use
+``<stem>.jsonl/.csv`` from the earlier merged file and every shard, with the
+record layer's rules (:mod:`~poolbench.run.records`): complete attempts only
+(a rank killed mid-cell leaves a cut attempt), one attempt per cell and
+device — a measured attempt beats an error, a later one an earlier one.  Baseline cells stay once per (host, device): each device's ratios use
 its own baseline.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections import Counter
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from .linefile import read_jsonl_records
-from .results import CELL_COLUMNS, DEVICE_COLUMNS, move_aside, stem_file
+from .records import complete_attempts, read_records, settings_of, winning_attempts
+from .results import RANK_VOLATILE, move_aside, settings_differences, stem_file
 from .runlock import RunLock
 
 __all__ = ["merge_shards", "move_shards_aside", "shard_stem", "shard_stems"]
-
-MEASURED = ("ok", "skipped")
 
 
 def shard_stem(stem: Path, rank: int) -> Path:
@@ -50,59 +49,57 @@ def move_shards_aside(stem: Path) -> list[Path]:
     return moved
 
 
-def merge_shards(stem: Path) -> Path | None:
-    """Rewrite ``<stem>.jsonl/.csv`` from the merged file and every shard; ``None`` when there is no shard."""
+def merge_shards(stem: Path, *, locked: bool = False) -> Path | None:
+    """Rewrite ``<stem>.jsonl/.csv`` from the merged file and every shard; ``None`` when there is no shard.
+
+    ``locked``: the caller already holds the stem's lock (a sweep's rank 0 holds it for its lifetime).
+    Shards measured with other settings than the merged file (or the first shard) are refused, naming
+    the difference: merging them would mix, say, batch-1 and batch-2 rows under one baseline.
+    """
     shards = shard_stems(stem)
     if not shards:
         return None
     merged = stem_file(stem, ".jsonl")
-    with RunLock(stem):
+    with contextlib.nullcontext() if locked else RunLock(stem):
         records: list[dict] = []
+        reference: tuple[Path, dict] | None = None
         for source in [merged] + [stem_file(shard, ".jsonl") for shard in shards]:
-            if source.exists():
-                read = read_jsonl_records(source)
-                read.warn_if_bad()
-                records += read.records
-        kept = _one_attempt_per_cell(_complete_attempts(records))
+            if not source.exists():
+                continue
+            read = read_records(source)
+            read.warn_if_bad()
+            if read.records:
+                if reference is None:
+                    reference = (source, read.records[0])
+                else:
+                    _check_same_settings(source, read.records[0], *reference)
+            records += read.records
+        kept = winning_attempts(complete_attempts(records))
         _write_atomically(merged, "".join(json.dumps(record, default=str) + "\n" for record in kept))
         frame = pd.DataFrame.from_records(kept)
         _write_atomically(stem_file(stem, ".csv"), frame.to_csv(index=False) if kept else "")
     return merged
 
 
-def _complete_attempts(records: list[dict]) -> list[dict]:
-    """Records of attempts that have all the rows they announced, each row once (shards repeat merged rows)."""
-    unique = list({_row_identity(record): record for record in records}.values())
-    sizes = Counter(record.get("attempt") for record in unique)
-    return [record for record in unique
-            if record.get("cell_rows") in (None, "") or sizes[record.get("attempt")] == int(record["cell_rows"])]
-
-
-def _row_identity(record: dict) -> tuple:
-    return (record.get("attempt"), *(str(record.get(column, "")) for column in CELL_COLUMNS), record.get("quantity"))
-
-
-def _one_attempt_per_cell(records: list[dict]) -> list[dict]:
-    """Per (cell, host, device) the attempt to keep: measured over failed, then the one read last."""
-    statuses: dict[str, bool] = {}
-    for record in records:
-        attempt = record.get("attempt")
-        statuses[attempt] = statuses.get(attempt, True) and record.get("status") in MEASURED
-    best: dict[tuple, tuple[bool, int, str]] = {}
-    for order, record in enumerate(records):
-        key = tuple(str(record.get(column, "")) for column in CELL_COLUMNS + DEVICE_COLUMNS)
-        candidate = (statuses[record.get("attempt")], order, record.get("attempt"))
-        if key not in best or candidate[:2] >= best[key][:2]:
-            best[key] = candidate
-    chosen = {(key, attempt) for key, (_, _, attempt) in best.items()}
-    return [record for record in records
-            if (tuple(str(record.get(column, "")) for column in CELL_COLUMNS + DEVICE_COLUMNS),
-                record.get("attempt")) in chosen]
+def _check_same_settings(source: Path, record: dict, reference: Path, expected: dict) -> None:
+    differences = settings_differences(settings_of(expected), settings_of(record), labels=(f"in {reference.name}", f"in {source.name}"),
+                                       ignore=RANK_VOLATILE)
+    if differences:
+        raise ValueError(f"cannot merge {source}: it was measured with other settings than {reference} "
+                         f"({'; '.join(differences)}); rerun every rank with the same command (move the odd "
+                         "shard aside to keep it)")
 
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: a crash leaves the old file or the new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    # mkstemp: an unpredictable name, created with O_EXCL (never an existing file, never through a link)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
