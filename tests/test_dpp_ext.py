@@ -31,6 +31,7 @@ import poolbench
 from poolbench import functional as PF
 from poolbench.dpp import DPPArgs
 from poolbench.tolerances import assert_close
+from poolbench.verify.harness import judge, run_call
 from poolbench.validation import pooled_size
 
 from dpp_custom_op_tester import DPPCustomOpTester
@@ -115,24 +116,25 @@ def forward_backward(fn, x, alpha, lam, guide, grad_seed=1):
 
 
 def compare_with_reference(tier, name, shape, k, s, p, dtype, scale_invariant=False, device="cpu"):
+    """``tier`` against the float64 reference through the one equivalence harness (output and input
+    gradient element-wise, α, λ, F, b norm-wise), on the same rounded input and upstream gradient."""
     x, alpha, lam, guide = dpp_args(name, shape, dtype)
     asym = "asym" in name
 
-    def run(tier_name, x_in):
-        def fn(x_, a_, l_, guide_):
-            return PF.dpp(x_, a_, l_, k, s, p, asym=asym, guide=guide_, scale_invariant=scale_invariant,
-                          tier=tier_name)
-        dev = device if tier_name != "reference" else "cpu"
-        moved = [t.to(dev) for t in (alpha, lam, *(guide or ()))]
-        return forward_backward(fn, x_in.to(dev), moved[0], moved[1], tuple(moved[2:]) if guide else None)
+    def fn(input, alpha, lam, F=None, b=None, tier_name=tier):
+        return PF.dpp(input, alpha, lam, k, s, p, asym=asym, guide=None if F is None else (F, b),
+                      scale_invariant=scale_invariant, tier=tier_name)
 
-    y, grads = run(tier, x)
-    y_ref, grads_ref = run("reference", x.double())  # the reference sees the same rounded input
-    assert y.dtype == x.dtype
-    assert_close(y.cpu(), y_ref, dtype=dtype, msg=f"{tier} {name} output")
-    labels = ("x", "alpha", "lam", "F", "b")
-    for label, grad, expected in zip(labels, grads, grads_ref):
-        assert_close(grad.cpu(), expected, dtype=dtype, kind="grad", msg=f"{tier} {name} grad of {label}")
+    def run(tier_name, x_in):
+        dev = device if tier_name != "reference" else "cpu"
+        named = {"input": x_in, "alpha": alpha, "lam": lam, **(dict(zip("Fb", guide)) if guide else {})}
+        grad_out = lambda shape: torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        return run_call(lambda **t: fn(**t, tier_name=tier_name), {n: v.to(dev) for n, v in named.items()}, grad_out)
+
+    actual = run(tier, x)
+    assert actual.output.dtype == x.dtype
+    verdict = judge(actual, run("reference", x.double()), dtype)  # the reference sees the same rounded input
+    assert verdict.ok, f"{tier} {name} {shape} k{k}s{s}p{p}: {verdict.problem}"
 
 
 # ---------------------------------------------------------------------------

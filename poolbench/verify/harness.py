@@ -26,7 +26,7 @@ from torch import nn
 from ..stochastic import Seeded
 from .equivalence import Verdict, compare, perturb_parameters, reference_tier
 
-__all__ = ["PassOutputs", "build_pair", "judge", "run_pass", "share_parameters"]
+__all__ = ["PassOutputs", "build_pair", "judge", "run_call", "run_pass", "share_parameters"]
 
 
 @dataclass
@@ -87,6 +87,26 @@ def run_pass(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None =
     grads = torch.autograd.grad(out, inputs, grad_out.to(device=out.device, dtype=out.dtype), allow_unused=True)
     names = (["input"] if x.requires_grad else []) + [name for name, _ in named]
     return PassOutputs(out.detach(), {name: g for name, g in zip(names, grads) if g is not None})
+
+
+def run_call(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor],
+             grad_out: torch.Tensor | Callable[[torch.Size], torch.Tensor] | None = None) -> PassOutputs:
+    """:func:`run_pass` for a function of named tensors (the functional form of a pooler).
+
+    ``fn(**inputs)`` runs on fresh leaves; given ``grad_out`` (or a function of the output shape
+    that makes it), the gradients are keyed by the input names (name the pooled input ``"input"``
+    so it is judged element-wise, the parameters norm-wise).
+    """
+    differentiable = grad_out is not None
+    leaves = {name: value.detach().clone().requires_grad_(differentiable) for name, value in inputs.items()}
+    out = fn(**leaves)
+    if not differentiable:
+        return PassOutputs(out.detach())
+    if callable(grad_out):
+        grad_out = grad_out(out.shape)
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(device=out.device, dtype=out.dtype),
+                                allow_unused=True)
+    return PassOutputs(out.detach(), {name: g for name, g in zip(leaves, grads) if g is not None})
 
 
 def judge(actual: PassOutputs, expected: PassOutputs, dtype: torch.dtype) -> Verdict:
