@@ -16,12 +16,16 @@ def _map_in_tree_plugins() -> None:
 
     An install maps the folder there (``pyproject.toml``'s package-dir); a run from the source tree
     (``PYTHONPATH=. python -m poolbench``, as on a machine without the package installed) has no
-    install, so the same name is given to the folder beside this package.
+    install, so the same name is given to the folder beside this package.  The folder beside the
+    package wins over an install's mapping: a second checkout (a git worktree) run with
+    ``PYTHONPATH`` must measure its own plugins, not those of the checkout that is installed.
     """
-    if _importlib_util.find_spec(f"{__name__}.impls") is not None:
-        return
     folder = _Path(__file__).resolve().parent.parent / "impls"
     if not (folder / "__init__.py").is_file():
+        return  # an installed package: its mapping (or its own poolbench/impls) serves the name
+    installed = _importlib_util.find_spec(f"{__name__}.impls")
+    if installed is not None and installed.submodule_search_locations is not None and \
+            any(_Path(location).resolve() == folder for location in installed.submodule_search_locations):
         return
     spec = _importlib_util.spec_from_file_location(f"{__name__}.impls", folder / "__init__.py",
                                                    submodule_search_locations=[str(folder)])
