@@ -1,8 +1,13 @@
 """SoftPool (Stergiou, Poppe & Kalliatakis, ICCV 2021): y = Σ e^x·x / Σ e^x over the window.
 
-The authors' PyTorch fallback (alexandrosstergiou/SoftPool, pytorch/SoftPool/
-idea.py) computes ``avg_pool(x·e^x) / avg_pool(e^x)`` without any shift, so it
-overflows to inf/NaN once x exceeds ~88 in float32.  Here the weights are a
+The weights are each channel's own e^x, as in the paper and the authors' CUDA
+kernel (alexandrosstergiou/SoftPool, pytorch/CUDA/softpool_cuda_kernel.cu).
+The repository's non-CUDA path (pytorch/SoftPool/idea.py, ``soft_pool2d`` on
+CPU tensors or with ``force_inplace``) differs: it weights every channel by
+the channel sum ``torch.sum(torch.exp(x), dim=1, keepdim=True)`` — one
+weight map for all channels — and, unshifted, overflows to inf/NaN once x
+exceeds ~88 in float32 (an earlier revision used the per-channel
+``avg_pool(x·e^x) / avg_pool(e^x)``, also unshifted).  Here the weights are a
 softmax over each window, which subtracts the window maximum first: |x| = 1e4
 stays finite and, as the input scale grows, the output tends to the window
 max.  Padded positions get weight 0.  Half precision runs in float32.

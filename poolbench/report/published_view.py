@@ -98,7 +98,7 @@ def cost_rows(net: pd.DataFrame, resolution) -> list[dict]:
     for figure in COSTS:
         measured, why = _measured(net, figure, resolution)
         rows.append({
-            "figure": f"{figure.label} ({models.title(figure.network)})",
+            "figure": figure.label,
             "published": _show(figure.quantity, figure.value),
             "source": figure.source,
             "measured": why if measured is None else _show(figure.quantity, measured),
@@ -157,6 +157,7 @@ def plot_worth(plt, net: pd.DataFrame) -> list[tuple[str, object]]:
                         fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.margins(x=0.35, y=0.15)  # room for the labels
         ax.set_xlabel("measured train-step overhead vs the original network (%)")
         ax.set_ylabel("published accuracy change (points, quoted)")
         ax.set_title(f"{models.title(network)}: is it worth it?")

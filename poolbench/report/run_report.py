@@ -69,7 +69,10 @@ def _header(frame: pd.DataFrame, name: str) -> str:
         "(k3 s2 p1) and each stride-2 block of layer2–4 pools its input (k2 s2, main path and shortcut separately) "
         "before stride-1 convolutions — 3648 pooled channels, as the paper's ResNet v1 placement. In ResNets the "
         "*max[vectorized]* row is this placement with max pooling; it needs ~5% fewer MACs than torchvision's "
-        "network because the first 1×1 convolution of each such block then runs at the pooled resolution.",
+        "network because the first 1×1 convolution of each such block then runs at the pooled resolution. "
+        "Each pooler keeps its authors' per-site module there (LIP: the Bottleneck-128 logit module, one trunk "
+        "per block, SimplifiedLIP at the stem); strided conv in ResNets is the original network. A network named "
+        "*(authors' network)* is the one the pooler's authors built (see *Both placements, side by side*).",
         "",
     ]
     return "\n".join(lines)
