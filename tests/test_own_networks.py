@@ -372,6 +372,7 @@ def test_lip_at_the_papers_sites_shares_one_trunk_per_block():
     assert block.bottleneck_shared.conv1.in_channels == 256
 
 
+@pytest.mark.slow
 def test_lip_networks_run_forward_and_backward_at_small_inputs():
     torch.manual_seed(0)
     for placement in ("paper", "authors"):
