@@ -25,6 +25,15 @@ in sign; the current one keeps them in e^[0, 1], and so does poolbench.
   class's ``beta.data.clamp`` is not in place, so training is unconstrained).
   It ties the layer to one input size; another size raises ValueError.
 
+The authors' network (alexandrosstergiou/adaPool, ``main/models/resnet.py``,
+``use_adapool=True``): torchvision's ResNet with the stem's max pool replaced
+by ``AdaPool2d(kernel_size=(2, 2), stride=(2, 2))``, nothing else.  That file
+builds ``AdaPool2d`` without ``beta``, which the class's own assertion
+refuses; the paper's β is one per output position (56×56 = 3136 parameters at
+224²).  Here the network uses the per-channel β (64 parameters), which runs at
+every input size; ``beta_shape`` gives the official map for one size.  The
+repository has no VGG.
+
 Padding is honoured (padded positions are not in the window); the official
 kernel has no padding, so the two agree wherever padding is 0.
 
@@ -44,7 +53,8 @@ from torch import nn
 
 from poolbench.impls._window import compute_dtype, softmax_pool, unfold_windows
 from poolbench.base import Pool2d
-from poolbench.registry import register
+from poolbench.impls.softpool import stem_pool_resnet
+from poolbench.registry import PoolerNetwork, register
 
 
 def dice_sorensen(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -67,6 +77,10 @@ def dice_sorensen(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # softmax-weighted sum 7 per tap) and the β blend (4)
     macs=lambda g, o: (22 * g.taps + 4) * g.outputs(),
     family="baseline",
+    networks={name: PoolerNetwork(stem_pool_resnet, "alexandrosstergiou/adaPool main/models/resnet.py",
+                                  note="AdaPool2d(2, 2) at the stem only; per-channel β (64) instead of the "
+                                       "official 56×56 map at 224² (3136)")
+              for name in ("resnet50@authors", "resnet101@authors")},
 )
 class AdaPool(Pool2d):
     """β·eDSCW + (1−β)·eM; β = sigmoid(θ) per channel, or the official output-sized β map (Stergiou & Poppe 2022)."""

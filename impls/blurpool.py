@@ -33,6 +33,18 @@ matches the standard size:
   window, is dropped as floor-mode pooling drops it).  The clamp only
   matters for even k with p = k/2, whose first window holds one real row.
 
+The authors' networks (adobe/antialiased-cnns, ``antialiased_cnns/resnet.py``
+and ``vgg.py``, filter size 4): the antialiased ResNet replaces the stem's
+max pool by MaxPool(2, stride 1) + BlurPool (maxblur), runs each stride-2
+bottleneck's 3×3 conv2 at stride 1 and blurs its output (after BN and ReLU)
+before conv3 ("ConvBlurPool"), and blurs the block input before a stride-1
+projection shortcut (BlurPool): no parameter is added and the output stays
+(N, 1000).  Both poolers declare that network; each is measured at its own
+sites (maxblur at the stem, blurpool at the blocks), the other's modules
+sitting where the authors put them.  The antialiased VGG-16 puts MaxBlurPool
+at VGG's five max pools — maxblur at the paper's sites, so not measured twice;
+it has no BlurPool on its own, so blurpool has no VGG-16 of its authors.
+
 Reflect padding mirrors without repeating the edge (as ``F.pad(mode=
 "reflect")``), generalised to any width by periodic reflection; a 1-pixel-wide
 map has nothing to mirror and repeats its value.  So a constant image stays
@@ -46,12 +58,16 @@ from __future__ import annotations
 import math
 import numbers
 
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from poolbench.impls._window import compute_dtype
 from poolbench.base import Pool2d
-from poolbench.registry import register
+from poolbench.models.paper import strided_convs
+from poolbench.models.sites import PoolSite, tag
+from poolbench.registry import PoolerNetwork, register
 from poolbench.validation import pooled_size
 
 #: Zhang's antialiased-cnns offers binomial filters of 1 to 7 taps.
@@ -120,9 +136,59 @@ def _maxblur_max_macs(g) -> int:
     return g.taps * g.outputs(1)
 
 
+def antialiased_resnet(model: nn.Module, make, own: str) -> list[PoolSite]:
+    """adobe/antialiased-cnns' ResNet (``pool_only=True``) from an unmodified torchvision ResNet, in place.
+
+    ``make(site)`` builds the ``own`` pooler's modules ("maxblur": the stem; "blurpool": each stride-2
+    block's main path and shortcut); the other kind is built here, with the official filter size 4.
+    Returns ``own``'s sites.
+    """
+    sites = []
+    stem = PoolSite("maxpool", model.conv1.out_channels, 3, 2, 1, "stem")
+    model.maxpool = tag(make(stem), stem) if own == "maxblur" else MaxBlurPool(stem.channels, 3, 2, 1)
+    if own == "maxblur":
+        sites.append(stem)
+
+    def blur(site: PoolSite) -> nn.Module:
+        if own != "blurpool":
+            return BlurPool(site.channels, *site.geometry)
+        sites.append(site)
+        return tag(make(site), site)
+
+    for layer_name in ("layer1", "layer2", "layer3", "layer4"):
+        for index, block in enumerate(getattr(model, layer_name)):
+            strided = strided_convs(block)
+            if not strided:
+                continue
+            if not hasattr(block, "conv3") or block.downsample is None:
+                raise ValueError(f"the antialiased ResNet is built here from bottleneck ResNets; "
+                                 f"{layer_name}.{index} is not one")
+            prefix = f"{layer_name}.{index}"
+            for conv in strided:
+                conv.stride = (1, 1)
+            main = PoolSite(f"{prefix}.conv3.0", block.conv3.in_channels, 2, 2, 0, "main")
+            block.conv3 = nn.Sequential(blur(main), block.conv3)
+            projection = block.downsample[0]
+            shortcut = PoolSite(f"{prefix}.downsample.0", projection.in_channels, 2, 2, 0, "shortcut")
+            projection.stride = (1, 1)
+            block.downsample = nn.Sequential(blur(shortcut), projection, *block.downsample[1:])
+    return sites
+
+
+def _antialiased(own: str) -> dict[str, PoolerNetwork]:
+    source = "adobe/antialiased-cnns antialiased_cnns/resnet.py"
+    resnet = PoolerNetwork(lambda model, make: antialiased_resnet(model, make, own), source,
+                           lambda sites: 0, "antialiased ResNet, filter size 4, pool_only=True")
+    declared = {"resnet50@authors": resnet, "resnet101@authors": resnet}
+    if own == "maxblur":
+        declared["vgg16@authors"] = PoolerNetwork(None, "adobe/antialiased-cnns antialiased_cnns/vgg.py",
+                                                  note="MaxBlurPool at VGG's five max pools: the paper's sites")
+    return declared
+
+
 # MACs: the binomial f×f blur sampled at the pooled grid
 @register("blurpool", "vectorized", params="0", family="baseline",
-          macs=lambda g, o: _blur_macs(o) * g.outputs())
+          macs=lambda g, o: _blur_macs(o) * g.outputs(), networks=_antialiased("blurpool"))
 class BlurPool(_BinomialBlur):
     """Binomial blur (4 taps by default) with reflect padding, sampled at the pooling windows' centres."""
 
@@ -141,7 +207,7 @@ class BlurPool(_BinomialBlur):
 
 # MACs: max at stride 1, then the blur sampled at stride s
 @register("maxblur", "vectorized", params="0", family="baseline",
-          macs=lambda g, o: _maxblur_max_macs(g) + _blur_macs(o) * g.outputs())
+          macs=lambda g, o: _maxblur_max_macs(g) + _blur_macs(o) * g.outputs(), networks=_antialiased("maxblur"))
 class MaxBlurPool(_BinomialBlur):
     """Max pooling at stride 1, then the binomial blur sampled with stride s (Zhang's MaxBlurPool).
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "TIERS",
+    "PoolerNetwork",
     "PoolerSpec",
     "by_priority",
     "check_tier_names",
@@ -44,7 +45,9 @@ __all__ = [
     "known_tiers",
     "load_plugins",
     "names",
+    "networks",
     "register",
+    "register_network",
     "specs",
     "tiers",
     "tiers_on",
@@ -128,7 +131,32 @@ class PoolerSpec:
         return self.available(device_type)
 
 
+#: ``swap(model, make) -> sites``: turns an unmodified network into a pooler's own, in place, placing
+#: ``make(site)`` (the pooler, built by the run's tier and options) at each of its sites (see ``poolbench.models``).
+NetworkSwap = Callable[[nn.Module, Callable[..., nn.Module]], list]
+
+
+@dataclass(frozen=True)
+class PoolerNetwork:
+    """A network a pooler brings itself: the one its authors built, or its own form of the paper's sites.
+
+    It is declared for a network name that may carry a placement (``"resnet50@authors"``: the authors'
+    network; a bare ``"resnet50"``: the paper's same-sites comparison in the pooler's own form, e.g. LIP's
+    logit trunk shared by a block's two sites).  ``swap`` builds it from the unmodified network
+    (``None``: it *is* the pooler's network at the paper's placement, so nothing is measured twice);
+    ``source`` names where it comes from (repository file or paper table); ``param_overhead(sites)``
+    is its analytic parameter overhead when that is not the sum of the pooler's per-site formula
+    (shared modules, changed convolutions); ``note`` says what differs from the authors' own code.
+    """
+
+    swap: NetworkSwap | None
+    source: str
+    param_overhead: Callable[[list], int] | None = None
+    note: str = ""
+
+
 _REGISTRY: dict[str, dict[str, PoolerSpec]] = {}
+_NETWORKS: dict[str, dict[str, PoolerNetwork]] = {}
 _PLUGINS_LOADED = False
 _PLUGIN_ERRORS: dict[str, str] = {}
 
@@ -149,8 +177,12 @@ def register(
     description: str = "",
     available: Availability | None = None,
     replace: bool = False,
+    networks: Mapping[str, PoolerNetwork] | None = None,
 ):
     """Decorator registering ``factory(channels, kernel_size, stride, padding, **options)``.
+
+    ``networks`` declares the networks the pooler brings itself (see :class:`PoolerNetwork` and
+    :func:`register_network`): the pooler, not poolbench, says where its authors put it.
 
     A new tier name is accepted (an identifier) and joins :func:`known_tiers`.
     ``priority`` defaults to 0 on every device (:data:`REFERENCE_PRIORITY` for
@@ -179,9 +211,35 @@ def register(
         if tier not in _TIER_ORDER:
             _TIER_ORDER.append(tier)
         _REGISTRY.setdefault(name, {})[tier] = spec
+        for network, declaration in (networks or {}).items():
+            register_network(name, network, declaration, replace=replace)
         return factory
 
     return decorator
+
+
+def register_network(pooler: str, network: str, declaration: PoolerNetwork, *, replace: bool = False) -> None:
+    """Declare ``declaration`` as ``pooler``'s own ``network`` (``"resnet50@authors"``, or a bare name).
+
+    Every tier of the pooler shares it.  Declaring a different one for the same (pooler, network)
+    is an error unless ``replace=True``.
+    """
+    if not isinstance(declaration, PoolerNetwork):
+        raise TypeError(f"a pooler's network must be a poolbench.registry.PoolerNetwork, got {declaration!r}")
+    if not isinstance(network, str) or not network.replace("@", "").replace("_", "").isalnum():
+        raise ValueError(f"network must be a model name, optionally with its placement ('resnet50@authors'), "
+                         f"got {network!r}")
+    existing = _NETWORKS.get(pooler, {}).get(network)
+    if existing is not None and existing != declaration and not replace:
+        raise ValueError(f"pooler {pooler!r} already declares its {network!r} network (from {existing.source}); "
+                         "pass replace=True to override")
+    _NETWORKS.setdefault(pooler, {})[network] = declaration
+
+
+def networks(pooler: str) -> dict[str, PoolerNetwork]:
+    """The networks ``pooler`` declares, by (placed) network name (empty: it brings none)."""
+    load_plugins()
+    return dict(_NETWORKS.get(pooler, {}))
 
 
 def _priority_by_device(tier: str, priority, devices: tuple[str, ...]) -> dict[str, int]:

@@ -297,8 +297,10 @@ def official_simplified_lip(x, conv_weight, norm_weight, norm_bias, kernel, stri
 
 
 @pytest.mark.parametrize("kernel_size, stride, padding", ((3, 2, 1), (2, 2, 0)))
-def test_lip_default_is_the_official_simplified_lip(kernel_size, stride, padding):
-    module = create("lip", 4, kernel_size, stride, padding)
+def test_lip_full_form_is_the_official_simplified_lip(kernel_size, stride, padding):
+    """The default at a 3×3 window (the stem's, as LIP-ResNet's), and ``logit_conv="full"`` anywhere."""
+    options = {} if kernel_size == 3 else {"logit_conv": "full"}
+    module = create("lip", 4, kernel_size, stride, padding, **options)
     assert module.logit_conv == "full" and tuple(module.logit_weight.shape) == (4, 4, 3, 3)
     assert not module.logit_weight.detach().any(), "zero-initialised conv, as init_layer"
     generator = torch.Generator().manual_seed(3)
@@ -314,13 +316,16 @@ def test_lip_default_is_the_official_simplified_lip(kernel_size, stride, padding
     assert_close(torch.autograd.grad(y, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
 
 
-def test_lip_parameter_counts_of_both_forms():
+def test_lip_parameter_counts_of_every_form():
     spec = poolbench.get_spec("lip", "vectorized")
-    full = sum(p.numel() for p in create("lip", 64).parameters())
+    full = sum(p.numel() for p in create("lip", 64, 3, 2, 1).parameters())
+    bottleneck = sum(p.numel() for p in create("lip", 64).parameters())
     depthwise = sum(p.numel() for p in create("lip", 64, logit_conv="depthwise").parameters())
-    assert spec.param_count(64, 2) == full == 9 * 64 * 64 + 2 * 64
+    assert spec.param_count(64, 3) == full == 9 * 64 * 64 + 2 * 64
+    # 1×1 C→128, 3×3 128→128, 1×1 128→C and three InstanceNorms' γ, β (the official Bottleneck-128)
+    assert spec.param_count(64, 2) == bottleneck == 64 * 128 + 9 * 128 * 128 + 128 * 64 + 2 * (128 + 128 + 64)
     assert depthwise == 11 * 64
-    with pytest.raises(ValueError, match="logit_conv must be one of full, depthwise, got 'dense'"):
+    with pytest.raises(ValueError, match="logit_conv must be one of auto, bottleneck, full, depthwise, got 'dense'"):
         create("lip", 4, logit_conv="dense")
 
 

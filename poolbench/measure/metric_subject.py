@@ -93,8 +93,7 @@ class Subject:
         elif self.is_baseline:
             module = nn.MaxPool2d(*self.site.geometry)
         else:
-            module = registry.create(self.pooler, self.site.channels, *self.site.geometry, tier=tier,
-                                     **self.pooler_options())
+            module = models.create_at(self.site, self.pooler, tier, **self.pooler_options())  # the site's options too
         module = module.to(device=self.device, dtype=self.dtype)
         return module.to(memory_format=torch.channels_last) if self.channels_last else module
 

@@ -25,6 +25,18 @@ The swap is a pure function of (model name, pooler, tier, options): the
 networks are built with random weights (``weights=None``, nothing is
 downloaded).  ``pooler=None`` is the unmodified torchvision network, the
 baseline every overhead is measured against.
+
+Networks a pooler brings itself.  A pooler may declare, in its own file
+(``poolbench.registry.register(networks=...)`` or
+:func:`poolbench.registry.register_network`), the network its authors built
+(``"resnet50@authors"``: LIP-ResNet, the antialiased ResNet, visinf/dpp's
+DPP ResNet, …) and its own form of the paper's sites (``"resnet50"``: e.g.
+LIP's logit trunk shared by a block's main path and shortcut, or strided
+convolution being the unmodified ResNet).  At the authors' placement a
+(network, pooler) pair exists only where the pooler declares it: building
+any other raises ``ValueError`` ("not published"), never another pooler's
+sites.  A network's own ``placements`` serve pooler-less builds only
+(:func:`poolbench.dpp.build_authors_resnet` places the authors' own layer).
 """
 from __future__ import annotations
 
@@ -49,7 +61,10 @@ __all__ = [
     "build_baseline",
     "build_with",
     "count_params",
+    "create_at",
+    "has_network",
     "layer_input_shapes",
+    "network_declaration",
     "param_overhead_analytic",
     "pool_sites",
     "place",
@@ -75,8 +90,9 @@ class ModelSpec:
     baseline); ``swap(model, make)`` places ``make(site)`` at every
     :class:`PoolSite` of such a network, in place, and returns the sites in
     forward order (the paper's placement); ``placements`` maps the name of any
-    other placement the network declares (``"authors"``) to its swap;
-    ``title`` is the report's name for it.
+    other placement the network declares (``"authors"``) to its swap for
+    pooler-less builds (a registered pooler's authors' network is the pooler's
+    own declaration); ``title`` is the report's name for it.
     """
 
     name: str
@@ -137,9 +153,70 @@ def placed_name(model_name: str, placement: str) -> str:
     return model_name if placement == "paper" else f"{model_name}{SEPARATOR}{placement}"
 
 
-def placements_of(model_name: str) -> tuple[str, ...]:
-    """The placements ``model_name`` declares: ``"paper"`` first, then its others."""
-    return ("paper", *_check_model(model_name).placements)
+def placements_of(model_name: str, poolers=None) -> tuple[str, ...]:
+    """The placements at which ``model_name`` has networks of its own: ``"paper"`` first, then the others.
+
+    A placement other than the paper's counts only where one of ``poolers`` (default: every registered
+    pooler) declares a network there that is not its paper network (so VGG-16, whose antialiased form is
+    maxblur at the paper's sites and which no other author rebuilt, has the paper's placement only).
+    """
+    base = _check_model(model_name).name
+    poolers = registry.names() if poolers is None else list(poolers)
+    extra = [placement for placement in PLACEMENTS[1:]
+             if any(has_network(placed_name(base, placement), pooler) for pooler in poolers)]
+    return ("paper", *extra)
+
+
+def network_declaration(model_name: str, pooler: str) -> "registry.PoolerNetwork | None":
+    """``pooler``'s own declaration for ``model_name`` (placement included), resolved: ``None`` if it has none.
+
+    A declaration whose ``swap`` is ``None`` (the pooler's network at the paper's placement) resolves to the
+    pooler's paper declaration, if any, keeping its ``source`` and ``note``.
+    """
+    base, placement = split_placement(model_name)
+    _check_model(base)
+    declared = registry.networks(pooler) if pooler in registry.names() else {}
+    declaration = declared.get(placed_name(base, placement))
+    if declaration is not None and declaration.swap is None:
+        if placement == "paper":
+            raise ValueError(f"{pooler}'s declaration of {base!r} has no swap: only another placement may say "
+                             "'same as the paper's'")
+        paper = declared.get(base)
+        swap = paper.swap if paper is not None else MODELS[base].swap
+        return registry.PoolerNetwork(swap, declaration.source, paper.param_overhead if paper else None,
+                                      declaration.note)
+    return declaration
+
+
+def has_network(model_name: str, pooler: str) -> bool:
+    """Whether (``model_name``, ``pooler``) is a network of its own to measure.
+
+    Every pooler has the paper's placement; at another placement only where the pooler declares a
+    network that is not its paper network (a declaration with ``swap=None`` says the two are the same).
+    """
+    base, placement = split_placement(model_name)
+    if placement == "paper":
+        return True
+    declared = registry.networks(pooler) if pooler in registry.names() else {}
+    declaration = declared.get(placed_name(_check_model(base).name, placement))
+    return declaration is not None and declaration.swap is not None
+
+
+def _swap_of(model_name: str, pooler: str | None) -> Swap:
+    """The swap building ``pooler``'s ``model_name`` (placement included); ValueError where none is published."""
+    spec = _check_model(model_name)
+    base, placement = split_placement(model_name)
+    if pooler is None:
+        return spec.swap_for(placement)
+    declaration = network_declaration(model_name, pooler)
+    if declaration is not None:
+        return declaration.swap
+    if placement == "paper":
+        return spec.swap
+    declared = sorted(registry.networks(pooler)) if pooler in registry.names() else []
+    raise ValueError(f"not published: {pooler}'s authors published no {spec.title} network, so {pooler} has no "
+                     f"{placed_name(base, placement)!r} (it declares: {', '.join(declared) or 'none'}); measure "
+                     f"it at the paper's placement ({base!r}) instead")
 
 
 def _check_model(model_name: str) -> ModelSpec:
@@ -164,7 +241,7 @@ def title(model_name: str) -> str:
     spec = MODELS.get(base)
     if spec is None:
         return model_name
-    return spec.title if placement == "paper" else f"{spec.title} ({placement}' placement)"
+    return spec.title if placement == "paper" else f"{spec.title} ({placement}' network)"
 
 
 def build_baseline(model_name: str) -> nn.Module:
@@ -177,15 +254,16 @@ def place(make: Callable[[PoolSite], nn.Module], site: PoolSite) -> nn.Module:
     return tag(make(site), site)
 
 
-def swap(model: nn.Module, model_name: str, make: Callable[[PoolSite], nn.Module]) -> list[PoolSite]:
+def swap(model: nn.Module, model_name: str, make: Callable[[PoolSite], nn.Module],
+         pooler: str | None = None) -> list[PoolSite]:
     """Place ``make(site)`` at every :class:`PoolSite` of an unmodified ``model_name`` network, in place.
 
     Returns the sites in forward order.  The network must be ``model_name``
-    as built (a second swap would find no max pools to replace).
-    ``"<model>@authors"`` uses the authors' placement (:mod:`poolbench.models.authors`) where the
-    network declares one.
+    as built (a second swap would find no max pools to replace).  With ``pooler``, the network is the
+    one that pooler declares for ``model_name`` (``"<model>@authors"``: its authors' network; ValueError
+    "not published" where it declares none); without, the network's own placement.
     """
-    return _check_model(model_name).swap_for(split_placement(model_name)[1])(model, make)
+    return _swap_of(model_name, pooler)(model, make)
 
 
 def _torchvision(constructor_name: str) -> Callable[[], nn.Module]:
@@ -202,10 +280,13 @@ register_model("resnet50", "ResNet-50", _torchvision("resnet50"), swap_resnet, {
 register_model("resnet101", "ResNet-101", _torchvision("resnet101"), swap_resnet, {"authors": swap_authors_resnet})
 
 
-def build_with(model_name: str, make: Callable[[PoolSite], nn.Module]) -> nn.Module:
-    """The network with ``make(site)`` placed at every :class:`PoolSite` (random weights)."""
+def build_with(model_name: str, make: Callable[[PoolSite], nn.Module], pooler: str | None = None) -> nn.Module:
+    """The network with ``make(site)`` placed at every :class:`PoolSite` (random weights).
+
+    ``pooler`` picks the network that pooler declares for ``model_name`` (see :func:`swap`).
+    """
     model = build_baseline(model_name)
-    swap(model, model_name, make)
+    swap(model, model_name, make, pooler)
     return model
 
 
@@ -220,6 +301,8 @@ def build(
 ) -> nn.Module:
     """``model_name`` with registered pooler ``pooler`` at the paper's placement (or ``placement="authors"``).
 
+    ``placement="authors"`` builds the network the pooler's authors built (the pooler's own declaration,
+    e.g. sebgao/LIP's LIP-ResNet-50 for ``"lip"``); ValueError "not published" where they built none.
     ``pooler=None`` returns the unmodified torchvision network (the baseline).
     ``tier=None`` picks the fastest tier available on ``device``; ``options``
     go to every pooler's factory (e.g. ``alpha``, ``lam``, ``seed``).  Raises
@@ -244,8 +327,15 @@ def swap_in(model: nn.Module, model_name: str, pooler: str, tier: str | None = N
     spec = registry.get_spec(pooler, tier, device or "cpu")
     if device is not None and (reason := spec.unavailable_reason(device)) is not None:
         raise ValueError(reason)
-    return swap(model, model_name, lambda site: registry.create(pooler, site.channels, *site.geometry,
-                                                                tier=spec.tier, **options))
+    return swap(model, model_name, lambda site: create_at(site, pooler, spec.tier, **options), pooler)
+
+
+def create_at(site: PoolSite, pooler: str, tier: str | None = None, **options) -> nn.Module:
+    """Registered ``pooler[tier]`` for ``site``: its channels and window, with the site's own options.
+
+    What a network places at the site and what a per-layer measurement of the site builds.
+    """
+    return registry.create(pooler, site.channels, *site.geometry, tier=tier, **{**options, **dict(site.options)})
 
 
 def replace_poolers(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> None:
@@ -257,8 +347,11 @@ def replace_poolers(model: nn.Module, make: Callable[[PoolSite], nn.Module]) -> 
         setattr(parent, attribute, tag(make(site), site))
 
 
-def pool_sites(model_name: str) -> list[PoolSite]:
-    """Every place a pooler goes in ``model_name``, in forward order (built on the meta device: no memory)."""
+def pool_sites(model_name: str, pooler: str | None = None) -> list[PoolSite]:
+    """Every place a pooler goes in ``model_name``, in forward order (built on the meta device: no memory).
+
+    With ``pooler``, the sites of the network that pooler declares for ``model_name`` (see :func:`swap`).
+    """
     sites: list[PoolSite] = []
 
     def record(site: PoolSite) -> nn.Module:
@@ -266,7 +359,7 @@ def pool_sites(model_name: str) -> list[PoolSite]:
         return nn.MaxPool2d(*site.geometry)
 
     with torch.device("meta"):
-        build_with(model_name, record)
+        build_with(model_name, record, pooler)
     return sites
 
 
@@ -275,15 +368,24 @@ def pooler_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if hasattr(module, SITE_ATTRIBUTE)}
 
 
-def layer_input_shapes(model_name: str, batch: int = 1, resolution: int = 224) -> list[tuple[PoolSite, tuple[int, ...]]]:
+def layer_input_shapes(model_name: str, batch: int = 1, resolution: int = 224,
+                       pooler: str | None = None) -> list[tuple[PoolSite, tuple[int, ...]]]:
     """(site, input shape) of every pooling layer, recorded with forward hooks on a meta-device forward.
 
-    The shapes do not depend on the pooler (each keeps the max-pool output
-    size), so the network is built with ``nn.MaxPool2d`` at every site.
+    At the paper's sites the shapes do not depend on the pooler (each keeps the max-pool output size),
+    so the network is built with ``nn.MaxPool2d`` at every site.  A network a pooler declares itself
+    (``pooler``; e.g. LIP-ResNet, whose blocks pass shared logit features to their poolers) is built
+    with that pooler's own modules.
     """
     shapes: dict[str, tuple[int, ...]] = {}
+    own = pooler is not None and network_declaration(model_name, pooler) is not None
+    if own:
+        tier = "vectorized" if "vectorized" in registry.tiers(pooler) else registry.tiers(pooler)[0]
+        make = lambda site: create_at(site, pooler, tier, **({"seed": 0} if registry.get_spec(pooler, tier).stochastic else {}))  # noqa: E731
+    else:
+        make = lambda site: nn.MaxPool2d(*site.geometry)  # noqa: E731
     with torch.device("meta"):
-        model = build_with(model_name, lambda site: nn.MaxPool2d(*site.geometry))
+        model = build_with(model_name, make, pooler)
     handles = [
         module.register_forward_pre_hook(lambda module, args, name=name: shapes.__setitem__(name, tuple(args[0].shape)))
         for name, module in pooler_modules(model).items()
@@ -294,7 +396,7 @@ def layer_input_shapes(model_name: str, batch: int = 1, resolution: int = 224) -
     finally:
         for handle in handles:
             handle.remove()
-    return [(site, shapes[site.name]) for site in pool_sites(model_name)]
+    return [(site, shapes[site.name]) for site in pool_sites(model_name, pooler)]
 
 
 def count_params(model: nn.Module) -> int:
@@ -303,6 +405,11 @@ def count_params(model: nn.Module) -> int:
 
 
 def param_overhead_analytic(model_name: str, pooler: str, tier: str | None = None) -> int:
-    """Parameters ``pooler`` adds to ``model_name`` according to the registry's ``param_count``."""
+    """Parameters ``pooler`` adds to ``model_name``: the registry's per-site ``param_count`` summed over the
+    sites, or the pooler's own formula for a network it declares with one (shared or replaced modules)."""
     spec = registry.get_spec(pooler, tier) if tier else registry.get_spec(pooler, registry.tiers(pooler)[0])
-    return sum(spec.param_count(site.channels, site.kernel_size) for site in pool_sites(model_name))
+    sites = pool_sites(model_name, pooler)
+    declaration = network_declaration(model_name, pooler)
+    if declaration is not None and declaration.param_overhead is not None:
+        return declaration.param_overhead(sites)
+    return sum(spec.param_count(site.channels, site.kernel_size) for site in sites)

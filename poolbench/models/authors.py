@@ -1,4 +1,4 @@
-"""The authors' ResNet placement of DPP (visinf/dpp), offered beside the paper's.
+"""DPP's authors' ResNet (visinf/dpp), offered beside the paper's placement.
 
 Read from visinf/dpp, ``models/resnetdpp.lua`` and ``models/cudads.lua``:
 
@@ -31,10 +31,12 @@ sum form is the mean form with α′ = α·4^(λ/2): the same family, but one
 
 * ``placement="paper"`` places the requested pooler as configured (the
   paper's form unless ``scale_invariant=True``);
-* ``placement="authors"`` places the requested pooler at the authors' sites
-  (so every pooler is compared at the same sites), and
+* ``placement="authors"`` places the requested DPP variant at these sites
+  (every DPP variant declares this network, ``impls/dpp_networks.py``; other
+  poolers bring their own authors' networks or have none), and
   :class:`poolbench.dpp.AverageDownSample` (the sum form, as the CUDA kernel) is the
-  authors' own ResNet-50/101 layer (:func:`poolbench.dpp.build_authors_resnet`).
+  authors' own ResNet-50/101 layer (:func:`poolbench.dpp.build_authors_resnet`,
+  a pooler-less build of these sites).
 
 A network name may carry its placement, ``"resnet50@authors"``: that is how a
 run measures both placements side by side (``poolbench run --placement

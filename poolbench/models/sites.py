@@ -18,7 +18,10 @@ class PoolSite:
 
     ``name`` is the pooler's qualified module name in the swapped network
     (what ``named_modules`` and the FLOP counters report); ``role`` is
-    ``"vgg"``, ``"stem"``, ``"main"`` (a block's main path) or ``"shortcut"``.
+    ``"vgg"``, ``"stem"``, ``"main"`` (a block's main path), ``"shortcut"`` or ``"block"``.
+    ``options`` are the pooler options the site's own network builds it with (e.g. LIP's
+    ``logit_conv="bottleneck"`` in LIP-ResNet), as ``(name, value)`` pairs so the site stays hashable:
+    the network and a per-layer measurement of the site build the same module.
     """
 
     name: str
@@ -27,6 +30,7 @@ class PoolSite:
     stride: int
     padding: int
     role: str
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def geometry(self) -> tuple[int, int, int]:

@@ -1,10 +1,11 @@
-"""The report's side-by-side view of the paper's and the authors' ResNet placements of DPP."""
+"""The report's side-by-side view of each pooler at the paper's sites and in its authors' own network."""
 from __future__ import annotations
 
 from typing import Callable
 
 import pandas as pd
 
+from .. import models
 from ..models import placed_name
 
 __all__ = ["placement_comparison", "placement_section"]
@@ -30,30 +31,55 @@ def _overhead(net: pd.DataFrame, model: str, pooler: str, tier: str, quantity: s
 
 
 def placement_comparison(net: pd.DataFrame, baseline: tuple[str, str],
-                         poolers: tuple[str, ...] = ("dpp_lite_sym", "dpp_full_sym")) -> list[dict]:
+                         poolers: tuple[str, ...] | None = None) -> list[dict]:
     """Rows with the parameter, MAC and time overheads of both placements side by side.
 
     ``net`` is the report's network table (one row per model × pooler × tier, one column per quantity);
-    a placement a run did not measure shows "–" (``poolbench run --placement both`` measures both).
-    Overheads are in % of the run's baseline network (``baseline`` = (pooler, tier)) of the same placement
-    name, so every ratio comes from one run.
+    ``poolers`` default to every pooler the run measured.  The authors' column reads "not published" where
+    the pooler's authors built no such network, "= paper" where their network is the paper's sites (the
+    antialiased VGG-16), "–" where it exists but this run did not measure it (``poolbench run --placement
+    both`` measures both).  Overheads are in % of the run's baseline network (``baseline`` = (pooler,
+    tier)) of the same placement name, so every ratio comes from one run.
     """
     rows = []
     if net.empty:
         return rows
-    for model in ("resnet50", "resnet101"):
+    present = set(net["model"])
+    bases = list(dict.fromkeys(models.split_placement(name)[0] for name in net["model"]))
+    measured = list(dict.fromkeys(net["pooler"]))
+    wanted = [p for p in (poolers if poolers is not None else measured) if p != baseline[0]]
+    for model in bases:
         authors = placed_name(model, "authors")
-        for pooler in poolers:
+        if model not in models.MODELS:
+            continue
+        for pooler in wanted:
             tiers = sorted(set(net[(net["model"].isin((model, authors))) & (net["pooler"] == pooler)]["tier"]))
+            published = _published(authors, pooler)
+            if poolers is None and published == "not published" and authors not in present:
+                continue  # nothing to put side by side
             for tier in tiers:
-                row = {"network": model, "pooler": f"{pooler}[{tier}]"}
+                row = {"network": model, "pooler": f"{pooler}[{tier}]", "authors' network": published}
                 for column, quantity in _OVERHEADS:
                     for placement, name in (("paper", model), ("authors", authors)):
                         value = _overhead(net, name, pooler, tier, quantity, baseline)
                         digits = 3 if quantity == "params_overhead_pct" else 1
-                        row[f"{column} ({placement})"] = "–" if value is None else f"{value:+.{digits}f}%"
+                        if value is None and placement == "authors" and published in ("not published", "= paper"):
+                            row[f"{column} ({placement})"] = published
+                        else:
+                            row[f"{column} ({placement})"] = "–" if value is None else f"{value:+.{digits}f}%"
                 rows.append(row)
     return rows
+
+
+def _published(authors_name: str, pooler: str) -> str:
+    """Where ``pooler``'s authors' network comes from: its source, "= paper", or "not published"."""
+    try:
+        declaration = models.network_declaration(authors_name, pooler)
+    except ValueError:
+        return "not published"
+    if declaration is None:
+        return "not published"
+    return declaration.source if models.has_network(authors_name, pooler) else "= paper"
 
 
 def placement_section(net: pd.DataFrame, baseline: tuple[str, str], table: Callable[[list[dict]], str]) -> str:
@@ -61,11 +87,14 @@ def placement_section(net: pd.DataFrame, baseline: tuple[str, str], table: Calla
     rows = placement_comparison(net, baseline)
     if not rows:
         return ""
-    note = ("Paper: the stem and, in each stride-2 block, the main path and the shortcut are pooled at the block "
-            "input (3648 channels in ResNet-50/101). Authors (visinf/dpp `models/resnetdpp.lua`): the stem keeps "
-            "its max pool and each stride-2 block pools its output after the addition and ReLU (3584 channels); "
-            "the authors' own ResNet-50/101 used `AverageDownSample` there (2 parameters per channel, window-sum "
-            "normalised) whatever DPP variant was asked for — here the measured pooler takes its place. Overheads "
-            "are vs the unmodified network measured in the same run; \"–\": not measured (`poolbench run "
-            "--placement both` measures both).\n\n")
+    note = ("Paper: every pooler at the same sites — the stem and, in each stride-2 block, the main path and the "
+            "shortcut pooled at the block input (3648 channels in ResNet-50/101), each pooler with its authors' "
+            "per-site module (LIP: one logit trunk per block, as LIP-ResNet; strided conv: the original ResNet). "
+            "Authors: each pooler in the network its authors built (source named): visinf/dpp's ResNet for DPP "
+            "(one pooler per stride-2 block, on its output; their own layer there was `AverageDownSample`), "
+            "sebgao/LIP's LIP-ResNet, adobe/antialiased-cnns' ResNet and VGG, SoftPool's and AdaPool's ResNets "
+            "(the stem only). \"not published\": the pooler's authors built no such network (none is "
+            "substituted); \"= paper\": their network is the paper's sites; \"–\": not measured (`poolbench run "
+            "--placement both` measures both). Overheads are vs the unmodified network measured in the same "
+            "run.\n\n")
     return "### Both placements, side by side\n\n" + note + table(rows)

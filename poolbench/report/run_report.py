@@ -17,6 +17,8 @@ from ..dpp import DPP_VARIANTS
 from ..measure.timing import host_bound
 from ..metrics import BASELINE_POOLER, BASELINE_TIER, CPU_MEMORY_METHOD
 from .placement import placement_section
+from .published import SLIDES
+from .published_view import accuracy_section, cost_rows, plot_worth
 from . import tables
 
 __all__ = ["PAPER", "build_report", "paper_vs_measured", "write_plots"]
@@ -70,7 +72,10 @@ def _header(frame: pd.DataFrame, name: str) -> str:
         "(k3 s2 p1) and each stride-2 block of layer2–4 pools its input (k2 s2, main path and shortcut separately) "
         "before stride-1 convolutions — 3648 pooled channels, as the paper's ResNet v1 placement. In ResNets the "
         "*max[vectorized]* row is this placement with max pooling; it needs ~5% fewer MACs than torchvision's "
-        "network because the first 1×1 convolution of each such block then runs at the pooled resolution.",
+        "network because the first 1×1 convolution of each such block then runs at the pooled resolution. "
+        "Each pooler keeps its authors' per-site module there (LIP: the Bottleneck-128 logit module, one trunk "
+        "per block, SimplifiedLIP at the stem); strided conv in ResNets is the original network. A network named "
+        "*(authors' network)* is the one the pooler's authors built (see *Both placements, side by side*).",
         "",
     ]
     return "\n".join(lines)
@@ -162,7 +167,8 @@ def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
                                                                               "params_overhead")
         rows.append({
             "figure": f"Full-DPP parameter overhead, {models.title(model)}",
-            "paper": f"{paper:.3f}%",
+            "published": f"{paper:.3f}%",
+            "source": SLIDES + ", 'Properties'",
             "measured": (f"{measured[0][1]:.3f}% (+{int(overhead[0][1]):,} params)" if measured else "not measured"),
             "agrees": ("yes" if measured and round(measured[0][1], 3) in (paper, round(paper - 0.001, 3))
                        else ("close" if measured and abs(measured[0][1] - paper) < 0.005 else "–")),
@@ -181,7 +187,8 @@ def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
         label = "Lite-DPP" if family == "dpp_lite" else "Full-DPP"
         rows.append({
             "figure": f"{label} parameters per feature map",
-            "paper": f"{paper}" + (" (2 + 10)" if family == "dpp_full" else ""),
+            "published": f"{paper}" + (" (2 + 10)" if family == "dpp_full" else ""),
+            "source": SLIDES + ", 'Properties'",
             "measured": (f"{found[1]:g} ({models.title(found[0])}, {found[2]} pooled channels)" if found
                          else "not measured"),
             "agrees": ("yes" if found and abs(found[1] - paper) < 1e-9 else "–"),
@@ -191,11 +198,22 @@ def paper_vs_measured(frame: pd.DataFrame) -> list[dict]:
             overhead = 100 * (ratio_train - 1)
             rows.append({
                 "figure": f"VGG-16 time overhead, {tables.label(pooler, tier)} (train step)",
-                "paper": f"≤ {PAPER['vgg16_max_time_overhead_pct']:.0f}%",
+                "published": f"≤ {PAPER['vgg16_max_time_overhead_pct']:.0f}%",
+                "source": SLIDES + ", 'Properties' (worst case, the authors' GPU)",
                 "measured": f"{overhead:+.0f}% (forward {100 * (ratio_fwd - 1):+.0f}%)",
                 "agrees": "yes" if overhead <= PAPER["vgg16_max_time_overhead_pct"] else "no",
             })
+    # every other pooler's published costs (LIP-ResNet's parameters and FLOPs, the baselines' FLOPs)
+    resolution = frame.iloc[-1].get("resolution", "?") if not frame.empty else "?"
+    rows += [row for row in cost_rows(net, _int_or(resolution)) if "DPP" not in row["figure"]]
     return rows
+
+
+def _int_or(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def _vgg_time_ratios(net: pd.DataFrame, pooler: str) -> list[tuple[str, float, float]]:
@@ -218,8 +236,12 @@ def _paper_section(frame: pd.DataFrame) -> str:
     note = (f"Time overheads are this run's train-step (forward+backward) latency ratio vs max pooling on VGG-16, "
             f"{env.get('device', '?')} ({env.get('device_name', '?')}), batch {env.get('batch', '?')}, "
             f"{env.get('resolution', '?')}²; the paper timed its own GPU implementation.\n\n")
-    placements = placement_section(tables.values(frame, "network"), (BASELINE_POOLER, BASELINE_TIER), tables.markdown)
-    return "## Paper vs measured\n\n" + note + tables.markdown(paper_vs_measured(frame)) + "\n\n" + placements
+    net = tables.values(frame, "network")
+    placements = placement_section(net, (BASELINE_POOLER, BASELINE_TIER), tables.markdown)
+    return ("## Paper vs measured\n\n" + note + "Every figure a pooler's paper or official repository publishes "
+            "for these networks, with its source; *measured* is this run's.\n\n"
+            + tables.markdown(paper_vs_measured(frame)) + "\n\n" + placements + "\n\n"
+            + accuracy_section(net, tables.markdown))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,8 +257,10 @@ def write_plots(frame: pd.DataFrame, out_dir: Path, name: str) -> tuple[list[Pat
     except ImportError:
         return [], "matplotlib is not installed: no plots (pip install matplotlib)"
     written: list[Path] = []
-    for suffix, draw in (("latency", _plot_network_latency), ("layers", _plot_layer_latency)):
-        fig = draw(plt, frame)
+    figures = [(suffix, draw(plt, frame)) for suffix, draw in (("latency", _plot_network_latency),
+                                                                ("layers", _plot_layer_latency))]
+    figures += plot_worth(plt, tables.values(frame, "network"))  # one per network: quoted accuracy vs overhead
+    for suffix, fig in figures:
         if fig is not None:
             fig.tight_layout()
             path = out_dir / f"{name}_{suffix}.png"

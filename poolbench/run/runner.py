@@ -87,10 +87,13 @@ class RunConfig:
         if self.placement not in PLACEMENTS + ("both",):
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, both; got {self.placement!r}")
         # a network name carries its placement ("resnet50@authors"): rows of both placements live side by side.
-        # A network measured at a placement it does not declare keeps its paper placement, under its bare name.
+        # A network none of the poolers has an authors' network of keeps its paper placement, under its bare
+        # name (VGG-16 is measured once); plan() keeps, at the authors' placement, only the poolers whose
+        # authors built that network.
         wanted = PLACEMENTS if self.placement == "both" else (self.placement,)
         self.models = tuple(dict.fromkeys(
-            name if "@" in name else placed_name(name, placement if placement in models.placements_of(name) else "paper")
+            name if "@" in name else placed_name(
+                name, placement if placement in models.placements_of(name, self.poolers) else "paper")
             for name in self.models for placement in wanted))
         if self.metrics is not None:
             registry.load_plugins()  # a plugin may register metrics too
@@ -244,17 +247,30 @@ def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, 
     return failed or [(registered[0] if registered else "none", f"no tier of {pooler} runs on {device.type}")]
 
 
-def _layer_groups(model: str, config: RunConfig) -> list[tuple[str, list, tuple[int, ...]]]:
-    """(label, sites, input shape) per distinct pooling layer; a block's main path and shortcut share one."""
+def _layer_groups(model: str, config: RunConfig, pooler: str | None = None) -> list[tuple[str, list, tuple[int, ...]]]:
+    """(label, sites, input shape) per distinct pooling layer; a block's main path and shortcut share one.
+
+    With ``pooler``, the layers of the network that pooler declares itself (its authors' network).  At the
+    authors' placement each label carries its window, since two poolers' networks may pool one tensor
+    with different windows.
+    """
     merged: dict[tuple, list] = {}
-    for site, shape in models.layer_input_shapes(model, config.batch, config.resolution):
-        merged.setdefault((shape, site.geometry, site.channels, site.name.split(".conv1")[0].split(".downsample")[0]),
-                          []).append(site)
+    for site, shape in models.layer_input_shapes(model, config.batch, config.resolution, pooler):
+        merged.setdefault((shape, site.geometry, site.channels, site.options,
+                           site.name.split(".conv1")[0].split(".downsample")[0]), []).append(site)
     groups = []
-    for (shape, _, _, prefix), sites in merged.items():
+    for (shape, geometry, _, _, prefix), sites in merged.items():
         label = sites[0].name if len(sites) == 1 else f"{prefix} ({'+'.join(s.role for s in sites)})"
+        if split_placement(model)[1] != "paper":
+            label += " (k{} s{} p{})".format(*geometry)
         groups.append((label, sites, shape))
     return groups
+
+
+def _own_layer_groups(config: RunConfig, model: str, poolers: list[str]) -> dict[str, list]:
+    """The layer groups of every pooler in ``poolers`` that brings its own ``model`` network."""
+    return {pooler: _layer_groups(model, config, pooler) for pooler in poolers
+            if pooler in registry.names() and models.network_declaration(model, pooler) is not None}
 
 
 def _metric_list(config: RunConfig, scope: str) -> list[str]:
@@ -266,15 +282,26 @@ def plan(config: RunConfig) -> list[Group]:
     """Every cell group of the run, baseline first in each network, in measuring order."""
     registry.load_plugins()
     poolers = list(config.poolers) if config.poolers is not None else registry.names()
-    return [group for model in config.models for group in plan_network(config, model, poolers)]
+    # at the authors' placement a (network, pooler) cell exists only where that pooler's authors built the network
+    return [group for model in config.models
+            for group in plan_network(config, model, [p for p in poolers if p not in registry.names()
+                                                      or models.has_network(model, p)])]
 
 
 def plan_network(config: RunConfig, model: str, poolers: list[str], *, baseline: bool = True) -> list[Group]:
     """The cell groups of ``poolers`` in one network (the max-pool baseline's first unless ``baseline=False``)."""
     known = set(registry.names())
     network_metrics, layer_metrics = _metric_list(config, "network"), _metric_list(config, "layer")
+    own_layer_groups: dict[str, list] = {}
     try:
-        layer_groups = _layer_groups(model, config) if config.layers else []
+        if not config.layers:
+            layer_groups = []
+        elif split_placement(model)[1] == "paper":
+            layer_groups = _layer_groups(model, config)
+            own_layer_groups = _own_layer_groups(config, model, poolers)
+        else:  # each pooler's own network; the baseline pools every layer any of them pools
+            own_layer_groups = _own_layer_groups(config, model, poolers)
+            layer_groups = list({g[0]: g for groups in own_layer_groups.values() for g in groups}.values())
         layer_error = None
     except Exception as exc:  # e.g. a resolution too small for the network
         layer_groups, layer_error = [], f"{type(exc).__name__}: {exc}"
@@ -296,7 +323,7 @@ def plan_network(config: RunConfig, model: str, poolers: list[str], *, baseline:
         if layer_error is not None:
             groups.append(Group(model, pooler, tier, "layer", layer="all", metrics=["all"],
                                 skip_reason=layer_error))
-        for label, sites, shape in layer_groups:
+        for label, sites, shape in own_layer_groups.get(pooler, layer_groups):
             groups.append(Group(model, pooler, tier, "layer", label, sites, shape, layer_metrics))
     return groups
 
