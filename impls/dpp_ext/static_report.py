@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from poolbench.report.tables import markdown_table
 from poolbench.toolchain import cpp_extension, cuda_home
 
 from .build import CSRC, CUDA_CFLAGS, CUDA_SOURCES, HEADERS, BuildError, build_directory
@@ -300,10 +301,8 @@ def to_markdown(rows: list[dict], arch: str) -> str:
              "for other grid-stride kernels (64-bit-index forward, backward window kernel) the static "
              "span of the loop body, which includes never-taken border paths. NOPs excluded. mufu: "
              "special-function instructions (MUFU.*) in the kernel.", "",
-             "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join("–" if row.get(key) is None else str(row.get(key)) for key in _COLUMNS) + " |"
-              for row in rows]
-    return "\n".join(lines) + "\n"
+             markdown_table(rows, _COLUMNS)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # python -m poolbench.impls.dpp_ext.static_report sm_90 [--md FILE]

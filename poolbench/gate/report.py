@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from ..report.tables import markdown_table
 from .comparison import Comparison
 from ..measure.config import COMPARATOR, BenchConfig
 from .results import SuiteRun
@@ -81,13 +82,12 @@ def _comparison_sections(comparison: Comparison) -> list[str]:
     if comparison.groups:
         changes = [g.change for g in comparison.groups]
         lines += [f"Pooler ratio changes (per tier and pass): median {_pct(statistics.median(changes))}, "
-                  f"range {_pct(min(changes))} to {_pct(max(changes))}.", "",
-                  "| pooler | tier | pass | layers | change (geo. mean) | worst layer | status |",
-                  "|---|---|---|---|---|---|---|"]
-        for g in sorted(comparison.groups, key=lambda g: -g.change):
-            worst = g.worst
-            lines.append(f"| {g.pooler} | {g.tier} | {g.pass_} | {len(g.rows)} | {_pct(g.change)} | "
-                         f"layer{worst.key[2]} {_pct(worst.change)} | {g.status} |")
+                  f"range {_pct(min(changes))} to {_pct(max(changes))}.", ""]
+        lines += markdown_table(
+            {"pooler": g.pooler, "tier": g.tier, "pass": g.pass_, "layers": len(g.rows),
+             "change (geo. mean)": _pct(g.change), "worst layer": f"layer{g.worst.key[2]} {_pct(g.worst.change)}",
+             "status": g.status}
+            for g in sorted(comparison.groups, key=lambda g: -g.change)).splitlines()
         lines.append("")
     sections = (("regressed", f"Regressed layers (ratio up by more than {comparison.case_threshold:.0%})"),
                 ("slower", f"Slower layers (ratio up by {comparison.threshold:.0%}–{comparison.case_threshold:.0%}, "
@@ -96,17 +96,18 @@ def _comparison_sections(comparison: Comparison) -> list[str]:
     for status, title in sections:
         rows = sorted(comparison.by_status(status), key=lambda r: -abs(r.change or 0))
         if rows:
-            lines += [f"## {title}", "", "| case | baseline ratio | current ratio | change |", "|---|---|---|---|"]
-            lines += [f"| {r.label} | {_ratio(r.baseline_ratio)} | {_ratio(r.current_ratio)} | {_pct(r.change)} |"
-                      for r in rows]
-            lines.append("")
+            lines += [f"## {title}", "", *_case_table(rows, status=False), ""]
     for status, title in (("new", "New (no baseline yet)"), ("missing", "In the baseline but not measured"),
                           ("unmeasured", "Measured without a usable ratio")):
         rows = comparison.by_status(status)
         if rows:
             lines += [f"## {title}", "", *(f"- {r.label}: {r.note}" for r in rows), ""]
-    lines += ["## All cases", "", "| case | baseline ratio | current ratio | change | status |", "|---|---|---|---|---|"]
-    lines += [f"| {r.label} | {_ratio(r.baseline_ratio)} | {_ratio(r.current_ratio)} | {_pct(r.change)} | {r.status} |"
-              for r in comparison.rows]
-    lines.append("")
+    lines += ["## All cases", "", *_case_table(comparison.rows, status=True), ""]
     return lines
+
+
+def _case_table(rows, *, status: bool) -> list[str]:
+    columns = ["case", "baseline ratio", "current ratio", "change"] + (["status"] if status else [])
+    return markdown_table(({"case": r.label, "baseline ratio": _ratio(r.baseline_ratio),
+                            "current ratio": _ratio(r.current_ratio), "change": _pct(r.change), "status": r.status}
+                           for r in rows), columns).splitlines()

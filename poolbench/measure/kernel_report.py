@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from ..report.tables import markdown_table
+
 __all__ = ["ROW_KEYS", "KernelCase", "cases", "compile_case", "cuda_rows", "executed_path", "kernel_rows",
            "per_window_counts", "to_markdown", "toolchain_versions", "triton_kernel_rows", "vgg_cases"]
 
@@ -278,8 +280,6 @@ def kernel_rows(arch: str = "sm_90", progress=None) -> tuple[list[dict], list[st
 
 
 def _cell(value) -> str:
-    if value is None:
-        return "–"
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     return str(value)
@@ -305,8 +305,7 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def _table(rows: list[dict], keys) -> list[str]:
-    return (["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-            + ["| " + " | ".join(_cell(row.get(key)) for key in keys) + " |" for row in rows])
+    return markdown_table(rows, list(keys), format_cell=_cell).splitlines()
 
 
 def to_markdown(rows: list[dict], arch: str, notes: list[str] = (), command: str = "",

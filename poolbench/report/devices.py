@@ -70,9 +70,7 @@ def _side_by_side(groups: list[DeviceGroup], model: str, scope: str, keys: list[
             row.update({f"{header} · {group.label}": value for header, value in tables.metric_cells(r, scope).items()})
     if not rows:
         return ""
-    table = pd.DataFrame(list(rows.values())).fillna("–")
-    empty = [c for c in table.columns if (table[c].astype(str) == "–").all()]
-    return table.drop(columns=empty).to_markdown(index=False, disable_numparse=True) + "\n"
+    return tables.markdown_table(rows.values(), drop_empty=True)
 
 
 def _settings_section(groups: list[DeviceGroup]) -> str:

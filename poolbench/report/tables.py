@@ -6,12 +6,13 @@ report and the multi-device report format every value, ratio and failure alike.
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from ..metrics import BASELINE_POOLER, BASELINE_TIER, Column, report_columns
 
-__all__ = ["cell", "failures_section", "fmt", "fmt_int", "label", "markdown", "metric_cells", "missing_section",
+__all__ = ["cell", "failures_section", "fmt", "fmt_int", "label", "markdown", "markdown_table", "metric_cells", "missing_section",
            "number", "order", "ratio", "scaled", "values", "with_ratios"]
 
 
@@ -59,13 +60,39 @@ def order(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(_base=~is_base).sort_values(["_base", "pooler", "tier"]).drop(columns="_base")
 
 
+def markdown_table(rows: Iterable[Mapping], columns: Sequence[str] | None = None, *, missing: str = "–",
+                   drop_empty: bool = False, format_cell: Callable[[object], str] = str) -> str:
+    """The one markdown table renderer of poolbench's reports (run, devices, layerbench, gates, kernels).
+
+    ``rows`` are mappings (or a DataFrame's records); ``columns`` defaults to the keys of the rows in first-seen
+    order.  A cell is ``format_cell(value)``, ``missing`` for ``None``/NaN, with ``|`` escaped and line breaks
+    folded, so a cell can never break the table.  ``drop_empty`` leaves out columns no row has a value in
+    (e.g. CUDA peak memory in a CPU run).  Cells are written as given (no number re-formatting), one line per
+    row, so a report diffs line by line.
+    """
+    rows = [dict(row) for row in (rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows)]
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def text(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return missing
+        return format_cell(value).replace("|", "\\|").replace("\n", " ")
+
+    cells = [[text(row.get(column)) for column in columns] for row in rows]
+    if drop_empty:
+        keep = [i for i in range(len(columns)) if any(line[i] != missing for line in cells)]
+        columns, cells = [columns[i] for i in keep], [[line[i] for i in keep] for line in cells]
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(line) + " |" for line in cells]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict]) -> str:
+    """A report table of pre-formatted rows; columns no row has a value in are left out."""
     if not rows:
         return "_no measurements_\n"
-    table = pd.DataFrame(rows)
-    # columns no cell of this run has (e.g. CUDA peak memory in a CPU run) only add noise
-    empty = [c for c in table.columns if (table[c].astype(str) == "–").all()]
-    return table.drop(columns=empty).to_markdown(index=False) + "\n"
+    return markdown_table(rows, drop_empty=True)
 
 
 def number(value, digits: int = 2) -> str:
@@ -106,7 +133,7 @@ def failures_section(frame: pd.DataFrame) -> str:
                .agg(cells=("metric", "size"), models=("model", lambda m: ", ".join(sorted(set(m)))),
                     poolers=("label", lambda p: ", ".join(sorted(set(p)))))
                .reset_index())
-    rows = [{"status": r["status"], "cells": r["cells"], "reason": r["reason"].replace("|", "\\|").replace("\n", " "),
+    rows = [{"status": r["status"], "cells": r["cells"], "reason": r["reason"],
              "pooler[tier]": r["poolers"], "models": r["models"]}
             for _, r in grouped.iterrows()]
     return "## Cells that did not run\n\n" + markdown(rows)

@@ -34,6 +34,7 @@ from ..measure.metric_subject import Subject
 from ..measure.subject import PASSES, PassSubject, check_amp, paired_ratio, torch_threads
 from ..metrics import BASELINE_POOLER, BASELINE_TIER
 from ..measure.timing import HOST_BOUND_RATIO, ROUND_STATISTIC, check_timing, combine_rounds, host_bound, peak_memory_bytes, time_rounds
+from ..report.tables import markdown_table
 from ..validation import pooled_size
 
 __all__ = [
@@ -469,17 +470,6 @@ def to_frame(rows: Sequence[LayerRow]):
     return pd.DataFrame.from_records(records, columns=[title for _, title in COLUMNS])
 
 
-def _markdown_table(frame) -> str:
-    """``DataFrame.to_markdown`` (tabulate), or a plain pipe table where tabulate is not installed."""
-    try:
-        return frame.to_markdown(index=False)
-    except ImportError:
-        header = "| " + " | ".join(map(str, frame.columns)) + " |"
-        rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-        body = ["| " + " | ".join(map(str, values)) + " |" for values in frame.itertuples(index=False)]
-        return "\n".join([header, rule, *body])
-
-
 def to_markdown(rows: Sequence[LayerRow], meta: dict, command: str = "") -> str:
     """A self-describing markdown report: run settings, the table, what was skipped and why."""
     frame = to_frame(rows)
@@ -512,7 +502,7 @@ def to_markdown(rows: Sequence[LayerRow], meta: dict, command: str = "") -> str:
     ]
     if command:
         lines += [f"Command: `{command}`", ""]
-    lines.append(_markdown_table(frame))
+    lines.append(markdown_table(frame))
     skipped = meta.get("skipped_tiers") or {}
     if skipped:
         lines += ["", "Tiers not run on this device:", ""]
