@@ -51,6 +51,8 @@ __all__ = [
     "specs",
     "tiers",
     "tiers_on",
+    "left_out_reason",
+    "LEFT_OUT_BY_DEFAULT",
     "unavailable_reason",
 ]
 
@@ -343,14 +345,36 @@ def by_priority(candidates: Iterable[PoolerSpec], device: str | torch.device) ->
     return sorted(ranked, key=lambda spec: (-spec.priority[device_type], _TIER_ORDER.index(spec.tier)))
 
 
-def tiers_on(name: str, device: str | torch.device, *, include_reference: bool = True) -> dict[str, str | None]:
-    """Every tier of ``name`` -> ``None`` if it runs on ``device``, else why not; in :func:`known_tiers` order.
+#: Tiers a measuring tool (run, layerbench, both gates) leaves out unless asked for by name, and why.
+LEFT_OUT_BY_DEFAULT: Mapping[str, str] = {
+    "reference": "the float64 reference tier loops over windows in Python: it is the ground truth the other "
+                 "tiers are checked against, far too slow to time (ask for it by name, e.g. --tiers reference)",
+}
 
-    The one rule for "which tiers run here", shared by ``poolbench check``,
-    ``run``, ``layerbench`` and the gate.
+
+def left_out_reason(tier: str, *, asked: Iterable[str] | None = None,
+                    left_out: Mapping[str, str] = LEFT_OUT_BY_DEFAULT) -> str | None:
+    """Why a tool leaves ``tier`` out (``None`` when it does not): it is in ``left_out`` and ``asked`` does not name it.
+
+    ``left_out`` is the tool's own list (:data:`LEFT_OUT_BY_DEFAULT` plus, say, the instruction gate's
+    uncounted tiers); ``asked`` is the tier names the user gave, ``None`` for "all".
     """
-    return {tier: get_spec(name, tier).unavailable_reason(device)
-            for tier in tiers(name) if include_reference or tier != "reference"}
+    if tier in left_out and tier not in (asked or ()):
+        return left_out[tier]
+    return None
+
+
+def tiers_on(name: str, device: str | torch.device, *, asked: Iterable[str] | None = None,
+             left_out: Mapping[str, str] = LEFT_OUT_BY_DEFAULT) -> dict[str, str | None]:
+    """Every tier of ``name`` -> ``None`` if a tool runs it on ``device``, else why not; in :func:`known_tiers` order.
+
+    The one rule for "which tiers run here", shared by ``poolbench run``, ``layerbench`` and the gates: a
+    tier is out when it cannot run on ``device`` or the tool leaves it out (:func:`left_out_reason`).
+    ``poolbench check`` passes ``left_out={}``: it runs every tier, the reference included.
+    """
+    asked = None if asked is None else tuple(asked)
+    return {tier: left_out_reason(tier, asked=asked, left_out=left_out) or get_spec(name, tier).unavailable_reason(device)
+            for tier in tiers(name)}
 
 
 def check_tier_names(wanted: Iterable[str], extra: Iterable[str] = (), poolers: Iterable[str] | None = None) -> None:

@@ -99,3 +99,15 @@ def test_param_count_formula_matches_modules():
         if spec.name.startswith(("dpp", "s3dpp")):
             module = spec.factory(6, 2, 2, 0)
             assert sum(p.numel() for p in module.parameters()) == spec.param_count(6, 2), spec.name
+
+
+def test_one_rule_leaves_a_tier_out_unless_asked_for_by_name():
+    """run, layerbench and both gates ask the registry which tiers they leave out: the reference by default,
+    a tool's own extras (the instruction gate's uncounted compiled tier) on top, and never a tier asked for."""
+    reasons = registry.tiers_on("dpp_lite_sym", "cpu")
+    assert "ground truth" in reasons["reference"] and reasons["vectorized"] is None
+    assert registry.tiers_on("dpp_lite_sym", "cpu", asked=["reference"])["reference"] is None
+    extra = {**registry.LEFT_OUT_BY_DEFAULT, "compiled": "compiles inside valgrind"}
+    assert registry.tiers_on("dpp_lite_sym", "cpu", left_out=extra)["compiled"] == "compiles inside valgrind"
+    assert registry.left_out_reason("compiled", asked=["compiled"], left_out=extra) is None
+    assert registry.tiers_on("dpp_lite_sym", "cpu", left_out={})["reference"] is None

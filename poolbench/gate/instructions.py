@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .. import registry
 from . import callgrind
 from ..measure import BenchCase, BenchConfig
 from ..measure.cases import format_shape, split_names
@@ -128,7 +129,9 @@ def worker_environment(root: Path, env: dict | None = None) -> dict:
 
 
 def _plan(config: BenchConfig, poolers, tiers, plugins: Sequence[str], result: Path) -> dict:
-    uncounted = {tier: reason for tier, reason in UNCOUNTED_TIERS.items() if tier not in (split_names(tiers) or ())}
+    asked = split_names(tiers)
+    uncounted = {tier: reason for tier in UNCOUNTED_TIERS
+                 if (reason := registry.left_out_reason(tier, asked=asked, left_out=UNCOUNTED_TIERS)) is not None}
     return {"poolers": split_names(poolers), "tiers": split_names(tiers), "uncounted": uncounted, "plugins": list(plugins),
             "batch": config.batch,
             "resolution": config.resolution, "threads": config.threads, "seed": config.seed,

@@ -69,7 +69,8 @@ def bench_cases(config: BenchConfig, poolers: Iterable[str] | None = None,
     registry.check_tier_names(tiers or ())
     cases = []
     for spec in registry.specs():
-        if spec.tier == "reference" or (poolers and spec.name not in poolers) or (tiers and spec.tier not in tiers):
+        left_out = registry.left_out_reason(spec.tier, asked=tiers)
+        if left_out is not None or (poolers and spec.name not in poolers) or (tiers and spec.tier not in tiers):
             continue
         reason = spec.unavailable_reason(config.device)
         for layer, shape in enumerate(config.shapes(), start=1):

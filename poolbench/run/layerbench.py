@@ -97,13 +97,13 @@ def peak_bandwidth(device: torch.device | str) -> float | None:
     return peak_bandwidth_for(torch.cuda.get_device_name(device))
 
 
-def dpp_tiers(device: torch.device | str, variant: str = "dpp_lite_sym", include_reference: bool = False):
+def dpp_tiers(device: torch.device | str, variant: str = "dpp_lite_sym", asked: Iterable[str] | None = None):
     """(available tiers, {unavailable tier: reason}) of ``variant`` on ``device``, in registry order.
 
-    The reference tier (a Python loop over windows, seconds per call at these
-    shapes) is left out unless asked for: it is the ground truth, not a contender.
+    The reference tier (a Python loop over windows, seconds per call at these shapes) is left out unless
+    ``asked`` names it (:func:`poolbench.registry.tiers_on`): it is the ground truth, not a contender.
     """
-    reasons = registry.tiers_on(variant, device, include_reference=include_reference)
+    reasons = registry.tiers_on(variant, device, asked=asked)
     return [tier for tier, reason in reasons.items() if reason is None], {t: r for t, r in reasons.items() if r}
 
 
@@ -301,7 +301,7 @@ def _plan(device, batch, dtype, tiers, variants, resolution, layers, min_run_tim
     for layer in chosen_layers:
         if not 1 <= layer <= count:
             raise ValueError(f"layer must be in 1..{count}, got {layer}")
-    available, skipped = dpp_tiers(device, variants[0], include_reference=tiers is not None and "reference" in tiers)
+    available, skipped = dpp_tiers(device, variants[0], asked=tiers)
     if tiers is not None:
         wanted = list(dict.fromkeys(tiers))
         registry.check_tier_names(wanted)

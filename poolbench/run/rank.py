@@ -28,7 +28,7 @@ from ..models import split_placement
 from .records import read_records
 from .results import (RANK_VOLATILE, ResultsWriter, check_results_stem, load_results, measured_cells,
                       move_aside, settings_differences, stem_file)
-from .runner import SLOW_TIERS, RunConfig, RunResult, grid_cells, measure_groups, plan, plan_network
+from .runner import RunConfig, RunResult, grid_cells, measure_groups, plan, plan_network
 from .runlock import RunLock
 from .shards import merge_shards, move_shards_aside, shard_stem
 
@@ -63,7 +63,7 @@ def _tier_count(pooler: str | None, config: RunConfig) -> int:
         return 1
     registered = registry.tiers(pooler)
     if config.tiers is None:
-        return max(1, sum(tier not in SLOW_TIERS for tier in registered))
+        return max(1, sum(registry.left_out_reason(tier) is None for tier in registered))
     return max(1, sum(tier in registered for tier in config.tiers) + ("fastest" in config.tiers))
 
 

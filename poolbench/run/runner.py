@@ -40,10 +40,6 @@ QUICK_POOLERS = ("max", "avg", "dpp_lite_sym", "dpp_full_sym", "softpool", "lip"
 QUICK = {"batch": 1, "resolution": 64, "poolers": QUICK_POOLERS, "tiers": ("fastest",),
          "settings": Settings(warmup=1, min_run_time=0.05, rounds=3), "threads": 1}
 
-#: Tiers left out unless asked for by name: the float64 reference loops over windows in Python.
-SLOW_TIERS = {"reference": "the float64 reference tier loops over windows in Python, far too slow for networks "
-                           "(ask for it with --tiers reference; `poolbench check` compares against it)"}
-
 FASTEST = "fastest"
 
 
@@ -199,7 +195,7 @@ def _selected_tiers(pooler: str, config: RunConfig) -> list[tuple[str, str | Non
     chosen: list[tuple[str, str | None]] = []
     if wanted is None or FASTEST in wanted:
         if wanted is None:
-            chosen += [(tier, SLOW_TIERS.get(tier) or reason) for tier, reason in registry.tiers_on(pooler, device).items()]
+            chosen += list(registry.tiers_on(pooler, device).items())
         else:
             chosen.extend(_fastest_working_tier(pooler, device))
     for tier in wanted or []:
@@ -227,7 +223,7 @@ def _fastest_working_tier(pooler: str, device: torch.device) -> list[tuple[str, 
     registered = registry.tiers(pooler)
     preference = [spec.tier for spec in registry.by_priority(map(registry.get_spec, [pooler] * len(registered), registered),
                                                              device)]
-    candidates = preference + [t for t in registered if t not in preference and t not in SLOW_TIERS]
+    candidates = preference + [t for t in registered if t not in preference and registry.left_out_reason(t) is None]
     failed: list[tuple[str, str | None]] = []
     for tier in candidates:
         spec = registry.get_spec(pooler, tier)
