@@ -18,6 +18,7 @@ from poolbench import dpp_custom_op
 from poolbench import functional as PF
 from poolbench.dpp import DPP_VARIANTS, DPPArgs
 from poolbench.tolerances import assert_close
+from poolbench.verify.equivalence import perturb_parameters
 
 from dpp_tester import random_dpp_parameters
 
@@ -246,9 +247,5 @@ class DPPCustomOpTester:
         options = {"seed": 0} if "s3dpp" in name else {}
         module = poolbench.create(name, 2, 2, 2, 0, tier=self.tier, device=device, alpha=0.7, lam=1.5, **options)
         module = module.double().eval()
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for parameter in module.parameters():
-                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
-                               .to(device))
+        perturb_parameters(module, seed=1)  # the equivalence contract's one perturbation rule
         return module, [p for p in module.parameters()]

@@ -21,6 +21,7 @@ import poolbench
 from poolbench import functional as PF
 from poolbench.stochastic import s3_indices
 from poolbench.tolerances import assert_close
+from poolbench.verify.equivalence import perturb_parameters
 
 
 def create(name, channels=3, kernel_size=2, stride=2, padding=0, **options):
@@ -303,10 +304,7 @@ def test_lip_full_form_is_the_official_simplified_lip(kernel_size, stride, paddi
     module = create("lip", 4, kernel_size, stride, padding, **options)
     assert module.logit_conv == "full" and tuple(module.logit_weight.shape) == (4, 4, 3, 3)
     assert not module.logit_weight.detach().any(), "zero-initialised conv, as init_layer"
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(0.5 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    perturb_parameters(module, seed=3)  # off the zero-initialised conv: the contract's one perturbation rule
     x = signed_input(2, 4, 9, 8).requires_grad_()
     expected = official_simplified_lip(x, module.logit_weight, module.norm_weight, module.norm_bias,
                                        kernel_size, stride, padding)
