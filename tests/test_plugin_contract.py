@@ -125,8 +125,11 @@ def test_a_new_network_is_one_file(monkeypatch, tmp_path):
     assert [shape for _, shape in models.layer_input_shapes("plugin_tinynet", 1, 16)] == [(1, 8, 16, 16), (1, 16, 8, 8)]
     # the per-layer benchmark knows its pooling layers without a shape table
     assert shapes.pool_layers("plugin_tinynet", 1, 16) == [((1, 8, 16, 16), (2, 2, 0)), ((1, 16, 8, 8), (2, 2, 0))]
-    result = sweep.run(runner.RunConfig(models=("plugin_tinynet",), poolers=("dpp_lite_sym",), tiers=("vectorized",),
-                                         metrics=("params",), batch=1, resolution=16, out=tmp_path), progress=False)
+    # a network with only the paper's placement runs under --placement both, measured once, under its bare name
+    config = runner.RunConfig(models=("plugin_tinynet",), poolers=("dpp_lite_sym",), tiers=("vectorized",),
+                              metrics=("params",), batch=1, resolution=16, out=tmp_path, placement="both")
+    assert config.models == ("plugin_tinynet",)
+    result = sweep.run(config, progress=False)
     assert result.errors == 0
     assert "## TinyNet" in result.report.read_text()
 
