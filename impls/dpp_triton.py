@@ -2,8 +2,14 @@
 
 Two ops in the ``poolbench_triton`` namespace carry the whole tier:
 
-* ``dpp_forward(x, alpha, lam, weight?, bias?, kernel_size, stride, padding, asym, eps2, scale_invariant) -> y``
+* ``dpp_forward(x, alpha, lam, weight?, bias?, kernel_size, stride, padding, asym, eps2, scale_invariant,
+  log_params=False) -> y``
 * ``dpp_backward(grad, x, alpha, lam, weight?, bias?, ...) -> (grad_x, grad_alpha, grad_lam, grad_weight, grad_bias)``
+
+With ``log_params`` (the modules' call) ``alpha``/``lam`` are the stored ln α, ln λ: the kernels form
+log2 α and λ per channel and return the gradients w.r.t. the logs, so a module call dispatches this one
+op (no ``exp`` before it, no chain-rule ``mul`` after its backward).  The functional form passes α and λ
+themselves (λ = 0 included) with ``log_params`` False.
 
 Their fake (meta) kernels and the forward's autograd formula (double backward
 included) are registered by :mod:`poolbench.dpp_custom_op`, shared with the
@@ -83,18 +89,18 @@ def _kernels(x: Tensor):
 
 def dpp_forward(x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
-                scale_invariant: bool) -> Tensor:
-    """DPP of x (N, C, H, W) → (N, C, OH, OW) in x's dtype; α, λ (C,); weight (C, 1, 3, 3), bias (C,) or None."""
+                scale_invariant: bool, log_params: bool = False) -> Tensor:
+    """DPP of x (N, C, H, W) → (N, C, OH, OW) in x's dtype; α, λ (C,) (or their logs); weight (C, 1, 3, 3), bias (C,) or None."""
     return _kernels(x).forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                               scale_invariant)
+                               scale_invariant, log_params)
 
 
 def dpp_backward(grad: Tensor, x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
-                 scale_invariant: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients w.r.t. (x, α, λ, weight, bias), recomputing the weights; weight/bias grads are empty for Lite."""
+                 scale_invariant: bool, log_params: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. (x, α, λ, weight, bias) as passed (the logs for ``log_params``); weight/bias grads are empty for Lite."""
     grads = _kernels(x).backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                                 scale_invariant)
+                                 scale_invariant, log_params)
     if weight is None:  # the op family's contract: Lite-DPP placeholders in α's dtype (as the C++ op)
         grads = (*grads[:3], alpha.new_empty((0,)), alpha.new_empty((0,)))
     return grads
@@ -104,7 +110,8 @@ def dpp_backward(grad: Tensor, x: Tensor, alpha: Tensor, lam: Tensor, weight: Op
 # torch.library.custom_op: the dispatcher then calls the kernel directly, without custom_op's per-call
 # Python wrapper (default filling, output-alias checks: ≈10 µs a call).  The kernels return fresh,
 # non-aliasing tensors; opcheck (tests) verifies the schema, fake kernels and autograd.
-_SETTINGS = "int kernel_size, int stride, int padding, bool asym, float eps2, bool scale_invariant"
+_SETTINGS = ("int kernel_size, int stride, int padding, bool asym, float eps2, bool scale_invariant, "
+             "bool log_params=False")
 _LIBRARY = torch.library.Library(NAMESPACE, "DEF")
 _LIBRARY.define(f"dpp_forward(Tensor x, Tensor alpha, Tensor lam, Tensor? weight, Tensor? bias, {_SETTINGS}) -> Tensor")
 _LIBRARY.define(f"dpp_backward(Tensor grad, Tensor x, Tensor alpha, Tensor lam, Tensor? weight, Tensor? bias, "
@@ -113,12 +120,41 @@ for _key in ("CPU", "CUDA"):
     _LIBRARY.impl("dpp_forward", dpp_forward, _key)
     _LIBRARY.impl("dpp_backward", dpp_backward, _key)
 
-register_dpp_op(NAMESPACE, dpp_vectorized)
+register_dpp_op(NAMESPACE, dpp_vectorized, log_params=True)
 
 
-def dpp_triton(x, alpha, lam, guide, args: DPPArgs):
-    return call_forward(NAMESPACE, x, alpha, lam, guide, args)
+class TritonKernel:
+    """The DPP tier kernel of the triton tier (``kernel(x, alpha, lam, guide, args)``).
 
+    It takes the modules' stored logs (``args.log_params``).  :meth:`bind` is the module's fast
+    path: after one checked call for a (shape, dtype, device, settings) key it returns
+    ``run(x, alpha, lam, guide)``, which calls the op with the settings already laid out.  The op
+    itself finds the launch plan cached per shape (validated when it is built).
+    """
+
+    takes_log_params = True
+
+    def __call__(self, x, alpha, lam, guide, args: DPPArgs):
+        return call_forward(NAMESPACE, x, alpha, lam, guide, args)
+
+    def bind(self, x, args: DPPArgs):
+        """``run(x, alpha, lam, guide)`` for inputs like ``x``."""
+        _kernels(x)  # the device check the op would make, once
+        op = torch.ops.poolbench_triton.dpp_forward.default
+        settings = (*args.op_arguments(), bool(args.log_params))
+
+        def run(x, alpha, lam, guide):
+            if guide is None:
+                return op(x, alpha, lam, None, None, *settings)
+            return op(x, alpha, lam, guide[0], guide[1], *settings)
+
+        return run
+
+    def __repr__(self) -> str:
+        return "TritonKernel()"
+
+
+dpp_triton = TritonKernel()
 
 register_dpp_tier(
     "triton",
@@ -127,4 +163,5 @@ register_dpp_tier(
     priority={"cuda": 40},  # on the CPU only Triton's interpreter runs it: never picked there
     description="fused Triton forward/backward kernels (torch.library custom op)",
     op_namespaces=("poolbench_triton",),
+    takes_log_params=True,
 )

@@ -61,6 +61,11 @@ Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
     ∂L/∂I_q (direct) = ĝ·w_q + γ_q,    ∂L/∂Ĩ = −Σ_q γ_q
     Lite: ∂L/∂I_q += (∂L/∂Ĩ)/n;   Full: ∂L/∂I[tap t] += ∂L/∂Ĩ·F_t, ∂L/∂F_t += ∂L/∂Ĩ·I[tap t], ∂L/∂b += ∂L/∂Ĩ
 
+Parameters as stored (``LOG_PARAMS``, the modules' call): α and λ arrive as θα = ln α, θλ = ln λ;
+log2 α = θα·log2 e and λ = exp(θλ) are formed once per program, and the kernels return
+∂L/∂θα = α·∂L/∂α (per window ĝ·Σ(I − y)·2^(log2 α − M)) and ∂L/∂θλ = λ·∂L/∂λ (per program), so a
+module call is the one op.  Without it (the functional form) α ≥ 0, λ ≥ 0 are taken as given.
+
 The window kernel's last program (an atomic counter, reset by that program) sums
 every program's α/λ/F/b partials in a fixed order and writes the parameter
 gradients in the parameters' dtypes: no reduction or copy launches follow.
@@ -113,6 +118,7 @@ BIG_DEVIATION: tl.constexpr = tl.constexpr(2.0 ** 50)
 #: Floor of the (scaled) ε² so that log2 c stays finite when ε²·sc² underflows.
 TINY: tl.constexpr = tl.constexpr(1.1754944e-38)
 LN2: tl.constexpr = tl.constexpr(math.log(2.0))
+LOG2E: tl.constexpr = tl.constexpr(1.0 / math.log(2.0))
 
 #: Smallest BLOCK of any config: bounds the grid's second dimension (CUDA allows 65535 there).
 MIN_BLOCK = 64
@@ -184,9 +190,9 @@ def _pixel_slots(args) -> int:
 
 #: Autotune keys: every argument that changes the compiled kernel or its best tile (the plane's
 #: geometry, the variant flags; Triton adds the tensors' dtypes), never the batch size.
-FORWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI"]
-BACKWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI", "FUSED_GX"]
-PIXEL_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "POOL", "GUIDE", "ACCUM"]
+FORWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI", "LOG_PARAMS"]
+BACKWARD_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "SI", "FUSED_GX", "LOG_PARAMS"]
+PIXEL_KEY = ["H", "W", "P", "K", "S", "PAD", "ASYM", "FULL", "POOL", "GUIDE", "ACCUM", "LOG_PARAMS"]
 
 _FWD_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (512, 4)))
 _BWD_WINDOW_CONFIGS = _configs(((64, 2), (128, 4), (256, 4), (256, 2)))
@@ -386,11 +392,26 @@ def _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, eps2, oh, ow, pmask, H,
 
 
 @triton.jit
-def _log2_alpha(alpha_ptr, ch, ACC: tl.constexpr):
-    """log2 α of the program's channel (−inf for α = 0), once per program."""
-    alpha = tl.load(alpha_ptr + ch)
-    alpha = alpha.to(ACC)
-    return tl.where(alpha > 0, _log2(tl.where(alpha > 0, alpha, 1.0), ACC), float("-inf"))
+def _log2_alpha(alpha_ptr, ch, ACC: tl.constexpr, LOG_PARAMS: tl.constexpr):
+    """log2 α of the program's channel (−inf for α = 0), once per program.
+
+    LOG_PARAMS: the pointer holds θα = ln α (the module's stored parameter), so log2 α = θα·log2 e
+    exactly as far as rounding goes, without forming α.
+    """
+    alpha = tl.load(alpha_ptr + ch).to(ACC)
+    if LOG_PARAMS:
+        return alpha * LOG2E
+    else:
+        return tl.where(alpha > 0, _log2(tl.where(alpha > 0, alpha, 1.0), ACC), float("-inf"))
+
+
+@triton.jit
+def _half_lambda(lam_ptr, ch, ACC: tl.constexpr, LOG_PARAMS: tl.constexpr):
+    """λ/2 of the program's channel, once per program (LOG_PARAMS: the pointer holds θλ = ln λ)."""
+    lam = tl.load(lam_ptr + ch).to(ACC)
+    if LOG_PARAMS:
+        lam = tl.exp(lam)
+    return lam * 0.5
 
 
 # --------------------------------------------------------------------------- forward
@@ -402,16 +423,16 @@ def _log2_alpha(alpha_ptr, ch, ACC: tl.constexpr):
 def _dpp_fwd_kernel(x_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, y_ptr, eps2: tl.float64,
                     C, H, W, OW, P,
                     K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
-                    ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr, LOG_PARAMS: tl.constexpr,
+                    ACC: tl.constexpr, BLOCK: tl.constexpr):
     plane = tl.program_id(0).to(tl.int64)
     ch = plane % C
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < P
     oh = offs // OW
     ow = offs - oh * OW
-    log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
-    half = tl.load(lam_ptr + ch).to(ACC) * 0.5
+    log2_alpha = _log2_alpha(alpha_ptr, ch, ACC, LOG_PARAMS)
+    half = _half_lambda(lam_ptr, ch, ACC, LOG_PARAMS)
     xp = x_ptr + plane * H * W
     _, window = _pool_window(xp, w_ptr, b_ptr, ch, log2_alpha, half, _eps2_value(eps2, ACC), oh, ow, pmask, H, W,
                              K, S, PAD, ASYM, FULL, SI, ACC)
@@ -448,8 +469,12 @@ def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gy
 @triton.jit
 def _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
                   K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, ASYM: tl.constexpr, FULL: tl.constexpr,
-                  SI: tl.constexpr, ACC: tl.constexpr):
-    """Backward maths of a block of windows: per-tap direct ∂L/∂I and per-window terms (see the module docstring)."""
+                  SI: tl.constexpr, LOG_PARAMS: tl.constexpr, ACC: tl.constexpr):
+    """Backward maths of a block of windows: per-tap direct ∂L/∂I and per-window terms (see the module docstring).
+
+    LOG_PARAMS: the α term is ∂L/∂θα = α·∂L/∂α = ĝ·Σ(I − y)·2^(log2 α − M) = ĝ·Σ(I − y)·a (a ≤ 1: no
+    overflow to guard against); the λ term stays ∂L/∂λ, scaled by λ once per program.
+    """
     KK: tl.constexpr = K * K
     oh = offs // OW
     ow = offs - oh * OW
@@ -462,7 +487,10 @@ def _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alph
     # are all equal or underflowed give exactly 0 instead of a rounding residue of |I| that
     # 2^(−M) (up to 1/α) would amplify.
     sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
-    alpha_term = tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
+    if LOG_PARAMS:
+        alpha_term = tl.where(pmask, gyd * sum_dev * a, 0.0)
+    else:
+        alpha_term = tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
     dev = ()
     for t in tl.static_range(KK):
         if PAD != 0:
@@ -550,7 +578,8 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
                            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                            ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr,
                            FUSED_GX: tl.constexpr, GUIDE_GX: tl.constexpr, WRITE_STATS: tl.constexpr,
-                           NPART: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                           NPART: tl.constexpr, LOG_PARAMS: tl.constexpr, ACC: tl.constexpr,
+                           BLOCK: tl.constexpr):
     """One pass over a chunk of windows.  FUSED_GX: ∂L/∂x of the windows' own taps (k ≤ s); with
     GUIDE_GX (Full-DPP 2×2/2) including the guide filters' share, so the whole backward is this kernel:
     each block's ∂L/∂Ĩ goes to a per-program ring, and a block's ∂L/∂x is written one iteration later,
@@ -559,8 +588,8 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
     plane = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ch = plane % C
-    log2_alpha = _log2_alpha(alpha_ptr, ch, ACC)
-    half = tl.load(lam_ptr + ch).to(ACC) * 0.5
+    log2_alpha = _log2_alpha(alpha_ptr, ch, ACC, LOG_PARAMS)
+    half = _half_lambda(lam_ptr, ch, ACC, LOG_PARAMS)
     eps2c = _eps2_value(eps2, ACC)
     xp = x_ptr + plane * H * W
     start = split * CHUNK
@@ -590,7 +619,7 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
         pmask = offs < stop
         oh, ow, inside, xg, direct, g_guide, alpha_term, lam_term, stats = _window_grads(
             xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
-            K, S, PAD, ASYM, FULL, SI, ACC)
+            K, S, PAD, ASYM, FULL, SI, LOG_PARAMS, ACC)
         acc_alpha += alpha_term
         acc_lam += lam_term
         if FULL:
@@ -620,13 +649,16 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
         offs = stop + tl.arange(0, BLOCK)
         pmask = offs < P
         halo = _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W,
-                             OW, K, S, PAD, ASYM, FULL, SI, ACC)
+                             OW, K, S, PAD, ASYM, FULL, SI, LOG_PARAMS, ACC)
         tl.store(ring + (offs - start) % (2 * BLOCK), halo[5], mask=pmask)
         tl.debug_barrier()
         _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_mask, pend_gg, pend_direct, f, BLOCK)
     pp = part_ptr + (plane * SPLIT + split) * NPART
     tl.store(pp, tl.sum(acc_alpha, axis=0))
-    tl.store(pp + 1, tl.sum(acc_lam, axis=0))
+    if LOG_PARAMS:  # ∂L/∂θλ = λ·∂L/∂λ, λ the program's one channel's
+        tl.store(pp + 1, tl.sum(acc_lam, axis=0) * (2.0 * half))
+    else:
+        tl.store(pp + 1, tl.sum(acc_lam, axis=0))
     if FULL:
         tl.store(pp + 2, tl.sum(acc_bias, axis=0))
         for t in tl.static_range(9):
@@ -679,7 +711,7 @@ def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg
                           K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr,
                           CI: tl.constexpr, CP: tl.constexpr, GI: tl.constexpr, GP: tl.constexpr,
                           ASYM: tl.constexpr, FULL: tl.constexpr, POOL: tl.constexpr, GUIDE: tl.constexpr,
-                          ACCUM: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                          ACCUM: tl.constexpr, LOG_PARAMS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     plane = tl.program_id(0).to(tl.int64)
     ch = plane % C
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -693,7 +725,7 @@ def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg
         gx = tl.zeros((BLOCK,), ACC)
     if POOL:  # the ≤ CI² windows (i, j) containing pixel (h, w)
         eps2c = _eps2_value(eps2, ACC)
-        half = tl.load(lam_ptr + ch).to(ACC) * 0.5
+        half = _half_lambda(lam_ptr, ch, ACC, LOG_PARAMS)
         xv = tl.load(x_ptr + plane * H * W + offs, mask=pmask, other=0.0).to(ACC)
         i0 = (h + PAD) // S
         j0 = (w + PAD) // S
@@ -837,10 +869,11 @@ _PLANS: dict = {}
 MAX_PLANS = 512
 
 
-def plan_key(direction, x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> tuple:
+def plan_key(direction, x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant,
+             log_params=False) -> tuple:
     """What a cached launch plan depends on: x's shape, strides, dtype and device, the parameter dtype, the settings."""
     return (direction, x.shape, x.stride(), x.dtype, x.device, alpha.dtype, weight is not None,
-            kernel_size, stride, padding, asym, eps2, scale_invariant, autotune_enabled())
+            kernel_size, stride, padding, asym, eps2, scale_invariant, bool(log_params), autotune_enabled())
 
 
 def _cached(key, build):
@@ -884,25 +917,29 @@ def _bind_launch(kernel, grid_of, args, constexprs, scalars) -> _Bound:
     return _Bound(kernel, grid_of(config.kwargs["BLOCK"]), config, constexprs, scalars)
 
 
-def _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> _Plan:
+def _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                     log_params) -> _Plan:
     acc = compute_dtype(x.dtype)
     n, c, h, w, oh, ow = _geometry(x.shape, kernel_size, stride, padding)
     nc, p = n * c, oh * ow
     eps2_arg = _eps2_argument(eps2, x.device)
     constexprs = dict(K=kernel_size, S=stride, PAD=padding, KP=triton.next_power_of_2(kernel_size * kernel_size),
-                      ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant), ACC=_TL_DTYPE[acc])
+                      ASYM=bool(asym), FULL=weight is not None, SI=bool(scale_invariant),
+                      LOG_PARAMS=bool(log_params), ACC=_TL_DTYPE[acc])
     scalars = (c, h, w, ow, p)
     probe = (x, alpha, alpha, alpha, alpha, x, eps2_arg) + scalars
     launch = _bind_launch(_dpp_fwd_kernel, lambda block: (nc, triton.cdiv(p, block)), probe, constexprs, scalars)
     return _Plan((n, c, oh, ow), acc, [launch] if nc * p else [], (n, c, h, w, oh, ow, p), eps2_arg)
 
 
-def _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+def _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                  log_params):
     """(y, plan, kernel tensor arguments) of a forward call; the plan is cached per :func:`plan_key`."""
     x = x.contiguous()
-    plan = _cached(plan_key("forward", x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant),
+    plan = _cached(plan_key("forward", x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                            log_params),
                    lambda: _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
-                                            scale_invariant))
+                                            scale_invariant, log_params))
     y = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
     acc = plan.acc
     alpha, lam = _cast(alpha, acc), _cast(lam, acc)
@@ -910,17 +947,19 @@ def _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asy
     return y, plan, (x, alpha, lam, weight, bias, y, plan.eps2)
 
 
-def forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+def forward_plan(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                 log_params=False):
     """(y, launches) of the forward; y (N, C, OH, OW) in x's dtype is filled by the launches."""
     y, plan, tensors = _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                                     scale_invariant)
+                                     scale_invariant, log_params)
     return y, [bound.launch(tensors) for bound in plan.launches]
 
 
-def forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
-    """DPP forward: y (N, C, OH, OW) in x's dtype."""
+def forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
+            log_params=False):
+    """DPP forward: y (N, C, OH, OW) in x's dtype; ``log_params``: alpha, lam hold ln α, ln λ."""
     y, plan, tensors = _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
-                                     scale_invariant)
+                                     scale_invariant, log_params)
     with _device_guard(x):
         for bound in plan.launches:
             bound.run(*tensors, *bound.scalars, **bound.kwargs)
@@ -936,7 +975,8 @@ class BackwardPlan:
     grads: tuple  # (α, λ, F (C, 1, 3, 3) or empty, b or empty), written by the window kernel
 
 
-def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant) -> _Plan:
+def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                      log_params) -> _Plan:
     full = weight is not None
     acc = compute_dtype(x.dtype)
     n, c, h, w, oh, ow = _geometry(x.shape, kernel_size, stride, padding)
@@ -949,7 +989,7 @@ def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2
     chunk = triton.cdiv(p, split)
     split = triton.cdiv(p, chunk)
     eps2_arg = _eps2_argument(eps2, x.device)
-    flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, ACC=_TL_DTYPE[acc])
+    flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, LOG_PARAMS=bool(log_params), ACC=_TL_DTYPE[acc])
     gg_plane = N_STATS * p if overlap else p
     # Full-DPP 2×2/2 (its only non-overlapping guide geometry): one kernel when a block can hold a
     # window's lower-right neighbour; otherwise the guide's share of ∂L/∂x comes from the gather.
@@ -977,14 +1017,15 @@ def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2
                  ring=2 * max_block if guide_gx else 0)
 
 
-def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                   log_params):
     """(plan, gx, parameter gradients, tensor arguments per launch) of a backward call."""
     full = weight is not None
     x, grad = x.contiguous(), grad.contiguous()
     plan = _cached(plan_key("backward", x, alpha, weight, kernel_size, stride, padding, asym, eps2,
-                            scale_invariant),
+                            scale_invariant, log_params),
                    lambda: _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
-                                             scale_invariant))
+                                             scale_invariant, log_params))
     acc = plan.acc
     n, c, h, w, oh, ow, p = plan.dims
     # Pixels outside every window (k < s, ragged edges) get no write from the window kernel.
@@ -1016,21 +1057,25 @@ def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, paddi
     return plan, gx, (g_alpha, g_lam, g_weight, g_bias), tensors
 
 
-def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+def backward_plan(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                  log_params=False):
     """Launches of the backward: the window kernel, then (overlap or Full-DPP) the pixel gather."""
     plan, gx, grads, tensors = _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
-                                              eps2, scale_invariant)
+                                              eps2, scale_invariant, log_params)
     return BackwardPlan([bound.launch(args) for bound, args in zip(plan.launches, tensors)], gx, grads)
 
 
-def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant):
+def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
+             log_params=False):
     """Gradients (x, α, λ, F, b) of DPP; F and b grads are None for Lite-DPP.
+
+    ``log_params``: alpha, lam hold ln α, ln λ and the gradients are w.r.t. them (∂L/∂θ = α·∂L/∂α, λ·∂L/∂λ).
 
     The parameter gradients are reduced inside the window kernel (fixed order, deterministic) and
     written in the parameters' dtypes: no launch besides the kernels.
     """
     plan, gx, grads, tensors = _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
-                                              eps2, scale_invariant)
+                                              eps2, scale_invariant, log_params)
     with _device_guard(x):
         for bound, args in zip(plan.launches, tensors):
             bound.run(*args, *bound.scalars, **bound.kwargs)

@@ -8,7 +8,10 @@ the candidate is the working tree's; both run behind the same custom op, alterna
 the tier's kernel module (forward, backward), the tier's ops called directly (the baseline's
 ``custom_op`` wrappers are rebuilt here under a scratch namespace), and the whole ``nn.Module`` call
 (front end, dispatch, autograd: shared with the other tiers; the op registration there is this tree's
-on both sides, so that row understates the change).  The baseline's
+on both sides).  In the module rows the baseline side also takes the baseline's call path: the module
+hands the op α = exp(θα), λ = exp(θλ) (two ``exp`` per call, two chain-rule ``mul`` per train step)
+where this tree's hands it the stored logs (``log_params``: one op per call); the baseline kernel module
+is reached through a shim that drops the (then False) ``log_params`` argument.  The baseline's
 interpreter-only ε² tensor is replaced by the float the GPU path passes, so neither side pays for it.
 
     python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 2000] [--rounds 5]
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the tier then accepts CPU tensors
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +40,7 @@ from torch import Tensor  # noqa: E402
 
 import impls  # noqa: E402
 import poolbench  # noqa: E402
+import poolbench.impls  # noqa: E402
 
 KERNELS = ("_dpp_fwd_kernel", "_dpp_bwd_window_kernel", "_dpp_bwd_input_kernel")
 
@@ -75,23 +80,43 @@ def _use(module):
     """Route the tier's custom op to ``module``'s forward/backward."""
     sys.modules["poolbench.impls.dpp_triton_kernels"] = module
     impls.dpp_triton_kernels = module
+    # ``poolbench.impls`` is its own module object (the checkout's impls/ imported under that name), and
+    # the tier imports its kernels from there: without this the op would run the real (interpreted) kernels.
+    poolbench.impls.dpp_triton_kernels = module
 
 
-def _baseline_ops():
-    """The op wrappers of the baseline tree (torch.library.custom_op) around whatever kernel module is routed."""
+def _without_log_params(function):
+    """A baseline launcher (no ``log_params`` argument) behind this tree's op, which passes one."""
+    def call(*args):
+        *args, log_params = args
+        if log_params:
+            raise RuntimeError("the baseline kernels take α and λ, not their logs")
+        return function(*args)
+
+    return call
+
+
+def _module_takes_logs(module, takes_logs: bool) -> None:
+    """Switch ``module`` between this tree's call (stored logs to the op) and the baseline's (exp first)."""
+    if module.kernel_takes_logs != takes_logs:
+        module.kernel_takes_logs = takes_logs
+        module.__dict__.pop("_validated", None)  # the cached fast path is bound to one call path
+
+
+def _baseline_ops(base_forward, base_backward):
+    """The op wrappers of the baseline tree (torch.library.custom_op) around the baseline's launchers."""
     @torch.library.custom_op("poolbench_triton_hostcost::dpp_forward", mutates_args=())
     def forward(x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
                 scale_invariant: bool) -> Tensor:
-        return impls.dpp_triton_kernels.forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
-                                                eps2, scale_invariant)
+        return base_forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant)
 
     @torch.library.custom_op("poolbench_triton_hostcost::dpp_backward", mutates_args=())
     def backward(grad: Tensor, x: Tensor, alpha: Tensor, lam: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], kernel_size: int, stride: int, padding: int, asym: bool, eps2: float,
                  scale_invariant: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        grads = impls.dpp_triton_kernels.backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding,
-                                                  asym, eps2, scale_invariant)
+        grads = base_backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                              scale_invariant)
         if weight is None:
             grads = (*grads[:3], alpha.new_empty((0,)), alpha.new_empty((0,)))
         return grads
@@ -123,16 +148,21 @@ def main(argv=None) -> int:
         base_path = Path(folder) / "dpp_triton_kernels_base.py"
         base_path.write_text(source)
         base = _stubbed(_load(base_path, "dpp_triton_kernels_base"))
-    base._eps2_argument = lambda eps2: float(eps2)  # as on the GPU (the interpreter's tensor is not host cost there)
+    base._eps2_argument = lambda eps2, *device: float(eps2)  # as on the GPU (the interpreter's tensor is not host cost there)
+    # The baseline's own launchers (tier and op rows); behind this tree's op (module rows) through a shim.
+    base_plain = SimpleNamespace(forward=base.forward, backward=base.backward)
+    if "log_params" not in base.forward.__code__.co_varnames:
+        base.forward, base.backward = _without_log_params(base.forward), _without_log_params(base.backward)
+    base_ops = _baseline_ops(base_plain.forward, base_plain.backward)
     new = _stubbed(_load(ROOT / "impls" / "dpp_triton_kernels.py", "dpp_triton_kernels_candidate"))
     sides = {f"base {args.base}": base, "this tree": new}
-    base_ops = _baseline_ops()
 
     print(f"shape {shape}, {args.calls} calls x {args.rounds} rounds, kernels stubbed, 1 thread; "
           f"median µs per call (A/B alternating)")
     print("tier: the kernel module's forward/backward; op: the tier's forward and backward ops called directly "
           "(base: custom_op wrappers as in the base tree); module: the nn.Module call through the shared front end, "
-          "op layer and autograd (the same code on both sides apart from the tier)")
+          "op layer and autograd (base: α, λ exponentiated before the op, as the base tree's module did; this tree: "
+          "the stored logs to the op)")
     print(f"{'variant':<14} {'path':<18} " + " ".join(f"{name:>16}" for name in sides) + "   ratio")
     for name in args.variants.split(","):
         module = poolbench.create(name, shape[1], 2, 2, 0, tier="triton")
@@ -152,12 +182,14 @@ def main(argv=None) -> int:
         weight, bias = (torch.randn(shape[1], 1, 3, 3), torch.randn(shape[1])) if full else (None, None)
         options = (2, 2, 0, False, 1e-3, False)
 
-        def tier_forward():
-            impls.dpp_triton_kernels.forward(x, alpha, lam, weight, bias, *options)
+        def tier_forward(kernels):
+            return lambda: kernels.forward(x, alpha, lam, weight, bias, *options)
 
-        def tier_train():
-            impls.dpp_triton_kernels.forward(x, alpha, lam, weight, bias, *options)
-            impls.dpp_triton_kernels.backward(gy, x, alpha, lam, weight, bias, *options)
+        def tier_train(kernels):
+            def run():
+                kernels.forward(x, alpha, lam, weight, bias, *options)
+                kernels.backward(gy, x, alpha, lam, weight, bias, *options)
+            return run
 
         ops = {"base": base_ops, "this": (torch.ops.poolbench_triton.dpp_forward,
                                           torch.ops.poolbench_triton.dpp_backward)}
@@ -171,15 +203,17 @@ def main(argv=None) -> int:
                 ops[which][1](gy, x, alpha, lam, weight, bias, *options)
             return run
 
-        paths = (("tier forward", tier_forward, tier_forward), ("tier fwd+bwd", tier_train, tier_train),
+        paths = (("tier forward", tier_forward(base_plain), tier_forward(new)),
+                 ("tier fwd+bwd", tier_train(base_plain), tier_train(new)),
                  ("op forward", op_forward("base"), op_forward("this")),
                  ("op fwd+bwd", op_train("base"), op_train("this")),
                  ("module forward", inference, inference), ("module fwd+bwd", train_step, train_step))
         for path, base_fn, this_fn in paths:
             samples = {side: [] for side in sides}
             for _ in range(args.rounds):
-                for (side, kernels), fn in zip(sides.items(), (base_fn, this_fn)):
+                for (side, kernels), fn, takes_logs in zip(sides.items(), (base_fn, this_fn), (False, True)):
                     _use(kernels)
+                    _module_takes_logs(module, takes_logs)
                     fn()  # builds (and caches) the plan outside the timed calls
                     samples[side].append(_time_per_call(fn, args.calls))
             medians = {side: statistics.median(values) for side, values in samples.items()}

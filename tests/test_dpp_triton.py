@@ -41,6 +41,9 @@ from dpp_custom_op_tester import GRADCHECK_GEOMETRIES, DPPCustomOpTester
 from poolbench.impls import dpp_triton
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("host_cost", ROOT / "scripts" / "host_cost.py")
+host_cost = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(host_cost)
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 VARIANTS = tuple(v for v in DPP_VARIANTS if not v.stochastic)
@@ -257,6 +260,64 @@ def test_alpha_zero_contributes_nothing(tier_device):
         assert_matches_reference(got, want, torch.float64, f"alpha=0 asym={asym}")
 
 
+#: What a train step (forward, .sum().backward()) may dispatch besides the tier's two ops: the loss's
+#: sum and its backward (ones_like, expand) and gradient accumulation into leaves (detach).
+PLUMBING = {"aten::sum", "aten::ones_like", "aten::expand", "aten::detach"}
+TRITON_OPS = {"poolbench_triton::dpp_forward", "poolbench_triton::dpp_backward"}
+
+
+@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
+def test_inference_call_dispatches_exactly_the_tier_op(tier_device, name):
+    """Guards against: exp(θα), exp(θλ) dispatched around the kernels on every module call (3 ops)."""
+    module = poolbench.create(name, 8, 2, 2, 0, tier="triton", device=tier_device)
+    x = torch.randn(1, 8, 4, 4, device=tier_device)
+    assert host_cost.count_ops(module, x) == ["poolbench_triton::dpp_forward"]
+
+
+@pytest.mark.parametrize("name", ["dpp_lite_sym", "dpp_full_asym"])
+def test_train_step_dispatches_no_op_outside_the_tier_but_plumbing(tier_device, name):
+    """Guards against: chain-rule muls (∂θ = α·∂α) and exps around the fused backward (16-18 ops)."""
+    module = poolbench.create(name, 8, 2, 2, 0, tier="triton", device=tier_device)
+    found = host_cost.count_ops(module, torch.randn(1, 8, 4, 4, device=tier_device, requires_grad=True), train=True)
+    assert set(found) <= TRITON_OPS | PLUMBING, set(found) - TRITON_OPS - PLUMBING
+    assert found.count("poolbench_triton::dpp_forward") == 1 and found.count("poolbench_triton::dpp_backward") == 1
+
+
+@pytest.mark.parametrize("name,geometry", [("dpp_lite_asym", (3, 2, 1)), ("dpp_full_sym", (2, 2, 0)),
+                                           ("dpp_lite_sym", (2, 2, 0))])
+def test_module_gradients_are_wrt_the_stored_logs(tier_device, name, geometry):
+    """The kernels get θα = ln α, θλ = ln λ as stored and return ∂L/∂θ: equal to the float64 reference's.
+
+    Channels differ in α and λ (the in-kernel per-channel scaling), one with a large α (the α term at
+    M = log2 α) and one with λ = e^−3 (nearly average pooling)."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    results = []
+    for tier, device in (("triton", tier_device), ("reference", "cpu")):
+        module = poolbench.create(name, 3, *geometry, tier=tier, alpha=0.6, lam=2.5).double().to(device)
+        with torch.no_grad():
+            module.log_alpha.copy_(torch.tensor([0.0, 3.0, -1.2], dtype=torch.float64))
+            module.log_lam.copy_(torch.tensor([0.9, -3.0, 0.3], dtype=torch.float64))
+        xs = x.to(device).requires_grad_()
+        y = module(xs)
+        grads = torch.autograd.grad((y.square() * y.new_tensor(0.5)).sum(), [xs, *module.parameters()])
+        results.append([t.detach().cpu() for t in (y, *grads)])
+    assert_matches_reference(results[0], results[1], torch.float64, f"{name} {geometry} module")
+    for got, want in zip(results[0][2:4], results[1][2:4]):  # ∂L/∂θα, ∂L/∂θλ per channel
+        assert_close(got, want, kind="grad", msg="gradient w.r.t. a stored log")
+
+
+@pytest.mark.parametrize("asym,full", [(False, False), (True, True)], ids=("lite_sym", "full_asym"))
+def test_lambda_zero_through_the_functional_form_has_reference_gradients(tier_device, asym, full):
+    """λ = 0 exactly is reachable only with α, λ given (no log): values and every gradient, λ's included."""
+    shape, geometry = ((1, 2, 7, 5), (3, 2, 1)) if not full else ((2, 3, 6, 8), (2, 2, 0))
+    x, alpha, _, guide = dpp_inputs(shape, full, seed=11)
+    lam = torch.zeros(shape[1], dtype=torch.float64)
+    want = run_dpp("reference", x, alpha, lam, geometry, asym, guide)
+    got = run_dpp("triton", x, alpha, lam, geometry, asym, guide, tier_device)
+    assert got[3].abs().max() > 0  # ∂L/∂λ at λ = 0 is not zero in general: a real comparison
+    assert_matches_reference(got, want, torch.float64, f"lambda=0 asym={asym} full={full}")
+
+
 @pytest.mark.parametrize("name", [v.name for v in VARIANTS])
 def test_lambda_zero_is_average_pooling(tier_device, name):
     x, alpha, _, guide = dpp_inputs((2, 3, 7, 5), "full" in name)
@@ -361,6 +422,8 @@ def test_launch_plans_are_keyed_by_everything_that_changes_them(monkeypatch):
     assert key != kernels.plan_key("forward", torch.empty(2, 3, 8, 8), alpha, None, *options)
     assert key != kernels.plan_key("forward", x, alpha, alpha, *options)
     assert key != kernels.plan_key("forward", x, alpha, None, 2, 2, 0, True, 1e-3, False)
+    assert key != kernels.plan_key("forward", x, alpha, None, *options, True)  # the stored logs: other kernels
+    assert key == kernels.plan_key("forward", x, alpha, None, *options, False)
     monkeypatch.setenv(kernels.AUTOTUNE_ENV, "0")
     assert key != kernels.plan_key("forward", x, alpha, None, *options)
     kernels.forward_plan(x, alpha, alpha, None, None, *options)  # cached
@@ -394,6 +457,7 @@ class TestTritonCustomOp(DPPCustomOpTester):
     """The op-family contract shared with cpp/cuda (opcheck, fake kernels, gradcheck, double backward, ...)."""
 
     tier, namespace = "triton", dpp_triton.NAMESPACE
+    log_params = True
     # Full finite differences through the interpreter take minutes: fast mode, and only the overlapping,
     # padded window (k3 s2 p1); every geometry's gradients are compared with the reference above.
     fast_gradcheck = INTERPRETED

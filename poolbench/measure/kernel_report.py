@@ -82,7 +82,7 @@ def _launches(case: KernelCase):
     channels = shape[1]
     alpha, lam = torch.empty(channels, **meta), torch.empty(channels, **meta)
     weight, bias = (torch.empty(channels, 1, 3, 3, **meta), torch.empty(channels, **meta)) if full else (None, None)
-    options = (k, s, pad, asym, 1e-3, False)
+    options = (k, s, pad, asym, 1e-3, False, True)  # log_params: the stored logs, as the modules call it
     if case.direction == "forward":
         return kernels.forward_plan(x, alpha, lam, weight, bias, *options)[1]
     y = kernels.forward_plan(x, alpha, lam, weight, bias, *options)[0]
