@@ -39,7 +39,7 @@ from torch import Tensor
 
 from poolbench.impls.dpp_vectorized import dpp_vectorized
 from poolbench.dpp import DPPArgs, register_dpp_tier
-from poolbench.dpp_custom_op import call_forward, register_dpp_op
+from poolbench.dpp_custom_op import bound_forward, call_forward, register_dpp_op
 
 __all__ = ["dpp_backward", "dpp_forward", "dpp_triton", "interpreting", "triton_unavailable_reason"]
 
@@ -140,15 +140,7 @@ class TritonKernel:
     def bind(self, x, args: DPPArgs):
         """``run(x, alpha, lam, guide)`` for inputs like ``x``."""
         _kernels(x)  # the device check the op would make, once
-        op = torch.ops.poolbench_triton.dpp_forward.default
-        settings = (*args.op_arguments(), bool(args.log_params))
-
-        def run(x, alpha, lam, guide):
-            if guide is None:
-                return op(x, alpha, lam, None, None, *settings)
-            return op(x, alpha, lam, guide[0], guide[1], *settings)
-
-        return run
+        return bound_forward(NAMESPACE, args)
 
     def __repr__(self) -> str:
         return "TritonKernel()"

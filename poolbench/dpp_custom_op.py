@@ -38,7 +38,7 @@ import torch
 
 from .dpp import DPPArgs, DPPKernel
 
-__all__ = ["call_forward", "register_dpp_op"]
+__all__ = ["bound_forward", "call_forward", "register_dpp_op"]
 
 _REGISTERED: set[str] = set()
 #: namespaces whose ops take the trailing ``log_params`` flag
@@ -57,6 +57,21 @@ def call_forward(namespace: str, x, alpha, lam, guide, args: DPPArgs) -> torch.T
     if args.log_params:
         raise ValueError(f"{namespace}::dpp_forward takes alpha and lam, not their logs")
     return op(x, alpha, lam, weight, bias, *args.op_arguments())
+
+
+def bound_forward(namespace: str, args: DPPArgs):
+    """``run(x, alpha, lam, guide)`` calling ``<namespace>::dpp_forward`` with ``args`` fixed: a fused tier's
+    bound fast path, for inputs its caller checked once (the op's overload and settings looked up here, not
+    per call)."""
+    op = getattr(torch.ops, namespace).dpp_forward.default
+    settings = (*args.op_arguments(), bool(args.log_params))
+
+    def run(x, alpha, lam, guide):
+        if guide is None:
+            return op(x, alpha, lam, None, None, *settings)
+        return op(x, alpha, lam, guide[0], guide[1], *settings)
+
+    return run
 
 
 def register_dpp_op(namespace: str, differentiable: DPPKernel, *, log_params: bool = False,

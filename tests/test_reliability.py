@@ -27,19 +27,7 @@ from poolbench.metrics import MetricRow as Row
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _row(metric="params", quantity="params", value=1.0, status="ok", model="vgg16", pooler="avg"):
-    return Row(model, pooler, "vectorized", "network", "", "1x3x32x32", metric, quantity, value, "count", status)
-
-
-def _env(batch=1, resolution=32):
-    return results.environment("cpu", torch.float32, batch, resolution, timing="t")
-
-
-def _write(stem, cells, *, resume=False, env=None):
-    with results.ResultsWriter(stem, env or _env(), resume=resume) as writer:
-        for rows in cells:
-            writer.write(rows)
-    return writer
+from results_helpers import env as _env, row as _row, write_cells as _write  # noqa: E402
 
 
 def test_torn_last_line_is_cut_before_appending_and_skipped_by_readers(tmp_path):

@@ -25,19 +25,7 @@ from plugin_helpers import isolate_registries
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _row(metric="params", quantity="params", value=1.0, status="ok", model="vgg16", pooler="avg"):
-    return Row(model, pooler, "vectorized", "network", "", "1x3x32x32", metric, quantity, value, "count", status)
-
-
-def _env(batch=1, resolution=32):
-    return results.environment("cpu", torch.float32, batch, resolution, timing="t")
-
-
-def _write(stem, cells, *, resume=False, env=None):
-    with results.ResultsWriter(stem, env or _env(), resume=resume) as writer:
-        for rows in cells:
-            writer.write(rows)
-    return writer
+from results_helpers import env as _env, row as _row, write_cells as _write  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +301,9 @@ def test_numeric_options_are_finite_numbers_in_range(option, value, capsys):
 
 def test_placement_both_measures_vgg16_once():
     config = runner.RunConfig(models=("vgg16", "resnet50"), placement="both", metrics=("params",), layers=False,
-                              poolers=("avg",), tiers=("vectorized",))
+                              poolers=("avg", "dpp_lite_sym"), tiers=("vectorized",))
+    # only DPP's authors published a ResNet (visinf/dpp); nobody's authors' VGG differs from the paper's sites
     assert config.models == ("vgg16", "resnet50", "resnet50@authors")
     cells = [group.cell_key("params") for group in runner.plan(config)]
-    assert len(cells) == len(set(cells)) and sum(cell.model == "vgg16" for cell in cells) == 2  # baseline, avg
+    assert len(cells) == len(set(cells)) and sum(cell.model == "vgg16" for cell in cells) == 3  # baseline, avg, dpp
+    assert {cell.pooler for cell in cells if cell.model == "resnet50@authors"} <= {"max", "dpp_lite_sym"}

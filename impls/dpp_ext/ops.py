@@ -23,7 +23,7 @@ import torch
 
 from poolbench.impls.dpp_vectorized import dpp_vectorized
 from poolbench.dpp import DPPArgs
-from poolbench.dpp_custom_op import call_forward, register_dpp_op
+from poolbench.dpp_custom_op import bound_forward, call_forward, register_dpp_op
 
 from .build import (
     CSRC,
@@ -131,15 +131,7 @@ class FusedKernel:
     def bind(self, x, args: DPPArgs):
         """``run(x, alpha, lam, guide)`` for inputs like ``x`` (same device type), checked once here."""
         _check_call(x, args, self.device_type)
-        op = getattr(torch.ops, NAMESPACE).dpp_forward.default
-        settings = (*args.op_arguments(), bool(args.log_params))
-
-        def run(x, alpha, lam, guide):
-            if guide is None:
-                return op(x, alpha, lam, None, None, *settings)
-            return op(x, alpha, lam, guide[0], guide[1], *settings)
-
-        return run
+        return bound_forward(NAMESPACE, args)
 
     def __repr__(self) -> str:
         return f"FusedKernel({self.device_type!r})"
