@@ -98,7 +98,7 @@ def test_time_gate_refuses_wrongly_typed_fields(tmp_path, capsys, edit, problem)
 def test_time_gate_refuses_deep_nesting_and_huge_integers(tmp_path, capsys):
     path = time_baseline_file(tmp_path, '{"benchmarks": ' + "[" * 200_000 + "]" * 200_000 + "}")
     code, out = compare_cli(tmp_path, capsys)
-    assert code == 1 and str(path) in out and "nests 200001 levels deep" in out, out
+    assert code == 1 and str(path) in out and "holds a value nested 200001 levels deep" in out, out
     path.write_text(json.dumps(time_baseline()).replace('"rounds": 5', '"rounds": ' + "9" * 5000, 1))
     code, out = compare_cli(tmp_path, capsys)
     assert code == 1 and str(path) in out and "integer of 5000 digits" in out, out

@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any
+
+from ..run.linefile import parse_json
 
 __all__ = ["BaselineError", "MAX_BYTES", "MAX_DEPTH", "positive_int", "positive_number", "read_baseline_json"]
 
@@ -35,8 +36,6 @@ __all__ = ["BaselineError", "MAX_BYTES", "MAX_DEPTH", "positive_int", "positive_
 MAX_BYTES = 64 * 2**20
 #: A baseline nests about six levels deep; anything near this is crafted.
 MAX_DEPTH = 64
-_MAX_INT_DIGITS = 30
-_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
 
 
 class BaselineError(ValueError):
@@ -55,12 +54,8 @@ def read_baseline_json(path: str | Path, record_command: str, *, max_bytes: int 
     text = _read_regular_file(path, record_command, max_bytes)
     if not text.strip():
         raise refuse(path, "is empty", record_command)
-    depth = _max_depth(text)
-    if depth > MAX_DEPTH:
-        raise refuse(path, f"nests {depth} levels deep (a baseline needs fewer than {MAX_DEPTH}): not written by "
-                     "poolbench", record_command)
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_short_int)
+        return parse_json(text, max_depth=MAX_DEPTH, max_bytes=max_bytes)
     except json.JSONDecodeError as exc:
         raise refuse(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); truncated or "
                      "not written by poolbench", record_command) from None
@@ -93,36 +88,6 @@ def _read_regular_file(path: Path, record_command: str, max_bytes: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise refuse(path, "is not UTF-8 text", record_command) from None
-
-
-def _max_depth(text: str) -> int:
-    """The deepest nesting of arrays and objects in ``text`` (brackets inside strings do not count)."""
-    depth = deepest = 0
-    for match in _STRING_OR_BRACKET.finditer(text):
-        token = match.group()
-        if token in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif token in "]}":
-            depth -= 1
-    return deepest
-
-
-def _no_constant(name: str):
-    raise ValueError(f"a non-finite number ({name})")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"a number out of range ({text[:40]})")
-    return value
-
-
-def _short_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(text)} digits")
-    return int(text)
 
 
 def positive_number(value: Any, what: str) -> float:

@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ReadResult", "append_text", "check_regular_file", "open_no_follow", "parse_json_line", "read_csv_records",
+__all__ = ["ReadResult", "append_text", "check_regular_file", "open_no_follow", "parse_json", "parse_json_line", "read_csv_records",
            "read_jsonl_records", "repair_torn_tail"]
 
 #: A result line is one flat object; anything nested deeper than this is not poolbench's and is not parsed
@@ -139,24 +139,32 @@ def check_regular_file(path: Path) -> Path:
     return Path(path)
 
 
-def parse_json_line(line: bytes | str):
-    """One JSON value, refusing what no poolbench file holds instead of crashing on it.
+def parse_json(data: bytes | str, *, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_LINE_BYTES):
+    """One JSON value from a file poolbench wrote (a results line, a shard row, a gate baseline).
 
-    Depth beyond :data:`MAX_DEPTH`, integers longer than :data:`MAX_INT_DIGITS` digits, and
-    ``NaN``/``Infinity`` (or a float that overflows to it) raise :class:`ValueError` with the reason.
+    The one guarded parser of every reader: more than ``max_bytes``, nesting deeper than ``max_depth``
+    (a 200,000-deep value would exhaust the parser's recursion), integers longer than
+    :data:`MAX_INT_DIGITS` digits and ``NaN``/``Infinity`` (or a float that overflows to it) raise
+    :class:`ValueError` saying which; broken syntax raises :class:`json.JSONDecodeError` (line, column).
     """
-    data = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
-    if len(data) > MAX_LINE_BYTES:
-        raise _Unreadable(f"a line of {len(data)} bytes")
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
-        raise _Unreadable(f"nested deeper than {MAX_DEPTH} levels")
+    data = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    if len(data) > max_bytes:
+        raise _Unreadable(f"{len(data)} bytes, more than the {max_bytes} allowed")
+    if data.count(b"[") + data.count(b"{") > max_depth and (depth := _depth(data)) > max_depth:
+        raise _Unreadable(f"a value nested {depth} levels deep (at most {max_depth})")
     try:
         return json.loads(data, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
     except RecursionError:  # pragma: no cover - the depth scan comes first
-        raise _Unreadable(f"nested deeper than {MAX_DEPTH} levels") from None
-    except _Unreadable:
-        raise
-    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Unreadable(f"a value nested more than {max_depth} levels deep") from None
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"not UTF-8 text ({str(exc)[:80]})") from None
+
+
+def parse_json_line(line: bytes | str):
+    """One line of a results file or shard (:func:`parse_json` with the line limits); ValueError says why not."""
+    try:
+        return parse_json(line)
+    except json.JSONDecodeError as exc:
         raise _Unreadable(f"not JSON ({str(exc)[:80]})") from None
 
 
@@ -185,7 +193,7 @@ def _bounded_int(text: str) -> int:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise _Unreadable(f"a non-finite number ({text[:20]})")
+        raise _Unreadable(f"a number out of range ({text[:40]})")
     return value
 
 
