@@ -126,20 +126,32 @@ class LIPBottleneck(nn.Module):
         return self.relu(out + residual)
 
 
-class LIPResNet(nn.Module):
-    def __init__(self, layers, num_classes=1000):
+class PortedResNet(nn.Module):
+    """The ResNet skeleton both upstream files share (torchvision's); each port gives its stem pooler and layers."""
+
+    def __init__(self, layers, stem_pool: nn.Module, num_classes=1000):
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = SimplifiedLIP(64)
+        self.maxpool = stem_pool
         self.layer1 = self._make_layer(64, layers[0])
         self.layer2 = self._make_layer(128, layers[1], stride=2)
         self.layer3 = self._make_layer(256, layers[2], stride=2)
         self.layer4 = self._make_layer(512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * 4, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class LIPResNet(PortedResNet):
+    def __init__(self, layers, num_classes=1000):
+        super().__init__(layers, SimplifiedLIP(64), num_classes)
 
     def _make_layer(self, planes, blocks, stride=1):
         downsample = None
@@ -155,11 +167,6 @@ class LIPResNet(nn.Module):
         self.inplanes = planes * 4
         layers += [LIPBottleneck(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,20 +211,10 @@ class AntialiasedBottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class AntialiasedResNet(nn.Module):
+class AntialiasedResNet(PortedResNet):
     def __init__(self, layers, num_classes=1000):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=1), OfficialBlurPool(64, stride=2))
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.layer3 = self._make_layer(256, layers[2], stride=2)
-        self.layer4 = self._make_layer(512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * 4, num_classes)
+        super().__init__(layers, nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=1), OfficialBlurPool(64, stride=2)),
+                         num_classes)
 
     def _make_layer(self, planes, blocks, stride=1):
         downsample = None
@@ -228,11 +225,6 @@ class AntialiasedResNet(nn.Module):
         self.inplanes = planes * 4
         layers += [AntialiasedBottleneck(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 # --------------------------------------------------------------------------------------------------
