@@ -61,18 +61,11 @@ COSTS: tuple[PublishedCost, ...] = (
                   "Full-DPP parameter overhead, ResNet-50"),
     PublishedCost("dpp_full_sym", "resnet101", "params_overhead_pct", 0.098, SLIDES + ", 'Properties'",
                   "Full-DPP parameter overhead, ResNet-101"),
-    PublishedCost("lip", "resnet50@authors", "params", 23.9e6, LIP_README, "LIP-ResNet-50 parameters"),
-    PublishedCost("lip", "resnet50@authors", "gmacs", 5.33, LIP_README, "LIP-ResNet-50 FLOPs (224²)"),
-    PublishedCost("lip", "resnet50@authors", "params_overhead_pct", -6.6, LIP_README,
-                  "LIP-ResNet-50 parameters vs ResNet-50"),
-    PublishedCost("lip", "resnet50@authors", "macs_overhead_pct", 29.4, LIP_README,
-                  "LIP-ResNet-50 FLOPs vs ResNet-50"),
-    PublishedCost("lip", "resnet101@authors", "params", 42.9e6, LIP_README, "LIP-ResNet-101 parameters"),
-    PublishedCost("lip", "resnet101@authors", "gmacs", 9.06, LIP_README, "LIP-ResNet-101 FLOPs (224²)"),
-    PublishedCost("lip", "resnet101@authors", "params_overhead_pct", -3.6, LIP_README,
-                  "LIP-ResNet-101 parameters vs ResNet-101"),
-    PublishedCost("lip", "resnet101@authors", "macs_overhead_pct", 15.4, LIP_README,
-                  "LIP-ResNet-101 FLOPs vs ResNet-101"),
+    *(PublishedCost("lip", f"resnet{depth}@authors", quantity, value, LIP_README, f"LIP-ResNet-{depth} {what}")
+      for depth, figures in (("50", (23.9e6, 5.33, -6.6, 29.4)), ("101", (42.9e6, 9.06, -3.6, 15.4)))
+      for (quantity, what), value in zip((("params", "parameters"), ("gmacs", "FLOPs (224²)"),
+                                          ("params_overhead_pct", f"parameters vs ResNet-{depth}"),
+                                          ("macs_overhead_pct", f"FLOPs vs ResNet-{depth}")), figures)),
     PublishedCost("max", "resnet50", "gmacs", 4.12, LIP_README, "ResNet-50 FLOPs (224²), LIP's baseline row"),
     PublishedCost("max", "resnet101", "gmacs", 7.85, LIP_README, "ResNet-101 FLOPs (224²), LIP's baseline row"),
 )
