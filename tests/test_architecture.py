@@ -139,3 +139,15 @@ def test_in_tree_plugins_are_imported_from_this_checkout():
 
     assert [Path(p) for p in poolbench.impls.__path__] == [PACKAGE.parent / "impls"]
     assert Path(poolbench.__file__).resolve().parent == PACKAGE
+
+
+def test_every_public_name_a_module_declares_exists():
+    """``__all__`` is each module's public face: a name moved or renamed away must leave it too
+    (``from poolbench.run.runner import *`` failed on a stale entry after the runner lost ``run``)."""
+    import importlib
+
+    stale = []
+    for module_name in sorted(name for name in _modules() if not name.endswith("__main__")):  # runs the CLI
+        module = importlib.import_module(module_name)
+        stale += [f"{module_name}.{name}" for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
+    assert stale == []

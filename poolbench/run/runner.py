@@ -29,7 +29,7 @@ from .results import ResultsWriter, check_run_name, environment, measured_cells
 from .shards import merge_shards, move_shards_aside
 
 __all__ = ["QUICK", "QUICK_POOLERS", "Group", "RunConfig", "RunResult", "grid_cells", "measure_groups", "plan",
-           "plan_network", "run"]
+           "plan_network", "run_local"]
 
 #: The ``--quick`` subset: the baselines, Lite/Full-DPP and two learned-weight poolers.
 QUICK_POOLERS = ("max", "avg", "dpp_lite_sym", "dpp_full_sym", "softpool", "lip")
