@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "GradientRule",
     "TIERS",
     "PoolerNetwork",
     "PoolerSpec",
@@ -86,6 +87,35 @@ def _always_available(device: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class GradientRule:
+    """How the equivalence contract judges a pooler's gradients against its float64 reference.
+
+    ``input``: ``"element"`` (every element of the input gradient within the
+    tolerance) or ``"plane"`` (norm-wise per (n, c) plane, as parameter gradients
+    are judged).  ``tolerance_scale`` widens the gradient tolerances (never the
+    output's).  A pooler declares a looser rule, with its reason in ``why``
+    (shown beside a failure), when float32 cannot do better at full size:
+    LIP's logit trunk normalises whole planes and gates them through ReLUs, and
+    a float32 forward that lands on the other side of one ReLU kink moves a few
+    input-gradient elements by O(1) relative and a per-channel parameter
+    gradient by ~10⁻³ of its norm.  A looser rule still fails a wrong formula,
+    which moves every window (or a whole border row or column) by O(1), but it can
+    miss a single wrong element of a large plane: declare only what the pooler needs.
+    """
+
+    input: str = "element"
+    tolerance_scale: float = 1.0
+    why: str = ""
+
+    def __post_init__(self):
+        if self.input not in ("element", "plane"):
+            raise ValueError(f"GradientRule.input must be 'element' or 'plane', got {self.input!r}")
+        if isinstance(self.tolerance_scale, bool) or not isinstance(self.tolerance_scale, (int, float)) \
+                or not 1 <= self.tolerance_scale <= 100:
+            raise ValueError(f"GradientRule.tolerance_scale must be a number in [1, 100], got {self.tolerance_scale!r}")
+
+
+@dataclass(frozen=True)
 class PoolerSpec:
     """What the registry knows about one (pooler, tier) pair: the whole pooler contract.
 
@@ -100,6 +130,9 @@ class PoolerSpec:
     ``priority`` ranks the tier for ``create(tier=None)`` per device type;
     ``op_namespaces`` name the ``torch.library`` namespaces of custom ops the
     tier runs, which FLOP counters cannot see into.
+    ``gradient_rule`` is how the equivalence contract judges its gradients
+    (:class:`GradientRule`; the default suits a pooler whose outputs depend on
+    their window alone).
     """
 
     name: str
@@ -117,6 +150,7 @@ class PoolerSpec:
     macs: MacsFormula | None = None
     priority: Mapping[str, int] = field(default_factory=dict)
     op_namespaces: tuple[str, ...] = ()
+    gradient_rule: GradientRule = field(default_factory=lambda: GradientRule())
 
     @property
     def learnable(self) -> bool:
@@ -180,9 +214,11 @@ def register(
     available: Availability | None = None,
     replace: bool = False,
     networks: Mapping[str, PoolerNetwork] | None = None,
+    gradient_rule: GradientRule | None = None,
 ):
     """Decorator registering ``factory(channels, kernel_size, stride, padding, **options)``.
 
+    ``gradient_rule`` is how its gradients are judged against the reference (:class:`GradientRule`).
     ``networks`` declares the networks the pooler brings itself (see :class:`PoolerNetwork` and
     :func:`register_network`): the pooler, not poolbench, says where its authors put it.
 
@@ -194,6 +230,8 @@ def register(
     for label, value in (("pooler name", name), ("tier name", tier)):
         if not isinstance(value, str) or not value or not value.replace("_", "").isalnum():
             raise ValueError(f"{label} must be a non-empty identifier, got {value!r}")
+    if gradient_rule is not None and not isinstance(gradient_rule, GradientRule):
+        raise TypeError(f"gradient_rule must be a poolbench.registry.GradientRule, got {gradient_rule!r}")
     devices = tuple(devices)
     ranks = _priority_by_device(tier, priority, devices)
 
@@ -209,6 +247,7 @@ def register(
             differentiable=differentiable, stochastic=stochastic, family=family, priority=ranks,
             op_namespaces=tuple(op_namespaces), description=description or _first_line(factory.__doc__),
             available=available or _always_available, source=getattr(factory, "__module__", "?"),
+            gradient_rule=gradient_rule or GradientRule(),
         )
         if tier not in _TIER_ORDER:
             _TIER_ORDER.append(tier)

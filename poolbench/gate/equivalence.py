@@ -108,7 +108,7 @@ def _compare_region(pooler, tier, ref_tier, shape, crop, differentiable, config)
     if "input" in actual.grads:
         actual.grads["input"] = actual.grads["input"][..., :crop, :crop]
     actual.output = actual.output.cpu()
-    verdict = judge(actual, reference, config.torch_dtype)
+    verdict = judge(actual, reference, config.torch_dtype, registry.get_spec(pooler, tier).gradient_rule)
     return verdict.problem, verdict.max_abs_output_error
 
 

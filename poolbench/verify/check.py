@@ -110,7 +110,7 @@ def check_equivalence(name: str, tier: str, case: Case, device="cpu", dtype=torc
         except ValueError as exc:  # the case does not apply to this pooler (e.g. Full-DPP geometry)
             result.status, result.detail = "n/a", str(exc)
             return result
-        verdict = judge(run_pass(candidate, x_new, grad_out), expected, dtype)
+        verdict = judge(run_pass(candidate, x_new, grad_out), expected, dtype, spec.gradient_rule)
         result.output_error, result.max_abs_output_error = verdict.output_error, verdict.max_abs_output_error
         if spec.differentiable:
             result.grad_error, result.max_abs_grad_error = verdict.grad_error, verdict.max_abs_grad_error

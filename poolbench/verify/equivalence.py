@@ -10,6 +10,9 @@ these rules, so they cannot disagree:
   so every per-channel gradient path is exercised rather than a special case;
 * the **output** and the **gradient of the input** must agree element-wise
   within :mod:`poolbench.tolerances` ("output" and "grad" rows for the tier's dtype);
+  a pooler may declare a looser :class:`~poolbench.registry.GradientRule` for its
+  gradients (input gradient norm-wise per plane, a wider gradient tolerance) with
+  the reason float32 cannot do better, which a failure message repeats;
 * each **parameter gradient** must agree norm-wise (:func:`parameter_grad_error`):
   it sums over every batch element and position, so one entry that cancels to
   near zero carries a rounding error far above an element-wise bound while the
@@ -27,10 +30,11 @@ import torch
 from torch import nn
 
 from .. import registry
+from ..registry import GradientRule
 from ..tolerances import tolerance
 
 __all__ = ["PARAMETER_NOISE", "Verdict", "compare", "input_error", "parameter_grad_error", "perturb_parameters",
-           "reference_tier"]
+           "plane_grad_error", "reference_tier"]
 
 #: Standard deviation of the noise added to every learned parameter before comparing.
 PARAMETER_NOISE = 0.3
@@ -62,12 +66,18 @@ def perturb_parameters(module: nn.Module, seed: int) -> nn.Module:
     return module
 
 
-def input_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str = "output") -> tuple[float, float]:
-    """Element-wise (max |a − e| / (atol + rtol·|e|), max |a − e|) with the ``kind`` row for ``dtype``.
+def _scaled_tolerance(dtype: torch.dtype, kind: str, scale: float) -> tuple[float, float]:
+    rtol, atol = tolerance(dtype, kind)
+    return scale * rtol, scale * atol
+
+
+def input_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str = "output",
+                scale: float = 1.0) -> tuple[float, float]:
+    """Element-wise (max |a − e| / (atol + rtol·|e|), max |a − e|) with the ``kind`` row for ``dtype`` (× ``scale``).
 
     NaN in both at the same place counts as equal; NaN in one only is an infinite error.
     """
-    rtol, atol = tolerance(dtype, kind)
+    rtol, atol = _scaled_tolerance(dtype, kind, scale)
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     if actual.shape != expected.shape:
         raise AssertionError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
@@ -81,9 +91,10 @@ def input_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype
     return scaled.max().item(), diff.max().item()
 
 
-def parameter_grad_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> tuple[float, float]:
-    """Norm-wise ‖a − e‖₂ / (rtol·‖e‖₂ + atol·√numel) with the "grad" row for ``dtype``, and max |a − e|."""
-    rtol, atol = tolerance(dtype, "grad")
+def parameter_grad_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
+                         scale: float = 1.0) -> tuple[float, float]:
+    """Norm-wise ‖a − e‖₂ / (rtol·‖e‖₂ + atol·√numel) with the "grad" row for ``dtype`` (× ``scale``), and max |a − e|."""
+    rtol, atol = _scaled_tolerance(dtype, "grad", scale)
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     if actual.shape != expected.shape:
         raise AssertionError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
@@ -92,6 +103,18 @@ def parameter_grad_error(actual: torch.Tensor, expected: torch.Tensor, dtype: to
         return float("inf"), float("inf")
     bound = rtol * float(expected.norm()) + atol * math.sqrt(max(expected.numel(), 1))
     return float(diff.norm()) / bound, float(diff.abs().max()) if diff.numel() else 0.0
+
+
+def plane_grad_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
+                     scale: float = 1.0) -> tuple[float, float]:
+    """The worst (n, c) plane's :func:`parameter_grad_error` of an input gradient (N, C, ...), and max |a − e|."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
+    if actual.dim() < 3 or actual.numel() == 0:
+        return parameter_grad_error(actual, expected, dtype, scale)
+    errors = [parameter_grad_error(got, want, dtype, scale)
+              for got, want in zip(actual.flatten(0, 1), expected.flatten(0, 1))]
+    return max(error for error, _ in errors), max(abs_error for _, abs_error in errors)
 
 
 @dataclass
@@ -103,6 +126,7 @@ class Verdict:
     grad_error: float = 0.0
     max_abs_grad_error: float = 0.0
     worst_grad: str = ""
+    rule: GradientRule = GradientRule()
 
     @property
     def ok(self) -> bool:
@@ -115,26 +139,38 @@ class Verdict:
             return (f"output differs by {self.output_error:.3g}× the tolerance "
                     f"(max |difference| {self.max_abs_output_error:.3g})")
         if self.grad_error > 1:
-            rule = "norm of the difference" if self.worst_grad != "input" else "max |difference|"
+            if self.worst_grad != "input":
+                how = "norm of the difference"
+            else:
+                how = "max |difference|" if self.rule.input == "element" else "norm of the difference in the worst plane"
+            if self.rule.tolerance_scale != 1:
+                how += f", the pooler's {self.rule.tolerance_scale:g}× gradient tolerance"
+            why = f"; the pooler's rule: {self.rule.why}" if self.rule.why else ""
             return (f"gradient of {self.worst_grad} differs by {self.grad_error:.3g}× the tolerance "
-                    f"({rule}; max |difference| {self.max_abs_grad_error:.3g})")
+                    f"({how}; max |difference| {self.max_abs_grad_error:.3g}{why})")
         return None
 
 
 def compare(output: tuple[torch.Tensor, torch.Tensor], grads: Iterable[tuple[str, torch.Tensor | None, torch.Tensor | None]],
-            dtype: torch.dtype) -> Verdict:
+            dtype: torch.dtype, rule: GradientRule = GradientRule()) -> Verdict:
     """The verdict for (tier output, reference output) and (name, tier grad, reference grad) triples.
 
-    The gradient named ``"input"`` is compared element-wise, parameters
-    norm-wise.  A gradient present on one side only is an error.
+    The gradient named ``"input"`` is compared element-wise (or per plane, by the pooler's ``rule``),
+    parameters norm-wise.  A gradient present on one side only is an error.
     """
-    verdict = Verdict(*input_error(*output, dtype, "output"))
+    verdict = Verdict(*input_error(*output, dtype, "output"), rule=rule)
+    scale = rule.tolerance_scale
     for name, got, want in grads:
         if got is None and want is None:
             continue
         if got is None or want is None:
             raise AssertionError(f"gradient of {name} is missing in {'the tier' if got is None else 'the reference'}")
-        error, abs_error = input_error(got, want, dtype, "grad") if name == "input" else parameter_grad_error(got, want, dtype)
+        if name != "input":
+            error, abs_error = parameter_grad_error(got, want, dtype, scale)
+        elif rule.input == "plane":
+            error, abs_error = plane_grad_error(got, want, dtype, scale)
+        else:
+            error, abs_error = input_error(got, want, dtype, "grad", scale)
         if not error <= verdict.grad_error:
             verdict.grad_error, verdict.max_abs_grad_error, verdict.worst_grad = error, abs_error, name
     return verdict

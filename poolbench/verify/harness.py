@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..registry import GradientRule
 from ..stochastic import Seeded
 from .equivalence import Verdict, compare, perturb_parameters, reference_tier
 
@@ -109,8 +110,12 @@ def run_call(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor],
     return PassOutputs(out.detach(), {name: g for name, g in zip(leaves, grads) if g is not None})
 
 
-def judge(actual: PassOutputs, expected: PassOutputs, dtype: torch.dtype) -> Verdict:
-    """The contract's verdict on a tier's pass against its reference's (a gradient on one side only fails)."""
+def judge(actual: PassOutputs, expected: PassOutputs, dtype: torch.dtype,
+          rule: GradientRule = GradientRule()) -> Verdict:
+    """The contract's verdict on a tier's pass against its reference's (a gradient on one side only fails).
+
+    ``rule`` is the pooler's declared ``registry.PoolerSpec.gradient_rule``.
+    """
     names = list(dict.fromkeys([*expected.grads, *actual.grads]))
     grads = [(name, actual.grads.get(name), expected.grads.get(name)) for name in names]
-    return compare((actual.output, expected.output), grads, dtype)
+    return compare((actual.output, expected.output), grads, dtype, rule)
