@@ -42,15 +42,20 @@ Backward recomputes the weights from x (nothing but the inputs is saved):
 * ``_dpp_bwd_window_kernel``: one pass per window gives y, the weights, the
   α/λ (and F/b) partial sums and the gradient w.r.t. the guide Ĩ.  When windows
   cannot overlap (k ≤ s) it also writes ∂L/∂x for its own taps directly
-  (``FUSED_GX``); for Full-DPP 2×2/2 that includes the guide filters' share
-  (``GUIDE_GX``: neighbours' ∂L/∂Ĩ through a per-program ring, so the whole
-  Full backward is this one kernel and ∂x is written once).  Otherwise it stores
-  9 per-window scalars ("stats").
+  (``FUSED_GX``).  For Full-DPP 2×2/2 and for k3s2p1 (Lite and Full, the ResNet
+  stem) the whole backward is this one kernel and ∂x is written once
+  (``RING_GX``): window (i, j) owns pixels (2i + {0, 1}, 2j + {0, 1}), which only
+  it and its right, lower and lower-right neighbours reach (by pooling or by the
+  3×3 guide), so a block writes its pixels once its successors' ∂L/∂Ĩ (2×2/2) or
+  9 stats (k3s2p1) are in a per-program ring: a gather by owned pixel, no scatter,
+  no atomics.  Otherwise (other overlapping geometries) it stores 9 per-window
+  scalars ("stats") for the pixel gather.
 * ``_dpp_bwd_input_kernel``: a gather over input pixels (no scatter, so no
   atomics): each pixel sums its contributions from the ≤ ⌈k/s⌉² windows that
   contain it (from the stats) and, for Full-DPP, from the ≤ ⌈3/s⌉² guide
-  filters that read it (``gx += Σ ∂L/∂Ĩ · F``).  Used when windows overlap
-  (k3s2p1) and for Full-DPP 2×2/2 planes wider than the largest block.
+  filters that read it (``gx += Σ ∂L/∂Ĩ · F``).  Used for overlapping windows
+  other than k3s2p1 (e.g. stride 1) and for ``RING_GX`` planes wider than the
+  largest block (a block must hold a window's lower-right neighbour).
 
 Gradient formulas (D = Σ_q w_q, ĝ = ∂L/∂y / D, e_q = 2^(ℓ_q − M)):
 
@@ -66,9 +71,10 @@ log2 α = θα·log2 e and λ = exp(θλ) are formed once per program, and the k
 ∂L/∂θα = α·∂L/∂α (per window ĝ·Σ(I − y)·2^(log2 α − M)) and ∂L/∂θλ = λ·∂L/∂λ (per program), so a
 module call is the one op.  Without it (the functional form) α ≥ 0, λ ≥ 0 are taken as given.
 
-The window kernel's last program (an atomic counter, reset by that program) sums
-every program's α/λ/F/b partials in a fixed order and writes the parameter
-gradients in the parameters' dtypes: no reduction or copy launches follow.
+The window kernel's last program (an atomic counter, reset by that program; one
+counter per plan and CUDA stream, so concurrent same-shape backwards never share
+one) sums every program's α/λ/F/b partials in a fixed order and writes the
+parameter gradients in the parameters' dtypes: no reduction or copy launches follow.
 
 Host path: everything that depends only on the call's shape, strides, dtypes,
 device and settings (geometry checks, grid, config, scalar arguments) is a plan
@@ -81,6 +87,7 @@ by :func:`forward_plan` / :func:`backward_plan`; the static kernel report
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -105,7 +112,7 @@ if not INTERPRET:
 #: interpreter would round a Python float argument to float32, so there it is a 1-element tensor.
 EPS2_IN_MEMORY: tl.constexpr = tl.constexpr(INTERPRET)
 
-#: Per-window scalars the backward stores when windows overlap (k > s).
+#: Per-window scalars the backward keeps when windows overlap (k > s): in the ring (k3s2p1) or for the gather.
 N_STATS = 9  # centre Ĩ, y − Ĩ, 1/c_max (scaled), ℓ_max − M, α-term, ∂L/∂y / D, SI term, ∂L/∂Ĩ (Lite: / n), sc
 
 #: Programs the backward's window kernel aims for (it splits planes into chunks
@@ -167,12 +174,12 @@ def _prune(slots_of, budget):
 
 
 def _window_prune(budget):
-    """The window kernel's prune: with GUIDE_GX a block must hold a window's lower-right neighbour (BLOCK > OW)."""
+    """The window kernel's prune: with RING_GX a block must hold a window's lower-right neighbour (BLOCK > OW)."""
     by_registers = _prune(_window_slots, budget)
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        if args.get("GUIDE_GX"):
+        if args.get("RING_GX"):
             configs = [c for c in configs if c.kwargs["BLOCK"] > args["OW"]]
         return by_registers(configs, named_args, **kwargs)
 
@@ -467,10 +474,13 @@ def _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gy
 
 
 @triton.jit
-def _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
+def _window_grads(xp, gy_ptr, plane, P, offs, pmask, keep, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
                   K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, ASYM: tl.constexpr, FULL: tl.constexpr,
                   SI: tl.constexpr, LOG_PARAMS: tl.constexpr, ACC: tl.constexpr):
     """Backward maths of a block of windows: per-tap direct ∂L/∂I and per-window terms (see the module docstring).
+
+    ``pmask``: the windows computed; ``keep`` (⊆ pmask): those whose α/λ terms count (the chunk's own,
+    not the look-ahead windows of the single-kernel backward, which only feed their neighbours).
 
     LOG_PARAMS: the α term is ∂L/∂θα = α·∂L/∂α = ĝ·Σ(I − y)·2^(log2 α − M) = ĝ·Σ(I − y)·a (a ≤ 1: no
     overflow to guard against); the λ term stays ∂L/∂λ, scaled by λ once per program.
@@ -488,9 +498,9 @@ def _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alph
     # 2^(−M) (up to 1/α) would amplify.
     sum_dev = (sum_e * sum_r - n * sum_er) * inv_D
     if LOG_PARAMS:
-        alpha_term = tl.where(pmask, gyd * sum_dev * a, 0.0)
+        alpha_term = tl.where(keep, gyd * sum_dev * a, 0.0)
     else:
-        alpha_term = tl.where(pmask, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
+        alpha_term = tl.where(keep, _alpha_grad(gyd * sum_dev, M, ACC), 0.0)
     dev = ()
     for t in tl.static_range(KK):
         if PAD != 0:
@@ -502,7 +512,7 @@ def _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alph
     dev_e_lr = dev[0] * e[0] * lr[0]
     for t in tl.static_range(1, KK):
         dev_e_lr += dev[t] * e[t] * lr[t]
-    lam_term = tl.where(pmask, gyd * (0.5 * LN2) * (dev_e_lr - a * log_ratio_max * sum_dev), 0.0)
+    lam_term = tl.where(keep, gyd * (0.5 * LN2) * (dev_e_lr - a * log_ratio_max * sum_dev), 0.0)
     gh = gyd * half
     beta = ()
     for t in tl.static_range(KK):
@@ -540,33 +550,108 @@ def _store_taps(gx_ptr, plane, H, W, oh, ow, values, inside, K: tl.constexpr, S:
 
 
 @triton.jit
-def _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, offs, pmask, g_guide, direct, f,
-              BLOCK: tl.constexpr):
-    """Full-DPP 2×2/2: ∂L/∂I of a block's taps, direct part plus every guide filter reading them.
+def _tap_grad(xv, inside, g, yg, inv_cmax, shift, a, gyd, si_term, spread, sc, eps2c, half,
+              ASYM: tl.constexpr, FULL: tl.constexpr, ACC: tl.constexpr):
+    """∂L/∂x at a pixel of value ``xv`` from one window's pooling, rebuilt from that window's stats.
 
-    Tap (dh, dw) of window (i, j) is read by the guides of windows (i + dh·{0,1}, j + dw·{0,1}); the
-    neighbours' ∂L/∂Ĩ come from ``ring`` (this program's last 2·BLOCK windows, written before a barrier).
+    Lite adds the window's ∂L/∂Ĩ / n (``spread``); Full's guide share (∂L/∂Ĩ·F) is the caller's.  Pixels of
+    no window (``inside`` false) give 0, and their r is 0 so that no |x|² overflows on the way.
     """
+    r = tl.where(inside, xv - g, 0.0)
+    d = r
+    if ASYM:
+        d = tl.maximum(d, 0.0)
+    ds = d * sc
+    c = ds * ds + tl.maximum(eps2c * sc * sc, TINY)
+    e = tl.exp2(half * _log2(c * inv_cmax, ACC) + shift)
+    beta = gyd * (r - yg) * e * half
+    contrib = gyd * (e + a) + 2.0 * ds * sc * (beta / c - si_term)
+    if not FULL:
+        contrib += spread
+    return tl.where(inside, contrib, 0.0)
+
+
+@triton.jit
+def _ring_store(ring, slot, pmask, stats, RING_STATS: tl.constexpr, RING: tl.constexpr):
+    """A block's windows into the ring: all 9 stats (k3s2p1), or just ∂L/∂Ĩ (Full-DPP 2×2/2)."""
+    if RING_STATS == 1:
+        tl.store(ring + slot, stats[7], mask=pmask)
+    else:
+        for q in tl.static_range(RING_STATS):
+            tl.store(ring + q * RING + slot, stats[q], mask=pmask)
+
+
+@triton.jit
+def _neighbour_grad(ring, slot, mask, xv, inside, f, ftap: tl.constexpr, eps2c, half,
+                    POOL_NB: tl.constexpr, FULL: tl.constexpr, ASYM: tl.constexpr, ACC: tl.constexpr,
+                    RING: tl.constexpr):
+    """∂L/∂x at an owned pixel from a right / lower neighbour window (its stats in the ring, slot ``slot``):
+    its pooling share (POOL_NB: overlapping windows) plus, for Full-DPP, its guide's ∂L/∂Ĩ·F[ftap]."""
+    if POOL_NB:
+        g = tl.load(ring + slot, mask=mask, other=0.0)
+        yg = tl.load(ring + RING + slot, mask=mask, other=0.0)
+        inv_cmax = tl.load(ring + 2 * RING + slot, mask=mask, other=1.0)
+        shift = tl.load(ring + 3 * RING + slot, mask=mask, other=0.0)
+        a = tl.load(ring + 4 * RING + slot, mask=mask, other=0.0)
+        gyd = tl.load(ring + 5 * RING + slot, mask=mask, other=0.0)
+        si_term = tl.load(ring + 6 * RING + slot, mask=mask, other=0.0)
+        spread = tl.load(ring + 7 * RING + slot, mask=mask, other=0.0)
+        sc = tl.load(ring + 8 * RING + slot, mask=mask, other=1.0)
+        out = _tap_grad(xv, mask & inside, g, yg, inv_cmax, shift, a, gyd, si_term, spread, sc, eps2c, half,
+                        ASYM, FULL, ACC)
+        if FULL:
+            out += spread * f[ftap]
+    else:
+        out = tl.load(ring + slot, mask=mask, other=0.0) * f[ftap]
+    return out
+
+
+@triton.jit
+def _owned_gx(gx_ptr, ring, start, plane, H, W, OW, P, offs, own, g_guide, direct, xo, f, eps2c, half,
+              POOL_NB: tl.constexpr, FULL: tl.constexpr, ASYM: tl.constexpr, ACC: tl.constexpr,
+              BLOCK: tl.constexpr):
+    """∂L/∂x of the pixels a block of windows owns, written once: window (i, j) owns (2i + dh, 2j + dw), dh, dw ∈ {0, 1}.
+
+    Stride 2 with a 3-wide reach (the 3×3 guide of Full-DPP 2×2/2, the window and guide of k3s2p1) puts
+    every pixel a window owns in the reach of at most that window and its right, lower and lower-right
+    neighbours, never of an earlier one: row 2i + 1 is tap row 2 of window row i and tap row 0 of i + 1
+    (columns alike).  ``direct``/``xo``: the owned taps' direct ∂L/∂I and values, (dh, dw) row-major;
+    the neighbours' terms come from ``ring`` (the program's last 2·BLOCK windows, written before a barrier).
+    """
+    RING: tl.constexpr = 2 * BLOCK
     oh = offs // OW
     ow = offs - oh * OW
     rel = offs - start
-    right = pmask & (ow + 1 < OW)
-    down = pmask & (offs + OW < P)
-    g_r = tl.load(ring + (rel + 1) % (2 * BLOCK), mask=right, other=0.0)
-    g_d = tl.load(ring + (rel + OW) % (2 * BLOCK), mask=down, other=0.0)
-    g_rd = tl.load(ring + (rel + OW + 1) % (2 * BLOCK), mask=right & down, other=0.0)
+    right = own & (ow + 1 < OW)
+    down = own & (offs + OW < P)
+    diag = right & down
     values = ()
+    masks = ()
     for dh in tl.static_range(2):
         for dw in tl.static_range(2):
-            v = direct[dh * 2 + dw] + g_guide * f[(dh + 1) * 3 + dw + 1]
-            if dh == 1:
-                v += g_d * f[dw + 1]
-            if dw == 1:
-                v += g_r * f[(dh + 1) * 3]
-            if dh == 1 and dw == 1:
-                v += g_rd * f[0]
+            if POOL_NB:  # k3s2p1: the last window row / column may own one pixel row / column only
+                inside = own & (oh * 2 + dh < H) & (ow * 2 + dw < W)
+            else:  # 2×2/2 windows lie inside the image
+                inside = own
+            v = direct[dh * 2 + dw]
+            if POOL_NB:
+                xv = xo[dh * 2 + dw]
+            else:
+                xv = v  # unused: only the neighbours' ∂L/∂Ĩ reach the pixel
+            if FULL:
+                v += g_guide * f[(dh + 1) * 3 + dw + 1]
+            if dh == 1:  # tap (0, dw + 1) of window (i + 1, j)
+                v += _neighbour_grad(ring, (rel + OW) % RING, down, xv, inside, f, dw + 1,
+                                     eps2c, half, POOL_NB, FULL, ASYM, ACC, RING)
+            if dw == 1:  # tap (dh + 1, 0) of window (i, j + 1)
+                v += _neighbour_grad(ring, (rel + 1) % RING, right, xv, inside, f, (dh + 1) * 3,
+                                     eps2c, half, POOL_NB, FULL, ASYM, ACC, RING)
+            if dh == 1 and dw == 1:  # tap (0, 0) of window (i + 1, j + 1)
+                v += _neighbour_grad(ring, (rel + OW + 1) % RING, diag, xv, inside, f, 0,
+                                     eps2c, half, POOL_NB, FULL, ASYM, ACC, RING)
             values = values + (v,)
-    _store_taps(gx_ptr, plane, H, W, oh, ow, values, (pmask, pmask, pmask, pmask), 2, 2, 0)
+            masks = masks + (inside,)
+    _store_taps(gx_ptr, plane, H, W, oh, ow, values, masks, 2, 2, 0)
 
 
 @triton.autotune(configs=_BWD_WINDOW_CONFIGS, key=BACKWARD_KEY,
@@ -577,14 +662,19 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
                            N, C, H, W, OW, P, CHUNK, SPLIT,
                            K: tl.constexpr, S: tl.constexpr, PAD: tl.constexpr, KP: tl.constexpr,
                            ASYM: tl.constexpr, FULL: tl.constexpr, SI: tl.constexpr,
-                           FUSED_GX: tl.constexpr, GUIDE_GX: tl.constexpr, WRITE_STATS: tl.constexpr,
-                           NPART: tl.constexpr, LOG_PARAMS: tl.constexpr, ACC: tl.constexpr,
-                           BLOCK: tl.constexpr):
-    """One pass over a chunk of windows.  FUSED_GX: ∂L/∂x of the windows' own taps (k ≤ s); with
-    GUIDE_GX (Full-DPP 2×2/2) including the guide filters' share, so the whole backward is this kernel:
-    each block's ∂L/∂Ĩ goes to a per-program ring, and a block's ∂L/∂x is written one iteration later,
-    once its right and lower neighbours' ∂L/∂Ĩ are in the ring (the chunk's end computes the next
-    BLOCK windows' ∂L/∂Ĩ for that)."""
+                           FUSED_GX: tl.constexpr, RING_GX: tl.constexpr, RING_STATS: tl.constexpr,
+                           WRITE_STATS: tl.constexpr, NPART: tl.constexpr, LOG_PARAMS: tl.constexpr,
+                           ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass over a chunk of windows.  FUSED_GX: ∂L/∂x of the windows' own taps (k ≤ s).
+
+    RING_GX (Full-DPP 2×2/2, and k3s2p1 Lite and Full): the whole backward is this kernel and ∂L/∂x is
+    written once, by the window owning each pixel (:func:`_owned_gx`).  Each block puts its windows'
+    ∂L/∂Ĩ (2×2/2) or all 9 stats (k3s2p1) into a per-program ring of 2·BLOCK windows, and a block's ∂L/∂x
+    is written one iteration later, once its right and lower neighbours are in the ring.  The loop runs
+    one block past the chunk: windows past ``stop`` are computed for the ring only (their α/λ/F/b terms
+    belong to the next chunk), so no neighbour is ever read before it is written.  No atomics on ∂L/∂x,
+    no second launch: the neighbours' terms are recomputed from their stats, as the pixel gather does.
+    """
     plane = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ch = plane % C
@@ -600,44 +690,61 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
     acc_weight = ()
     for t in tl.static_range(9 if FULL else 1):
         acc_weight = acc_weight + (tl.zeros((BLOCK,), ACC),)
-    if GUIDE_GX:
-        ring = stats_ptr + (plane * SPLIT + split) * (2 * BLOCK)
+    if RING_GX:
+        ring = stats_ptr + (plane * SPLIT + split) * (RING_STATS * 2 * BLOCK)
         f = ()
-        for t in tl.static_range(9):
-            f = f + (tl.load(w_ptr + ch * 9 + t).to(ACC),)
+        if FULL:
+            for t in tl.static_range(9):
+                f = f + (tl.load(w_ptr + ch * 9 + t).to(ACC),)
         # the block whose ∂L/∂x is written next iteration (none yet)
         pend_offs = start + tl.arange(0, BLOCK)
-        pend_mask = pend_offs < 0
+        pend_own = pend_offs < 0
         pend_gg = tl.zeros((BLOCK,), ACC)
         pend_direct = (pend_gg, pend_gg, pend_gg, pend_gg)
+        pend_x = pend_direct if RING_STATS > 1 else ()  # the owned taps' values (k3s2p1 neighbours need them)
+        blocks_end = CHUNK + BLOCK  # one look-ahead block: the last block's right and lower neighbours
+    else:
+        blocks_end = CHUNK
     # A while loop, not range(start, stop, BLOCK): Triton 3.6's interpreter passes integer arguments
     # as 1-element arrays, which range() cannot take.
     block_start = 0
-    while block_start < CHUNK:
+    while block_start < blocks_end:
         offs = start + block_start + tl.arange(0, BLOCK)
         block_start += BLOCK
-        pmask = offs < stop
+        own = offs < stop
+        if RING_GX:
+            pmask = offs < P
+        else:
+            pmask = own
         oh, ow, inside, xg, direct, g_guide, alpha_term, lam_term, stats = _window_grads(
-            xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
+            xp, gy_ptr, plane, P, offs, pmask, own, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W, OW,
             K, S, PAD, ASYM, FULL, SI, LOG_PARAMS, ACC)
         acc_alpha += alpha_term
         acc_lam += lam_term
         if FULL:
-            gg_kept = tl.where(pmask, g_guide, 0.0)
+            gg_kept = tl.where(own, g_guide, 0.0)
             new_weight = ()
             for t in tl.static_range(9):
                 new_weight = new_weight + (acc_weight[t] + gg_kept * xg[t],)
             acc_weight = new_weight
             acc_bias += gg_kept
-        if GUIDE_GX:
-            tl.store(ring + (offs - start) % (2 * BLOCK), g_guide, mask=pmask)
+        if RING_GX:
+            _ring_store(ring, (offs - start) % (2 * BLOCK), pmask, stats, RING_STATS, 2 * BLOCK)
             tl.debug_barrier()
-            _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_mask, pend_gg, pend_direct, f, BLOCK)
-            tl.debug_barrier()  # the ring slot read above is overwritten next iteration
+            _owned_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_own, pend_gg, pend_direct, pend_x,
+                      f, eps2c, half, RING_STATS > 1, FULL, ASYM, ACC, BLOCK)
+            tl.debug_barrier()  # the ring slots read above are overwritten next iteration
             pend_offs = offs
-            pend_mask = pmask
+            pend_own = own
             pend_gg = g_guide
-            pend_direct = direct
+            own_direct = ()
+            own_x = ()
+            for t in tl.static_range(4):  # the owned taps (dh, dw): tap (dh + PAD, dw + PAD)
+                own_direct = own_direct + (direct[(t // 2 + PAD) * K + t % 2 + PAD],)
+                if RING_STATS > 1:
+                    own_x = own_x + (xg[(t // 2 + PAD) * K + t % 2 + PAD],)
+            pend_direct = own_direct
+            pend_x = own_x
         elif FUSED_GX:
             _store_taps(gx_ptr, plane, H, W, oh, ow, direct, inside, K, S, PAD)
             if FULL:
@@ -645,14 +752,6 @@ def _dpp_bwd_window_kernel(x_ptr, gy_ptr, alpha_ptr, lam_ptr, w_ptr, b_ptr, eps2
         if WRITE_STATS:
             g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc = stats
             _store_stats(stats_ptr, plane, P, offs, pmask, g, yg, inv_cmax, shift, a, gyd, si_term, g_spread, sc)
-    if GUIDE_GX:  # the ∂L/∂Ĩ of the BLOCK windows after the chunk (their guides read the last block's taps)
-        offs = stop + tl.arange(0, BLOCK)
-        pmask = offs < P
-        halo = _window_grads(xp, gy_ptr, plane, P, offs, pmask, w_ptr, b_ptr, ch, log2_alpha, half, eps2c, H, W,
-                             OW, K, S, PAD, ASYM, FULL, SI, LOG_PARAMS, ACC)
-        tl.store(ring + (offs - start) % (2 * BLOCK), halo[5], mask=pmask)
-        tl.debug_barrier()
-        _guide_gx(gx_ptr, ring, start, plane, H, W, OW, P, pend_offs, pend_mask, pend_gg, pend_direct, f, BLOCK)
     pp = part_ptr + (plane * SPLIT + split) * NPART
     tl.store(pp, tl.sum(acc_alpha, axis=0))
     if LOG_PARAMS:  # ∂L/∂θλ = λ·∂L/∂λ, λ the program's one channel's
@@ -743,18 +842,12 @@ def _dpp_bwd_input_kernel(x_ptr, lam_ptr, w_ptr, eps2: tl.float64, stats_ptr, gg
             gyd = tl.load(sp + 5 * P, mask=inside, other=0.0)
             si_term = tl.load(sp + 6 * P, mask=inside, other=0.0)
             sc = tl.load(sp + 8 * P, mask=inside, other=1.0)
-            r = tl.where(inside, xv - g, 0.0)  # slots of no window: no inf from |x|² there
-            d = r
-            if ASYM:
-                d = tl.maximum(d, 0.0)
-            ds = d * sc
-            c = ds * ds + tl.maximum(eps2c * sc * sc, TINY)
-            e = tl.exp2(half * _log2(c * inv_cmax, ACC) + shift)
-            beta = gyd * (r - yg) * e * half
-            contrib = gyd * (e + a) + 2.0 * ds * sc * (beta / c - si_term)
-            if not FULL:
-                contrib += tl.load(sp + 7 * P, mask=inside, other=0.0)
-            gx += tl.where(inside, contrib, 0.0)
+            if FULL:
+                spread = sc  # unused: Full's guide share comes below
+            else:
+                spread = tl.load(sp + 7 * P, mask=inside, other=0.0)
+            gx += _tap_grad(xv, inside, g, yg, inv_cmax, shift, a, gyd, si_term, spread, sc, eps2c, half,
+                            ASYM, FULL, ACC)
     if GUIDE:  # the ≤ GI² guide filters (i, j) reading pixel (h, w)
         i0 = (h + 1) // S
         j0 = (w + 1) // S
@@ -859,8 +952,8 @@ class _Plan:
     npart: int = 2
     gx_zeroed: bool = False
     overlap: bool = False
-    counter: Any = None
-    ring: int = 0  # Full-DPP single-kernel backward: ∂L/∂Ĩ slots per program
+    counters: dict = field(default_factory=dict)  # the window kernel's finish counter per stream (:func:`_counter`)
+    ring: int = 0  # single-kernel backward (RING_GX): ring slots per program (values × 2·largest BLOCK)
 
 
 #: Launch plans per :func:`plan_key`; a plan is never shared between shapes, strides, dtypes, devices or settings.
@@ -991,17 +1084,21 @@ def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2
     eps2_arg = _eps2_argument(eps2, x.device)
     flags = dict(K=k, S=s, PAD=pad, ASYM=bool(asym), FULL=full, LOG_PARAMS=bool(log_params), ACC=_TL_DTYPE[acc])
     gg_plane = N_STATS * p if overlap else p
-    # Full-DPP 2×2/2 (its only non-overlapping guide geometry): one kernel when a block can hold a
-    # window's lower-right neighbour; otherwise the guide's share of ∂L/∂x comes from the gather.
+    # One kernel (∂L/∂x written once by the window owning each pixel, neighbours through a ring) for the
+    # geometries where a pixel's windows and guides are its owner and the owner's right/lower neighbours
+    # (Full-DPP 2×2/2, k3s2p1), when a block can hold a window's lower-right neighbour (OW < BLOCK);
+    # otherwise the overlap and the guide's share of ∂L/∂x come from the pixel gather, a second launch.
     max_block = max(config.kwargs["BLOCK"] for config in _dpp_bwd_window_kernel.configs)
-    guide_gx = full and (k, s, pad) == (2, 2, 0) and ow < max_block
+    ring_gx = ((k, s, pad) == (3, 2, 1) or (full and (k, s, pad) == (2, 2, 0))) and ow < max_block
+    ring_stats = N_STATS if overlap else 1
     window_scalars = (n, c, h, w, ow, p, chunk, split)
     window_constexprs = dict(KP=triton.next_power_of_2(k * k), SI=bool(scale_invariant), FUSED_GX=not overlap,
-                             GUIDE_GX=guide_gx, WRITE_STATS=overlap, NPART=npart, **flags)
+                             RING_GX=ring_gx, RING_STATS=ring_stats, WRITE_STATS=overlap and not ring_gx,
+                             NPART=npart, **flags)
     probe = (x, x, alpha, alpha, alpha, alpha, eps2_arg, x, x, x, x, x, alpha, alpha, alpha, alpha) + window_scalars
     launches = [_bind_launch(_dpp_bwd_window_kernel, lambda block: (nc, split), probe, window_constexprs,
                              window_scalars)]
-    if overlap or (full and not guide_gx):
+    if not ring_gx and (overlap or full):
         ci, gi = -(-k // s), -(-3 // s)
         pixel_scalars = (c, h, w, oh, ow, p, gg_plane)
         pixel_constexprs = dict(CI=ci, CP=triton.next_power_of_2(ci * ci), GI=gi, GP=triton.next_power_of_2(gi * gi),
@@ -1009,12 +1106,41 @@ def _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2
         probe = (x, alpha, alpha, eps2_arg, x, x, x) + pixel_scalars
         launches.append(_bind_launch(_dpp_bwd_input_kernel, lambda block: (nc, triton.cdiv(h * w, block)), probe,
                                      pixel_constexprs, pixel_scalars))
-    # The window kernel's last program reduces the per-program partial sums; this counter tells it
-    # that it is last, and that program resets it to 0 for the next launch.
-    counter = torch.zeros((1,), dtype=torch.int32, device=x.device)
     return _Plan(tuple(x.shape), acc, launches, (n, c, h, w, oh, ow, p), eps2_arg, split=split, npart=npart,
-                 gx_zeroed=not (overlap or exact_tiling), overlap=overlap, counter=counter,
-                 ring=2 * max_block if guide_gx else 0)
+                 gx_zeroed=not (overlap or exact_tiling), overlap=overlap,
+                 ring=ring_stats * 2 * max_block if ring_gx else 0)
+
+
+@functools.cache
+def _raw_stream_of():
+    """Triton's own current-stream query (the stream its launches go to), looked up once."""
+    from triton.runtime import driver
+
+    return driver.active.get_current_stream
+
+
+def stream_key(device: torch.device):
+    """The stream a launch on ``device`` goes to now (its raw handle); None off the GPU (one stream there)."""
+    if device.type != "cuda" or INTERPRET:
+        return None
+    return _raw_stream_of()(device.index)
+
+
+def _counter(plan: _Plan, device: torch.device) -> torch.Tensor:
+    """The window kernel's finish counter for the stream this call launches on.
+
+    The window kernel's last program reduces the per-program partial sums: this counter tells it that it
+    is last, and that program resets it to 0 for the next launch.  Launches in one stream run in order and
+    can share a counter; two same-shape backwards in two streams can run at once, and with one counter
+    each would count the other's programs (a reduction over unfinished partials, or none at all).  Hence
+    one counter per (plan, stream), made once (zeroed on that stream, so before its first launch there):
+    no extra launch per call.
+    """
+    key = stream_key(device)
+    counter = plan.counters.get(key)
+    if counter is None:
+        counter = plan.counters[key] = torch.zeros((1,), dtype=torch.int32, device=device)
+    return counter
 
 
 def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
@@ -1039,11 +1165,11 @@ def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, paddi
     else:
         g_weight = g_bias = None
         outs = (g_alpha, g_lam, g_alpha, g_alpha)  # the kernel never writes the last two for Lite
-    if plan.overlap:  # per-window stats for the gather; row 7 is the guide gradient
+    if plan.ring:  # per-program ring of the single-kernel backward (∂L/∂Ĩ, or the 9 stats for k3s2p1)
+        stats = gg = torch.empty((n * c * plan.split * plan.ring,), dtype=acc, device=x.device)
+    elif plan.overlap:  # per-window stats for the gather; row 7 is the guide gradient
         stats = torch.empty((n * c, N_STATS, p), dtype=acc, device=x.device)
         gg = stats[:, 7]
-    elif plan.ring:  # per-program ring of ∂L/∂Ĩ for the single-kernel Full-DPP backward
-        stats = gg = torch.empty((n * c * plan.split * plan.ring,), dtype=acc, device=x.device)
     elif full:  # the guide gradient of each window, for the guide gather
         stats = gg = torch.empty((n * c * p,), dtype=acc, device=x.device)
     else:
@@ -1051,7 +1177,8 @@ def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, paddi
     partials = torch.empty((n * c * plan.split * plan.npart,), dtype=acc, device=x.device)
     alpha_c, lam_c = _cast(alpha, acc), _cast(lam, acc)
     weight_c, bias_c = (_cast(weight, acc), _cast(bias, acc)) if full else (alpha_c, alpha_c)
-    tensors = [(x, grad, alpha_c, lam_c, weight_c, bias_c, plan.eps2, gx, stats, gg, partials, plan.counter) + outs]
+    counter = _counter(plan, x.device)
+    tensors = [(x, grad, alpha_c, lam_c, weight_c, bias_c, plan.eps2, gx, stats, gg, partials, counter) + outs]
     if len(plan.launches) > 1:
         tensors.append((x, lam_c, weight_c, plan.eps2, stats, gg, gx))
     return plan, gx, (g_alpha, g_lam, g_weight, g_bias), tensors
@@ -1083,4 +1210,4 @@ def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, as
 
 
 __all__ = ["AUTOTUNE_ENV", "INTERPRET", "Launch", "autotune_enabled", "backward", "backward_plan", "forward",
-           "forward_plan", "plan_key"]
+           "forward_plan", "plan_key", "stream_key"]

@@ -377,32 +377,112 @@ def test_backward_parameter_gradients_are_deterministic_and_reset_the_counter(ti
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     plan = kernels._PLANS[kernels.plan_key("backward", x, alpha, weight, *options)]
-    assert plan.counter.item() == 0 and plan.split > 1  # several programs per plane did reduce
+    (counter,) = plan.counters.values()  # one stream
+    assert counter.item() == 0 and plan.split > 1  # several programs per plane did reduce
     assert first[1].shape == (3,) and first[3].shape == (3, 1, 3, 3) and first[4].shape == (3,)
 
 
-@pytest.mark.parametrize("shape", ((1, 2, 20, 32), (2, 2, 24, 14)), ids=("two_chunks", "one_chunk"))
-@pytest.mark.parametrize("asym", (False, True), ids=("sym", "asym"))
-def test_full_backward_in_one_kernel_across_blocks_and_chunks(tier_device, shape, asym, monkeypatch):
-    """Full-DPP 2×2/2 backward is one kernel: a block's ∂L/∂x waits for its neighbours' ∂L/∂Ĩ (ring of the
-    last 2·BLOCK windows) and a chunk's end computes the next windows' ∂L/∂Ĩ.  Few programs per plane
-    make chunks of several blocks, so the hand-over between blocks and between chunks is exercised."""
+# (shape, geometry, full, asym).  TARGET_PROGRAMS = 4 below: "chunk100" planes split into two chunks of 100
+# windows, whose second block (64..99) is partial while block 0's lower neighbours reach past the chunk
+# (window 63 + OW + 1 > 100): the case a look-ahead that stopped at the chunk's end got wrong.
+ONE_KERNEL_CASES = {
+    "2x2_full_two_chunks": ((1, 2, 20, 32), (2, 2, 0), True, False),
+    "2x2_full_one_chunk": ((2, 2, 24, 14), (2, 2, 0), True, True),
+    "2x2_full_chunk100": ((1, 2, 10, 80), (2, 2, 0), True, False),
+    "k3_full_chunk100": ((1, 2, 10, 80), (3, 2, 1), True, True),
+    "k3_lite_chunk100_odd": ((1, 2, 9, 79), (3, 2, 1), False, False),
+    "k3_full_one_chunk_odd": ((2, 2, 13, 11), (3, 2, 1), True, False),
+}
+
+
+@pytest.mark.parametrize("case", ONE_KERNEL_CASES.values(), ids=ONE_KERNEL_CASES.keys())
+def test_backward_in_one_kernel_across_blocks_and_chunks(tier_device, case, monkeypatch):
+    """Full-DPP 2×2/2 and k3s2p1 (Lite and Full) backwards are one kernel writing ∂L/∂x once: a block's ∂L/∂x
+    waits for its right/lower neighbours (ring of the last 2·BLOCK windows: ∂L/∂Ĩ, or all stats for
+    overlapping windows), and a chunk's last blocks take their neighbours from a look-ahead block.  Few
+    programs per plane make chunks of several blocks, so every hand-over is exercised; odd sizes give
+    last windows owning one pixel row/column."""
     from poolbench.impls import dpp_triton_kernels as kernels
 
+    shape, geometry, full, asym = case
     monkeypatch.setattr(kernels, "TARGET_PROGRAMS", 4)
     kernels._PLANS.clear()
     try:
-        x, alpha, lam, guide = dpp_inputs(shape, True, seed=11)
-        plan_args = (x, alpha, guide[0], 2, 2, 0, asym, 1e-3, False)
-        got = run_dpp("triton", x, alpha, lam, (2, 2, 0), asym, guide, tier_device)
+        x, alpha, lam, guide = dpp_inputs(shape, full, seed=11)
+        plan_args = (x, alpha, guide[0] if full else None, *geometry, asym, 1e-3, False)
+        got = run_dpp("triton", x, alpha, lam, geometry, asym, guide, tier_device)
         plan = kernels._PLANS[kernels.plan_key("backward", *plan_args)]
         assert len(plan.launches) == 1 and plan.ring > 0  # one kernel
         n, c, h, w, oh, ow, p = plan.dims
-        assert -(-p // plan.split) > 64  # several blocks per chunk (BLOCK = 64 in the interpreter)
-        want = run_dpp("reference", x, alpha, lam, (2, 2, 0), asym, guide)
-        assert_matches_reference(got, want, torch.float64, f"full asym={asym} {shape}")
+        chunk = -(-p // plan.split)
+        assert chunk > 64 or plan.split == 1  # several blocks per chunk (BLOCK = 64 in the interpreter)
+        want = run_dpp("reference", x, alpha, lam, geometry, asym, guide)
+        assert_matches_reference(got, want, torch.float64, f"{case}")
     finally:
         kernels._PLANS.clear()
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_one_kernel_backward_is_planned_for_k3s2p1_and_full_2x2_only():
+    """The single-kernel backward where its ownership argument holds (2×2/2 Full, k3s2p1) and a block holds a
+    window's lower-right neighbour; overlapping windows elsewhere (S3DPP's stride 1) and planes wider than
+    the largest block keep the pixel gather, a second launch."""
+    from poolbench.impls import dpp_triton_kernels as kernels
+
+    def plan(shape, geometry, full):
+        x = torch.empty(shape, device="meta")
+        alpha = torch.empty(shape[1], device="meta")
+        weight = torch.empty(shape[1], 1, 3, 3, device="meta") if full else None
+        launches = kernels.backward_plan(torch.empty(1, device="meta"), x, alpha, alpha, weight, alpha, *geometry,
+                                         False, 1e-3, False).launches
+        return [launch.kernel.fn.__name__ for launch in launches]
+
+    window, gather = "_dpp_bwd_window_kernel", "_dpp_bwd_input_kernel"
+    largest = max(config.kwargs["BLOCK"] for config in kernels._dpp_bwd_window_kernel.configs)  # 64 interpreted
+    assert plan((2, 4, 100, 100), (3, 2, 1), True) == [window]  # OW = 50
+    assert plan((2, 4, 100, 100), (3, 2, 1), False) == [window]
+    assert plan((2, 4, 120, 120), (2, 2, 0), True) == [window]  # OW = 60
+    assert plan((2, 4, 120, 120), (2, 2, 0), False) == [window]
+    assert plan((2, 4, 32, 32), (3, 1, 1), False) == [window, gather]
+    wide = 2 * largest + 2  # OW = largest + 1: a block cannot hold a window's lower-right neighbour
+    assert plan((1, 2, 8, wide), (3, 2, 1), True) == [window, gather]
+    assert plan((1, 2, 8, 2 * wide), (2, 2, 0), True) == [window, gather]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_backward_counter_is_per_stream(monkeypatch):
+    """Two same-shape backwards on two CUDA streams at once must not share the window kernel's finish counter
+    (each would count the other's programs): the plan hands out one counter per stream, the same one again
+    for the same stream.  The stream is what Triton launches on; here it is simulated on meta tensors."""
+    from poolbench.impls import dpp_triton_kernels as kernels
+
+    current = {"stream": 7}
+    monkeypatch.setattr(kernels, "stream_key", lambda device: current["stream"])
+    x, alpha = torch.empty(2, 3, 8, 8, device="meta"), torch.empty(3, device="meta")
+    grad = torch.empty(2, 3, 4, 4, device="meta")
+    options = (2, 2, 0, False, 1e-3, False)
+    slot = kernels._dpp_bwd_window_kernel.fn.arg_names.index("count_ptr")
+
+    def counter():
+        return kernels.backward_plan(grad, x, alpha, alpha, None, None, *options).launches[0].args[slot]
+
+    first = counter()
+    assert counter() is first  # the same stream: its launches are ordered, one counter
+    current["stream"] = 9
+    second = counter()
+    assert second is not first and second.dtype == torch.int32 and second.shape == (1,)
+    current["stream"] = 7
+    assert counter() is first
+    plan = kernels._PLANS[kernels.plan_key("backward", x, alpha, None, *options)]
+    assert set(plan.counters) == {7, 9}
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_stream_key_off_the_gpu_is_one_stream():
+    from poolbench.impls import dpp_triton_kernels as kernels
+
+    assert kernels.stream_key(torch.device("cpu")) is None
+    assert kernels.stream_key(torch.device("meta")) is None
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -541,3 +621,27 @@ def test_gpu_float64_matches_reference(tier_device):
     want = run_dpp("reference", x, alpha, lam, (3, 2, 1), True, guide)
     got = run_dpp("triton", x, alpha, lam, (3, 2, 1), True, guide, tier_device)
     assert_matches_reference(got, want, torch.float64)
+
+
+@pytest.mark.gpu
+def test_gpu_same_shape_backwards_on_two_streams_at_once(tier_device):
+    """Two streams, same shape, launched back to back without waiting: each gets the serial result."""
+    from poolbench.impls import dpp_triton_kernels as kernels
+
+    x, alpha, lam, guide = dpp_inputs((8, 16, 56, 56), True, seed=23)
+    args = [t.float().to(tier_device) for t in (x, alpha, lam, *guide)]
+    grads = [torch.randn(8, 16, 28, 28, generator=torch.Generator().manual_seed(s)).to(tier_device) for s in (1, 2)]
+    options = (3, 2, 1, False, 1e-3, False)
+    serial = [kernels.backward(g, *args, *options) for g in grads]
+    streams = [torch.cuda.Stream(tier_device) for _ in grads]
+    torch.cuda.synchronize(tier_device)
+    results = []
+    for _ in range(5):
+        for stream, g in zip(streams, grads):
+            with torch.cuda.stream(stream):
+                results.append((g, kernels.backward(g, *args, *options)))
+    torch.cuda.synchronize(tier_device)
+    for g, got in results:
+        want = serial[0] if g is grads[0] else serial[1]
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)

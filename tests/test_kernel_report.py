@@ -94,3 +94,15 @@ def test_cli_rejects_a_malformed_arch():
 
     with pytest.raises(ValueError, match="sm_90"):
         kernels.run(Args())
+
+
+@needs_toolchain
+@pytest.mark.parametrize("variant", ("full_sym", "lite_sym"))
+def test_resnet_stem_backward_is_one_kernel_without_spills_sm90(variant):
+    """k3s2p1 backward (ResNet stem), fp32 on sm_90: one kernel writing ∂x once, no spills at the largest kept
+    config, ≤ 1000 SASS per window (the window kernel plus the pixel gather it replaced took ≥ 1,800)."""
+    rows = kernel_report.compile_case(kernel_report.KernelCase("backward", variant, "fp32", "k3s2p1"), "sm_90", True)
+    assert [row["kernel"] for row in rows] == ["dpp_bwd_window_kernel (backward)"], rows
+    (row,) = rows
+    assert row["compiled"] and row["spill_bytes"] == 0, row
+    assert 0 < row["sass_per_window"] <= 1000, row
