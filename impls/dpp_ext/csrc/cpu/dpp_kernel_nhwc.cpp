@@ -200,7 +200,9 @@ void stencil_rows(const T* image, const Window& win, const T* zeros, const T** r
 // ---------------------------------------------------------------------------
 
 // NT taps, known at compile time: the per-tap loops unroll and the channel loop vectorises.
-template <int NT, bool FULL, typename T>
+// SI: the scale-invariant option (0 off, 1 on) fixed at compile time, so the default pays
+// nothing for it (window_forward's branch-free form computes a log2 of the mean otherwise).
+template <int NT, bool FULL, int SI, typename T>
 void forward_taps(const T* image, const Window& win, const T* zeros, const Channels<T>& channel_params, T* out) {
   const Channels<T> ch = channel_params;
   const T* src[NT];
@@ -215,7 +217,7 @@ void forward_taps(const T* image, const Window& win, const T* zeros, const Chann
     for (int t = 0; t < NT; ++t) v[t] = src[t][c];
     const Params<T> p = ch.params(c);
     const T centre = FULL ? ch.full_centre_at(stencil, c, v9) : lite_centre(v, NT);
-    out[c] = window_forward(v, NT, centre, p, lc, e).out;
+    out[c] = window_forward<0, SI>(v, NT, centre, p, lc, e).out;
   }
 }
 
@@ -277,7 +279,7 @@ void stencil_grads(const T* image, T* grad_image, const Window& win, const Chann
   }
 }
 
-template <int NT, bool FULL, typename T>
+template <int NT, bool FULL, int SI, typename T>
 void backward_taps(const T* image, T* grad_image, const Window& win, const T* zeros, const T* gy,
                    const Channels<T>& channel_params, T* acc, T* centre_grad) {
   const Channels<T> ch = channel_params;
@@ -298,9 +300,10 @@ void backward_taps(const T* image, T* grad_image, const Window& win, const T* ze
     T v[NT], lc[NT], e[NT], gv[NT], v9[9];
     DPP_UNROLL
     for (int t = 0; t < NT; ++t) v[t] = src[t][c];
-    const Params<T> p = ch.params(c);
+    Params<T> p = ch.params(c);
+    p.scale_invariant = T(SI);  // the same value, now a constant of the loop
     const T centre = FULL ? ch.full_centre_at(stencil, c, v9) : lite_centre(v, NT);
-    const WindowStats<T> st = window_forward(v, NT, centre, p, lc, e);
+    const WindowStats<T> st = window_forward<0, SI>(v, NT, centre, p, lc, e);
     const WindowGrads<T> gr = window_backward(gy[c], v, NT, centre, p, st, lc, e, gv);
     const T share = FULL ? T(0) : gr.centre * (T(1) / T(NT));  // Lite: c̃ is the window mean
     DPP_UNROLL
@@ -366,6 +369,7 @@ template <bool FULL, typename T>
 void forward_rows(const Problem<T>& pr, int64_t begin, int64_t end) {
   const Geometry& g = pr.g;
   Scratch<T> s(g, pr.ch.count);
+  const bool scale_invariant = pr.ch.scale_invariant != T(0);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / g.out_height, oh = row % g.out_height;
     const T* image = pr.x + n * pr.image_size();
@@ -374,8 +378,9 @@ void forward_rows(const Problem<T>& pr, int64_t begin, int64_t end) {
       T* out = pr.out + pr.out_offset(n, oh, ow);
       dispatch_taps<T>(s.window.n, [&](auto taps) {
         constexpr int NT = decltype(taps)::value;
-        if constexpr (NT > 0) forward_taps<NT, FULL>(image, s.window, pr.zeros, pr.ch, out);
-        else forward_taps_generic<FULL>(image, s.window, pr.zeros, pr.ch, out, s);
+        if constexpr (NT == 0) forward_taps_generic<FULL>(image, s.window, pr.zeros, pr.ch, out, s);
+        else if (scale_invariant) forward_taps<NT, FULL, 1>(image, s.window, pr.zeros, pr.ch, out);
+        else forward_taps<NT, FULL, 0>(image, s.window, pr.zeros, pr.ch, out);
       });
     }
   }
@@ -398,6 +403,7 @@ void backward_band(const Problem<T>& pr, int64_t n, int64_t band, int64_t rows, 
   const Geometry& g = pr.g;
   const T* image = pr.x + n * pr.image_size();
   T* grad_image = pr.out + n * pr.image_size();
+  const bool scale_invariant = pr.ch.scale_invariant != T(0);
   const int64_t oh_end = std::min((band + 1) * rows, g.out_height);
   for (int64_t oh = band * rows; oh < oh_end; ++oh) {
     for (int64_t ow = 0; ow < g.out_width; ++ow) {
@@ -405,10 +411,12 @@ void backward_band(const Problem<T>& pr, int64_t n, int64_t band, int64_t rows, 
       const T* gy = pr.gy + pr.out_offset(n, oh, ow);
       dispatch_taps<T>(s.window.n, [&](auto taps) {
         constexpr int NT = decltype(taps)::value;
-        if constexpr (NT > 0)
-          backward_taps<NT, FULL>(image, grad_image, s.window, pr.zeros, gy, pr.ch, acc, s.centre_grad.data());
-        else
+        if constexpr (NT == 0)
           backward_taps_generic<FULL>(image, grad_image, s.window, pr.zeros, gy, pr.ch, acc, s);
+        else if (scale_invariant)
+          backward_taps<NT, FULL, 1>(image, grad_image, s.window, pr.zeros, gy, pr.ch, acc, s.centre_grad.data());
+        else
+          backward_taps<NT, FULL, 0>(image, grad_image, s.window, pr.zeros, gy, pr.ch, acc, s.centre_grad.data());
       });
     }
   }
