@@ -211,3 +211,43 @@ def test_fake_kernels_describe_channels_last_strides():
         fake_grads = op.dpp_backward(torch.ones_like(fake_y), *fake, *settings)
     assert fake_y.stride() == y.stride() and y.is_contiguous(memory_format=CHANNELS_LAST)
     assert fake_grads[0].stride() == grads[0].stride() and grads[0].is_contiguous(memory_format=CHANNELS_LAST)
+
+
+def test_channels_last_numerics_at_extremes():
+    """As the NCHW kernel: λ up to 200 and |x| up to 1e4 (flat windows at large λ: the 0/0 case) and |x| ~ 1e30
+    stay finite, α = 0 has a zero α gradient, λ = 0 is avg_pool2d (count_include_pad=False)."""
+    x = torch.randn(2, 3, 8, 8) * 1e4
+    x[:, :, :4] = 0.0
+    for scale in (1.0, 1e26):
+        for alpha, lam in ((1.0, 200.0), (0.0, 200.0), (0.0, 1.0), (1e-3, 50.0)):
+            xs = (x * scale).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+            a = torch.full((3,), alpha, requires_grad=True)
+            l = torch.full((3,), lam, requires_grad=True)
+            y = PF.dpp(xs, a, l, 3, 2, 1, tier="cpp")
+            grads = torch.autograd.grad(y.sum(), [xs, a, l])
+            assert torch.isfinite(y).all(), (scale, alpha, lam)
+            assert all(torch.isfinite(g).all() for g in grads), (scale, alpha, lam)
+            if alpha == 0.0:
+                assert torch.equal(grads[1], torch.zeros(3))
+    x = torch.randn(2, 3, 9, 9).contiguous(memory_format=CHANNELS_LAST)
+    torch.testing.assert_close(PF.dpp(x, 1.0, 0.0, 3, 2, 1, tier="cpp"),
+                               torch.nn.functional.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
+
+
+def test_torch_compile_channels_last_matches_eager():
+    """Inside torch.compile(fullgraph=True) the op keeps the format too: same strides, values and gradients."""
+    torch._dynamo.reset()
+    module = poolbench.create("dpp_full_asym", 8, 2, 2, 0, tier="cpp", lam=2.0)
+    x = torch.randn(2, 8, 10, 12).contiguous(memory_format=CHANNELS_LAST)
+
+    def step(fn):
+        xs = x.clone().requires_grad_()
+        y = fn(xs)
+        return y, torch.autograd.grad(y.square().sum(), [xs, *module.parameters()])
+
+    eager, compiled = step(module), step(torch.compile(module, fullgraph=True))
+    assert compiled[0].stride() == eager[0].stride() and eager[0].is_contiguous(memory_format=CHANNELS_LAST)
+    assert compiled[1][0].stride() == eager[1][0].stride()
+    torch.testing.assert_close(compiled[0], eager[0])
+    for got, want in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(got, want)
