@@ -251,3 +251,16 @@ def test_torch_compile_channels_last_matches_eager():
     torch.testing.assert_close(compiled[0], eager[0])
     for got, want in zip(compiled[1], eager[1]):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["dpp_lite_asym", "dpp_full_sym"])
+def test_channels_last_gradcheck_float64(name):
+    """The NHWC backward against finite differences, w.r.t. x, α, λ and (Full) F, b."""
+    named = inputs(name, (1, 3, 5, 7), torch.float64)
+    leaves = [t.detach().requires_grad_() for t in named.values()]
+
+    def function(x, alpha, lam, *guide):
+        return PF.dpp(x, alpha, lam, 3, 2, 1, asym="asym" in name, guide=guide or None, tier="cpp")
+
+    assert leaves[0].is_contiguous(memory_format=CHANNELS_LAST) and not leaves[0].is_contiguous()
+    assert torch.autograd.gradcheck(function, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
