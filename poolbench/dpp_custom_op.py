@@ -33,12 +33,13 @@ registration).  Second derivatives are then exact, never a silent zero.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
 from .dpp import DPPArgs, DPPKernel
 
-__all__ = ["bound_forward", "call_forward", "register_dpp_op"]
+__all__ = ["bound_forward", "call_forward", "keeps_channels_last", "register_dpp_op"]
 
 _REGISTERED: set[str] = set()
 #: namespaces whose ops take the trailing ``log_params`` flag
@@ -75,7 +76,7 @@ def bound_forward(namespace: str, args: DPPArgs):
 
 
 def register_dpp_op(namespace: str, differentiable: DPPKernel, *, log_params: bool = False,
-                    cpp_autograd: bool = False) -> None:
+                    cpp_autograd: bool = False, channels_last_devices: tuple[str, ...] = ()) -> None:
     """Register the Python side of ``namespace``'s ops (idempotent).
 
     ``differentiable`` is a DPP tier kernel written in differentiable torch
@@ -86,13 +87,17 @@ def register_dpp_op(namespace: str, differentiable: DPPKernel, *, log_params: bo
     registered in C++ and calls ``<ns>::dpp_backward_differentiable`` for
     double backward, which this registers (CompositeImplicitAutograd);
     otherwise the forward's autograd formula is registered here.
+    ``channels_last_devices``: device types ("cpu") whose kernels return a channels-last output
+    and input gradient for a channels-last input (see :func:`keeps_channels_last`); elsewhere
+    the kernels return NCHW, and the fake kernels say so.
     """
     if namespace in _REGISTERED:
         return
     if log_params:
         _LOG_PARAMS.add(namespace)
-    torch.library.register_fake(f"{namespace}::dpp_forward")(_forward_fake)
-    torch.library.register_fake(f"{namespace}::dpp_backward")(_backward_fake)
+    devices = frozenset(channels_last_devices)
+    torch.library.register_fake(f"{namespace}::dpp_forward")(functools.partial(_forward_fake, devices))
+    torch.library.register_fake(f"{namespace}::dpp_backward")(functools.partial(_backward_fake, devices))
     if cpp_autograd:
         torch.library.impl(f"{namespace}::dpp_backward_differentiable", "CompositeImplicitAutograd")(
             _make_differentiable_backward(differentiable))
@@ -113,14 +118,30 @@ def _make_differentiable_backward(differentiable: DPPKernel):
     return dpp_backward_differentiable
 
 
-def _forward_fake(x, alpha, lam, weight, bias, *settings):
-    return x.new_empty(DPPArgs(*settings).pooled_shape(x.shape))
+def keeps_channels_last(x: torch.Tensor, devices) -> bool:
+    """Whether a kernel on one of ``devices`` returns channels-last y and ∂x for input ``x``.
+
+    The rule of the CPU kernel's NHWC path (``nhwc_path_applies`` in
+    ``impls/dpp_ext/csrc/cpu/dpp_kernel_nhwc.h``): x is 4-D, channels-last contiguous and not
+    NCHW contiguous (C > 1 and H·W > 1; otherwise both layouts are the same).
+    """
+    return (x.device.type in devices and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous())
 
 
-def _backward_fake(grad, x, alpha, lam, weight, bias, *settings):
+def _memory_format(x, devices) -> torch.memory_format:
+    return torch.channels_last if keeps_channels_last(x, devices) else torch.contiguous_format
+
+
+def _forward_fake(devices, x, alpha, lam, weight, bias, *settings):
+    return torch.empty(DPPArgs(*settings).pooled_shape(x.shape), dtype=x.dtype, device=x.device,
+                       memory_format=_memory_format(x, devices))
+
+
+def _backward_fake(devices, grad, x, alpha, lam, weight, bias, *settings):
     g_weight = alpha.new_empty((0,)) if weight is None else weight.new_empty(weight.shape)
     g_bias = alpha.new_empty((0,)) if bias is None else bias.new_empty(bias.shape)
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), alpha.new_empty(alpha.shape),
+    return (torch.empty_like(x, memory_format=_memory_format(x, devices)), alpha.new_empty(alpha.shape),
             lam.new_empty(lam.shape), g_weight, g_bias)
 
 

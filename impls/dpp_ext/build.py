@@ -47,7 +47,8 @@ __all__ = [
 ]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SCHEMA_SOURCES = (CSRC / "dpp.cpp", CSRC / "dpp_autograd.cpp", CSRC / "cpu" / "dpp_kernel.cpp")
+SCHEMA_SOURCES = (CSRC / "dpp.cpp", CSRC / "dpp_autograd.cpp", CSRC / "cpu" / "dpp_kernel.cpp",
+                  CSRC / "cpu" / "dpp_kernel_nhwc.cpp")
 #: The CUDA library's translation units: the entry points, then forward/backward × fp32/half
 #: kernels, which ninja compiles in parallel (one 120-kernel unit took ~3 minutes on 2 cores).
 CUDA_SOURCES = (CSRC / "cuda" / "dpp_cuda.cu", CSRC / "cuda" / "dpp_forward_f32.cu", CSRC / "cuda" / "dpp_forward_f16.cu",

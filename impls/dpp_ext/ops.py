@@ -64,7 +64,8 @@ NAMESPACE = "poolbench_dpp"
 def load_cpu() -> None:
     """Build (once, cached) and load the schema + CPU kernel; register fake and autograd."""
     load_cpu_library()
-    register_dpp_op(NAMESPACE, dpp_vectorized, log_params=True, cpp_autograd=True)
+    # The CPU kernel keeps a channels-last input channels-last (its NHWC path); the CUDA kernel copies to NCHW.
+    register_dpp_op(NAMESPACE, dpp_vectorized, log_params=True, cpp_autograd=True, channels_last_devices=("cpu",))
 
 
 @functools.cache

@@ -31,6 +31,7 @@
 #endif
 
 #include "../dpp_args.h"
+#include "dpp_kernel_nhwc.h"
 
 namespace poolbench_dpp {
 namespace {
@@ -746,6 +747,9 @@ at::Tensor dpp_forward_cpu(const at::Tensor& x_in, const at::Tensor& alpha, cons
                            int64_t kernel_size, int64_t stride, int64_t padding, bool asym, double eps2,
                            bool scale_invariant, bool log_params) {
   TORCH_CHECK(x_in.device().is_cpu(), "dpp_forward (CPU kernel): input must be on the CPU");
+  if (nhwc_path_applies(x_in))  // channels-last in, channels-last out (dpp_kernel_nhwc.cpp)
+    return dpp_forward_cpu_nhwc(x_in, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                scale_invariant, log_params);
   const at::Tensor x = x_in.contiguous();
   const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
   const ChannelParams cp = make_channel_params(x, alpha, lam, weight, bias, log_params);
@@ -773,6 +777,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dpp_backw
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, int64_t kernel_size, int64_t stride,
     int64_t padding, bool asym, double eps2, bool scale_invariant, bool log_params) {
   TORCH_CHECK(x_in.device().is_cpu() && grad_in.device().is_cpu(), "dpp_backward (CPU kernel): tensors must be on the CPU");
+  if (nhwc_path_applies(x_in))  // ∂x channels-last, as x (dpp_kernel_nhwc.cpp)
+    return dpp_backward_cpu_nhwc(grad_in, x_in, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
+                                 scale_invariant, log_params);
   const at::Tensor x = x_in.contiguous();
   const Geometry g = make_geometry(x, kernel_size, stride, padding, weight.has_value());
   const at::Tensor grad = upstream_grad(grad_in, x, g);
