@@ -71,19 +71,29 @@ def triton_unavailable_reason(device: str) -> str | None:
     return f"the triton tier does not support device {device!r}"
 
 
+_LOADED = None  # the kernel module once imported (an import statement per call costs a microsecond)
+
+
 def _kernels(x: Tensor):
     """The kernel module, after checking that it can run on ``x``'s device."""
-    try:
-        from poolbench.impls import dpp_triton_kernels as kernels
-    except ImportError as exc:
-        raise RuntimeError(f"the triton DPP tier needs triton: {exc}") from exc
-    if x.device.type == "cpu" and not kernels.INTERPRET:
+    global _LOADED
+    kernels = _LOADED
+    if kernels is None:
+        try:
+            from poolbench.impls import dpp_triton_kernels as kernels
+        except ImportError as exc:
+            raise RuntimeError(f"the triton DPP tier needs triton: {exc}") from exc
+        _LOADED = kernels
+    if x.is_cuda:
+        return kernels
+    device = x.device.type
+    if device == "cpu" and not kernels.INTERPRET:
         raise ValueError(
             "the triton DPP tier got CPU tensors but its kernels were compiled for CUDA; move the input to a "
             "CUDA device, or set TRITON_INTERPRET=1 before the tier is first used to run it in Triton's interpreter"
         )
-    if x.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"the triton DPP tier does not support device {x.device.type!r}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"the triton DPP tier does not support device {device!r}")
     return kernels
 
 
