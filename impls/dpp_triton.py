@@ -76,24 +76,27 @@ _LOADED = None  # the kernel module once imported (an import statement per call 
 
 def _kernels(x: Tensor):
     """The kernel module, after checking that it can run on ``x``'s device."""
-    global _LOADED
     kernels = _LOADED
-    if kernels is None:
-        try:
-            from poolbench.impls import dpp_triton_kernels as kernels
-        except ImportError as exc:
-            raise RuntimeError(f"the triton DPP tier needs triton: {exc}") from exc
-        _LOADED = kernels
-    if x.is_cuda:
+    if kernels is not None and (x.is_cuda or (x.is_cpu and kernels.INTERPRET)):
         return kernels
-    device = x.device.type
-    if device == "cpu" and not kernels.INTERPRET:
+    return _load_kernels(x)
+
+
+def _load_kernels(x: Tensor):
+    """:func:`_kernels` on its first call or for a device the tier refuses: import, then say why not."""
+    global _LOADED
+    try:
+        from poolbench.impls import dpp_triton_kernels as kernels
+    except ImportError as exc:
+        raise RuntimeError(f"the triton DPP tier needs triton: {exc}") from exc
+    _LOADED = kernels
+    if x.device.type == "cpu" and not kernels.INTERPRET:
         raise ValueError(
             "the triton DPP tier got CPU tensors but its kernels were compiled for CUDA; move the input to a "
             "CUDA device, or set TRITON_INTERPRET=1 before the tier is first used to run it in Triton's interpreter"
         )
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"the triton DPP tier does not support device {device!r}")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the triton DPP tier does not support device {x.device.type!r}")
     return kernels
 
 
