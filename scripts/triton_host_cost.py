@@ -16,7 +16,7 @@ the tier accepts them, one thread).  Three levels:
 The baseline's interpreter-only ε² tensor is replaced by the float the GPU path passes, so neither
 side pays for it.
 
-    python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 500] [--rounds 21]
+    python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 500] [--rounds 21] [--levels tier,op,module]
 """
 from __future__ import annotations
 
@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--variants", default="dpp_lite_sym,dpp_full_sym")
+    parser.add_argument("--levels", default="tier,op,module", help="which levels to time (comma-separated)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -218,11 +219,16 @@ def _time_variant(name, shape, args, kernel_modules, base_ops, workers) -> None:
 
     in_process = (("tier forward", tier_forward), ("tier fwd+bwd", tier_train),
                   ("op forward", op_forward), ("op fwd+bwd", op_train))
+    levels = args.levels.split(",")
     for path, make in in_process:
+        if path.split()[0] not in levels:
+            continue
         pair = kernel_modules if path.startswith("tier") else (base_ops, this_ops)
         print(_row(name, path, _paired(args.rounds, {side: timed(make(subject))
                                                      for side, subject in zip("ab", pair)})), flush=True)
     for path, served in (("module forward", "forward"), ("module fwd+bwd", "train")):
+        if "module" not in levels:
+            continue
         timers = {side: (lambda worker=worker: worker.time(name, shape, served, args.calls))
                   for side, worker in zip("ab", workers)}
         print(_row(name, path, _paired(args.rounds, timers)), flush=True)
