@@ -14,7 +14,9 @@ the tier accepts them, one thread).  Three levels:
   of the baseline revision: its front end, op layer, autograd and kernel module as they were.
 
 The baseline's interpreter-only ε² tensor is replaced by the float the GPU path passes, so neither
-side pays for it.
+side pays for it.  Times are the calling thread's CPU time (``time.thread_time``), not wall time: on a
+shared machine wall time also counts the slices other processes held the core, which swamped the
+difference being measured (per-round wall-time ratios spread 1.5-5x; CPU-time ratios within ±15%).
 
     python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 500] [--rounds 21] [--levels tier,op,module]
 """
@@ -118,10 +120,10 @@ def _baseline_ops(base_forward, base_backward):
 
 
 def _time_per_call(fn, calls: int) -> float:
-    start = time.perf_counter()
+    start = time.thread_time()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls * 1e6
+    return (time.thread_time() - start) / calls * 1e6
 
 
 def _paired(rounds: int, timers: dict) -> tuple[dict, float]:
@@ -170,7 +172,7 @@ def main(argv=None) -> int:
             for worker in workers:
                 worker.wait_ready()
             print(f"shape {shape}, {args.calls} calls x {args.rounds} rounds, kernels stubbed, 1 thread; "
-                  f"median µs per call, median of per-round ratios (A/B alternating)")
+                  f"median CPU µs per call, median of per-round ratios (A/B alternating)")
             print("tier: the kernel module's forward/backward; op: the tier's forward and backward ops called "
                   "directly (base: custom_op wrappers as in the base tree); module: the nn.Module call, inference "
                   "(no_grad) and train step (forward, backward), each tree whole in a worker process")

@@ -3,12 +3,13 @@
     python scripts/triton_module_worker.py TREE
 
 imports poolbench (and its in-tree plugins) from the checkout TREE alone, so a baseline revision's
-module, op layer, autograd and kernel module all take part, as they did at that revision.  It then
-says ``ready``, then answers lines ``variant shape path calls`` on stdin (path: ``forward`` for an inference call under
-``no_grad``, ``train`` for ``module(x).backward(gy)``) with the mean µs per call on stdout, the first
-call of each path run untimed (it builds and caches the launch plan).  The Triton kernels are replaced
-by no-op launchers before the first call, and the interpreter-only ε² tensor by the float the GPU path
-passes, as in the parent script.
+module, op layer, autograd and kernel module all take part, as they did at that revision.  It says
+``ready``, then answers lines ``variant shape path calls`` on stdin (path: ``forward`` for an
+inference call under ``no_grad``, ``train`` for ``module(x).backward(gy)``) with the mean CPU µs per
+call (this thread's ``time.thread_time``) on stdout, the first call of each path run untimed (it
+builds and caches the launch plan).  The Triton kernels are replaced by no-op launchers before the
+first call, and the interpreter-only ε² tensor by the float the GPU path passes, as in the parent
+script.
 """
 from __future__ import annotations
 
@@ -81,10 +82,10 @@ def main(tree: str) -> int:
             subjects[key] = _subject(poolbench, torch, variant, tuple(int(v) for v in shape.split(",")))
         fn = subjects[key][path]
         fn()
-        start = time.perf_counter()
+        start = time.thread_time()
         for _ in range(int(calls)):
             fn()
-        print((time.perf_counter() - start) / int(calls) * 1e6, flush=True)
+        print((time.thread_time() - start) / int(calls) * 1e6, flush=True)
     return 0
 
 
