@@ -18,7 +18,8 @@ side pays for it.  Times are the calling thread's CPU time (``time.thread_time``
 shared machine wall time also counts the slices other processes held the core, which swamped the
 difference being measured (per-round wall-time ratios spread 1.5-5x; CPU-time ratios within ±15%).
 
-    python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 500] [--rounds 21] [--levels tier,op,module]
+    python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 500] [--rounds 21]
+                                       [--levels tier,op,module]
 """
 from __future__ import annotations
 
