@@ -98,6 +98,7 @@ def bound_forward(namespace: str, args: DPPArgs):
         return run
 
     apply, grad_enabled, any_requires_grad = _FusedDPP.apply, torch.is_grad_enabled, torch._C._any_requires_grad
+    call = (family, None, settings)
     below_autograd, transforms_active = torch._C._AutoDispatchBelowAutograd, torch._C._are_functorch_transforms_active
 
     def run(x, alpha, lam, guide):
@@ -105,7 +106,7 @@ def bound_forward(namespace: str, args: DPPArgs):
         if transforms_active():
             return op(x, alpha, lam, weight, bias, *settings)
         if grad_enabled() and any_requires_grad(x, alpha, lam, weight, bias):
-            return apply(family, None, x, alpha, lam, weight, bias, settings)
+            return apply(call, x, alpha, lam, weight, bias)
         with below_autograd():
             return op(x, alpha, lam, weight, bias, *settings)
 
@@ -176,13 +177,15 @@ class _FusedDPP(torch.autograd.Function):
 
     A plain :class:`torch.autograd.Function` rather than ``torch.library.register_autograd``, whose
     generated function rebuilds the op's defaults from its schema and a metadata record on every call
-    (most of a small layer's train step on the host).  Applied by the op's autograd kernel (``keyset``:
-    the dispatch keys left to run below autograd) and by the bound fast path (``keyset`` None: a fresh
-    call below autograd).  Only the inputs are saved; ``settings`` are the op's trailing arguments.
+    (most of a small layer's train step on the host).  ``call`` is one non-tensor argument
+    ``(family, keyset, settings)``: the op family, the dispatch keys left to run below autograd (from
+    the op's autograd kernel) or None (from the bound fast path, which builds ``call`` once: a fresh call
+    below autograd), and the op's trailing arguments.  Only the inputs are saved.
     """
 
     @staticmethod
-    def forward(ctx, family, keyset, x, alpha, lam, weight, bias, settings):
+    def forward(ctx, call, x, alpha, lam, weight, bias):
+        family, keyset, settings = call
         with torch._C._AutoDispatchBelowAutograd():
             if keyset is None:
                 y = family.forward(x, alpha, lam, weight, bias, *settings)
@@ -190,19 +193,20 @@ class _FusedDPP(torch.autograd.Function):
                 y = family.forward.redispatch(keyset & _AFTER_AUTOGRAD, x, alpha, lam, weight, bias, *settings)
         # Only the input and the per-channel parameters are kept: backward recomputes the weights.
         ctx.save_for_backward(x, alpha, lam, weight, bias)
-        ctx.family, ctx.settings = family, settings
+        ctx.call = call
         return y
 
     @staticmethod
     def backward(ctx, grad):
         saved = ctx.saved_tensors
+        family, _, settings = ctx.call
         if torch.is_grad_enabled() and torch._C._any_requires_grad(grad, *saved):
-            grads = _differentiable_vjp(ctx.family.differentiable, grad, saved, DPPArgs(*ctx.settings))
+            grads = _differentiable_vjp(family.differentiable, grad, saved, DPPArgs(*settings))
         else:
-            grads = ctx.family.backward(grad, *saved, *ctx.settings)
+            grads = family.backward(grad, *saved, *settings)
             if saved[3] is None:  # Lite-DPP: the op's placeholders are no gradients
                 grads = (*grads[:3], None, None)
-        return None, None, *grads, None
+        return None, *grads
 
 
 def _autograd_kernel(family: _Family):
@@ -211,7 +215,7 @@ def _autograd_kernel(family: _Family):
 
     def dpp_forward_autograd(keyset, x, alpha, lam, weight, bias, *settings):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(x, alpha, lam, weight, bias):
-            return apply(family, keyset, x, alpha, lam, weight, bias, settings)
+            return apply((family, keyset, settings), x, alpha, lam, weight, bias)
         with torch._C._AutoDispatchBelowAutograd():
             return redispatch(keyset & _AFTER_AUTOGRAD, x, alpha, lam, weight, bias, *settings)
 
