@@ -71,12 +71,25 @@ def triton_unavailable_reason(device: str) -> str | None:
     return f"the triton tier does not support device {device!r}"
 
 
+_LOADED = None  # the kernel module once imported (an import statement per call costs a microsecond)
+
+
 def _kernels(x: Tensor):
     """The kernel module, after checking that it can run on ``x``'s device."""
+    kernels = _LOADED
+    if kernels is not None and (x.is_cuda or (x.is_cpu and kernels.INTERPRET)):
+        return kernels
+    return _load_kernels(x)
+
+
+def _load_kernels(x: Tensor):
+    """:func:`_kernels` on its first call or for a device the tier refuses: import, then say why not."""
+    global _LOADED
     try:
         from poolbench.impls import dpp_triton_kernels as kernels
     except ImportError as exc:
         raise RuntimeError(f"the triton DPP tier needs triton: {exc}") from exc
+    _LOADED = kernels
     if x.device.type == "cpu" and not kernels.INTERPRET:
         raise ValueError(
             "the triton DPP tier got CPU tensors but its kernels were compiled for CUDA; move the input to a "

@@ -17,11 +17,21 @@ the kernels exponentiate per channel and return gradients w.r.t. the logs, so
 a module call is one op (no ``exp`` or chain-rule ``mul`` around it).
 
 This module registers, once per namespace, the fake (meta) kernels and either
-the forward's autograd formula in Python (``register_autograd``) or, for a
-family whose autograd kernel is C++ (``cpp_autograd=True``: ``poolbench_dpp``),
-the ``dpp_backward_differentiable`` op that the C++ backward runs for double
+the forward's autograd kernel in Python (``poolbench_triton``) or, for a family
+whose autograd kernel is C++ (``cpp_autograd=True``: ``poolbench_dpp``), the
+``dpp_backward_differentiable`` op that the C++ backward runs for double
 backward.  It is the one place that calls the forward op with a
 :class:`~poolbench.dpp.DPPArgs`.
+
+The Python autograd kernel is a plain ``torch.autograd.Function`` registered
+at the ``Autograd`` key, not ``torch.library.register_autograd``: the function
+that generates rebuilds the op's defaulted arguments from its schema on every
+recorded call, which cost most of a small layer's train step on the host.
+The bound fast path (:func:`bound_forward`, a module's validated call) goes one
+step further for such a family and does not enter that kernel at all: it
+applies the same function itself, or, with nothing to record, dispatches the op
+below autograd.  Either way exactly the forward op (and in backward the
+backward op) reaches the dispatcher, as the cpp family's C++ autograd does.
 
 Autograd saves only the inputs (backward recomputes the weights).  The fused
 backward op is not itself differentiable, so when backward runs with grad mode
@@ -42,6 +52,11 @@ from .dpp import DPPArgs, DPPKernel
 __all__ = ["bound_forward", "call_forward", "keeps_channels_last", "register_dpp_op"]
 
 _REGISTERED: set[str] = set()
+#: families whose forward's autograd is :class:`_FusedDPP` (not C++), by namespace
+_PYTHON_AUTOGRAD: dict[str, "_Family"] = {}
+#: the libraries holding those autograd kernels (a dropped Library object unregisters its kernels)
+_LIBRARIES: list = []
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 #: namespaces whose ops take the trailing ``log_params`` flag
 _LOG_PARAMS: set[str] = set()
 
@@ -63,14 +78,38 @@ def call_forward(namespace: str, x, alpha, lam, guide, args: DPPArgs) -> torch.T
 def bound_forward(namespace: str, args: DPPArgs):
     """``run(x, alpha, lam, guide)`` calling ``<namespace>::dpp_forward`` with ``args`` fixed: a fused tier's
     bound fast path, for inputs its caller checked once (the op's overload and settings looked up here, not
-    per call)."""
+    per call).
+
+    For a family whose autograd formula is Python (not ``cpp_autograd``) the call skips the op's
+    autograd kernel, a Python layer that would only decide what ``run`` decides here: with nothing to
+    record it dispatches the op below autograd; with something to record it applies the family's
+    autograd function (the same one the registered kernel applies) straight away.  Under a functorch
+    transform it calls the op as is (the transform's own dispatch key must see it).
+    """
     op = getattr(torch.ops, namespace).dpp_forward.default
     settings = (*args.op_arguments(), bool(args.log_params))
+    family = _PYTHON_AUTOGRAD.get(namespace)
+    if family is None:  # the autograd kernel is C++: nothing to skip
+
+        def run(x, alpha, lam, guide):
+            if guide is None:
+                return op(x, alpha, lam, None, None, *settings)
+            return op(x, alpha, lam, guide[0], guide[1], *settings)
+
+        return run
+
+    apply, grad_enabled, any_requires_grad = _FusedDPP.apply, torch.is_grad_enabled, torch._C._any_requires_grad
+    call = (family, None, settings)
+    below_autograd, transforms_active = torch._C._AutoDispatchBelowAutograd, torch._C._are_functorch_transforms_active
 
     def run(x, alpha, lam, guide):
-        if guide is None:
-            return op(x, alpha, lam, None, None, *settings)
-        return op(x, alpha, lam, guide[0], guide[1], *settings)
+        weight, bias = guide if guide is not None else (None, None)
+        if transforms_active():
+            return op(x, alpha, lam, weight, bias, *settings)
+        if grad_enabled() and any_requires_grad(x, alpha, lam, weight, bias):
+            return apply(call, x, alpha, lam, weight, bias)
+        with below_autograd():
+            return op(x, alpha, lam, weight, bias, *settings)
 
     return run
 
@@ -102,9 +141,9 @@ def register_dpp_op(namespace: str, differentiable: DPPKernel, *, log_params: bo
         torch.library.impl(f"{namespace}::dpp_backward_differentiable", "CompositeImplicitAutograd")(
             _make_differentiable_backward(differentiable))
     else:
-        torch.library.register_autograd(
-            f"{namespace}::dpp_forward", _make_backward(namespace, differentiable), setup_context=_setup_context
-        )
+        family = _PYTHON_AUTOGRAD[namespace] = _Family(namespace, differentiable)
+        _LIBRARIES.append(library := torch.library.Library(namespace, "IMPL"))
+        library.impl("dpp_forward", _autograd_kernel(family), "Autograd", with_keyset=True)
     _REGISTERED.add(namespace)
 
 
@@ -145,29 +184,63 @@ def _backward_fake(devices, grad, x, alpha, lam, weight, bias, *settings):
             lam.new_empty(lam.shape), g_weight, g_bias)
 
 
-def _setup_context(ctx, inputs, output):
-    x, alpha, lam, weight, bias, *settings = inputs
-    # Only the input and the per-channel parameters are kept: backward recomputes the weights.
-    ctx.save_for_backward(x, alpha, lam, weight, bias)
-    ctx.args = DPPArgs(*settings)
-    ctx.settings = settings
+class _Family:
+    """What the Python autograd of one op family needs: its two ops and the differentiable formula."""
+
+    def __init__(self, namespace: str, differentiable: DPPKernel):
+        ops = getattr(torch.ops, namespace)
+        self.forward, self.backward = ops.dpp_forward.default, ops.dpp_backward.default
+        self.differentiable = differentiable
 
 
-def _make_backward(namespace: str, differentiable: DPPKernel):
-    backward_op = getattr(torch.ops, namespace).dpp_backward
+class _FusedDPP(torch.autograd.Function):
+    """The forward op's autograd formula: the fused backward op, or the differentiable VJP for double backward.
 
+    A plain :class:`torch.autograd.Function` rather than ``torch.library.register_autograd``, whose
+    generated function rebuilds the op's defaults from its schema and a metadata record on every call
+    (most of a small layer's train step on the host).  ``call`` is one non-tensor argument
+    ``(family, keyset, settings)``: the op family, the dispatch keys left to run below autograd (from
+    the op's autograd kernel) or None (from the bound fast path, which builds ``call`` once: a fresh call
+    below autograd), and the op's trailing arguments.  Only the inputs are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, call, x, alpha, lam, weight, bias):
+        family, keyset, settings = call
+        with torch._C._AutoDispatchBelowAutograd():
+            if keyset is None:
+                y = family.forward(x, alpha, lam, weight, bias, *settings)
+            else:
+                y = family.forward.redispatch(keyset & _AFTER_AUTOGRAD, x, alpha, lam, weight, bias, *settings)
+        # Only the input and the per-channel parameters are kept: backward recomputes the weights.
+        ctx.save_for_backward(x, alpha, lam, weight, bias)
+        ctx.call = call
+        return y
+
+    @staticmethod
     def backward(ctx, grad):
-        x, alpha, lam, weight, bias = ctx.saved_tensors
-        saved = (x, alpha, lam, weight, bias)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (grad, *saved)):
-            grads = _differentiable_vjp(differentiable, grad, saved, ctx.args)
+        saved = ctx.saved_tensors
+        family, _, settings = ctx.call
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(grad, *saved):
+            grads = _differentiable_vjp(family.differentiable, grad, saved, DPPArgs(*settings))
         else:
-            grads = backward_op(grad, *saved, *ctx.settings)
-            if weight is None:
+            grads = family.backward(grad, *saved, *settings)
+            if saved[3] is None:  # Lite-DPP: the op's placeholders are no gradients
                 grads = (*grads[:3], None, None)
-        return (*grads, *([None] * len(ctx.settings)))
+        return None, *grads
 
-    return backward
+
+def _autograd_kernel(family: _Family):
+    """The forward op's Autograd-key kernel: record through :class:`_FusedDPP` only when there is a graph to build."""
+    apply, redispatch = _FusedDPP.apply, family.forward.redispatch
+
+    def dpp_forward_autograd(keyset, x, alpha, lam, weight, bias, *settings):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(x, alpha, lam, weight, bias):
+            return apply((family, keyset, settings), x, alpha, lam, weight, bias)
+        with torch._C._AutoDispatchBelowAutograd():
+            return redispatch(keyset & _AFTER_AUTOGRAD, x, alpha, lam, weight, bias, *settings)
+
+    return dpp_forward_autograd
 
 
 def _differentiable_vjp(differentiable: DPPKernel, grad, saved, args: DPPArgs):

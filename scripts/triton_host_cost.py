@@ -1,20 +1,25 @@
 """Host (Python) cost of one triton-tier DPP call with the Triton kernels stubbed: A/B of two trees in one run.
 
 The kernels are replaced by no-op stand-ins, so what is timed is everything a call does on the host
-*besides* Triton's own launch: the custom op, the launch plan, argument casts, allocations and the
-ops around the kernels.  The baseline kernel module is read from a git revision (default 7e55a68),
-the candidate is the working tree's; both run behind the same custom op, alternating, in one process
-(CPU tensors, Triton's interpreter mode so the tier accepts them, one thread).  Three levels:
-the tier's kernel module (forward, backward), the tier's ops called directly (the baseline's
-``custom_op`` wrappers are rebuilt here under a scratch namespace), and the whole ``nn.Module`` call
-(front end, dispatch, autograd: shared with the other tiers; the op registration there is this tree's
-on both sides).  In the module rows the baseline side also takes the baseline's call path: the module
-hands the op α = exp(θα), λ = exp(θλ) (two ``exp`` per call, two chain-rule ``mul`` per train step)
-where this tree's hands it the stored logs (``log_params``: one op per call); the baseline kernel module
-is reached through a shim that drops the (then False) ``log_params`` argument.  The baseline's
-interpreter-only ε² tensor is replaced by the float the GPU path passes, so neither side pays for it.
+*besides* Triton's own launch: the module, the custom op, autograd, the launch plan, argument casts,
+allocations and the ops around the kernels.  The baseline is a git revision (default 7e55a68), the
+candidate the working tree; both run alternating in one run (CPU tensors, Triton's interpreter mode so
+the tier accepts them, one thread).  Three levels:
 
-    python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 2000] [--rounds 5]
+* tier: the two kernel modules' forward/backward, in this process;
+* op: the tier's ops called directly, in this process (the baseline's ``custom_op`` wrappers are
+  rebuilt here under a scratch namespace around the baseline's launchers);
+* module: the whole ``nn.Module`` call, inference and train step, each tree in a worker process of its
+  own (scripts/triton_module_worker.py) that imports poolbench from that tree alone, a ``git archive``
+  of the baseline revision: its front end, op layer, autograd and kernel module as they were.
+
+The baseline's interpreter-only ε² tensor is replaced by the float the GPU path passes, so neither
+side pays for it.  Times are the calling thread's CPU time (``time.thread_time``), not wall time: on a
+shared machine wall time also counts the slices other processes held the core, which swamped the
+difference being measured (per-round wall-time ratios spread 1.5-5x; CPU-time ratios within ±15%).
+
+    python scripts/triton_host_cost.py [--base 7e55a68] [--shape 1,64,4,4] [--calls 500] [--rounds 21]
+                                       [--levels tier,op,module]
 """
 from __future__ import annotations
 
@@ -27,7 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the tier then accepts CPU tensors
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,30 +45,14 @@ from torch import Tensor  # noqa: E402
 import impls  # noqa: E402
 import poolbench  # noqa: E402
 import poolbench.impls  # noqa: E402
+import poolbench.impls.dpp_triton  # noqa: E402,F401  (defines the tier's ops)
 
-KERNELS = ("_dpp_fwd_kernel", "_dpp_bwd_window_kernel", "_dpp_bwd_input_kernel")
-
-
-class _NoLaunch:
-    """Stands in for a Triton kernel (autotuned or plain): indexing by a grid gives a no-op launcher."""
-
-    def __init__(self, kernel):
-        self.configs = getattr(kernel, "configs", None)
-        self.early_config_prune = getattr(kernel, "early_config_prune", None)
-        self.arg_names = getattr(getattr(kernel, "fn", kernel), "arg_names", ())
-        self.fn = self
-
-    def __getitem__(self, grid):
-        return _noop
-
-
-def _noop(*args, **kwargs):
-    return None
+sys.path.insert(0, str(ROOT / "scripts"))
+from triton_module_worker import stub_kernels  # noqa: E402
 
 
 def _stubbed(module):
-    for name in KERNELS:
-        setattr(module, name, _NoLaunch(getattr(module, name)))
+    stub_kernels(module)
     return module
 
 
@@ -83,24 +71,32 @@ def _use(module):
     # ``poolbench.impls`` is its own module object (the checkout's impls/ imported under that name), and
     # the tier imports its kernels from there: without this the op would run the real (interpreted) kernels.
     poolbench.impls.dpp_triton_kernels = module
+    poolbench.impls.dpp_triton._LOADED = module  # the tier keeps the module it imported
 
 
-def _without_log_params(function):
-    """A baseline launcher (no ``log_params`` argument) behind this tree's op, which passes one."""
-    def call(*args):
-        *args, log_params = args
-        if log_params:
-            raise RuntimeError("the baseline kernels take α and λ, not their logs")
-        return function(*args)
+class _Worker:
+    """A triton_module_worker.py process serving one tree's module timings."""
 
-    return call
+    def __init__(self, tree: Path):
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "triton_module_worker.py"), str(tree)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tree,
+                                        env={**os.environ, "PYTHONPATH": str(tree)})
 
+    def wait_ready(self) -> None:
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the module worker for {self.process.args[-1]} did not start (see its error above)")
 
-def _module_takes_logs(module, takes_logs: bool) -> None:
-    """Switch ``module`` between this tree's call (stored logs to the op) and the baseline's (exp first)."""
-    if module.kernel_takes_logs != takes_logs:
-        module.kernel_takes_logs = takes_logs
-        module.__dict__.pop("_validated", None)  # the cached fast path is bound to one call path
+    def time(self, variant: str, shape, path: str, calls: int) -> float:
+        self.process.stdin.write(f"{variant} {','.join(map(str, shape))} {path} {calls}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the module worker for {self.process.args[-1]} exited (see its error above)")
+        return float(answer)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def _baseline_ops(base_forward, base_backward):
@@ -125,102 +121,120 @@ def _baseline_ops(base_forward, base_backward):
 
 
 def _time_per_call(fn, calls: int) -> float:
-    start = time.perf_counter()
+    start = time.thread_time()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls * 1e6
+    return (time.thread_time() - start) / calls * 1e6
+
+
+def _paired(rounds: int, timers: dict) -> tuple[dict, float]:
+    """Median µs per call of each side and the median of the per-round ratios (first side / second).
+
+    The sides alternate within every round, so a burst of machine load hits both alike; the ratio
+    of each round is taken before the median, as scripts/host_cost.py does."""
+    samples = {side: [] for side in timers}
+    for _ in range(rounds):
+        for side, timer in timers.items():
+            samples[side].append(timer())
+    first, second = samples.values()
+    return ({side: statistics.median(values) for side, values in samples.items()},
+            statistics.median(a / b for a, b in zip(first, second)))
+
+
+def _row(name: str, path: str, paired: tuple[dict, float]) -> str:
+    medians, ratio = paired
+    return f"{name:<14} {path:<18} " + " ".join(f"{m:16.1f}" for m in medians.values()) + f"   {ratio:.2f}x"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="7e55a68", help="git revision of the baseline kernel module")
+    parser.add_argument("--base", default="7e55a68", help="git revision of the baseline tree")
     parser.add_argument("--shape", default="1,64,4,4")
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--variants", default="dpp_lite_sym,dpp_full_sym")
+    parser.add_argument("--levels", default="tier,op,module", help="which levels to time (comma-separated)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     shape = tuple(int(v) for v in args.shape.split(","))
 
-    source = subprocess.run(["git", "show", f"{args.base}:impls/dpp_triton_kernels.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
     with tempfile.TemporaryDirectory() as folder:
-        base_path = Path(folder) / "dpp_triton_kernels_base.py"
-        base_path.write_text(source)
-        base = _stubbed(_load(base_path, "dpp_triton_kernels_base"))
-    base._eps2_argument = lambda eps2, *device: float(eps2)  # as on the GPU (the interpreter's tensor is not host cost there)
-    # The baseline's own launchers (tier and op rows); behind this tree's op (module rows) through a shim.
-    base_plain = SimpleNamespace(forward=base.forward, backward=base.backward)
-    if "log_params" not in base.forward.__code__.co_varnames:
-        base.forward, base.backward = _without_log_params(base.forward), _without_log_params(base.backward)
-    base_ops = _baseline_ops(base_plain.forward, base_plain.backward)
-    new = _stubbed(_load(ROOT / "impls" / "dpp_triton_kernels.py", "dpp_triton_kernels_candidate"))
-    sides = {f"base {args.base}": base, "this tree": new}
-
-    print(f"shape {shape}, {args.calls} calls x {args.rounds} rounds, kernels stubbed, 1 thread; "
-          f"median µs per call (A/B alternating)")
-    print("tier: the kernel module's forward/backward; op: the tier's forward and backward ops called directly "
-          "(base: custom_op wrappers as in the base tree); module: the nn.Module call through the shared front end, "
-          "op layer and autograd (base: α, λ exponentiated before the op, as the base tree's module did; this tree: "
-          "the stored logs to the op)")
-    print(f"{'variant':<14} {'path':<18} " + " ".join(f"{name:>16}" for name in sides) + "   ratio")
-    for name in args.variants.split(","):
-        module = poolbench.create(name, shape[1], 2, 2, 0, tier="triton")
-        x = torch.randn(shape)
-        xg = x.clone().requires_grad_()
-        gy = torch.randn(module(x).shape)
-
-        def inference():
-            with torch.no_grad():
-                module(x)
-
-        def train_step():
-            module(xg).backward(gy)
-
-        alpha, lam = torch.rand(shape[1]) + 0.5, torch.rand(shape[1])
-        full = name.startswith("dpp_full")
-        weight, bias = (torch.randn(shape[1], 1, 3, 3), torch.randn(shape[1])) if full else (None, None)
-        options = (2, 2, 0, False, 1e-3, False)
-
-        def tier_forward(kernels):
-            return lambda: kernels.forward(x, alpha, lam, weight, bias, *options)
-
-        def tier_train(kernels):
-            def run():
-                kernels.forward(x, alpha, lam, weight, bias, *options)
-                kernels.backward(gy, x, alpha, lam, weight, bias, *options)
-            return run
-
-        ops = {"base": base_ops, "this": (torch.ops.poolbench_triton.dpp_forward,
-                                          torch.ops.poolbench_triton.dpp_backward)}
-
-        def op_forward(which):
-            return lambda: ops[which][0](x, alpha, lam, weight, bias, *options)
-
-        def op_train(which):
-            def run():
-                ops[which][0](x, alpha, lam, weight, bias, *options)
-                ops[which][1](gy, x, alpha, lam, weight, bias, *options)
-            return run
-
-        paths = (("tier forward", tier_forward(base_plain), tier_forward(new)),
-                 ("tier fwd+bwd", tier_train(base_plain), tier_train(new)),
-                 ("op forward", op_forward("base"), op_forward("this")),
-                 ("op fwd+bwd", op_train("base"), op_train("this")),
-                 ("module forward", inference, inference), ("module fwd+bwd", train_step, train_step))
-        for path, base_fn, this_fn in paths:
-            samples = {side: [] for side in sides}
-            for _ in range(args.rounds):
-                for (side, kernels), fn, takes_logs in zip(sides.items(), (base_fn, this_fn), (False, True)):
-                    _use(kernels)
-                    _module_takes_logs(module, takes_logs)
-                    fn()  # builds (and caches) the plan outside the timed calls
-                    samples[side].append(_time_per_call(fn, args.calls))
-            medians = {side: statistics.median(values) for side, values in samples.items()}
-            first, second = medians.values()
-            print(f"{name:<14} {path:<18} " + " ".join(f"{m:16.1f}" for m in medians.values())
-                  + f"   {first / second:.2f}x")
+        base_tree = Path(folder) / "base"
+        base_tree.mkdir()
+        archive = subprocess.run(["git", "archive", args.base], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive, check=True)
+        base = _stubbed(_load(base_tree / "impls" / "dpp_triton_kernels.py", "dpp_triton_kernels_base"))
+        base_ops = _baseline_ops(base.forward, base.backward)
+        new = _stubbed(_load(ROOT / "impls" / "dpp_triton_kernels.py", "dpp_triton_kernels_candidate"))
+        _use(new)
+        sides = (f"base {args.base}", "this tree")
+        workers = (_Worker(base_tree), _Worker(ROOT))
+        try:
+            for worker in workers:
+                worker.wait_ready()
+            print(f"shape {shape}, {args.calls} calls x {args.rounds} rounds, kernels stubbed, 1 thread; "
+                  f"median CPU µs per call, median of per-round ratios (A/B alternating)")
+            print("tier: the kernel module's forward/backward; op: the tier's forward and backward ops called "
+                  "directly (base: custom_op wrappers as in the base tree); module: the nn.Module call, inference "
+                  "(no_grad) and train step (forward, backward), each tree whole in a worker process")
+            print(f"{'variant':<14} {'path':<18} " + " ".join(f"{name:>16}" for name in sides) + "   ratio")
+            for name in args.variants.split(","):
+                _time_variant(name, shape, args, (base, new), base_ops, workers)
+        finally:
+            for worker in workers:
+                worker.close()
     return 0
+
+
+def _time_variant(name, shape, args, kernel_modules, base_ops, workers) -> None:
+    x = torch.randn(shape)
+    full = name.startswith("dpp_full")
+    alpha, lam = torch.rand(shape[1]) + 0.5, torch.rand(shape[1])
+    weight, bias = (torch.randn(shape[1], 1, 3, 3), torch.randn(shape[1])) if full else (None, None)
+    options = (2, 2, 0, False, 1e-3, False)
+    gy = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+
+    def tier_forward(kernels):
+        return lambda: kernels.forward(x, alpha, lam, weight, bias, *options)
+
+    def tier_train(kernels):
+        def run():
+            kernels.forward(x, alpha, lam, weight, bias, *options)
+            kernels.backward(gy, x, alpha, lam, weight, bias, *options)
+        return run
+
+    this_ops = (torch.ops.poolbench_triton.dpp_forward, torch.ops.poolbench_triton.dpp_backward)
+
+    def op_forward(ops):
+        return lambda: ops[0](x, alpha, lam, weight, bias, *options)
+
+    def op_train(ops):
+        def run():
+            ops[0](x, alpha, lam, weight, bias, *options)
+            ops[1](gy, x, alpha, lam, weight, bias, *options)
+        return run
+
+    def timed(fn):
+        def timer():
+            fn()  # builds (and caches) the plan outside the timed calls
+            return _time_per_call(fn, args.calls)
+        return timer
+
+    in_process = (("tier forward", tier_forward), ("tier fwd+bwd", tier_train),
+                  ("op forward", op_forward), ("op fwd+bwd", op_train))
+    levels = args.levels.split(",")
+    for path, make in in_process:
+        if path.split()[0] not in levels:
+            continue
+        pair = kernel_modules if path.startswith("tier") else (base_ops, this_ops)
+        print(_row(name, path, _paired(args.rounds, {side: timed(make(subject))
+                                                     for side, subject in zip("ab", pair)})), flush=True)
+    for path, served in (("module forward", "forward"), ("module fwd+bwd", "train")):
+        if "module" not in levels:
+            continue
+        timers = {side: (lambda worker=worker: worker.time(name, shape, served, args.calls))
+                  for side, worker in zip("ab", workers)}
+        print(_row(name, path, _paired(args.rounds, timers)), flush=True)
 
 
 if __name__ == "__main__":

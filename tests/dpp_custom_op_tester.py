@@ -204,6 +204,42 @@ class DPPCustomOpTester:
         for got, want in zip(compiled[1], eager[1]):
             assert_close(got, want, kind="grad")
 
+    @pytest.mark.parametrize("name", ["dpp_lite_asym", "dpp_full_sym"])
+    def test_bound_call_records_a_graph_exactly_when_one_is_needed(self, name, device):
+        """The module's validated call (the bound fast path) decides itself whether autograd records.
+
+        Against the op's registered autograd kernel (the functional form): no graph under ``no_grad`` or
+        when nothing requires grad, and the same output and gradients when only x, or only the
+        parameters, require grad."""
+        module, parameters = self._double_module(name, device)
+        x = torch.randn(2, 2, 6, 6, dtype=torch.float64, device=device)
+        module(x)  # validates the key: later calls take the bound path
+        assert len(module._validated) == 1
+
+        def functional(x):
+            guide = (module.guide_weight, module.guide_bias) if module.full else None
+            return PF.dpp(x, module.log_alpha.exp(), module.log_lam.exp(), 2, 2, 0, asym=module.asym,
+                          guide=guide, tier=self.tier)
+
+        with torch.no_grad():
+            assert module(x).grad_fn is None and not module(x).requires_grad
+            want = functional(x)
+        assert_close(module(x).detach(), want)
+        for p in parameters:
+            p.requires_grad_(False)
+        assert not module(x).requires_grad  # grad mode on, nothing to differentiate: no graph
+        xs = x.clone().requires_grad_()
+        (got,) = torch.autograd.grad(module(xs).square().sum(), xs)
+        (expected,) = torch.autograd.grad(functional(xs).square().sum(), xs)
+        assert_close(got, expected, kind="grad")
+        for p in parameters:
+            p.requires_grad_(True)
+        got = torch.autograd.grad(module(x).square().sum(), parameters)
+        expected = torch.autograd.grad(functional(x).square().sum(), parameters)
+        for a, b in zip(got, expected):
+            assert_close(a, b, kind="grad")
+        assert len(module._validated) == 1  # every call above took the bound path
+
     def test_saves_only_the_inputs(self, device):
         """Training memory: autograd keeps x and the per-channel parameters, no unfolded windows or weights."""
         x, alpha, lam, weight, bias = op_inputs(True, device, dtype=torch.float32, shape=(2, 3, 16, 16),

@@ -163,6 +163,24 @@ def test_kernels_in_triton_interpreter():
     assert " passed" in done.stdout and "failed" not in done.stdout, tail
 
 
+@pytest.mark.slow  # three processes import torch and triton: ~15 s of CPU
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_host_cost_script_times_both_whole_trees_at_module_level():
+    """scripts/triton_host_cost.py: one A/B row per module path, each tree's worker timing its own module."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the script reads the baseline tree from git")
+    command = [sys.executable, "scripts/triton_host_cost.py", "--base", "HEAD", "--levels", "module",
+               "--variants", "dpp_full_sym", "--rounds", "1", "--calls", "3"]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("dpp_full_sym")]
+    assert [row[1:3] for row in rows] == [["module", "forward"], ["module", "fwd+bwd"]]
+    for row in rows:
+        base, this, ratio = float(row[3]), float(row[4]), float(row[5].rstrip("x"))
+        assert base > 0 and this > 0 and ratio > 0
+
+
 # --------------------------------------------------------------------------- kernels (interpreter or GPU)
 
 
