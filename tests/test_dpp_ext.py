@@ -240,6 +240,37 @@ def test_cpp_numerics_at_spec_extremes(cpu_ext):
     assert_close(PF.dpp(x, 1.0, 0.0, 3, 2, 1, tier="cpp"), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
 
 
+@pytest.mark.parametrize("name, k, s, p", [("dpp_lite_sym", 2, 2, 0), ("dpp_full_sym", 3, 2, 1)], ids=["k2s2", "k3s2p1"])
+def test_cpp_tame_block_loop_agrees_with_the_general_loop(cpu_ext, name, k, s, p):
+    """The SIMD block loop specialised for ρ_Sym blocks of moderate values (no rescaling of huge deviations,
+    no log2 special cases) gives the general loop's values: channel 0 alone takes the specialised loop; next to
+    a channel of |x| ~ 1e20 in the same block (one thread: blocks span planes) it takes the general one."""
+    x, alpha, lam, guide = dpp_args(name, (1, 3, 12, 12), torch.float32)
+    weight, bias = (t.float() for t in guide) if guide is not None else (None, None)
+    x[0, 1] *= 1e20
+    op = torch.ops.poolbench_dpp
+    args = (alpha.float(), lam.float(), weight, bias, k, s, p, False, 1e-3, False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mixed = op.dpp_forward(x, *args)
+        alone = op.dpp_forward(x[:, :1].contiguous(), alpha[:1].float(), lam[:1].float(),
+                               *(t[:1] if t is not None else None for t in (weight, bias)), k, s, p, False, 1e-3, False)
+        g = torch.randn(mixed.shape, generator=torch.Generator().manual_seed(3))
+        grads_mixed = op.dpp_backward(g, x, *args)
+        grads_alone = op.dpp_backward(g[:, :1].contiguous(), x[:, :1].contiguous(), alpha[:1].float(),
+                                      lam[:1].float(), *(t[:1] if t is not None else None for t in (weight, bias)),
+                                      k, s, p, False, 1e-3, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.isfinite(mixed).all()
+    torch.testing.assert_close(alone[:, 0], mixed[:, 0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads_alone[0][:, 0], grads_mixed[0][:, 0], rtol=1e-5, atol=1e-6)
+    for got, expected in zip(grads_alone[1:], grads_mixed[1:]):
+        if got.numel():
+            torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
 MAGNITUDE_CASES = (
     ("dpp_lite_sym", (1, 2, 6, 6), 2, 2, 0),   # interior windows: the CPU SIMD path, the CUDA fixed-window path
     ("dpp_full_asym", (1, 2, 7, 7), 3, 2, 1),  # border windows: the generic paths; Full guide; Asym clamp
