@@ -109,6 +109,7 @@ struct Scratch {
   std::vector<T> v, lc, e, gv;  // k² each (generic path)
   int64_t capacity = 0;         // windows per SIMD block
   int64_t used = 0;             // windows queued in the block
+  bool block_tame = false;      // the block's planes keep the common case's promises (Simd::plane_is_tame)
   std::vector<Segment> segments;
   std::vector<T> taps;          // k² × capacity, tap-major: taps[t·capacity + j]
   std::vector<T> stencil;       // 9 × capacity (Full-DPP guide inputs)
@@ -647,27 +648,29 @@ struct Simd {
     }
   };
 
-  // Whether a queued block keeps the promises of the common case (window_forward's kPromise*, and
-  // no scale-invariant option): ρ_Sym, and every tap and centre |·| ≤ 4e14, so every deviation is
-  // ≤ 1e15 with rounding to spare and d² + ε² is a positive normal float.  Then the window loops
-  // leave out the rescaling of huge deviations, log2's special cases, the Asym clamp and the
-  // scale-invariant terms (about a third of the work) and give the same values.  Checking costs
-  // one pass over the packed taps; NaN and inf fail it.
-  template <typename T>
-  static bool block_is_tame(const Scratch<T>& s, const Params<T>& base) {
+  // Whether a plane's windows keep the promises of the common case (window_forward's kPromise*, and
+  // no scale-invariant option): ρ_Sym, |x| ≤ 1e13 over the plane and (Full-DPP) |b| + Σ|F|·1e13 ≤
+  // 4e14, so every deviation |v − c̃| is ≤ 1e15 with rounding to spare and d² + ε² is a positive normal
+  // float.  Then the window loops leave out the rescaling of huge deviations, log2's special cases, the
+  // Asym clamp and the scale-invariant terms (about a third of the work) and give the same values.
+  // A property of the plane alone (one vectorised pass over its input; NaN and inf fail it), and a
+  // block holds planes of one kind, so which loop a window takes, and its result, does not depend on
+  // the other planes of its block or on the thread count.
+  template <typename scalar_t, typename T>
+  static bool plane_is_tame(const PlaneSet<scalar_t, T>& ps, int64_t plane, const Params<T>& base, const T* f9,
+                            T bias) {
+    const T limit = T(1e13);
     if (base.asym != T(0) || base.scale_invariant != T(0)) return false;
     if (!(base.eps2 >= std::numeric_limits<T>::min() && base.eps2 <= T(1e30))) return false;
-    const T limit = T(4e14);
-    const int64_t count = s.used, cap = s.capacity;
-    int wild = 0;
-    for (int t = 0; t < kTaps; ++t) {
-      const T* row = s.taps.data() + t * cap;
-      for (int64_t j = 0; j < count; ++j) wild |= !(std::abs(row[j]) <= limit);
-    }
     if (FULL) {
-      const T* centre = s.centre.data();
-      for (int64_t j = 0; j < count; ++j) wild |= !(std::abs(centre[j]) <= limit);
+      T weight = 0;
+      for (int t = 0; t < 9; ++t) weight += std::abs(f9[t]);
+      if (!(std::abs(bias) + weight * limit <= T(4e14))) return false;
     }
+    const scalar_t* x = ps.input(plane);
+    const int64_t size = ps.in_size();
+    int wild = 0;
+    for (int64_t i = 0; i < size; ++i) wild |= !(std::abs(static_cast<T>(x[i])) <= limit);
     return wild == 0;
   }
 
@@ -676,7 +679,7 @@ struct Simd {
   // base: the call's ε² and flags (any channel's Params; α and λ come per window).
   template <typename T>
   static void forward_block(Scratch<T>& s, const Params<T>& base) {
-    if (block_is_tame(s, base)) return forward_block_as<0, kTamePromise>(s, base);
+    if (s.block_tame) return forward_block_as<0, kTamePromise>(s, base);
     forward_block_as<-1, 0>(s, base);
   }
 
@@ -696,7 +699,7 @@ struct Simd {
 
   template <typename T>
   static void backward_block(Scratch<T>& s, const Params<T>& base) {
-    if (block_is_tame(s, base)) return backward_block_as<0, kTamePromise>(s, base);
+    if (s.block_tame) return backward_block_as<0, kTamePromise>(s, base);
     backward_block_as<-1, 0>(s, base);
   }
 
@@ -844,6 +847,9 @@ struct Simd {
       T f9[9], bias;
       ps.guide(plane, f9, bias);
       border_forward(ps, plane, p, f9, bias, s);
+      const bool tame = plane_is_tame(ps, plane, base, f9, bias);
+      if (tame != s.block_tame) flush_forward(ps, in, base, s);
+      s.block_tame = tame;
       for (int64_t oh0 = in.row_lo; oh0 < in.row_hi; oh0 += in.seg_rows) {
         const int64_t oh1 = std::min(oh0 + in.seg_rows, in.row_hi);
         if (s.used + (oh1 - oh0) * in.width > s.capacity) flush_forward(ps, in, base, s);
@@ -895,6 +901,9 @@ struct Simd {
       std::fill(grad_plane, grad_plane + ps.in_size(), T(0));
       const scalar_t* gy_plane = ps.gy + plane * ps.out_size();
       border_backward(ps, plane, p, f9, bias, grad_plane, s, partial + plane * slots);
+      const bool tame = plane_is_tame(ps, plane, base, f9, bias);
+      if (tame != s.block_tame) flush_backward(ps, in, base, s, partial, grad_of);
+      s.block_tame = tame;
       for (int64_t oh0 = in.row_lo; oh0 < in.row_hi; oh0 += in.seg_rows) {
         const int64_t oh1 = std::min(oh0 + in.seg_rows, in.row_hi);
         if (s.used + (oh1 - oh0) * in.width > s.capacity) flush_backward(ps, in, base, s, partial, grad_of);
