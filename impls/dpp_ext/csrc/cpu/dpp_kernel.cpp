@@ -177,7 +177,7 @@ Scratch<T>& thread_scratch(const Geometry& g) {
 
 // ---------------------------------------------------------------------------
 // Generic path: one window at a time (any k, s, padding).  N = the window's most taps when
-// known at compile time (the SIMD path's border windows), else 0.
+// known at compile time, else 0 (what the Generic path below uses).
 // ---------------------------------------------------------------------------
 
 template <int N, typename scalar_t, typename T>
@@ -253,7 +253,7 @@ struct PlaneSet {
 // are unpacked.  A block spans planes: small planes (a 14² plane has 49 windows) share one block,
 // so the loop, the packing and the unpacking run over hundreds of windows whatever the plane size;
 // each window carries its channel's α and λ (and Full-DPP's guide value c̃, computed per segment
-// with the channel's filter while the stencil is in cache).  Border windows take the generic path.
+// with the channel's filter while the stencil is in cache).  Border windows run in loops of their own.
 // ---------------------------------------------------------------------------
 
 // A block has room for kBlockWindows windows plus one segment (rows of one plane, about
@@ -316,7 +316,8 @@ struct Simd {
   // run vectorised too, grouped by n: with n a compile-time constant the tap loops fold to straight
   // code (a runtime n leaves branches GCC does not if-convert).  Each group's loop makes the generic
   // path's dpp_math.h calls, and the backward adds into ∂x and the parameter gradients in the generic
-  // path's (row-major) order, so results are the generic path's.
+  // path's (row-major) order: the generic path's results, up to how vector and scalar code round a
+  // multiply-add (a few ulp).
 
   // The border windows of a plane (the same for every plane), grouped by valid-tap count: s.border
   // holds them by group, s.border_order their slots in row-major order.
