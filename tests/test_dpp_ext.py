@@ -240,7 +240,8 @@ def test_cpp_numerics_at_spec_extremes(cpu_ext):
     assert_close(PF.dpp(x, 1.0, 0.0, 3, 2, 1, tier="cpp"), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
 
 
-@pytest.mark.parametrize("name, k, s, p", [("dpp_lite_sym", 2, 2, 0), ("dpp_full_sym", 3, 2, 1)], ids=["k2s2", "k3s2p1"])
+@pytest.mark.parametrize("name, k, s, p", [("dpp_lite_sym", 2, 2, 0), ("dpp_full_sym", 3, 2, 1)],
+                         ids=["k2s2", "k3s2p1"])
 def test_cpp_specialised_window_loop_agrees_with_the_general_loop(cpu_ext, name, k, s, p):
     """Planes of moderate values take a window loop specialised for them (no rescaling of huge deviations, no
     log2 special cases); one tap of 1e20 sends its plane to the general loop.  Windows and input pixels away

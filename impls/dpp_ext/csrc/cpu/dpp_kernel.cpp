@@ -332,7 +332,8 @@ struct Simd {
     });
     std::vector<int64_t> slot(windows.size());
     for (size_t i = 0; i < slot.size(); ++i) slot[i] = static_cast<int64_t>(i);
-    std::stable_sort(slot.begin(), slot.end(), [&](int64_t a, int64_t b) { return windows[a].first < windows[b].first; });
+    std::stable_sort(slot.begin(), slot.end(),
+                     [&](int64_t a, int64_t b) { return windows[a].first < windows[b].first; });
     s.border.resize(windows.size());
     s.border_order.resize(windows.size());
     s.border_groups.clear();
