@@ -241,6 +241,40 @@ def test_cpp_numerics_at_spec_extremes(cpu_ext):
     assert_close(PF.dpp(x, 1.0, 0.0, 3, 2, 1, tier="cpp"), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
 
 
+@pytest.mark.parametrize("name, k, s, p", [("dpp_lite_sym", 2, 2, 0), ("dpp_full_sym", 3, 2, 1)],
+                         ids=["k2s2", "k3s2p1"])
+def test_cpp_specialised_window_loop_agrees_with_the_general_loop(cpu_ext, name, k, s, p):
+    """Planes of moderate values take a window loop specialised for them (no rescaling of huge deviations, no
+    log2 special cases); one tap of 1e20 sends its plane to the general loop.  Windows and input pixels away
+    from that tap get the same values either way, and the choice per plane keeps results independent of
+    which planes share a block (bitwise equal for 1 and 2 threads)."""
+    x, alpha, lam, guide = dpp_args(name, (2, 3, 12, 12), torch.float32)
+    weight, bias = (t.float() for t in guide) if guide is not None else (None, None)
+    args = (alpha.float(), lam.float(), weight, bias, k, s, p, False, 1e-3, False)
+    op = torch.ops.poolbench_dpp
+    wild = x.clone()
+    wild[0, 1, 0, 0] = 1e20  # touches output row 0 and input rows < 3 only (window and guide stencil)
+    g = torch.randn(op.dpp_forward(x, *args).shape, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    runs = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            runs[count] = [(op.dpp_forward(t, *args), *op.dpp_backward(g, t, *args)) for t in (x, wild)]
+    finally:
+        torch.set_num_threads(threads)
+    (y, gx, *_), (y_wild, gx_wild, *_) = runs[1]
+    assert torch.isfinite(y_wild).all() and torch.isfinite(gx_wild).all()
+    assert not torch.equal(y_wild[0, 1, 0], y[0, 1, 0]), "the huge tap changes the windows it is in"
+    torch.testing.assert_close(y_wild[0, 1, 1:], y[0, 1, 1:], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx_wild[0, 1, 3:], gx[0, 1, 3:], rtol=1e-5, atol=1e-6)
+    for plane in ((0, 0), (0, 2), (1, 1)):  # planes without the huge tap: the same loop, the same bits
+        assert torch.equal(y_wild[plane], y[plane]) and torch.equal(gx_wild[plane], gx[plane])
+    for one, two in zip(runs[1], runs[2]):
+        for a, b in zip(one, two):
+            assert torch.equal(a, b)
+
+
 MAGNITUDE_CASES = (
     ("dpp_lite_sym", (1, 2, 6, 6), 2, 2, 0),   # interior windows: the CPU SIMD path, the CUDA fixed-window path
     ("dpp_full_asym", (1, 2, 7, 7), 3, 2, 1),  # border windows: the generic paths; Full guide; Asym clamp

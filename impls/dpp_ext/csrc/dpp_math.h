@@ -91,17 +91,14 @@ DPP_HD To bit_cast_32(From from) {
 DPP_HD float bits_to_float(uint32_t u) { return bit_cast_32<float>(u); }
 DPP_HD uint32_t float_to_bits(float f) { return bit_cast_32<uint32_t>(f); }
 
-// log2(x) for x ≥ 0 (x = 0 → −inf, inf → inf, NaN/negative → NaN), subnormals included.
-DPP_HD float poly_log2(float x) {
+// log2 of the positive normal float with these bits, less `extra` in the exponent (the core of
+// poly_log2; poly_log2_normal on its own where the caller knows x is positive, finite and normal).
+DPP_HD float poly_log2_bits(uint32_t bits, int extra) {
   // Integer/boolean arithmetic instead of conditionals keeps the body branch-free (vectorisable).
-  const bool subnormal = x < 1.17549435e-38f;
-  const float xs = subnormal ? x * 8388608.0f : x;  // 2^23
-  const uint32_t bits = float_to_bits(xs);
   float m = bits_to_float((bits & 0x007fffffu) | 0x3f800000u);  // mantissa in [1, 2)
   const bool upper = m > 1.41421356f;                             // fold to [√½, √2)
   m = upper ? 0.5f * m : m;
-  const int exponent = static_cast<int>((bits >> 23) & 0xffu) - 127 - 23 * static_cast<int>(subnormal) +
-                       static_cast<int>(upper);
+  const int exponent = static_cast<int>((bits >> 23) & 0xffu) - 127 - extra + static_cast<int>(upper);
   const float f = m - 1.0f;
   const float z = f * f;
   float p = 7.0376836292e-2f;
@@ -114,7 +111,16 @@ DPP_HD float poly_log2(float x) {
   p = p * f - 2.4999993993e-1f;
   p = p * f + 3.3333331174e-1f;
   p = p * f * z - 0.5f * z;
-  float result = static_cast<float>(exponent) + (f + p) * 1.44269504088896341f;
+  return static_cast<float>(exponent) + (f + p) * 1.44269504088896341f;
+}
+
+DPP_HD float poly_log2_normal(float x) { return poly_log2_bits(float_to_bits(x), 0); }
+
+// log2(x) for x ≥ 0 (x = 0 → −inf, inf → inf, NaN/negative → NaN), subnormals included.
+DPP_HD float poly_log2(float x) {
+  const bool subnormal = x < 1.17549435e-38f;
+  const float xs = subnormal ? x * 8388608.0f : x;  // 2^23
+  float result = poly_log2_bits(float_to_bits(xs), 23 * static_cast<int>(subnormal));
   result = (x == 0.0f) ? -std::numeric_limits<float>::infinity() : result;
   result = (x == std::numeric_limits<float>::infinity()) ? x : result;
   result = !(x >= 0.0f) ? std::numeric_limits<float>::quiet_NaN() : result;  // NaN or negative
@@ -150,13 +156,18 @@ DPP_HD float poly_exp2(float x) {
 // One MUFU.LG2 (≤ 2 ulp; abs. error 2^-22 on [0.5, 2]) instead of log2f's ~40-instruction
 // precise routine; its inputs are never subnormal (c ≥ ε², or ε²-scaled sums).
 DPP_HD float dpp_log2(float x) { return __log2f(x); }
+DPP_HD float dpp_log2_normal(float x) { return __log2f(x); }
 DPP_HD float dpp_exp2(float x) { return exp2f(x); }
 DPP_HD double dpp_log2(double x) { return ::log2(x); }
+DPP_HD double dpp_log2_normal(double x) { return ::log2(x); }
 DPP_HD double dpp_exp2(double x) { return ::exp2(x); }
 #else
 DPP_HD float dpp_log2(float x) { return poly_log2(x); }
+// log2 of x known to be positive, finite and normal: poly_log2's value without its special cases.
+DPP_HD float dpp_log2_normal(float x) { return poly_log2_normal(x); }
 DPP_HD float dpp_exp2(float x) { return poly_exp2(x); }
 DPP_HD double dpp_log2(double x) { return std::log2(x); }
+DPP_HD double dpp_log2_normal(double x) { return std::log2(x); }
 DPP_HD double dpp_exp2(double x) { return std::exp2(x); }
 #endif
 
@@ -211,18 +222,34 @@ DPP_HD T huge_deviation_scale(T d) {
   return dpp_abs(d) > HugeDeviation<T>::threshold ? HugeDeviation<T>::scale : T(1);
 }
 
+// What a caller can promise the window maths at compile time (bit flags; 0 promises nothing), so
+// the work they make unnecessary is left out.  Each gives the same values as without it where
+// the promise holds (a vectorised CPU block checks it first and takes the general code otherwise).
+constexpr int kPromiseSym = 1;   // p.asym == 0 (ρ_Sym)
+constexpr int kPromiseTame = 2;  // every deviation |d| ≤ 1e15 (no rescaling) and ε² a normal number
+                                 // ≤ 1e30, so d² + ε² is positive, finite and normal (log2 needs
+                                 // none of its special cases)
+
 // log2(d² + ε²) for any finite d (see the header comment): log2((s·d)² + s²·ε²) − 2·log2 s.
-template <typename T>
+template <int PROMISE = 0, typename T>
 DPP_HD T log2_charbonnier(T d, T eps2) {
-  const T s = huge_deviation_scale(d), ds = d * s;
-  return dpp_log2(ds * ds + eps2 * s * s) + (s < T(1) ? HugeDeviation<T>::log2_inv_scale2 : T(0));
+  if constexpr ((PROMISE & kPromiseTame) != 0) {
+    return dpp_log2_normal(d * d + eps2);  // s = 1: the same value
+  } else {
+    const T s = huge_deviation_scale(d), ds = d * s;
+    return dpp_log2(ds * ds + eps2 * s * s) + (s < T(1) ? HugeDeviation<T>::log2_inv_scale2 : T(0));
+  }
 }
 
 // d / (d² + ε²) = s·(s·d) / ((s·d)² + s²·ε²) for any finite d, without forming d² when it would overflow.
-template <typename T>
+template <int PROMISE = 0, typename T>
 DPP_HD T deviation_over_charbonnier(T d, T eps2) {
-  const T s = huge_deviation_scale(d), ds = d * s;
-  return ds * s / (ds * ds + eps2 * s * s);
+  if constexpr ((PROMISE & kPromiseTame) != 0) {
+    return d / (d * d + eps2);  // s = 1: the same value
+  } else {
+    const T s = huge_deviation_scale(d), ds = d * s;
+    return ds * s / (ds * ds + eps2 * s * s);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -464,25 +491,26 @@ struct WindowStats {
 };
 
 // d = v − c̃, or max(0, v − c̃) for Asym (d − min(d, 0) is exact).
-template <typename T>
+template <int PROMISE = 0, typename T>
 DPP_HD T deviation(T v, T centre, T asym) {
   const T d = v - centre;
+  if constexpr ((PROMISE & kPromiseSym) != 0) return d;
   return d - asym * dpp_min(d, T(0));
 }
 
 // Forward of one window.  Fills lc[i] = log2 c_i (scale-normalised) and
 // e[i] = 2^(ℓ_i − M) for the backward; both may be discarded by a forward-only caller.
 // SI: the scale-invariant option fixed at compile time (0 off, 1 on; the GPU forward
-// instantiates both), or −1 to read it from p branch-free (the CPU kernel's vectorised loops).
-template <int N = 0, int SI = -1, typename T>
+// instantiates both), or −1 to read it from p branch-free.  PROMISE: kPromise* flags.
+template <int N = 0, int SI = -1, int PROMISE = 0, typename T>
 DPP_HD WindowStats<T> window_forward(const T* v, int n, T centre, const Params<T>& p, T* lc, T* e) {
   const int taps = tap_bound<N>(n);  // a plain bound: GCC drops the unroll pragma otherwise
   T sum_c = 0;
 DPP_UNROLL
   for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
-    const T d = deviation(v[i], centre, p.asym);
-    lc[i] = log2_charbonnier(d, p.eps2);
+    const T d = deviation<PROMISE>(v[i], centre, p.asym);
+    lc[i] = log2_charbonnier<PROMISE>(d, p.eps2);
     if (SI != 0) sum_c += d * d + p.eps2;  // scale-invariant option only (inf for huge deviations)
   }
   T shift = p.log2_alpha;
@@ -531,8 +559,9 @@ struct WindowGrads {
 
 // Backward of one window for upstream gradient g: gv[i] = ∂L/∂v_i through the
 // weights and the weighted sum (not through the centre — the caller adds
-// centre.grad's share, which depends on the guide).
-template <int N = 0, typename T>
+// centre.grad's share, which depends on the guide).  SI, PROMISE: as window_forward's (the same
+// values as the forward's call).
+template <int N = 0, int SI = -1, int PROMISE = 0, typename T>
 DPP_HD WindowGrads<T> window_backward(T g, const T* v, int n, T centre, const Params<T>& p, const WindowStats<T>& s,
                                       const T* lc, const T* e, T* gv) {
   const int taps = tap_bound<N>(n);
@@ -547,14 +576,16 @@ DPP_UNROLL
     sum_hlc += h * lc[i];
     sum_dv += dv;
   }
-  const T correction = p.scale_invariant * (sum_h / s.sum_c);
+  // Without the option the correction is 0 (sum_c is 1 then), so SI = 0 leaves it out.
+  const T correction = SI == 0 ? T(0) : (SI == 1 ? T(1) : p.scale_invariant) * (sum_h / s.sum_c);
   T g_centre = 0;
 DPP_UNROLL
   for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
-    const T d = deviation(v[i], centre, p.asym);
+    const T d = deviation<PROMISE>(v[i], centre, p.asym);
     const T h = (v[i] - s.out) * e[i];
-    const T g_d = gs * p.half_lam * T(2) * (h * deviation_over_charbonnier(d, p.eps2) - correction * d);
+    const T hd = h * deviation_over_charbonnier<PROMISE>(d, p.eps2);
+    const T g_d = gs * p.half_lam * T(2) * (SI == 0 ? hd : hd - correction * d);
     gv[i] = gs * (e[i] + s.alpha_w) + g_d;
     g_centre -= g_d;
   }

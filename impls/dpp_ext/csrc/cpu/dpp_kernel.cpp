@@ -12,9 +12,12 @@
 // with unit-stride loads.  A block spans planes (each window carries its
 // channel's parameters), so a thread's small planes (49 windows at 14²) share
 // one loop of hundreds of windows instead of paying the setup, the short
-// packing loops and a scalar remainder plane by plane.  Border windows and every
-// other geometry/dtype take the generic one-window-at-a-time path, which calls
-// the same dpp_math.h functions.
+// packing loops and a scalar remainder plane by plane.  A block of ρ_Sym windows
+// whose values are moderate (the common case, checked per block) runs a loop
+// specialised for it (dpp_math.h's kPromise* flags), the same values with about
+// a third less work.  Border windows (padding) run vectorised too, grouped by
+// their count of valid taps; every other geometry/dtype takes the generic
+// one-window-at-a-time path.  All of them call the same dpp_math.h functions.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -22,7 +25,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__SSE2__) || defined(_M_X64)
@@ -46,6 +52,14 @@ namespace {
 #define DPP_VECTORIZE _Pragma("GCC ivdep")
 #else
 #define DPP_VECTORIZE
+#endif
+
+// A window loop compiled as a function of its own: GCC vectorises each variant of the loop
+// reliably only when it is not inlined beside the others.
+#if defined(__GNUC__)
+#define DPP_NOINLINE __attribute__((noinline))
+#else
+#define DPP_NOINLINE
 #endif
 
 // Windows per SIMD block: enough to fill vectors even where a row has only 7 outputs
@@ -84,12 +98,19 @@ struct Segment {
   int64_t plane, oh0, oh1, offset;
 };
 
+// Border windows [begin, end) of a plane with `count` valid taps each.
+struct BorderGroup {
+  int count;
+  int64_t begin, end;
+};
+
 // Per-thread scratch: window arrays for the generic path, packed tap buffers for the SIMD path.
 template <typename T>
 struct Scratch {
   std::vector<T> v, lc, e, gv;  // k² each (generic path)
   int64_t capacity = 0;         // windows per SIMD block
   int64_t used = 0;             // windows queued in the block
+  bool block_tame = false;      // the block's planes keep the common case's promises (Simd::plane_is_tame)
   std::vector<Segment> segments;
   std::vector<T> taps;          // k² × capacity, tap-major: taps[t·capacity + j]
   std::vector<T> stencil;       // 9 × capacity (Full-DPP guide inputs)
@@ -98,6 +119,15 @@ struct Scratch {
   std::vector<T> log2_alpha, half_lam, inv_alpha, centre;           // per window: its channel's λ, α; c̃
   std::vector<T> plane_grad;    // H·W (fp16/bf16 backward accumulates in T)
   std::vector<T> row_buffer;    // a segment's input rows, end to end (flat packing)
+  // Border windows (SIMD path with padding): output index oh·OW + ow of each, their valid taps
+  // packed compactly (tap-major, zeros past n) and what the window maths needs.
+  std::vector<int64_t> border;        // by group of valid-tap count
+  std::vector<int64_t> border_order;  // slots in border, row-major
+  std::vector<BorderGroup> border_groups;
+  int64_t border_capacity = 0;        // border windows per plane
+  std::vector<T> border_taps, border_stencil, border_grads;  // k² (9 for the stencil) × capacity
+  std::vector<T> border_centre, border_out, border_upstream, border_centre_grad, border_alpha_grad,
+      border_lam_grad;  // capacity each
 
   // Ready for a call with geometry g (buffers keep their allocation from earlier calls).
   void reset(const Geometry& g) {
@@ -122,6 +152,19 @@ struct Scratch {
       for (std::vector<T>* a : {&upstream, &centre_grad, &alpha_grad, &lam_grad}) a->resize(capacity);
     }
   }
+
+  void reserve_border(const Geometry& g, int64_t windows, bool backward) {
+    border_capacity = windows;
+    const size_t n = static_cast<size_t>(g.kernel_size) * g.kernel_size;
+    border_taps.resize(n * windows);
+    if (g.full) border_stencil.resize(9 * windows);
+    for (std::vector<T>* a : {&border_centre, &border_out}) a->resize(windows);
+    if (backward) {
+      border_grads.resize(n * windows);
+      for (std::vector<T>* a : {&border_upstream, &border_centre_grad, &border_alpha_grad, &border_lam_grad})
+        a->resize(windows);
+    }
+  }
 };
 
 // This thread's scratch, reset for g: allocated once per thread and dtype, not per call (on small
@@ -135,7 +178,7 @@ Scratch<T>& thread_scratch(const Geometry& g) {
 
 // ---------------------------------------------------------------------------
 // Generic path: one window at a time (any k, s, padding).  N = the window's most taps when
-// known at compile time (the SIMD path's border windows), else 0.
+// known at compile time, else 0 (what the Generic path below uses).
 // ---------------------------------------------------------------------------
 
 template <int N, typename scalar_t, typename T>
@@ -211,7 +254,7 @@ struct PlaneSet {
 // are unpacked.  A block spans planes: small planes (a 14² plane has 49 windows) share one block,
 // so the loop, the packing and the unpacking run over hundreds of windows whatever the plane size;
 // each window carries its channel's α and λ (and Full-DPP's guide value c̃, computed per segment
-// with the channel's filter while the stencil is in cache).  Border windows take the generic path.
+// with the channel's filter while the stencil is in cache).  Border windows run in loops of their own.
 // ---------------------------------------------------------------------------
 
 // A block has room for kBlockWindows windows plus one segment (rows of one plane, about
@@ -265,6 +308,169 @@ struct Simd {
       const bool inner_row = oh >= in.row_lo && oh < in.row_hi;
       for (int64_t ow = 0; ow < g.out_width; ++ow)
         if (!inner_row || ow < in.lo || ow >= in.hi) fn(oh, ow);
+    }
+  }
+
+  // Border windows (padding): fewer valid taps (n < K², packed compactly row-major as gather_window
+  // does), so the interior loop cannot take them, and one window at a time costs ~15× a SIMD window
+  // (the ResNet stem's 111 border windows per plane, 3.5% of them, were a third of its time).  They
+  // run vectorised too, grouped by n: with n a compile-time constant the tap loops fold to straight
+  // code (a runtime n leaves branches GCC does not if-convert).  Each group's loop makes the generic
+  // path's dpp_math.h calls, and the backward adds into ∂x and the parameter gradients in the generic
+  // path's (row-major) order: the generic path's results, up to how vector and scalar code round a
+  // multiply-add (a few ulp).
+
+  // The border windows of a plane (the same for every plane), grouped by valid-tap count: s.border
+  // holds them by group, s.border_order their slots in row-major order.
+  template <typename T>
+  static void collect_border(const Geometry& g, const Interior& in, Scratch<T>& s, bool backward) {
+    std::vector<std::pair<int, int64_t>> windows;  // (n, oh·OW + ow), row-major
+    for_each_border(g, in, [&](int64_t oh, int64_t ow) {
+      int64_t h0, h1, w0, w1;
+      window_span(oh, K, S, g.padding, g.height, h0, h1);
+      window_span(ow, K, S, g.padding, g.width, w0, w1);
+      windows.emplace_back(static_cast<int>((h1 - h0) * (w1 - w0)), oh * g.out_width + ow);
+    });
+    std::vector<int64_t> slot(windows.size());
+    for (size_t i = 0; i < slot.size(); ++i) slot[i] = static_cast<int64_t>(i);
+    std::stable_sort(slot.begin(), slot.end(),
+                     [&](int64_t a, int64_t b) { return windows[a].first < windows[b].first; });
+    s.border.resize(windows.size());
+    s.border_order.resize(windows.size());
+    s.border_groups.clear();
+    for (size_t j = 0; j < slot.size(); ++j) {
+      const int n = windows[slot[j]].first;
+      s.border[j] = windows[slot[j]].second;
+      s.border_order[slot[j]] = static_cast<int64_t>(j);
+      if (s.border_groups.empty() || s.border_groups.back().count != n)
+        s.border_groups.push_back({n, static_cast<int64_t>(j), static_cast<int64_t>(j)});
+      s.border_groups.back().end = static_cast<int64_t>(j) + 1;
+    }
+    s.reserve_border(g, static_cast<int64_t>(windows.size()), backward);
+  }
+
+  // Pack a plane's border windows: valid taps (zeros past n) and (Full-DPP) the stencil and c̃.
+  template <typename scalar_t, typename T>
+  static void pack_border(const scalar_t* plane, const Geometry& g, const T* f9, T bias, Scratch<T>& s) {
+    const int64_t cap = s.border_capacity;
+    for (int64_t j = 0; j < cap; ++j) {
+      const int64_t oh = s.border[j] / g.out_width, ow = s.border[j] % g.out_width;
+      T v[kTaps] = {};
+      gather_window<kTaps>(plane, g, oh, ow, v);
+      for (int t = 0; t < kTaps; ++t) s.border_taps[t * cap + j] = v[t];
+      if (FULL) {
+        T v9[9];
+        gather_stencil(plane, g, oh, ow, v9);
+        for (int t = 0; t < 9; ++t) s.border_stencil[t * cap + j] = v9[t];
+        s.border_centre[j] = full_centre(v9, f9, bias);
+      }
+    }
+  }
+
+  // Calls fn(std::integral_constant<int, n>{}) for a border group's valid-tap count n (rows × columns,
+  // each 1..K), or fn(std::integral_constant<int, 0>{}) for any other n (never, for K ≤ 3).
+  template <typename Fn>
+  static void with_count(int n, Fn&& fn) {
+    switch (n) {
+      case 1: return fn(std::integral_constant<int, 1>{});
+      case 2: return fn(std::integral_constant<int, 2>{});
+      case 3: return fn(std::integral_constant<int, K >= 3 ? 3 : 0>{});
+      case 4: return fn(std::integral_constant<int, 4>{});
+      case 6: return fn(std::integral_constant<int, K >= 3 ? 6 : 0>{});
+      default: return fn(std::integral_constant<int, 0>{});
+    }
+  }
+
+  // Border window j: its taps into v; returns its centre c̃.  NC: its valid-tap count (0: read count).
+  template <int NC, typename T>
+  static DPP_HD T load_border(const Scratch<T>& s, int64_t j, int n, T* v) {
+    DPP_UNROLL
+    for (int t = 0; t < kTaps; ++t) v[t] = s.border_taps[t * s.border_capacity + j];
+    return FULL ? s.border_centre[j] : lite_centre<kTaps>(v, NC > 0 ? NC : n);
+  }
+
+  template <int NC, typename T>
+  static void border_forward_group(Scratch<T>& s, const BorderGroup& group, const Params<T>& p) {
+    const Scratch<T>& in = s;
+    T* out = s.border_out.data();
+    const int n = NC > 0 ? NC : group.count;
+    DPP_VECTORIZE
+    for (int64_t j = group.begin; j < group.end; ++j) {
+      T v[kTaps], lc[kTaps], e[kTaps];
+      const T centre = load_border<NC>(in, j, n, v);
+      out[j] = window_forward<kTaps>(v, NC > 0 ? NC : n, centre, p, lc, e).out;
+    }
+  }
+
+  template <int NC, typename T>
+  static void border_backward_group(Scratch<T>& s, const BorderGroup& group, const Params<T>& p) {
+    const Scratch<T>& in = s;
+    const T* gy = s.border_upstream.data();
+    T* grads = s.border_grads.data();
+    T* centre_grad = s.border_centre_grad.data();
+    T* alpha_grad = s.border_alpha_grad.data();
+    T* lam_grad = s.border_lam_grad.data();
+    const int64_t cap = s.border_capacity;
+    const int n = NC > 0 ? NC : group.count;
+    DPP_VECTORIZE
+    for (int64_t j = group.begin; j < group.end; ++j) {
+      T v[kTaps], lc[kTaps], e[kTaps], gv[kTaps];
+      const T centre = load_border<NC>(in, j, n, v);
+      const WindowStats<T> st = window_forward<kTaps>(v, NC > 0 ? NC : n, centre, p, lc, e);
+      const WindowGrads<T> gr = window_backward<kTaps>(gy[j], v, NC > 0 ? NC : n, centre, p, st, lc, e, gv);
+      DPP_UNROLL
+      for (int t = 0; t < kTaps; ++t)
+        if (t < (NC > 0 ? NC : n)) grads[t * cap + j] = gv[t];
+      centre_grad[j] = gr.centre;
+      alpha_grad[j] = gr.alpha;
+      lam_grad[j] = gr.lam;
+    }
+  }
+
+  template <typename scalar_t, typename T>
+  static void border_forward(const PlaneSet<scalar_t, T>& ps, int64_t plane, const Params<T>& p, const T* f9, T bias,
+                             Scratch<T>& s) {
+    if (s.border.empty()) return;
+    pack_border(ps.input(plane), ps.g, f9, bias, s);
+    for (const BorderGroup& group : s.border_groups)
+      with_count(group.count, [&](auto nc) { border_forward_group<decltype(nc)::value>(s, group, p); });
+    scalar_t* out_plane = ps.y + plane * ps.out_size();
+    for (int64_t j = 0; j < s.border_capacity; ++j) out_plane[s.border[j]] = static_cast<scalar_t>(s.border_out[j]);
+  }
+
+  // The border windows' input gradients into grad_plane and parameter gradients into acc, window by
+  // window in row-major order (the generic path's).
+  template <typename scalar_t, typename T>
+  static void border_backward(const PlaneSet<scalar_t, T>& ps, int64_t plane, const Params<T>& p, const T* f9,
+                              T bias, T* grad_plane, Scratch<T>& s, double* acc) {
+    if (s.border.empty()) return;
+    const Geometry& g = ps.g;
+    const scalar_t* gy_plane = ps.gy + plane * ps.out_size();
+    const int64_t cap = s.border_capacity;
+    pack_border(ps.input(plane), g, f9, bias, s);
+    for (int64_t j = 0; j < cap; ++j) s.border_upstream[j] = static_cast<T>(gy_plane[s.border[j]]);
+    for (const BorderGroup& group : s.border_groups)
+      with_count(group.count, [&](auto nc) { border_backward_group<decltype(nc)::value>(s, group, p); });
+    for (const int64_t j : s.border_order) {
+      const int64_t oh = s.border[j] / g.out_width, ow = s.border[j] % g.out_width;
+      const T gc = s.border_centre_grad[j];
+      int64_t h0, h1, w0, w1;
+      window_span(oh, K, S, g.padding, g.height, h0, h1);
+      window_span(ow, K, S, g.padding, g.width, w0, w1);
+      const T share = FULL ? T(0) : gc / static_cast<T>((h1 - h0) * (w1 - w0));
+      int64_t i = 0;
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t w = w0; w < w1; ++w) grad_plane[h * g.width + w] += s.border_grads[i++ * cap + j] + share;
+      acc[0] += s.border_alpha_grad[j];
+      acc[1] += s.border_lam_grad[j];
+      if (FULL) {
+        for (int t = 0; t < 9; ++t) {
+          const int64_t h = oh * S - 1 + t / 3, w = ow * S - 1 + t % 3;
+          if (h >= 0 && h < g.height && w >= 0 && w < g.width) grad_plane[h * g.width + w] += gc * f9[t];
+          acc[2 + t] += gc * s.border_stencil[t * cap + j];
+        }
+        acc[11] += gc;
+      }
     }
   }
 
@@ -445,9 +651,43 @@ struct Simd {
     }
   };
 
+  // Whether a plane's windows keep the promises of the common case (window_forward's kPromise*, and
+  // no scale-invariant option): ρ_Sym, |x| ≤ 1e13 over the plane and (Full-DPP) |b| + Σ|F|·1e13 ≤
+  // 4e14, so every deviation |v − c̃| is ≤ 1e15 with rounding to spare and d² + ε² is a positive normal
+  // float.  Then the window loops leave out the rescaling of huge deviations, log2's special cases, the
+  // Asym clamp and the scale-invariant terms (about a third of the work) and give the same values.
+  // A property of the plane alone (one vectorised pass over its input; NaN and inf fail it), and a
+  // block holds planes of one kind, so which loop a window takes, and its result, does not depend on
+  // the other planes of its block or on the thread count.
+  template <typename scalar_t, typename T>
+  static bool plane_is_tame(const PlaneSet<scalar_t, T>& ps, int64_t plane, const Params<T>& base, const T* f9,
+                            T bias) {
+    const T limit = T(1e13);
+    if (base.asym != T(0) || base.scale_invariant != T(0)) return false;
+    if (!(base.eps2 >= std::numeric_limits<T>::min() && base.eps2 <= T(1e30))) return false;
+    if (FULL) {
+      T weight = 0;
+      for (int t = 0; t < 9; ++t) weight += std::abs(f9[t]);
+      if (!(std::abs(bias) + weight * limit <= T(4e14))) return false;
+    }
+    const scalar_t* x = ps.input(plane);
+    const int64_t size = ps.in_size();
+    int wild = 0;
+    for (int64_t i = 0; i < size; ++i) wild |= !(std::abs(static_cast<T>(x[i])) <= limit);
+    return wild == 0;
+  }
+
+  static constexpr int kTamePromise = kPromiseSym | kPromiseTame;
+
   // base: the call's ε² and flags (any channel's Params; α and λ come per window).
   template <typename T>
   static void forward_block(Scratch<T>& s, const Params<T>& base) {
+    if (s.block_tame) return forward_block_as<0, kTamePromise>(s, base);
+    forward_block_as<-1, 0>(s, base);
+  }
+
+  template <int SI, int PROMISE, typename T>
+  DPP_NOINLINE static void forward_block_as(Scratch<T>& s, const Params<T>& base) {
     const Packed<T> in(s);
     T* out = s.out.data();
     const int64_t count = s.used;
@@ -456,12 +696,18 @@ struct Simd {
       T v[kTaps], lc[kTaps], e[kTaps];
       Params<T> p = base;
       const T centre = in.load(j, v, p);
-      out[j] = window_forward(v, kTaps, centre, p, lc, e).out;
+      out[j] = window_forward<0, SI, PROMISE>(v, kTaps, centre, p, lc, e).out;
     }
   }
 
   template <typename T>
   static void backward_block(Scratch<T>& s, const Params<T>& base) {
+    if (s.block_tame) return backward_block_as<0, kTamePromise>(s, base);
+    backward_block_as<-1, 0>(s, base);
+  }
+
+  template <int SI, int PROMISE, typename T>
+  DPP_NOINLINE static void backward_block_as(Scratch<T>& s, const Params<T>& base) {
     const Packed<T> in(s);
     const T* gy = s.upstream.data();
     T* tap_grads = s.tap_grads.data();
@@ -474,8 +720,8 @@ struct Simd {
       T v[kTaps], lc[kTaps], e[kTaps], gv[kTaps];
       Params<T> p = base;
       const T centre = in.load(j, v, p);
-      const WindowStats<T> st = window_forward(v, kTaps, centre, p, lc, e);
-      const WindowGrads<T> gr = window_backward(gy[j], v, kTaps, centre, p, st, lc, e, gv);
+      const WindowStats<T> st = window_forward<0, SI, PROMISE>(v, kTaps, centre, p, lc, e);
+      const WindowGrads<T> gr = window_backward<0, SI, PROMISE>(gy[j], v, kTaps, centre, p, st, lc, e, gv);
       const T share = FULL ? T(0) : gr.centre * T(1.0 / kTaps);  // Lite: c̃ is the window mean
       DPP_UNROLL
       for (int t = 0; t < kTaps; ++t) tap_grads[t * cap + j] = gv[t] + share;
@@ -597,16 +843,16 @@ struct Simd {
     const Geometry& g = ps.g;
     const Interior in = interior(g);
     s.reserve_simd(g, block_capacity(in), false);
+    collect_border(g, in, s, false);
     const Params<T> base = ps.params(0);
     for (int64_t plane = begin; plane < end; ++plane) {
       const Params<T> p = ps.params(plane);
       T f9[9], bias;
       ps.guide(plane, f9, bias);
-      scalar_t* out_plane = ps.y + plane * ps.out_size();
-      for_each_border(g, in, [&](int64_t oh, int64_t ow) {
-        out_plane[oh * g.out_width + ow] =
-            static_cast<scalar_t>(generic_forward<kTaps>(ps.input(plane), g, oh, ow, p, f9, bias, s));
-      });
+      border_forward(ps, plane, p, f9, bias, s);
+      const bool tame = plane_is_tame(ps, plane, base, f9, bias);
+      if (tame != s.block_tame) flush_forward(ps, in, base, s);
+      s.block_tame = tame;
       for (int64_t oh0 = in.row_lo; oh0 < in.row_hi; oh0 += in.seg_rows) {
         const int64_t oh1 = std::min(oh0 + in.seg_rows, in.row_hi);
         if (s.used + (oh1 - oh0) * in.width > s.capacity) flush_forward(ps, in, base, s);
@@ -643,6 +889,7 @@ struct Simd {
     const Geometry& g = ps.g;
     const Interior in = interior(g);
     s.reserve_simd(g, block_capacity(in), true);
+    collect_border(g, in, s, true);
     if (!same) s.plane_grad.resize(ps.in_size());
     const Params<T> base = ps.params(0);
     const int slots = channel_grad_slots(FULL);
@@ -656,10 +903,10 @@ struct Simd {
       T* grad_plane = grad_of(plane);
       std::fill(grad_plane, grad_plane + ps.in_size(), T(0));
       const scalar_t* gy_plane = ps.gy + plane * ps.out_size();
-      for_each_border(g, in, [&](int64_t oh, int64_t ow) {
-        generic_backward<kTaps>(ps.input(plane), grad_plane, g, oh, ow, static_cast<T>(gy_plane[oh * g.out_width + ow]),
-                                p, f9, bias, s, partial + plane * slots);
-      });
+      border_backward(ps, plane, p, f9, bias, grad_plane, s, partial + plane * slots);
+      const bool tame = plane_is_tame(ps, plane, base, f9, bias);
+      if (tame != s.block_tame) flush_backward(ps, in, base, s, partial, grad_of);
+      s.block_tame = tame;
       for (int64_t oh0 = in.row_lo; oh0 < in.row_hi; oh0 += in.seg_rows) {
         const int64_t oh1 = std::min(oh0 + in.seg_rows, in.row_hi);
         if (s.used + (oh1 - oh0) * in.width > s.capacity) flush_backward(ps, in, base, s, partial, grad_of);
