@@ -31,28 +31,12 @@
 #include <utility>
 #include <vector>
 
-#if defined(__SSE2__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define DPP_HAS_MXCSR 1
-#endif
-
 #include "../dpp_args.h"
+#include "dpp_cpu_common.h"
 #include "dpp_kernel_nhwc.h"
 
 namespace poolbench_dpp {
 namespace {
-
-// The loops over windows carry per-window arrays (v, lc, e) through inlined dpp_math.h calls.
-// `omp simd` would turn those into per-lane "simd arrays" read by gathers; plain
-// auto-vectorisation after full unrolling keeps them in registers.  ivdep only drops the
-// run-time aliasing checks (inputs are read-only, every window writes its own slots).
-#if defined(__clang__)
-#define DPP_VECTORIZE _Pragma("clang loop vectorize(enable) interleave(enable)")
-#elif defined(__GNUC__)
-#define DPP_VECTORIZE _Pragma("GCC ivdep")
-#else
-#define DPP_VECTORIZE
-#endif
 
 // A window loop compiled as a function of its own: GCC vectorises each variant of the loop
 // reliably only when it is not inlined beside the others.
@@ -65,33 +49,6 @@ namespace {
 // Windows per SIMD block: enough to fill vectors even where a row has only 7 outputs
 // (VGG-16's last pooling layer), few enough that the packed taps stay in L1/L2.
 constexpr int64_t kBlockWindows = 512;
-
-// While a float32 kernel runs on this thread: flush subnormal results to zero and read subnormal
-// inputs as zero (x86 MXCSR FTZ|DAZ), restored afterwards.  Weights 2^(ℓ−M) far below a window's
-// largest one (large λ, a guide far from the taps) make subnormal products, and each costs x86
-// CPUs a ~100-cycle microcode assist: Full-DPP backward with random guides ran 15× slower.
-// Anything below 2^-126 of the window's largest weight is invisible at float32 precision.
-class FlushSubnormals {
- public:
-  explicit FlushSubnormals(bool enable) {
-#ifdef DPP_HAS_MXCSR
-    saved_ = _mm_getcsr();
-    if (enable) _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
-#else
-    (void)enable;
-#endif
-  }
-  ~FlushSubnormals() {
-#ifdef DPP_HAS_MXCSR
-    _mm_setcsr(saved_);
-#endif
-  }
-  FlushSubnormals(const FlushSubnormals&) = delete;
-  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
-
- private:
-  unsigned saved_ = 0;
-};
 
 // Rows of one plane that go into a packed block together, and where they start in it.
 struct Segment {

@@ -33,53 +33,11 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__SSE2__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define DPP_NHWC_HAS_MXCSR 1
-#endif
-
 #include "../dpp_args.h"
+#include "dpp_cpu_common.h"
 
 namespace poolbench_dpp {
 namespace {
-
-// The loops over channels carry per-window arrays (v, lc, e, gv) through inlined dpp_math.h
-// calls; plain auto-vectorisation after full unrolling keeps them in registers (as the NCHW
-// kernel's block loops).  ivdep drops the run-time aliasing checks: every channel reads and
-// writes its own elements.
-#if defined(__clang__)
-#define DPP_NHWC_VECTORIZE _Pragma("clang loop vectorize(enable) interleave(enable)")
-#elif defined(__GNUC__)
-#define DPP_NHWC_VECTORIZE _Pragma("GCC ivdep")
-#else
-#define DPP_NHWC_VECTORIZE
-#endif
-
-// While a float32 kernel runs on this thread: flush subnormal results to zero and read subnormal
-// inputs as zero (MXCSR FTZ|DAZ), restored afterwards: the NCHW kernel's rule (weights far below
-// a window's largest one make subnormal products, each a ~100-cycle microcode assist on x86, and
-// anything below 2^-126 of the largest weight is invisible at float32 precision).
-class FlushSubnormals {
- public:
-  explicit FlushSubnormals(bool enable) {
-#ifdef DPP_NHWC_HAS_MXCSR
-    saved_ = _mm_getcsr();
-    if (enable) _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
-#else
-    (void)enable;
-#endif
-  }
-  ~FlushSubnormals() {
-#ifdef DPP_NHWC_HAS_MXCSR
-    _mm_setcsr(saved_);
-#endif
-  }
-  FlushSubnormals(const FlushSubnormals&) = delete;
-  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
-
- private:
-  unsigned saved_ = 0;
-};
 
 // ---------------------------------------------------------------------------
 // Per-channel parameters, laid out like the data: one entry per channel, unit stride.
@@ -210,7 +168,7 @@ void forward_taps(const T* image, const Window& win, const T* zeros, const Chann
   const T* stencil[9];
   if (FULL) stencil_rows(image, win, zeros, stencil);
   const int64_t channels = ch.count;
-  DPP_NHWC_VECTORIZE
+  DPP_VECTORIZE
   for (int64_t c = 0; c < channels; ++c) {
     T v[NT], lc[NT], e[NT], v9[9];
     DPP_UNROLL
@@ -271,7 +229,7 @@ void stencil_grads(const T* image, T* grad_image, const Window& win, const Chann
     T* gx = grad_image + win.stencil[t];
     const T* f = ch.filter + t * channels;
     T* g_f = acc + (2 + t) * channels;
-    DPP_NHWC_VECTORIZE
+    DPP_VECTORIZE
     for (int64_t c = 0; c < channels; ++c) {
       gx[c] += centre_grad[c] * f[c];
       g_f[c] += centre_grad[c] * x[c];
@@ -295,7 +253,7 @@ void backward_taps(const T* image, T* grad_image, const Window& win, const T* ze
   T* g_alpha = acc;
   T* g_lam = acc + channels;
   T* g_bias = acc + 11 * channels;  // Full-DPP only
-  DPP_NHWC_VECTORIZE
+  DPP_VECTORIZE
   for (int64_t c = 0; c < channels; ++c) {
     T v[NT], lc[NT], e[NT], gv[NT], v9[9];
     DPP_UNROLL
