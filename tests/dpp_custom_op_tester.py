@@ -20,18 +20,10 @@ from poolbench.dpp import DPP_VARIANTS, DPPArgs
 from poolbench.tolerances import assert_close
 from poolbench.verify.equivalence import perturb_parameters
 
-from dpp_tester import random_dpp_parameters
+from dpp_tester import guide_fits, random_dpp_parameters
 
 #: (shape, kernel_size, stride, padding): exact tiling, the ResNet stem window (overlap, padding), k > s + 1.
 GRADCHECK_GEOMETRIES = (((1, 2, 4, 6), 2, 2, 0), ((1, 2, 5, 5), 3, 2, 1), ((1, 1, 5, 5), 4, 3, 2))
-
-
-def guide_fits(shape, kernel_size, stride, padding) -> bool:
-    try:
-        poolbench.dpp.check_full_guide(shape[2], shape[3], kernel_size, stride, padding)
-        return True
-    except ValueError:
-        return False
 
 
 def op_inputs(full: bool, device, dtype=torch.float64, shape=(2, 3, 6, 8), requires_grad=False, seed=0):

@@ -32,12 +32,17 @@ def random_dpp_parameters(channels: int, full: bool, dtype=torch.float64, device
     return alpha.to(device=device, dtype=dtype), lam.to(device=device, dtype=dtype), guide
 
 
-def fits_full_guide(case) -> bool:
+def guide_fits(shape, kernel_size, stride, padding) -> bool:
+    """Whether Full-DPP's 3×3 guide fits the pooled grid of an input of ``shape`` with this window."""
     try:
-        check_full_guide(case.shape[2], case.shape[3], case.kernel_size, case.stride, case.padding)
+        check_full_guide(shape[2], shape[3], kernel_size, stride, padding)
         return True
     except ValueError:
         return False
+
+
+def fits_full_guide(case) -> bool:
+    return guide_fits(case.shape, case.kernel_size, case.stride, case.padding)
 
 
 class DPPTierTester:

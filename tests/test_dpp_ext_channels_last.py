@@ -21,7 +21,7 @@ from poolbench.dpp_custom_op import keeps_channels_last
 from poolbench.impls.dpp_ext import ops
 from poolbench.verify.harness import judge, run_call
 
-from dpp_tester import random_dpp_parameters
+from dpp_tester import guide_fits, random_dpp_parameters
 
 VARIANTS = tuple(variant.name for variant in DPP_VARIANTS if not variant.stochastic)
 CHANNELS_LAST = torch.channels_last
@@ -43,14 +43,6 @@ def cpu_ext():
     if reason is not None:
         pytest.skip(reason)
     ops.load_cpu()
-
-
-def guide_fits(shape, k, s, p) -> bool:
-    try:
-        poolbench.dpp.check_full_guide(shape[2], shape[3], k, s, p)
-        return True
-    except ValueError:
-        return False
 
 
 def inputs(name, shape, dtype, seed=0):

@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - only while the shared tester is absent
     DPPTierTester = None
 
 from dpp_custom_op_tester import GRADCHECK_GEOMETRIES, DPPCustomOpTester
+from dpp_tester import guide_fits
 from poolbench.impls import dpp_triton
 from poolbench.verify.harness import PassOutputs, judge
 
@@ -111,14 +112,6 @@ GEOMETRIES = [
 ]
 
 
-def full_guide_fits(shape, geometry):
-    try:
-        poolbench.dpp.check_full_guide(shape[2], shape[3], *geometry)
-        return True
-    except ValueError:
-        return False
-
-
 # --------------------------------------------------------------------------- any process, no kernels run
 
 
@@ -190,7 +183,7 @@ def test_host_cost_script_times_both_whole_trees_at_module_level():
 def test_values_and_gradients_match_reference_float64(tier_device, asym, full, scale_invariant):
     ran = 0
     for shape, geometry in GEOMETRIES:
-        if full and not full_guide_fits(shape, geometry):
+        if full and not guide_fits(shape, *geometry):
             continue
         x, alpha, lam, guide = dpp_inputs(shape, full)
         want = run_dpp("reference", x, alpha, lam, geometry, asym, guide, scale_invariant=scale_invariant)
