@@ -79,14 +79,14 @@ parameter gradients in the parameters' dtypes: no reduction or copy launches fol
 Host path: everything that depends only on the call's shape, strides, dtypes,
 device and settings (geometry checks, grid, config, scalar arguments) is a plan
 cached per :func:`plan_key`; a call allocates its outputs and launches.  With
-``POOLBENCH_TRITON_AUTOTUNE=0`` each kernel runs one fixed config per shape.
+``POOLBENCH_TRITON_AUTOTUNE=0`` in the environment when this module is imported (or
+:func:`set_autotune` ``(False)`` later) each kernel runs one fixed config per shape.
 Every launch can be described by a :class:`Launch` (kernel, grid, arguments), built
 by :func:`forward_plan` / :func:`backward_plan`; the static kernel report
 (:mod:`poolbench.measure.kernel_report`) compiles exactly those specialisations.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -872,9 +872,28 @@ AUTOTUNE_ENV = "POOLBENCH_TRITON_AUTOTUNE"
 _OFF = frozenset(("0", "false", "False", "no", "off"))
 
 
-def autotune_enabled() -> bool:
-    """Whether launches autotune (the default) or take one fixed config (``POOLBENCH_TRITON_AUTOTUNE=0``)."""
+def autotune_from_environment() -> bool:
+    """What ``POOLBENCH_TRITON_AUTOTUNE`` asks for now: autotune unless it is 0/false/no/off."""
     return os.environ.get(AUTOTUNE_ENV) not in _OFF
+
+
+#: Whether launches autotune, read from the environment once, when this module is imported: every
+#: call's plan key holds it, and reading ``os.environ`` costs ~0.7 µs a call (a twentieth of the
+#: whole host path).  A process that changes its mind later calls :func:`set_autotune`.
+AUTOTUNE = autotune_from_environment()
+
+
+def set_autotune(enabled: bool) -> None:
+    """Autotune later launches (True) or give each kernel one fixed config per shape (False)."""
+    global AUTOTUNE
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_autotune takes a bool, got {type(enabled).__name__}")
+    AUTOTUNE = enabled
+
+
+def autotune_enabled() -> bool:
+    """Whether launches autotune (the default) or take one fixed config (see :data:`AUTOTUNE`)."""
+    return AUTOTUNE
 
 
 def fixed_config(kernel, named_args: dict):
@@ -929,14 +948,15 @@ def _eps2_argument(eps2: float, device):
     return torch.tensor([eps2], dtype=torch.float64, device=device) if INTERPRET else float(eps2)
 
 
-_NO_GUARD = contextlib.nullcontext()
-
-
-def _device_guard(x):
-    """Launch on x's GPU, not the current one (Triton launches on the current device)."""
-    if x.device.type != "cuda" or x.device.index == torch.cuda.current_device():
-        return _NO_GUARD
-    return torch.cuda.device(x.device)
+def _launch_all(x, bounds, tensors) -> None:
+    """Launch each bound kernel with its tensor arguments on x's GPU, not the current one (Triton launches on
+    the current device)."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        with torch.cuda.device(x.device):
+            _launch_all(x, bounds, tensors)
+        return
+    for bound, args in zip(bounds, tensors):
+        bound.run(*args, *bound.scalars, **bound.kwargs)
 
 
 @dataclass
@@ -952,7 +972,7 @@ class _Plan:
     npart: int = 2
     gx_zeroed: bool = False
     overlap: bool = False
-    counters: dict = field(default_factory=dict)  # the window kernel's finish counter per stream (:func:`_counter`)
+    scratch: dict = field(default_factory=dict)  # the window kernel's (counter, partials) per stream (:func:`_scratch`)
     ring: int = 0  # single-kernel backward (RING_GX): ring slots per program (values × 2·largest BLOCK)
 
 
@@ -966,17 +986,24 @@ def plan_key(direction, x, alpha, weight, kernel_size, stride, padding, asym, ep
              log_params=False) -> tuple:
     """What a cached launch plan depends on: x's shape, strides, dtype and device, the parameter dtype, the settings."""
     return (direction, x.shape, x.stride(), x.dtype, x.device, alpha.dtype, weight is not None,
-            kernel_size, stride, padding, asym, eps2, scale_invariant, bool(log_params), autotune_enabled())
+            kernel_size, stride, padding, asym, eps2, scale_invariant, bool(log_params), AUTOTUNE)
 
 
-def _cached(key, build):
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = build()  # validates the geometry: a new key is never launched unchecked
-        if len(_PLANS) >= MAX_PLANS:
-            _PLANS.clear()
-        _PLANS[key] = plan
+def _remember(key, plan: _Plan) -> _Plan:
+    """Cache a plan just built (and so validated: a new key is never launched unchecked) under ``key``.
+
+    Callers look the key up in ``_PLANS`` themselves and build only on a miss (no closure per call).
+    """
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = plan
     return plan
+
+
+def _empty(x, dtype, *size):
+    """A fresh tensor of ``size`` on x's device; sizes as separate ints and no dtype argument when it is
+    x's own take half the host time of ``torch.empty(shape, dtype=, device=)`` (~0.9 vs 1.7 µs)."""
+    return x.new_empty(*size) if dtype == x.dtype else x.new_empty(size, dtype=dtype)
 
 
 @dataclass
@@ -1003,7 +1030,7 @@ class _Bound:
 
 def _bind_launch(kernel, grid_of, args, constexprs, scalars) -> _Bound:
     """A fixed config and grid without autotuning (or in the interpreter), else the autotuner's grid."""
-    if autotune_enabled() and not INTERPRET:
+    if AUTOTUNE and not INTERPRET:
         return _Bound(kernel, lambda meta: grid_of(meta["BLOCK"]), None, constexprs, scalars)
     named = {**dict(zip(kernel.fn.arg_names, args)), **constexprs}
     config = kernel.configs[0] if INTERPRET else fixed_config(kernel, named)
@@ -1029,11 +1056,10 @@ def _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asy
                   log_params):
     """(y, plan, kernel tensor arguments) of a forward call; the plan is cached per :func:`plan_key`."""
     x = x.contiguous()
-    plan = _cached(plan_key("forward", x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant,
-                            log_params),
-                   lambda: _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
-                                            scale_invariant, log_params))
-    y = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
+    key = plan_key("forward", x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant, log_params)
+    plan = _PLANS.get(key) or _remember(key, _forward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym,
+                                                              eps2, scale_invariant, log_params))
+    y = _empty(x, x.dtype, *plan.out_shape)  # x is contiguous, so is y
     acc = plan.acc
     alpha, lam = _cast(alpha, acc), _cast(lam, acc)
     weight, bias = (_cast(weight, acc), _cast(bias, acc)) if weight is not None else (alpha, alpha)
@@ -1053,9 +1079,7 @@ def forward(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps
     """DPP forward: y (N, C, OH, OW) in x's dtype; ``log_params``: alpha, lam hold ln α, ln λ."""
     y, plan, tensors = _forward_call(x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2,
                                      scale_invariant, log_params)
-    with _device_guard(x):
-        for bound in plan.launches:
-            bound.run(*tensors, *bound.scalars, **bound.kwargs)
+    _launch_all(x, plan.launches, (tensors,))  # one launch (none for an empty input)
     return y
 
 
@@ -1126,21 +1150,26 @@ def stream_key(device: torch.device):
     return _raw_stream_of()(device.index)
 
 
-def _counter(plan: _Plan, device: torch.device) -> torch.Tensor:
-    """The window kernel's finish counter for the stream this call launches on.
+def _scratch(plan: _Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window kernel's finish counter and partial-sum buffer for the stream this call launches on.
 
-    The window kernel's last program reduces the per-program partial sums: this counter tells it that it
-    is last, and that program resets it to 0 for the next launch.  Launches in one stream run in order and
-    can share a counter; two same-shape backwards in two streams can run at once, and with one counter
-    each would count the other's programs (a reduction over unfinished partials, or none at all).  Hence
-    one counter per (plan, stream), made once (zeroed on that stream, so before its first launch there):
-    no extra launch per call.
+    Each program of the window kernel writes its α/λ/F/b partial sums to the buffer; the program that
+    finds, through the counter, that it is the last one reduces them and resets the counter to 0 for
+    the next launch.  Launches in one stream run in order and can share both; two same-shape backwards
+    in two streams can run at once, and sharing one counter each would count the other's programs (a
+    reduction over unfinished partials, or none at all).  Hence one (counter, partials) pair per (plan,
+    stream), made once (the counter zeroed on that stream, so before its first launch there): no extra
+    launch and no allocation per call.  The partials hold 2 (Lite) or 12 (Full) values per program, at most
+    (N·C + ``TARGET_PROGRAMS``)·12 floats (~100 kB for VGG-16's first pooling at batch 32), so keeping them
+    with the plan costs little.
     """
     key = stream_key(device)
-    counter = plan.counters.get(key)
-    if counter is None:
-        counter = plan.counters[key] = torch.zeros((1,), dtype=torch.int32, device=device)
-    return counter
+    scratch = plan.scratch.get(key)
+    if scratch is None:
+        n, c = plan.dims[:2]
+        scratch = plan.scratch[key] = (torch.zeros((1,), dtype=torch.int32, device=device),
+                                       torch.empty((n * c * plan.split * plan.npart,), dtype=plan.acc, device=device))
+    return scratch
 
 
 def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,
@@ -1148,36 +1177,36 @@ def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, paddi
     """(plan, gx, parameter gradients, tensor arguments per launch) of a backward call."""
     full = weight is not None
     x, grad = x.contiguous(), grad.contiguous()
-    plan = _cached(plan_key("backward", x, alpha, weight, kernel_size, stride, padding, asym, eps2,
-                            scale_invariant, log_params),
-                   lambda: _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym, eps2,
-                                             scale_invariant, log_params))
+    key = plan_key("backward", x, alpha, weight, kernel_size, stride, padding, asym, eps2, scale_invariant,
+                   log_params)
+    plan = _PLANS.get(key) or _remember(key, _backward_plan_of(x, alpha, weight, kernel_size, stride, padding, asym,
+                                                               eps2, scale_invariant, log_params))
     acc = plan.acc
     n, c, h, w, oh, ow, p = plan.dims
     # Pixels outside every window (k < s, ragged edges) get no write from the window kernel.
+    # ``*_like`` allocations: half the host cost of torch.empty(shape, dtype=, device=); every
+    # parameter is a dense (C,) or (C, 1, 3, 3) tensor, so its gradient comes out contiguous too.
     gx = torch.zeros_like(x) if plan.gx_zeroed else torch.empty_like(x)
-    g_alpha = torch.empty((c,), dtype=alpha.dtype, device=x.device)
-    g_lam = torch.empty((c,), dtype=lam.dtype, device=x.device)
+    g_alpha, g_lam = torch.empty_like(alpha), torch.empty_like(lam)
     if full:
-        g_weight = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
-        g_bias = torch.empty((c,), dtype=bias.dtype, device=x.device)
+        g_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        g_bias = torch.empty_like(bias)
         outs = (g_alpha, g_lam, g_weight, g_bias)
     else:
         g_weight = g_bias = None
         outs = (g_alpha, g_lam, g_alpha, g_alpha)  # the kernel never writes the last two for Lite
     if plan.ring:  # per-program ring of the single-kernel backward (∂L/∂Ĩ, or the 9 stats for k3s2p1)
-        stats = gg = torch.empty((n * c * plan.split * plan.ring,), dtype=acc, device=x.device)
+        stats = gg = _empty(x, acc, n * c * plan.split * plan.ring)
     elif plan.overlap:  # per-window stats for the gather; row 7 is the guide gradient
-        stats = torch.empty((n * c, N_STATS, p), dtype=acc, device=x.device)
+        stats = _empty(x, acc, n * c, N_STATS, p)
         gg = stats[:, 7]
     elif full:  # the guide gradient of each window, for the guide gather
-        stats = gg = torch.empty((n * c * p,), dtype=acc, device=x.device)
+        stats = gg = _empty(x, acc, n * c * p)
     else:
         stats = gg = gx  # never read
-    partials = torch.empty((n * c * plan.split * plan.npart,), dtype=acc, device=x.device)
     alpha_c, lam_c = _cast(alpha, acc), _cast(lam, acc)
     weight_c, bias_c = (_cast(weight, acc), _cast(bias, acc)) if full else (alpha_c, alpha_c)
-    counter = _counter(plan, x.device)
+    counter, partials = _scratch(plan, x.device)
     tensors = [(x, grad, alpha_c, lam_c, weight_c, bias_c, plan.eps2, gx, stats, gg, partials, counter) + outs]
     if len(plan.launches) > 1:
         tensors.append((x, lam_c, weight_c, plan.eps2, stats, gg, gx))
@@ -1203,9 +1232,7 @@ def backward(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, as
     """
     plan, gx, grads, tensors = _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym,
                                               eps2, scale_invariant, log_params)
-    with _device_guard(x):
-        for bound, args in zip(plan.launches, tensors):
-            bound.run(*args, *bound.scalars, **bound.kwargs)
+    _launch_all(x, plan.launches, tensors)
     return (gx, *grads)
 
 

@@ -61,6 +61,20 @@ _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 _LOG_PARAMS: set[str] = set()
 
 
+def _direct_call(op):
+    """What calling the OpOverload ``op`` runs, without ``OpOverload.__call__``'s Python frame.
+
+    ``__call__`` only forwards to the C++ dispatch handle ``op._op`` (unless torch ≥ 2.14 attached a
+    Python-object dispatcher, as ``torch.library.custom_op`` does; these ops have none): the same
+    dispatcher entry, so dispatch modes, the profiler and autocast see the call as before, ~0.35 µs
+    sooner, on a host path of ~14 µs.  Anything else falls back to ``op`` itself.
+    """
+    handle = getattr(op, "_op", None)
+    if getattr(op, "_pyobj_dispatcher", None) is None and callable(handle):
+        return handle
+    return op
+
+
 def call_forward(namespace: str, x, alpha, lam, guide, args: DPPArgs) -> torch.Tensor:
     """Run ``<namespace>::dpp_forward`` on validated input; a DPP tier kernel body for any fused tier.
 
@@ -86,7 +100,7 @@ def bound_forward(namespace: str, args: DPPArgs):
     autograd function (the same one the registered kernel applies) straight away.  Under a functorch
     transform it calls the op as is (the transform's own dispatch key must see it).
     """
-    op = getattr(torch.ops, namespace).dpp_forward.default
+    op = _direct_call(getattr(torch.ops, namespace).dpp_forward.default)
     settings = (*args.op_arguments(), bool(args.log_params))
     family = _PYTHON_AUTOGRAD.get(namespace)
     if family is None:  # the autograd kernel is C++: nothing to skip
@@ -190,6 +204,7 @@ class _Family:
     def __init__(self, namespace: str, differentiable: DPPKernel):
         ops = getattr(torch.ops, namespace)
         self.forward, self.backward = ops.dpp_forward.default, ops.dpp_backward.default
+        self.run_forward, self.run_backward = _direct_call(self.forward), _direct_call(self.backward)
         self.differentiable = differentiable
 
 
@@ -209,7 +224,7 @@ class _FusedDPP(torch.autograd.Function):
         family, keyset, settings = call
         with torch._C._AutoDispatchBelowAutograd():
             if keyset is None:
-                y = family.forward(x, alpha, lam, weight, bias, *settings)
+                y = family.run_forward(x, alpha, lam, weight, bias, *settings)
             else:
                 y = family.forward.redispatch(keyset & _AFTER_AUTOGRAD, x, alpha, lam, weight, bias, *settings)
         # Only the input and the per-channel parameters are kept: backward recomputes the weights.
@@ -224,7 +239,7 @@ class _FusedDPP(torch.autograd.Function):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(grad, *saved):
             grads = _differentiable_vjp(family.differentiable, grad, saved, DPPArgs(*settings))
         else:
-            grads = family.backward(grad, *saved, *settings)
+            grads = family.run_backward(grad, *saved, *settings)
             if saved[3] is None:  # Lite-DPP: the op's placeholders are no gradients
                 grads = (*grads[:3], None, None)
         return None, *grads

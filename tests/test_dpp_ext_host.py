@@ -55,6 +55,32 @@ def test_train_step_dispatches_no_op_outside_the_tier_but_plumbing(name):
     assert found.count("poolbench_dpp::dpp_forward") == 1 and found.count("poolbench_dpp::dpp_backward") == 1
 
 
+def test_bound_call_still_reaches_the_dispatcher_where_the_profiler_sees_it():
+    """The validated call runs the op's C++ dispatch handle, skipping ``OpOverload.__call__``'s Python frame;
+    guards against a shortcut that skipped the dispatcher too (the profiler and dispatch modes hook there)."""
+    module = poolbench.create("dpp_full_sym", 64, 2, 2, 0, tier="cpp")
+    x = torch.randn(1, 64, 4, 4)
+    with torch.no_grad():
+        module(x)  # validated: the next call takes the bound path
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            module(x)
+    assert "poolbench_dpp::dpp_forward" in {event.name for event in profile.events()}
+
+
+def test_direct_call_is_the_overloads_handle_or_the_overload_itself():
+    from poolbench.dpp_custom_op import _direct_call
+
+    op = torch.ops.poolbench_dpp.dpp_forward.default
+    assert _direct_call(op) is op._op
+
+    class WithoutHandle:
+        def __call__(self, *args):
+            return args
+
+    other = WithoutHandle()
+    assert _direct_call(other) is other
+
+
 def test_module_gradients_are_wrt_the_stored_logs():
     """The fused op returns ∂L/∂θ for the stored θα = ln α, θλ = ln λ: equal to the vectorized tier's."""
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64)

@@ -388,7 +388,7 @@ def test_backward_parameter_gradients_are_deterministic_and_reset_the_counter(ti
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     plan = kernels._PLANS[kernels.plan_key("backward", x, alpha, weight, *options)]
-    (counter,) = plan.counters.values()  # one stream
+    ((counter, _),) = plan.scratch.values()  # one stream
     assert counter.item() == 0 and plan.split > 1  # several programs per plane did reduce
     assert first[1].shape == (3,) and first[3].shape == (3, 1, 3, 3) and first[4].shape == (3,)
 
@@ -461,10 +461,11 @@ def test_one_kernel_backward_is_planned_for_k3s2p1_and_full_2x2_only():
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
-def test_backward_counter_is_per_stream(monkeypatch):
+def test_backward_counter_and_partials_are_per_stream(monkeypatch):
     """Two same-shape backwards on two CUDA streams at once must not share the window kernel's finish counter
-    (each would count the other's programs): the plan hands out one counter per stream, the same one again
-    for the same stream.  The stream is what Triton launches on; here it is simulated on meta tensors."""
+    (each would count the other's programs) or its partial sums: the plan hands out one pair per stream, the
+    same pair again for the same stream.  The stream is what Triton launches on; here it is simulated on
+    meta tensors."""
     from poolbench.impls import dpp_triton_kernels as kernels
 
     current = {"stream": 7}
@@ -472,20 +473,25 @@ def test_backward_counter_is_per_stream(monkeypatch):
     x, alpha = torch.empty(2, 3, 8, 8, device="meta"), torch.empty(3, device="meta")
     grad = torch.empty(2, 3, 4, 4, device="meta")
     options = (2, 2, 0, False, 1e-3, False)
-    slot = kernels._dpp_bwd_window_kernel.fn.arg_names.index("count_ptr")
+    names = kernels._dpp_bwd_window_kernel.fn.arg_names
+    slots = names.index("count_ptr"), names.index("part_ptr")
 
-    def counter():
-        return kernels.backward_plan(grad, x, alpha, alpha, None, None, *options).launches[0].args[slot]
+    def scratch():
+        args = kernels.backward_plan(grad, x, alpha, alpha, None, None, *options).launches[0].args
+        return tuple(args[slot] for slot in slots)
 
-    first = counter()
-    assert counter() is first  # the same stream: its launches are ordered, one counter
+    first = scratch()
+    again = scratch()
+    assert again[0] is first[0] and again[1] is first[1]  # the same stream: its launches are ordered, one pair
     current["stream"] = 9
-    second = counter()
-    assert second is not first and second.dtype == torch.int32 and second.shape == (1,)
-    current["stream"] = 7
-    assert counter() is first
+    second = scratch()
+    assert second[0] is not first[0] and second[1] is not first[1]
+    assert second[0].dtype == torch.int32 and second[0].shape == (1,)
     plan = kernels._PLANS[kernels.plan_key("backward", x, alpha, None, *options)]
-    assert set(plan.counters) == {7, 9}
+    assert second[1].shape == (2 * 3 * plan.split * plan.npart,)
+    current["stream"] = 7
+    assert scratch()[1] is first[1]
+    assert set(plan.scratch) == {7, 9}
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -494,6 +500,25 @@ def test_stream_key_off_the_gpu_is_one_stream():
 
     assert kernels.stream_key(torch.device("cpu")) is None
     assert kernels.stream_key(torch.device("meta")) is None
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_autotune_setting_comes_from_the_environment_and_set_autotune(monkeypatch):
+    """POOLBENCH_TRITON_AUTOTUNE is read at import (not per call); 0/false/no/off turn autotuning off, anything
+    else (or nothing) leaves it on; set_autotune changes it later and takes only a bool."""
+    from poolbench.impls import dpp_triton_kernels as kernels
+
+    for value, expected in (("0", False), ("off", False), ("false", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv(kernels.AUTOTUNE_ENV, value)
+        assert kernels.autotune_from_environment() is expected
+    monkeypatch.delenv(kernels.AUTOTUNE_ENV)
+    assert kernels.autotune_from_environment() is True
+    monkeypatch.setattr(kernels, "AUTOTUNE", True)
+    kernels.set_autotune(False)
+    assert kernels.autotune_enabled() is False
+    with pytest.raises(TypeError, match="takes a bool"):
+        kernels.set_autotune("0")
+    assert kernels.autotune_enabled() is False
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -514,7 +539,7 @@ def test_launch_plans_are_keyed_by_everything_that_changes_them(monkeypatch):
     assert key != kernels.plan_key("forward", x, alpha, None, 2, 2, 0, True, 1e-3, False)
     assert key != kernels.plan_key("forward", x, alpha, None, *options, True)  # the stored logs: other kernels
     assert key == kernels.plan_key("forward", x, alpha, None, *options, False)
-    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "0")
+    monkeypatch.setattr(kernels, "AUTOTUNE", not kernels.AUTOTUNE)
     assert key != kernels.plan_key("forward", x, alpha, None, *options)
     kernels.forward_plan(x, alpha, alpha, None, None, *options)  # cached
     with pytest.raises(ValueError, match="planes of at most"):
@@ -530,12 +555,13 @@ def test_autotune_switch_gives_one_fixed_config(monkeypatch):
     x, alpha = torch.empty(32, 64, 56, 56, device="meta"), torch.empty(64, device="meta")
     y = torch.empty(32, 64, 28, 28, device="meta")
     options = (2, 2, 0, False, 1e-3, False)
-    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "0")
+    monkeypatch.setattr(kernels, "AUTOTUNE", True)
+    kernels.set_autotune(False)
     fixed = kernels.forward_plan(x, alpha, alpha, None, None, *options)[1] + \
         kernels.backward_plan(y, x, alpha, alpha, None, None, *options).launches
     assert fixed and all(launch.config is not None and isinstance(launch.grid, tuple) for launch in fixed)
     assert fixed[0].grid == (32 * 64, -(-28 * 28 // fixed[0].config.kwargs["BLOCK"]))
-    monkeypatch.delenv(kernels.AUTOTUNE_ENV)
+    kernels.set_autotune(True)
     tuned = kernels.forward_plan(x, alpha, alpha, None, None, *options)[1]
     assert tuned[0].config is None and callable(tuned[0].grid)
     # the autotune key holds the variant flags and the plane, not the batch size
