@@ -88,6 +88,29 @@ DPP_HD To bit_cast_32(From from) {
 #endif
 }
 
+// a·b + c, rounded once where the CPU has FMA (and on the GPU), else twice.  Written out rather than
+// left to the compiler's contraction: the CPU library is built with -ffp-contract=off, because GCC
+// contracted the vectorised body of a window loop and its scalar remainder differently, so a window's
+// result (by an ulp) depended on where in a block it fell, i.e. on the thread count.  The window
+// maths' hot multiply-adds call it, so the CPU keeps (most of) the fused work without the choice.
+DPP_HD float dpp_fma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return fmaf(a, b, c);
+#elif defined(__FMA__)
+  return std::fma(a, b, c);  // one vfmadd (GCC's builtin; vectorised like any multiply-add)
+#else
+  return a * b + c;
+#endif
+}
+
+DPP_HD double dpp_fma(double a, double b, double c) {
+#if defined(__CUDA_ARCH__) || defined(__FMA__)
+  return fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 DPP_HD float bits_to_float(uint32_t u) { return bit_cast_32<float>(u); }
 DPP_HD uint32_t float_to_bits(float f) { return bit_cast_32<uint32_t>(f); }
 
@@ -102,16 +125,16 @@ DPP_HD float poly_log2_bits(uint32_t bits, int extra) {
   const float f = m - 1.0f;
   const float z = f * f;
   float p = 7.0376836292e-2f;
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  p = p * f * z - 0.5f * z;
-  return static_cast<float>(exponent) + (f + p) * 1.44269504088896341f;
+  p = dpp_fma(p, f, -1.1514610310e-1f);
+  p = dpp_fma(p, f, 1.1676998740e-1f);
+  p = dpp_fma(p, f, -1.2420140846e-1f);
+  p = dpp_fma(p, f, 1.4249322787e-1f);
+  p = dpp_fma(p, f, -1.6668057665e-1f);
+  p = dpp_fma(p, f, 2.0000714765e-1f);
+  p = dpp_fma(p, f, -2.4999993993e-1f);
+  p = dpp_fma(p, f, 3.3333331174e-1f);
+  p = dpp_fma(p * f, z, -0.5f * z);
+  return dpp_fma(f + p, 1.44269504088896341f, static_cast<float>(exponent));
 }
 
 DPP_HD float poly_log2_normal(float x) { return poly_log2_bits(float_to_bits(x), 0); }
@@ -140,12 +163,12 @@ DPP_HD float poly_exp2(float x) {
   const float y = r * 0.693147180559945309f;
   const float z = y * y;
   float p = 1.9875691500e-4f;
-  p = p * y + 1.3981999507e-3f;
-  p = p * y + 8.3334519073e-3f;
-  p = p * y + 4.1665795894e-2f;
-  p = p * y + 1.6666665459e-1f;
-  p = p * y + 5.0000001201e-1f;
-  p = p * z + y + 1.0f;
+  p = dpp_fma(p, y, 1.3981999507e-3f);
+  p = dpp_fma(p, y, 8.3334519073e-3f);
+  p = dpp_fma(p, y, 4.1665795894e-2f);
+  p = dpp_fma(p, y, 1.6666665459e-1f);
+  p = dpp_fma(p, y, 5.0000001201e-1f);
+  p = dpp_fma(p, z, y) + 1.0f;
   float result = p * bits_to_float(static_cast<uint32_t>(n + 127) << 23);
   result = tiny ? 0.0f : result;
   result = (x != x) ? x : result;
@@ -234,10 +257,10 @@ constexpr int kPromiseTame = 2;  // every deviation |d| ≤ 1e15 (no rescaling) 
 template <int PROMISE = 0, typename T>
 DPP_HD T log2_charbonnier(T d, T eps2) {
   if constexpr ((PROMISE & kPromiseTame) != 0) {
-    return dpp_log2_normal(d * d + eps2);  // s = 1: the same value
+    return dpp_log2_normal(dpp_fma(d, d, eps2));  // s = 1: the same value
   } else {
     const T s = huge_deviation_scale(d), ds = d * s;
-    return dpp_log2(ds * ds + eps2 * s * s) + (s < T(1) ? HugeDeviation<T>::log2_inv_scale2 : T(0));
+    return dpp_log2(dpp_fma(ds, ds, eps2 * s * s)) + (s < T(1) ? HugeDeviation<T>::log2_inv_scale2 : T(0));
   }
 }
 
@@ -245,10 +268,10 @@ DPP_HD T log2_charbonnier(T d, T eps2) {
 template <int PROMISE = 0, typename T>
 DPP_HD T deviation_over_charbonnier(T d, T eps2) {
   if constexpr ((PROMISE & kPromiseTame) != 0) {
-    return d / (d * d + eps2);  // s = 1: the same value
+    return d / dpp_fma(d, d, eps2);  // s = 1: the same value
   } else {
     const T s = huge_deviation_scale(d), ds = d * s;
-    return ds * s / (ds * ds + eps2 * s * s);
+    return ds * s / dpp_fma(ds, ds, eps2 * s * s);
   }
 }
 
@@ -383,7 +406,7 @@ template <typename T>
 DPP_HD T full_centre(const T* v9, const T* f9, T bias) {
   T sum = bias;
 DPP_UNROLL
-  for (int i = 0; i < 9; ++i) sum += f9[i] * v9[i];
+  for (int i = 0; i < 9; ++i) sum = dpp_fma(f9[i], v9[i], sum);
   return sum;
 }
 
@@ -511,7 +534,7 @@ DPP_UNROLL
     if (!tap_valid<N>(i, n)) continue;
     const T d = deviation<PROMISE>(v[i], centre, p.asym);
     lc[i] = log2_charbonnier<PROMISE>(d, p.eps2);
-    if (SI != 0) sum_c += d * d + p.eps2;  // scale-invariant option only (inf for huge deviations)
+    if (SI != 0) sum_c += dpp_fma(d, d, p.eps2);  // scale-invariant option only (inf for huge deviations)
   }
   T shift = p.log2_alpha;
   if (SI != 0) {
@@ -536,16 +559,16 @@ DPP_UNROLL
 DPP_UNROLL
   for (int i = 0; i < taps; ++i) {
     if (!tap_valid<N>(i, n)) continue;
-    e[i] = dpp_exp2(p.half_lam * lc[i] - shift);
+    e[i] = dpp_exp2(dpp_fma(p.half_lam, lc[i], -shift));
     sum_e += e[i];
-    sum_ev += e[i] * v[i];
+    sum_ev = dpp_fma(e[i], v[i], sum_ev);
     sum_v += v[i];
   }
   WindowStats<T> s;
   s.shift = shift;
   s.alpha_w = alpha_w;
-  s.sum_w = sum_e + static_cast<T>(n) * alpha_w;
-  s.out = dpp_div(sum_ev + alpha_w * sum_v, s.sum_w);
+  s.sum_w = dpp_fma(static_cast<T>(n), alpha_w, sum_e);
+  s.out = dpp_div(dpp_fma(alpha_w, sum_v, sum_ev), s.sum_w);
   s.sum_c = sum_c;
   return s;
 }
@@ -573,7 +596,7 @@ DPP_UNROLL
     const T dv = v[i] - s.out;
     const T h = dv * e[i];
     sum_h += h;
-    sum_hlc += h * lc[i];
+    sum_hlc = dpp_fma(h, lc[i], sum_hlc);
     sum_dv += dv;
   }
   // Without the option the correction is 0 (sum_c is 1 then), so SI = 0 leaves it out.
@@ -586,7 +609,7 @@ DPP_UNROLL
     const T h = (v[i] - s.out) * e[i];
     const T hd = h * deviation_over_charbonnier<PROMISE>(d, p.eps2);
     const T g_d = gs * p.half_lam * T(2) * (SI == 0 ? hd : hd - correction * d);
-    gv[i] = gs * (e[i] + s.alpha_w) + g_d;
+    gv[i] = dpp_fma(gs, e[i] + s.alpha_w, g_d);
     g_centre -= g_d;
   }
   WindowGrads<T> r;

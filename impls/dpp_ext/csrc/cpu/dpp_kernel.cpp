@@ -12,10 +12,10 @@
 // with unit-stride loads.  A block spans planes (each window carries its
 // channel's parameters), so a thread's small planes (49 windows at 14²) share
 // one loop of hundreds of windows instead of paying the setup, the short
-// packing loops and a scalar remainder plane by plane.  A block of ρ_Sym windows
-// whose values are moderate (the common case, checked per block) runs a loop
-// specialised for it (dpp_math.h's kPromise* flags), the same values with about
-// a third less work.  Border windows (padding) run vectorised too, grouped by
+// packing loops and a scalar remainder plane by plane.  A block of windows
+// whose values are moderate (the common case, checked per plane) runs a loop
+// specialised for it (dpp_math.h's kPromise* flags; ρ_Sym also drops the Asym
+// clamp), the same values with about a third less work.  Border windows (padding) run vectorised too, grouped by
 // their count of valid taps; every other geometry/dtype takes the generic
 // one-window-at-a-time path.  All of them call the same dpp_math.h functions.
 #include <ATen/ATen.h>
@@ -178,7 +178,8 @@ void generic_backward(const scalar_t* plane, T* grad_plane, const Geometry& g, i
     for (int dy = 0; dy < 3; ++dy) {
       for (int dx = 0; dx < 3; ++dx) {
         const int64_t h = oh * g.stride - 1 + dy, w = ow * g.stride - 1 + dx;
-        if (h >= 0 && h < g.height && w >= 0 && w < g.width) grad_plane[h * g.width + w] += gr.centre * f9[dy * 3 + dx];
+        if (h >= 0 && h < g.height && w >= 0 && w < g.width)
+          grad_plane[h * g.width + w] = dpp_fma(gr.centre, f9[dy * 3 + dx], grad_plane[h * g.width + w]);
         acc[2 + dy * 3 + dx] += gr.centre * v9[dy * 3 + dx];
       }
     }
@@ -423,7 +424,7 @@ struct Simd {
       if (FULL) {
         for (int t = 0; t < 9; ++t) {
           const int64_t h = oh * S - 1 + t / 3, w = ow * S - 1 + t % 3;
-          if (h >= 0 && h < g.height && w >= 0 && w < g.width) grad_plane[h * g.width + w] += gc * f9[t];
+          if (h >= 0 && h < g.height && w >= 0 && w < g.width) grad_plane[h * g.width + w] = dpp_fma(gc, f9[t], grad_plane[h * g.width + w]);
           acc[2 + t] += gc * s.border_stencil[t * cap + j];
         }
         acc[11] += gc;
@@ -580,7 +581,7 @@ struct Simd {
         const T* src = stencil_source(s, t) + seg.offset;
         const T f = f9[t];
         DPP_VECTORIZE
-        for (int64_t j = 0; j < n; ++j) centre[j] += f * src[j];
+        for (int64_t j = 0; j < n; ++j) centre[j] = dpp_fma(f, src[j], centre[j]);
       }
     }
     s.segments.push_back(seg);
@@ -608,11 +609,12 @@ struct Simd {
     }
   };
 
-  // Whether a plane's windows keep the promises of the common case (window_forward's kPromise*, and
-  // no scale-invariant option): ρ_Sym, |x| ≤ 1e13 over the plane and (Full-DPP) |b| + Σ|F|·1e13 ≤
-  // 4e14, so every deviation |v − c̃| is ≤ 1e15 with rounding to spare and d² + ε² is a positive normal
-  // float.  Then the window loops leave out the rescaling of huge deviations, log2's special cases, the
-  // Asym clamp and the scale-invariant terms (about a third of the work) and give the same values.
+  // Whether a plane's windows keep the promises of the common case (window_forward's kPromiseTame, and
+  // no scale-invariant option): |x| ≤ 1e13 over the plane and (Full-DPP) |b| + Σ|F|·1e13 ≤ 4e14, so
+  // every deviation |v − c̃| (and Asym's max(0, v − c̃)) is ≤ 1e15 with rounding to spare and d² + ε²
+  // is a positive normal float.  Then the window loops leave out the rescaling of huge deviations,
+  // log2's special cases and the scale-invariant terms, and for ρ_Sym (kPromiseSym) the Asym clamp
+  // too (about a third of the work), and give the same values.
   // A property of the plane alone (one vectorised pass over its input; NaN and inf fail it), and a
   // block holds planes of one kind, so which loop a window takes, and its result, does not depend on
   // the other planes of its block or on the thread count.
@@ -620,7 +622,7 @@ struct Simd {
   static bool plane_is_tame(const PlaneSet<scalar_t, T>& ps, int64_t plane, const Params<T>& base, const T* f9,
                             T bias) {
     const T limit = T(1e13);
-    if (base.asym != T(0) || base.scale_invariant != T(0)) return false;
+    if (base.scale_invariant != T(0)) return false;
     if (!(base.eps2 >= std::numeric_limits<T>::min() && base.eps2 <= T(1e30))) return false;
     if (FULL) {
       T weight = 0;
@@ -634,12 +636,13 @@ struct Simd {
     return wild == 0;
   }
 
-  static constexpr int kTamePromise = kPromiseSym | kPromiseTame;
+  static constexpr int kTameSym = kPromiseSym | kPromiseTame;
 
-  // base: the call's ε² and flags (any channel's Params; α and λ come per window).
+  // base: the call's ε² and flags (any channel's Params; α and λ come per window; ρ is the call's).
   template <typename T>
   static void forward_block(Scratch<T>& s, const Params<T>& base) {
-    if (s.block_tame) return forward_block_as<0, kTamePromise>(s, base);
+    if (s.block_tame && base.asym == T(0)) return forward_block_as<0, kTameSym>(s, base);
+    if (s.block_tame) return forward_block_as<0, kPromiseTame>(s, base);
     forward_block_as<-1, 0>(s, base);
   }
 
@@ -659,7 +662,8 @@ struct Simd {
 
   template <typename T>
   static void backward_block(Scratch<T>& s, const Params<T>& base) {
-    if (s.block_tame) return backward_block_as<0, kTamePromise>(s, base);
+    if (s.block_tame && base.asym == T(0)) return backward_block_as<0, kTameSym>(s, base);
+    if (s.block_tame) return backward_block_as<0, kPromiseTame>(s, base);
     backward_block_as<-1, 0>(s, base);
   }
 
@@ -764,15 +768,15 @@ struct Simd {
       auto checked = [&](int64_t ow) {
         for (int dx = 0; dx < 3; ++dx) {
           const int64_t w = ow * S - 1 + dx;
-          if (w >= 0 && w < g.width) dst[w + 1] += centre_grad[ow] * f9[dy * 3 + dx];
+          if (w >= 0 && w < g.width) dst[w + 1] = dpp_fma(centre_grad[ow], f9[dy * 3 + dx], dst[w + 1]);
         }
       };
       for (int64_t ow = in.lo; ow < a; ++ow) checked(ow);
       for (int64_t ow = a; ow < b; ++ow) {
         const T c = centre_grad[ow];
-        dst[ow * S] += c * f0;
-        dst[ow * S + 1] += c * f1;
-        dst[ow * S + 2] += c * f2;
+        dst[ow * S] = dpp_fma(c, f0, dst[ow * S]);
+        dst[ow * S + 1] = dpp_fma(c, f1, dst[ow * S + 1]);
+        dst[ow * S + 2] = dpp_fma(c, f2, dst[ow * S + 2]);
       }
       for (int64_t ow = b; ow < in.hi; ++ow) checked(ow);
     }
