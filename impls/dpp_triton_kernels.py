@@ -1162,14 +1162,29 @@ def _scratch(plan: _Plan, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     launch and no allocation per call.  The partials hold 2 (Lite) or 12 (Full) values per program, at most
     (N·C + ``TARGET_PROGRAMS``)·12 floats (~100 kB for VGG-16's first pooling at batch 32), so keeping them
     with the plan costs little.
+
+    Inside a CUDA graph capture the pair is made fresh instead and not kept: the graph's own memory pool
+    then holds it for as long as the graph lives (a zeroing launch recorded in the graph), whereas a
+    cached pair could be freed under a captured graph when the plan cache is cleared.
     """
+    if capturing(device):
+        return _new_scratch(plan, device)
     key = stream_key(device)
     scratch = plan.scratch.get(key)
     if scratch is None:
-        n, c = plan.dims[:2]
-        scratch = plan.scratch[key] = (torch.zeros((1,), dtype=torch.int32, device=device),
-                                       torch.empty((n * c * plan.split * plan.npart,), dtype=plan.acc, device=device))
+        scratch = plan.scratch[key] = _new_scratch(plan, device)
     return scratch
+
+
+def _new_scratch(plan: _Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    n, c = plan.dims[:2]
+    return (torch.zeros((1,), dtype=torch.int32, device=device),
+            torch.empty((n * c * plan.split * plan.npart,), dtype=plan.acc, device=device))
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether the current CUDA stream is capturing a graph (never off the GPU)."""
+    return device.type == "cuda" and not INTERPRET and torch.cuda.is_current_stream_capturing()
 
 
 def _backward_call(grad, x, alpha, lam, weight, bias, kernel_size, stride, padding, asym, eps2, scale_invariant,

@@ -495,6 +495,33 @@ def test_backward_counter_and_partials_are_per_stream(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_backward_scratch_is_fresh_and_not_kept_while_a_graph_is_captured(monkeypatch):
+    """Under CUDA graph capture the counter and partials come from the graph's pool, made per call and not
+    cached with the plan (which a cache clear could free under a live graph); outside capture they are kept.
+    Capture is simulated on meta tensors."""
+    from poolbench.impls import dpp_triton_kernels as kernels
+
+    x, alpha = torch.empty(2, 3, 8, 8, device="meta"), torch.empty(3, device="meta")
+    grad = torch.empty(2, 3, 4, 4, device="meta")
+    options = (2, 2, 0, False, 1e-3, False)
+    slot = kernels._dpp_bwd_window_kernel.fn.arg_names.index("part_ptr")
+    kernels._PLANS.clear()
+
+    def partials():
+        return kernels.backward_plan(grad, x, alpha, alpha, None, None, *options).launches[0].args[slot]
+
+    monkeypatch.setattr(kernels, "capturing", lambda device: True)
+    first = partials()
+    assert partials() is not first
+    plan = kernels._PLANS[kernels.plan_key("backward", x, alpha, None, *options)]
+    assert plan.scratch == {}
+    monkeypatch.setattr(kernels, "capturing", lambda device: False)
+    kept = partials()
+    assert partials() is kept and len(plan.scratch) == 1
+    assert kernels.capturing(torch.device("cpu")) is False and kernels.capturing(torch.device("meta")) is False
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_stream_key_off_the_gpu_is_one_stream():
     from poolbench.impls import dpp_triton_kernels as kernels
 
