@@ -46,21 +46,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError) as exc:
-        print(f"poolbench {args.command}: error: {exc}", file=sys.stderr)
+        say_error(f"poolbench {args.command}: error: {exc}")
         return 2
     except Terminated:
-        print(f"poolbench {args.command}: terminated (SIGTERM){saved}", file=sys.stderr)
+        say_error(f"poolbench {args.command}: terminated (SIGTERM){saved}")
         return 143
     except KeyboardInterrupt:
-        print(f"poolbench {args.command}: interrupted{saved}", file=sys.stderr)
+        say_error(f"poolbench {args.command}: interrupted{saved}")
         return 130
     except OSError as exc:  # the disk filled up, a file was made read-only or immutable mid-run
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"poolbench {args.command}: error: cannot write{where}: {exc.strerror or exc}{saved}", file=sys.stderr)
+        say_error(f"poolbench {args.command}: error: cannot write{where}: {exc.strerror or exc}{saved}")
         return 1
     finally:
         _on_sigterm(previous_term)
         warnings.formatwarning = previous_format
+
+
+def say_error(line: str) -> None:
+    """Write one line to stderr in one write call.
+
+    ``print`` writes the text and the newline separately, and the ranks of a torchrun launch share
+    one stderr: two ranks' messages could then land on one line (each rank's refusal must be a line
+    of its own).  A single short write to a pipe is not interleaved with another.
+    """
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class Terminated(KeyboardInterrupt):

@@ -54,3 +54,38 @@ def test_cuda_without_cuda_is_a_clear_error(capsys):
         pytest.skip("CUDA is available here")
     assert main(["check", "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_an_error_line_goes_to_stderr_in_one_write(monkeypatch):
+    """Guards against print()'s two writes (text, then newline): the ranks of a torchrun launch share one
+    stderr, and two ranks' refusals once landed on one line."""
+    import sys
+
+    from poolbench import cli
+
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    monkeypatch.setattr(cli, "build_parser", lambda: _FailingParser())
+    assert cli.main(["run"]) == 2
+    assert writes == ["poolbench run: error: rank 1 was launched with other settings than rank 0\n"]
+
+
+class _FailingParser:
+    """Parses any command into one whose function raises the ValueError a refusing rank raises."""
+
+    def parse_args(self, argv):
+        import argparse
+
+        def refuse(args):
+            raise ValueError("rank 1 was launched with other settings than rank 0")
+
+        return argparse.Namespace(command="run", func=refuse)
