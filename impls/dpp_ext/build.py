@@ -195,7 +195,7 @@ def cpu_flags() -> list[str]:
     # -fno-trapping-math: nothing here relies on FP exception traps, and it lets GCC if-convert
     # (vectorise) the branch-free window maths.  -ffp-contract=off: GCC fused multiply-adds differently
     # in a vectorised loop's body and in its scalar remainder, so a window's value depended on its
-    # place in a block, and so on the thread count; the polynomials fuse explicitly (dpp_fma).
+    # place in a block, and so on the thread count; the maths fuses its multiply-adds explicitly (dpp_fma).
     flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         flags.append(f"-march={cpu_march()}")

@@ -134,57 +134,72 @@ Scratch<T>& thread_scratch(const Geometry& g) {
 }
 
 // ---------------------------------------------------------------------------
-// Generic path: one window at a time (any k, s, padding).  N = the window's most taps when
-// known at compile time, else 0 (what the Generic path below uses).
+// Adding one window's gradients, window by window (the generic path and the SIMD path's border
+// windows): the input gradient into a plane, the parameter gradients into the plane's float64 slots.
 // ---------------------------------------------------------------------------
 
-template <int N, typename scalar_t, typename T>
+// ∂L/∂x of window (oh, ow): its valid taps' gradients gv[i·gv_stride] (row-major) plus, for Lite-DPP,
+// its share of ∂L/∂c̃ = centre_grad (c̃ is the mean of the valid taps).
+template <typename T>
+void add_window_gradient(T* grad_plane, const Geometry& g, int64_t oh, int64_t ow, const T* gv, int64_t gv_stride,
+                         T centre_grad) {
+  int64_t h0, h1, w0, w1;
+  window_span(oh, g.kernel_size, g.stride, g.padding, g.height, h0, h1);
+  window_span(ow, g.kernel_size, g.stride, g.padding, g.width, w0, w1);
+  const T share = g.full ? T(0) : centre_grad / static_cast<T>((h1 - h0) * (w1 - w0));
+  int64_t i = 0;
+  for (int64_t h = h0; h < h1; ++h)
+    for (int64_t w = w0; w < w1; ++w) grad_plane[h * g.width + w] += gv[i++ * gv_stride] + share;
+}
+
+// Full-DPP's guide share of window (oh, ow): ∂L/∂c̃ = centre_grad through F into the 3×3 stencil's
+// pixels inside the image, and into ∂F (acc[2..10], with the stencil values v9) and ∂b (acc[11]).
+template <typename T>
+void add_guide_gradient(T* grad_plane, const Geometry& g, int64_t oh, int64_t ow, T centre_grad, const T* f9,
+                        const T* v9, double* acc) {
+  for (int t = 0; t < 9; ++t) {
+    const int64_t h = oh * g.stride - 1 + t / 3, w = ow * g.stride - 1 + t % 3;
+    if (h >= 0 && h < g.height && w >= 0 && w < g.width)
+      grad_plane[h * g.width + w] = dpp_fma(centre_grad, f9[t], grad_plane[h * g.width + w]);
+    acc[2 + t] += centre_grad * v9[t];
+  }
+  acc[11] += centre_grad;
+}
+
+// ---------------------------------------------------------------------------
+// Generic path: one window at a time (any k, s, padding).
+// ---------------------------------------------------------------------------
+
+template <typename scalar_t, typename T>
 T window_centre(const scalar_t* plane, const Geometry& g, int64_t oh, int64_t ow, const T* v, int n, const T* f9,
                 T bias, T* v9) {
-  if (!g.full) return lite_centre<N>(v, n);
+  if (!g.full) return lite_centre(v, n);
   gather_stencil(plane, g, oh, ow, v9);
   return full_centre(v9, f9, bias);
 }
 
-template <int N, typename scalar_t, typename T>
+template <typename scalar_t, typename T>
 T generic_forward(const scalar_t* plane, const Geometry& g, int64_t oh, int64_t ow, const Params<T>& p, const T* f9,
                   T bias, Scratch<T>& s) {
-  const int n = gather_window<N>(plane, g, oh, ow, s.v.data());
+  const int n = gather_window(plane, g, oh, ow, s.v.data());
   T v9[9];
-  const T centre = window_centre<N>(plane, g, oh, ow, s.v.data(), n, f9, bias, v9);
-  return window_forward<N>(s.v.data(), n, centre, p, s.lc.data(), s.e.data()).out;
+  const T centre = window_centre(plane, g, oh, ow, s.v.data(), n, f9, bias, v9);
+  return window_forward(s.v.data(), n, centre, p, s.lc.data(), s.e.data()).out;
 }
 
 // Adds this window's input gradient into `grad_plane` and its parameter gradients into `acc`.
-template <int N, typename scalar_t, typename T>
+template <typename scalar_t, typename T>
 void generic_backward(const scalar_t* plane, T* grad_plane, const Geometry& g, int64_t oh, int64_t ow, T gy,
                       const Params<T>& p, const T* f9, T bias, Scratch<T>& s, double* acc) {
-  const int n = gather_window<N>(plane, g, oh, ow, s.v.data());
+  const int n = gather_window(plane, g, oh, ow, s.v.data());
   T v9[9];
-  const T centre = window_centre<N>(plane, g, oh, ow, s.v.data(), n, f9, bias, v9);
-  const WindowStats<T> st = window_forward<N>(s.v.data(), n, centre, p, s.lc.data(), s.e.data());
-  const WindowGrads<T> gr =
-      window_backward<N>(gy, s.v.data(), n, centre, p, st, s.lc.data(), s.e.data(), s.gv.data());
-  const T share = g.full ? T(0) : gr.centre / static_cast<T>(n);
-  int64_t h0, h1, w0, w1;
-  window_span(oh, g.kernel_size, g.stride, g.padding, g.height, h0, h1);
-  window_span(ow, g.kernel_size, g.stride, g.padding, g.width, w0, w1);
-  int i = 0;
-  for (int64_t h = h0; h < h1; ++h)
-    for (int64_t w = w0; w < w1; ++w) grad_plane[h * g.width + w] += s.gv[i++] + share;
+  const T centre = window_centre(plane, g, oh, ow, s.v.data(), n, f9, bias, v9);
+  const WindowStats<T> st = window_forward(s.v.data(), n, centre, p, s.lc.data(), s.e.data());
+  const WindowGrads<T> gr = window_backward(gy, s.v.data(), n, centre, p, st, s.lc.data(), s.e.data(), s.gv.data());
+  add_window_gradient(grad_plane, g, oh, ow, s.gv.data(), 1, gr.centre);
   acc[0] += gr.alpha;
   acc[1] += gr.lam;
-  if (g.full) {
-    for (int dy = 0; dy < 3; ++dy) {
-      for (int dx = 0; dx < 3; ++dx) {
-        const int64_t h = oh * g.stride - 1 + dy, w = ow * g.stride - 1 + dx;
-        if (h >= 0 && h < g.height && w >= 0 && w < g.width)
-          grad_plane[h * g.width + w] = dpp_fma(gr.centre, f9[dy * 3 + dx], grad_plane[h * g.width + w]);
-        acc[2 + dy * 3 + dx] += gr.centre * v9[dy * 3 + dx];
-      }
-    }
-    acc[11] += gr.centre;
-  }
+  if (g.full) add_guide_gradient(grad_plane, g, oh, ow, gr.centre, f9, v9, acc);
 }
 
 // One call's planes and what each needs: pointers, the channel's parameters and guide.
@@ -412,22 +427,13 @@ struct Simd {
     for (const int64_t j : s.border_order) {
       const int64_t oh = s.border[j] / g.out_width, ow = s.border[j] % g.out_width;
       const T gc = s.border_centre_grad[j];
-      int64_t h0, h1, w0, w1;
-      window_span(oh, K, S, g.padding, g.height, h0, h1);
-      window_span(ow, K, S, g.padding, g.width, w0, w1);
-      const T share = FULL ? T(0) : gc / static_cast<T>((h1 - h0) * (w1 - w0));
-      int64_t i = 0;
-      for (int64_t h = h0; h < h1; ++h)
-        for (int64_t w = w0; w < w1; ++w) grad_plane[h * g.width + w] += s.border_grads[i++ * cap + j] + share;
+      add_window_gradient(grad_plane, g, oh, ow, s.border_grads.data() + j, cap, gc);
       acc[0] += s.border_alpha_grad[j];
       acc[1] += s.border_lam_grad[j];
       if (FULL) {
-        for (int t = 0; t < 9; ++t) {
-          const int64_t h = oh * S - 1 + t / 3, w = ow * S - 1 + t % 3;
-          if (h >= 0 && h < g.height && w >= 0 && w < g.width) grad_plane[h * g.width + w] = dpp_fma(gc, f9[t], grad_plane[h * g.width + w]);
-          acc[2 + t] += gc * s.border_stencil[t * cap + j];
-        }
-        acc[11] += gc;
+        T v9[9];
+        for (int t = 0; t < 9; ++t) v9[t] = s.border_stencil[t * cap + j];
+        add_guide_gradient(grad_plane, g, oh, ow, gc, f9, v9, acc);
       }
     }
   }
@@ -898,7 +904,7 @@ struct Generic {
       for (int64_t oh = 0; oh < g.out_height; ++oh)
         for (int64_t ow = 0; ow < g.out_width; ++ow)
           out_plane[oh * g.out_width + ow] =
-              static_cast<scalar_t>(generic_forward<0>(ps.input(plane), g, oh, ow, p, f9, bias, s));
+              static_cast<scalar_t>(generic_forward(ps.input(plane), g, oh, ow, p, f9, bias, s));
     }
   }
 
@@ -919,8 +925,8 @@ struct Generic {
       const scalar_t* gy_plane = ps.gy + plane * ps.out_size();
       for (int64_t oh = 0; oh < g.out_height; ++oh)
         for (int64_t ow = 0; ow < g.out_width; ++ow)
-          generic_backward<0>(ps.input(plane), grad_plane, g, oh, ow, static_cast<T>(gy_plane[oh * g.out_width + ow]),
-                              p, f9, bias, s, partial + plane * slots);
+          generic_backward(ps.input(plane), grad_plane, g, oh, ow, static_cast<T>(gy_plane[oh * g.out_width + ow]),
+                           p, f9, bias, s, partial + plane * slots);
       if (!same)
         for (int64_t i = 0; i < ps.in_size(); ++i) gx_plane[i] = static_cast<scalar_t>(grad_plane[i]);
     }
